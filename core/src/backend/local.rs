@@ -1,0 +1,162 @@
+//! A repository in a local directory.
+//!
+//! Durable create: write `<dir>/.tmp-<random>`, fsync it, hard-link it to the final name
+//! (which fails if the name is taken, so objects are never overwritten), remove the temp
+//! name, fsync the directory. Temp files left by a crash start with `.tmp-` and are never
+//! listed. Files are 0600 and directories 0700: repository files are not world-readable.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use super::{Backend, ObjectInfo};
+use crate::{Error, Result};
+
+const TMP_PREFIX: &str = ".tmp-";
+
+/// A repository rooted at a local directory.
+#[derive(Debug, Clone)]
+pub struct LocalBackend {
+    root: PathBuf,
+}
+
+impl LocalBackend {
+    /// A backend rooted at `root` (which need not exist yet).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalBackend { root: root.into() }
+    }
+
+    fn full(&self, path: &str) -> PathBuf {
+        self.root.join(path)
+    }
+
+    fn ensure_dir(&self, dir: &Path) -> Result<()> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| Error::io(dir.display().to_string(), e))
+    }
+}
+
+fn map_err(path: &str, e: io::Error) -> Error {
+    match e.kind() {
+        io::ErrorKind::NotFound => Error::NotFound { path: path.to_string() },
+        io::ErrorKind::AlreadyExists => Error::AlreadyExists { path: path.to_string() },
+        _ => Error::io(path, e),
+    }
+}
+
+fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl Backend for LocalBackend {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn create(&self, path: &str, data: &[u8]) -> Result<()> {
+        let target = self.full(path);
+        let dir = target.parent().unwrap_or(&self.root).to_path_buf();
+        if target.exists() {
+            return Err(Error::AlreadyExists { path: path.to_string() });
+        }
+        self.ensure_dir(&dir)?;
+        let mut rnd = [0u8; 8];
+        crate::crypto::fill_random(&mut rnd)?;
+        let tmp = dir.join(format!("{TMP_PREFIX}{}", hex::encode(rnd)));
+        let result = (|| -> io::Result<()> {
+            let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()?;
+            drop(f);
+            // link() refuses an existing target: create-only without a check-then-act race.
+            fs::hard_link(&tmp, &target)?;
+            Ok(())
+        })();
+        let _ = fs::remove_file(&tmp);
+        result.map_err(|e| map_err(path, e))?;
+        fsync_dir(&dir).map_err(|e| map_err(path, e))
+    }
+
+    fn read(&self, path: &str) -> Result<Vec<u8>> {
+        fs::read(self.full(path)).map_err(|e| map_err(path, e))
+    }
+
+    fn read_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let mut f = File::open(self.full(path)).map_err(|e| map_err(path, e))?;
+        let size = f.metadata().map_err(|e| map_err(path, e))?.len();
+        if offset.checked_add(len).is_none_or(|end| end > size) {
+            return Err(Error::corrupt(
+                path,
+                format!("is {size} bytes, a read of {len} bytes at {offset} runs past its end"),
+            ));
+        }
+        f.seek(SeekFrom::Start(offset)).map_err(|e| map_err(path, e))?;
+        let mut buf = vec![0u8; usize::try_from(len).map_err(|_| Error::Invalid("range too large".into()))?];
+        f.read_exact(&mut buf).map_err(|e| map_err(path, e))?;
+        Ok(buf)
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let mut out = Vec::new();
+        let start = self.full(prefix.trim_end_matches('/'));
+        let mut stack = vec![start];
+        while let Some(dir) = stack.pop() {
+            let rd = match fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(dir.display().to_string(), e)),
+            };
+            for entry in rd {
+                let entry = entry.map_err(|e| Error::io(dir.display().to_string(), e))?;
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with(TMP_PREFIX) {
+                    continue;
+                }
+                let meta = entry.metadata().map_err(|e| Error::io(dir.display().to_string(), e))?;
+                if meta.is_dir() {
+                    stack.push(entry.path());
+                } else if let Ok(rel) = entry.path().strip_prefix(&self.root) {
+                    out.push(ObjectInfo { path: rel.to_string_lossy().into_owned(), size: meta.len() });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn remove(&self, path: &str) -> Result<()> {
+        match fs::remove_file(self.full(path)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(map_err(path, e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::backend::conformance::run(&LocalBackend::new(dir.path().join("repo"))).unwrap();
+    }
+
+    #[test]
+    fn files_are_private_and_temp_files_are_not_listed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(dir.path());
+        b.create("data/ab/x", b"1").unwrap();
+        let mode = fs::metadata(dir.path().join("data/ab/x")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "mode {mode:o}");
+        fs::write(dir.path().join("data/ab/.tmp-dead"), b"partial").unwrap();
+        let listed = b.list("data/").unwrap();
+        assert_eq!(listed, vec![ObjectInfo { path: "data/ab/x".into(), size: 1 }]);
+    }
+}

@@ -1,0 +1,71 @@
+//! Storage backends: where repository objects live.
+//!
+//! # Contract
+//!
+//! A backend stores immutable objects under `/`-separated paths such as
+//! `data/ab/ab12…` or `snapshots/9f…`. Every backend, local or remote, must:
+//!
+//! - [`Backend::create`]: store a new object **only if the path is free**, atomically (no
+//!   reader ever sees a partial object) and durably (once `Ok` is returned, a crash or power
+//!   loss does not lose it). An occupied path gives [`Error::AlreadyExists`] and leaves the
+//!   existing object untouched.
+//! - [`Backend::read`] / [`Backend::read_range`]: return exactly the stored bytes, or
+//!   [`Error::NotFound`]. A range past the end is an error, never a short read.
+//! - [`Backend::list`]: every complete object under a prefix with its size, in no particular
+//!   order; never a temporary or partial object.
+//! - [`Backend::remove`]: delete an object; removing a missing object is not an error
+//!   (removal is idempotent, so an interrupted prune can simply run again).
+//!
+//! The conformance suite in [`conformance`] checks these points; every backend runs it.
+
+pub mod conformance;
+pub mod local;
+
+use crate::Result;
+
+/// One stored object as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Full path inside the repository, e.g. `data/ab/ab12…`.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Storage for repository objects. See the module docs for the contract.
+pub trait Backend: Send + Sync {
+    /// Human-readable location (for messages); never contains credentials.
+    fn location(&self) -> String;
+
+    /// Stores a new object at `path`, atomically and durably, only if `path` is free.
+    ///
+    /// # Errors
+    /// [`crate::Error::AlreadyExists`] if the path is taken; [`crate::Error::Io`] otherwise.
+    fn create(&self, path: &str, data: &[u8]) -> Result<()>;
+
+    /// Reads a whole object.
+    ///
+    /// # Errors
+    /// [`crate::Error::NotFound`] if absent; [`crate::Error::Io`] otherwise.
+    fn read(&self, path: &str) -> Result<Vec<u8>>;
+
+    /// Reads `len` bytes at `offset`.
+    ///
+    /// # Errors
+    /// [`crate::Error::NotFound`] if absent; [`crate::Error::Corrupt`] if the object is
+    /// shorter than `offset + len`; [`crate::Error::Io`] otherwise.
+    fn read_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>>;
+
+    /// Lists every complete object whose path starts with `prefix` (a directory such as
+    /// `snapshots/`).
+    ///
+    /// # Errors
+    /// [`crate::Error::Io`] when the store cannot be listed.
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
+
+    /// Removes an object; a missing object is not an error.
+    ///
+    /// # Errors
+    /// [`crate::Error::Io`] when the store refuses.
+    fn remove(&self, path: &str) -> Result<()>;
+}

@@ -1,0 +1,412 @@
+//! The backup pipeline.
+//!
+//! ```text
+//! caller thread(s)          worker thread (rayon inside)          writer thread
+//! read + chunk + hash  -->  keyed ids, dedup, zstd, seal, pack -->  create pack, index files
+//!        bounded channel (2 batches)          bounded channel (1 pack)
+//! ```
+//! Bounded channels give back-pressure: memory stays at a few batches and two packs
+//! whatever the stream size. `add_part` may be called from several threads at once (one
+//! per table); parts are recorded in the order `add_part` was called.
+//!
+//! Write order: packs, then the index files naming them (every 64 packs and at the end),
+//! then, in [`Backup::finish`], the snapshot. A crash leaves only unreferenced data.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Read;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use crate::backend::Backend;
+use crate::chunker::{self, ChunkerParams};
+use crate::crypto::{seal_blob, Keys};
+use crate::index::{encode_file, index_path, Index};
+use crate::pack::{pack_path, BlobKind, PackBuilder, PackEntry};
+use crate::snapshot::{Part, Snapshot, SourceInfo};
+use crate::{Error, Id, Repository, Result};
+
+/// Chunk ids per `List` blob (128 KiB of ids).
+pub const LIST_LEN: usize = 4096;
+const BATCH_BYTES: usize = 4 << 20;
+const PACKS_PER_INDEX: usize = 64;
+
+/// Describes a part before its bytes are read.
+#[derive(Clone, Debug, Default)]
+pub struct PartInput {
+    /// Part name (unique within the snapshot).
+    pub name: String,
+    /// Part kind.
+    pub kind: String,
+    /// Rows, where the source knows them.
+    pub rows: Option<u64>,
+    /// Format-specific details.
+    pub meta: BTreeMap<String, serde_json::Value>,
+}
+
+/// What a finished backup reports.
+#[derive(Clone, Debug)]
+pub struct BackupSummary {
+    /// The new snapshot's id.
+    pub id: Id,
+    /// The manifest as stored.
+    pub snapshot: Snapshot,
+    /// New blobs stored.
+    pub new_blobs: u64,
+    /// Packs written.
+    pub packs: u64,
+}
+
+/// Everything but the parts, given when the backup is finished.
+#[derive(Clone, Debug)]
+pub struct SnapshotMeta {
+    /// Snapshot time.
+    pub time: chrono::DateTime<chrono::FixedOffset>,
+    /// Source name.
+    pub name: String,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Where the data came from.
+    pub source: SourceInfo,
+}
+
+enum Job {
+    Chunks { part: u32, chunks: Vec<Vec<u8>> },
+    EndPart { part: u32, input: PartInput, size: u64, blake3: String },
+}
+
+struct WorkerOut {
+    parts: Vec<(u32, Part)>,
+    new_blobs: u64,
+    bytes_added: u64,
+    packs: u64,
+}
+
+/// A backup in progress. Dropping it without [`Backup::finish`] records no snapshot.
+pub struct Backup<'r> {
+    repo: &'r Repository,
+    tx: Option<SyncSender<Job>>,
+    worker: Option<JoinHandle<Result<WorkerOut>>>,
+    failure: Arc<Mutex<Option<Error>>>,
+    next_part: AtomicU32,
+    progress: Arc<AtomicU64>,
+    started: Instant,
+}
+
+impl Repository {
+    /// Starts a backup: loads the index (for dedup) and starts the pipeline threads.
+    ///
+    /// # Errors
+    /// A damaged or unreadable index.
+    pub fn start_backup(&self) -> Result<Backup<'_>> {
+        let index = self.index()?;
+        let (tx, rx) = sync_channel(2);
+        let failure = Arc::new(Mutex::new(None));
+        let ctx = WorkerCtx {
+            keys: self.keys().clone(),
+            backend: self.backend().clone(),
+            index,
+            level: self.config().compression,
+            pack_target: self.config().pack_target as usize,
+        };
+        let f2 = failure.clone();
+        let worker = std::thread::Builder::new()
+            .name("dbvault-pack".into())
+            .spawn(move || {
+                let r = run_worker(rx, ctx);
+                if let Err(e) = &r {
+                    // Producers see a closed channel; they pick the cause up from here.
+                    *f2.lock().unwrap_or_else(|p| p.into_inner()) = Some(Error::Invalid(e.to_string()));
+                }
+                r
+            })
+            .map_err(|e| Error::Invalid(format!("cannot start a thread: {e}")))?;
+        Ok(Backup {
+            repo: self,
+            tx: Some(tx),
+            worker: Some(worker),
+            failure,
+            next_part: AtomicU32::new(0),
+            progress: Arc::new(AtomicU64::new(0)),
+            started: Instant::now(),
+        })
+    }
+}
+
+impl Backup<'_> {
+    /// Bytes read so far over all parts (for progress display).
+    pub fn progress(&self) -> Arc<AtomicU64> {
+        self.progress.clone()
+    }
+
+    fn send(&self, job: Job) -> Result<()> {
+        let tx = self.tx.as_ref().ok_or_else(|| Error::Invalid("backup already finished".into()))?;
+        tx.send(job).map_err(|_| {
+            self.failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .unwrap_or_else(|| Error::Invalid("the backup pipeline stopped".into()))
+        })
+    }
+
+    /// Reads `reader` to its end as one part. Returns the part's size and BLAKE3.
+    ///
+    /// # Errors
+    /// [`Error::Source`] when reading fails; pipeline (storage) errors.
+    pub fn add_part<R: Read>(&self, input: PartInput, reader: R) -> Result<(u64, String)> {
+        let part = self.next_part.fetch_add(1, Ordering::Relaxed);
+        let repo_cfg = self.repo.config();
+        let mut hasher = blake3::Hasher::new();
+        let mut size = 0u64;
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0usize;
+        let params: ChunkerParams = repo_cfg.chunker;
+        for c in chunker::chunks(reader, params, self.repo.keys().chunker_seed()) {
+            let c = c.map_err(|e| match e {
+                fastcdc::v2020::Error::IoError(e) => Error::Source(e),
+                other => Error::Source(std::io::Error::other(format!("{other:?}"))),
+            })?;
+            hasher.update(&c.data);
+            size += c.length as u64;
+            self.progress.fetch_add(c.length as u64, Ordering::Relaxed);
+            batch_bytes += c.length;
+            batch.push(c.data);
+            if batch_bytes >= BATCH_BYTES {
+                self.send(Job::Chunks { part, chunks: std::mem::take(&mut batch) })?;
+                batch_bytes = 0;
+            }
+        }
+        if !batch.is_empty() {
+            self.send(Job::Chunks { part, chunks: batch })?;
+        }
+        let blake3 = hasher.finalize().to_hex().to_string();
+        self.send(Job::EndPart { part, input, size, blake3: blake3.clone() })?;
+        Ok((size, blake3))
+    }
+
+    fn join(&mut self) -> Result<WorkerOut> {
+        drop(self.tx.take());
+        let w = self.worker.take().ok_or_else(|| Error::Invalid("backup already finished".into()))?;
+        w.join().map_err(|_| Error::Invalid("the backup pipeline panicked".into()))?
+    }
+
+    /// Waits for every pack and index file, then writes the snapshot.
+    ///
+    /// # Errors
+    /// Pipeline (storage) errors; then no snapshot is written.
+    pub fn finish(mut self, meta: SnapshotMeta) -> Result<BackupSummary> {
+        let out = self.join()?;
+        let mut parts = out.parts;
+        parts.sort_by_key(|(n, _)| *n);
+        let parts: Vec<Part> = parts.into_iter().map(|(_, p)| p).collect();
+        let mut snapshot = Snapshot {
+            version: 1,
+            time: meta.time,
+            host: gethostname::gethostname().to_string_lossy().into_owned(),
+            name: meta.name,
+            tags: meta.tags,
+            source: meta.source,
+            bytes_in: parts.iter().map(|p| p.size).sum(),
+            parts,
+            bytes_added: out.bytes_added,
+            seconds: 0.0,
+            program: format!("dbvault {}", env!("CARGO_PKG_VERSION")),
+        };
+        snapshot.seconds = (self.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
+        // bytes_added includes the snapshot itself; its size is known only once sealed, and
+        // the sealed size does not depend on the value of this field by more than a few bytes.
+        let (_, probe) = snapshot.encode(self.repo.keys())?;
+        snapshot.bytes_added += probe.len() as u64;
+        let (id, _) = self.repo.save_snapshot(&snapshot)?;
+        Ok(BackupSummary { id, snapshot, new_blobs: out.new_blobs, packs: out.packs })
+    }
+
+    /// Stops the pipeline without recording a snapshot. Data already written stays as
+    /// unreferenced packs (reused by the next backup, removed by prune).
+    pub fn abort(mut self) {
+        let _ = self.join();
+    }
+}
+
+impl Drop for Backup<'_> {
+    fn drop(&mut self) {
+        if self.worker.is_some() {
+            let _ = self.join();
+        }
+    }
+}
+
+struct WorkerCtx {
+    keys: Keys,
+    backend: Arc<dyn Backend>,
+    index: Arc<Index>,
+    level: i32,
+    pack_target: usize,
+}
+
+#[derive(Default)]
+struct PartState {
+    ids: Vec<Id>,
+    lists: Vec<Id>,
+    chunks: u64,
+}
+
+struct Worker {
+    ctx: WorkerCtx,
+    pending: HashSet<Id>,
+    pack: PackBuilder,
+    to_writer: SyncSender<PackBuilder>,
+    parts: HashMap<u32, PartState>,
+    done: Vec<(u32, Part)>,
+    new_blobs: u64,
+}
+
+fn run_worker(rx: Receiver<Job>, ctx: WorkerCtx) -> Result<WorkerOut> {
+    let (ptx, prx) = sync_channel::<PackBuilder>(1);
+    let (backend, keys) = (ctx.backend.clone(), ctx.keys.clone());
+    let writer = std::thread::Builder::new()
+        .name("dbvault-write".into())
+        .spawn(move || run_writer(prx, backend.as_ref(), &keys))
+        .map_err(|e| Error::Invalid(format!("cannot start a thread: {e}")))?;
+    let pack = PackBuilder::with_capacity(ctx.pack_target + (1 << 20));
+    let mut w = Worker {
+        ctx,
+        pending: HashSet::new(),
+        pack,
+        to_writer: ptx,
+        parts: HashMap::new(),
+        done: Vec::new(),
+        new_blobs: 0,
+    };
+    let result = (|| {
+        for job in rx {
+            match job {
+                Job::Chunks { part, chunks } => w.add_chunks(part, chunks)?,
+                Job::EndPart { part, input, size, blake3 } => w.end_part(part, input, size, blake3)?,
+            }
+        }
+        w.flush_pack()
+    })();
+    let Worker { to_writer, done, new_blobs, .. } = w;
+    drop(to_writer);
+    let written = writer.join().map_err(|_| Error::Invalid("the pack writer panicked".into()))?;
+    // The writer's error is the cause when both failed (the worker only saw it stop).
+    let (bytes_added, packs) = written?;
+    result?;
+    Ok(WorkerOut { parts: done, new_blobs, bytes_added, packs })
+}
+
+impl Worker {
+    fn add_chunks(&mut self, part: u32, chunks: Vec<Vec<u8>>) -> Result<()> {
+        let keys = &self.ctx.keys;
+        let ids: Vec<Id> = chunks.par_iter().map(|c| keys.blob_id(c)).collect();
+        let mut fresh = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            if !self.ctx.index.contains(id) && self.pending.insert(*id) {
+                fresh.push(i);
+            }
+        }
+        let level = self.ctx.level;
+        let sealed: Vec<Vec<u8>> = fresh
+            .par_iter()
+            .map(|&i| seal_blob(keys, &ids[i], &chunks[i], level))
+            .collect::<Result<_>>()?;
+        for (&i, s) in fresh.iter().zip(&sealed) {
+            self.add_sealed(BlobKind::Data, ids[i], s, chunks[i].len())?;
+        }
+        for id in ids {
+            let st = self.parts.entry(part).or_default();
+            st.ids.push(id);
+            st.chunks += 1;
+            if st.ids.len() == LIST_LEN {
+                self.flush_list(part)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn add_sealed(&mut self, kind: BlobKind, id: Id, sealed: &[u8], raw_len: usize) -> Result<()> {
+        self.new_blobs += 1;
+        self.pack.add(kind, id, sealed, raw_len as u32);
+        if self.pack.len() >= self.ctx.pack_target {
+            self.flush_pack()?;
+        }
+        Ok(())
+    }
+
+    fn flush_list(&mut self, part: u32) -> Result<()> {
+        let st = self.parts.entry(part).or_default();
+        let bytes: Vec<u8> = st.ids.drain(..).flat_map(|id| id.0).collect();
+        let id = self.ctx.keys.blob_id(&bytes);
+        st.lists.push(id);
+        if !self.ctx.index.contains(&id) && self.pending.insert(id) {
+            let sealed = seal_blob(&self.ctx.keys, &id, &bytes, self.ctx.level)?;
+            self.add_sealed(BlobKind::List, id, &sealed, bytes.len())?;
+        }
+        Ok(())
+    }
+
+    fn end_part(&mut self, part: u32, input: PartInput, size: u64, blake3: String) -> Result<()> {
+        if self.parts.get(&part).is_some_and(|s| !s.ids.is_empty()) {
+            self.flush_list(part)?;
+        }
+        let st = self.parts.remove(&part).unwrap_or_default();
+        self.done.push((
+            part,
+            Part {
+                name: input.name,
+                kind: input.kind,
+                size,
+                rows: input.rows,
+                blake3,
+                chunks: st.chunks,
+                lists: st.lists,
+                meta: input.meta,
+            },
+        ));
+        Ok(())
+    }
+
+    fn flush_pack(&mut self) -> Result<()> {
+        if self.pack.is_empty() {
+            return Ok(());
+        }
+        let next = PackBuilder::with_capacity(self.ctx.pack_target + (1 << 20));
+        let full = std::mem::replace(&mut self.pack, next);
+        self.to_writer
+            .send(full)
+            .map_err(|_| Error::Invalid("the pack writer stopped".into()))
+    }
+}
+
+fn write_index(backend: &dyn Backend, keys: &Keys, packs: &mut Vec<(Id, Vec<PackEntry>)>) -> Result<u64> {
+    if packs.is_empty() {
+        return Ok(0);
+    }
+    let (id, bytes) = encode_file(keys, packs)?;
+    backend.create(&index_path(&id), &bytes)?;
+    packs.clear();
+    Ok(bytes.len() as u64)
+}
+
+fn run_writer(rx: Receiver<PackBuilder>, backend: &dyn Backend, keys: &Keys) -> Result<(u64, u64)> {
+    let mut written = Vec::new();
+    let (mut bytes, mut packs) = (0u64, 0u64);
+    for pb in rx {
+        let (id, data, entries) = pb.finish(keys)?;
+        backend.create(&pack_path(&id), &data)?;
+        bytes += data.len() as u64;
+        packs += 1;
+        written.push((id, entries));
+        if written.len() >= PACKS_PER_INDEX {
+            bytes += write_index(backend, keys, &mut written)?;
+        }
+    }
+    bytes += write_index(backend, keys, &mut written)?;
+    Ok((bytes, packs))
+}

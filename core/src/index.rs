@@ -1,0 +1,176 @@
+//! The index: which pack holds which blob.
+//!
+//! On storage, `index/<id>` files each describe some packs: `seal(zstd("DBVIDX01"
+//! (pack id, count, entries)*))`. In memory the whole index is one sorted vector of 48-byte
+//! entries and a table of pack ids, so memory grows by 48 bytes per chunk (SPEC: at most 64)
+//! and lookups are a binary search.
+
+use rayon::prelude::*;
+
+use crate::backend::Backend;
+use crate::crypto::Keys;
+use crate::pack::{decode_entries, encode_entries, PackEntry};
+use crate::{Error, Id, Result};
+
+const MAGIC: &[u8; 8] = b"DBVIDX01";
+const AAD: &[u8] = b"dbvault index";
+
+/// Where a blob is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlobLoc {
+    /// Pack id.
+    pub pack: Id,
+    /// Offset of the sealed blob in the pack.
+    pub offset: u32,
+    /// Sealed length.
+    pub len: u32,
+    /// Plaintext length.
+    pub raw_len: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    id: Id,
+    pack: u32,
+    offset: u32,
+    len: u32,
+    raw_len: u32,
+}
+
+/// The in-memory index of a repository.
+#[derive(Default)]
+pub struct Index {
+    packs: Vec<Id>,
+    entries: Vec<Entry>,
+    files: Vec<Id>,
+}
+
+/// The packs one index file describes.
+pub type IndexContent = Vec<(Id, Vec<PackEntry>)>;
+
+/// Encodes and seals an index file; returns its id and bytes.
+///
+/// # Errors
+/// Only if compression or the random source fails.
+pub fn encode_file(keys: &Keys, packs: &[(Id, Vec<PackEntry>)]) -> Result<(Id, Vec<u8>)> {
+    let mut plain = MAGIC.to_vec();
+    for (pack, entries) in packs {
+        plain.extend_from_slice(&pack.0);
+        plain.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+        encode_entries(&mut plain, entries);
+    }
+    let z = zstd::bulk::compress(&plain, 3).map_err(|e| Error::Invalid(format!("zstd: {e}")))?;
+    let sealed = keys.seal(&z, AAD)?;
+    Ok((Id::hash_of(&sealed), sealed))
+}
+
+/// Opens and parses an index file.
+///
+/// # Errors
+/// [`Error::Corrupt`] naming the file when it fails authentication or does not parse.
+pub fn decode_file(keys: &Keys, sealed: &[u8], name: &str) -> Result<IndexContent> {
+    let what = format!("index file {name}");
+    let z = keys.open(sealed, AAD, &|| what.clone())?;
+    let plain = zstd::stream::decode_all(&z[..]).map_err(|e| Error::corrupt(&what, e.to_string()))?;
+    let mut rest = plain
+        .strip_prefix(MAGIC.as_slice())
+        .ok_or_else(|| Error::corrupt(&what, "bad magic"))?;
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        if rest.len() < 36 {
+            return Err(Error::corrupt(&what, "truncated pack record"));
+        }
+        let mut pack = [0u8; 32];
+        pack.copy_from_slice(&rest[..32]);
+        let count = u32::from_le_bytes([rest[32], rest[33], rest[34], rest[35]]) as usize;
+        let (entries, r) = decode_entries(&rest[36..], count, &what)?;
+        out.push((Id(pack), entries));
+        rest = r;
+    }
+    Ok(out)
+}
+
+/// The object path of an index file.
+pub fn index_path(id: &Id) -> String {
+    format!("index/{id}")
+}
+
+impl Index {
+    /// Reads every index file of a repository (in parallel: on an object store the
+    /// latency dominates).
+    ///
+    /// # Errors
+    /// The first damaged or unreadable index file.
+    pub fn load(backend: &dyn Backend, keys: &Keys) -> Result<Index> {
+        let files = backend.list("index/")?;
+        let decoded: Vec<(Id, IndexContent)> = files
+            .par_iter()
+            .map(|f| {
+                let name = f.path.trim_start_matches("index/");
+                let id = Id::from_hex(name).map_err(|_| Error::corrupt(&f.path, "unexpected name"))?;
+                let bytes = backend.read(&f.path)?;
+                Ok((id, decode_file(keys, &bytes, &f.path)?))
+            })
+            .collect::<Result<_>>()?;
+        let mut idx = Index::default();
+        let total: usize = decoded.iter().flat_map(|(_, c)| c.iter().map(|(_, e)| e.len())).sum();
+        idx.entries.reserve_exact(total);
+        for (file, content) in decoded {
+            idx.files.push(file);
+            for (pack, entries) in content {
+                idx.add_pack(pack, &entries);
+            }
+        }
+        idx.finalize();
+        Ok(idx)
+    }
+
+    fn add_pack(&mut self, pack: Id, entries: &[PackEntry]) {
+        let p = self.packs.len() as u32;
+        self.packs.push(pack);
+        self.entries.extend(entries.iter().map(|e| Entry {
+            id: e.id,
+            pack: p,
+            offset: e.offset,
+            len: e.len,
+            raw_len: e.raw_len,
+        }));
+    }
+
+    fn finalize(&mut self) {
+        self.entries.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        // The same blob may sit in two packs (two backups racing); one copy is enough.
+        self.entries.dedup_by(|a, b| a.id == b.id);
+        self.entries.shrink_to_fit();
+    }
+
+    /// Finds a blob.
+    pub fn get(&self, id: &Id) -> Option<BlobLoc> {
+        let i = self.entries.binary_search_by(|e| e.id.cmp(id)).ok()?;
+        let e = self.entries[i];
+        Some(BlobLoc { pack: self.packs[e.pack as usize], offset: e.offset, len: e.len, raw_len: e.raw_len })
+    }
+
+    /// True if the blob is indexed.
+    pub fn contains(&self, id: &Id) -> bool {
+        self.entries.binary_search_by(|e| e.id.cmp(id)).is_ok()
+    }
+
+    /// Number of distinct blobs.
+    pub fn blob_count(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Number of packs the index names.
+    pub fn pack_count(&self) -> usize {
+        let mut p = self.packs.clone();
+        p.sort_unstable();
+        p.dedup();
+        p.len()
+    }
+
+    /// Ids of the index files loaded.
+    pub fn files(&self) -> &[Id] {
+        &self.files
+    }
+}

@@ -1,0 +1,30 @@
+//! The dbvault repository engine.
+//!
+//! A repository is a set of immutable objects behind a [`backend::Backend`]:
+//! `config` (plaintext), `keys/` (the master key wrapped by passphrases), `data/` (packs of
+//! compressed, encrypted blobs), `index/` (which pack holds which blob) and `snapshots/`
+//! (manifests listing the parts of one backup and their chunks). This crate knows nothing
+//! about databases: a backup is an ordered list of named byte streams ("parts").
+//!
+//! Write order is packs, then index, then snapshot, so a crash at any instant leaves only
+//! unreferenced data behind.
+
+pub mod backend;
+pub mod backup;
+pub mod chunker;
+pub mod crypto;
+pub mod error;
+pub mod id;
+pub mod index;
+pub mod keyfile;
+pub mod pack;
+pub mod repo;
+pub mod restore;
+pub mod snapshot;
+pub mod stats;
+
+pub use backup::{Backup, BackupSummary, PartInput, SnapshotMeta};
+pub use error::{Error, Result};
+pub use id::Id;
+pub use repo::{Repository, RepoConfig};
+pub use snapshot::{Part, Snapshot, SourceInfo};

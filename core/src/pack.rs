@@ -1,0 +1,204 @@
+//! Pack files: many sealed blobs followed by a sealed trailer that lists them.
+//!
+//! Layout: `blob* trailer u32le(trailer length)`. Each blob is `seal(zstd(plain), aad = id)`;
+//! the trailer is `seal(entries, aad = "dbvault pack trailer")`. A pack is named by the
+//! BLAKE3 of its bytes and stored at `data/<first two hex digits>/<id>`. Packs target about
+//! 16 MiB, so a terabyte is tens of thousands of objects, not millions.
+
+use crate::crypto::Keys;
+use crate::{Error, Id, Result};
+
+/// Default pack size target.
+pub const DEFAULT_PACK_TARGET: u32 = 16 * 1024 * 1024;
+const TRAILER_AAD: &[u8] = b"dbvault pack trailer";
+/// Bytes of one encoded entry.
+pub const ENTRY_LEN: usize = 1 + 32 + 4 + 4 + 4;
+
+/// What a blob holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum BlobKind {
+    /// A chunk of a part's bytes.
+    Data = 0,
+    /// A list of chunk ids (32 bytes each) of a part.
+    List = 1,
+}
+
+/// One blob's place in a pack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackEntry {
+    /// What the blob holds.
+    pub kind: BlobKind,
+    /// Keyed hash of the plaintext.
+    pub id: Id,
+    /// Offset of the sealed blob in the pack.
+    pub offset: u32,
+    /// Length of the sealed blob.
+    pub len: u32,
+    /// Length of the plaintext.
+    pub raw_len: u32,
+}
+
+/// The object path of a pack.
+pub fn pack_path(id: &Id) -> String {
+    let h = id.to_hex();
+    format!("data/{}/{}", &h[..2], h)
+}
+
+/// Appends the binary form of `entries`.
+pub fn encode_entries(out: &mut Vec<u8>, entries: &[PackEntry]) {
+    for e in entries {
+        out.push(e.kind as u8);
+        out.extend_from_slice(&e.id.0);
+        out.extend_from_slice(&e.offset.to_le_bytes());
+        out.extend_from_slice(&e.len.to_le_bytes());
+        out.extend_from_slice(&e.raw_len.to_le_bytes());
+    }
+}
+
+/// Parses `count` entries from the front of `buf`, returning them and the rest.
+///
+/// # Errors
+/// [`Error::Corrupt`] naming `what` when the bytes are short or malformed.
+pub fn decode_entries<'a>(buf: &'a [u8], count: usize, what: &str) -> Result<(Vec<PackEntry>, &'a [u8])> {
+    let need = count.checked_mul(ENTRY_LEN).filter(|n| *n <= buf.len());
+    let Some(need) = need else {
+        return Err(Error::corrupt(what, "entry list is truncated"));
+    };
+    let u32_at = |b: &[u8], i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    let mut out = Vec::with_capacity(count);
+    for rec in buf[..need].chunks_exact(ENTRY_LEN) {
+        let kind = match rec[0] {
+            0 => BlobKind::Data,
+            1 => BlobKind::List,
+            k => return Err(Error::corrupt(what, format!("unknown blob kind {k}"))),
+        };
+        let mut id = [0u8; 32];
+        id.copy_from_slice(&rec[1..33]);
+        out.push(PackEntry { kind, id: Id(id), offset: u32_at(rec, 33), len: u32_at(rec, 37), raw_len: u32_at(rec, 41) });
+    }
+    Ok((out, &buf[need..]))
+}
+
+/// Builds one pack in memory.
+#[derive(Default)]
+pub struct PackBuilder {
+    buf: Vec<u8>,
+    entries: Vec<PackEntry>,
+}
+
+impl PackBuilder {
+    /// An empty pack with room for `capacity` bytes.
+    pub fn with_capacity(capacity: usize) -> Self {
+        PackBuilder { buf: Vec::with_capacity(capacity), entries: Vec::new() }
+    }
+
+    /// Appends a sealed blob.
+    pub fn add(&mut self, kind: BlobKind, id: Id, sealed: &[u8], raw_len: u32) {
+        let offset = self.buf.len() as u32;
+        self.buf.extend_from_slice(sealed);
+        self.entries.push(PackEntry { kind, id, offset, len: sealed.len() as u32, raw_len });
+    }
+
+    /// Bytes so far.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// True when nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Seals the trailer; returns the pack bytes, its id and its entries.
+    ///
+    /// # Errors
+    /// Only if the random source fails.
+    pub fn finish(mut self, keys: &Keys) -> Result<(Id, Vec<u8>, Vec<PackEntry>)> {
+        let mut plain = Vec::with_capacity(4 + self.entries.len() * ENTRY_LEN);
+        plain.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        encode_entries(&mut plain, &self.entries);
+        let trailer = keys.seal(&plain, TRAILER_AAD)?;
+        self.buf.extend_from_slice(&trailer);
+        self.buf.extend_from_slice(&(trailer.len() as u32).to_le_bytes());
+        Ok((Id::hash_of(&self.buf), self.buf, self.entries))
+    }
+}
+
+/// Reads and checks the trailer of a pack given its last bytes (`tail` must hold at least
+/// the trailer and the 4-byte length; `pack_size` is the whole pack's size).
+///
+/// # Errors
+/// [`Error::Corrupt`] naming the pack when the trailer is damaged or disagrees with the size.
+pub fn parse_trailer(keys: &Keys, tail: &[u8], pack_size: u64, what: &str) -> Result<Vec<PackEntry>> {
+    let bad = |d: &str| Error::corrupt(what, d.to_string());
+    if tail.len() < 4 {
+        return Err(bad("too short to hold a trailer"));
+    }
+    let n = tail.len();
+    let tlen = u32::from_le_bytes([tail[n - 4], tail[n - 3], tail[n - 2], tail[n - 1]]) as usize;
+    if tlen + 4 > n {
+        return Err(bad("trailer length points outside the pack"));
+    }
+    let plain = keys.open(&tail[n - 4 - tlen..n - 4], TRAILER_AAD, &|| what.to_string())?;
+    if plain.len() < 4 {
+        return Err(bad("trailer is empty"));
+    }
+    let count = u32::from_le_bytes([plain[0], plain[1], plain[2], plain[3]]) as usize;
+    let (entries, rest) = decode_entries(&plain[4..], count, what)?;
+    if !rest.is_empty() {
+        return Err(bad("trailer has trailing bytes"));
+    }
+    let body = pack_size.saturating_sub(tlen as u64 + 4);
+    if entries.iter().any(|e| u64::from(e.offset) + u64::from(e.len) > body) {
+        return Err(bad("trailer lists a blob outside the pack"));
+    }
+    Ok(entries)
+}
+
+/// Reads a pack's trailer through a backend (two range reads).
+///
+/// # Errors
+/// As [`parse_trailer`], plus backend errors.
+pub fn read_trailer(backend: &dyn crate::backend::Backend, keys: &Keys, id: &Id, size: u64) -> Result<Vec<PackEntry>> {
+    let path = pack_path(id);
+    if size < 4 {
+        return Err(Error::corrupt(format!("pack {path}"), "too short to hold a trailer"));
+    }
+    let len_bytes = backend.read_range(&path, size - 4, 4)?;
+    let tlen = u64::from(u32::from_le_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]));
+    if tlen + 4 > size {
+        return Err(Error::corrupt(format!("pack {path}"), "trailer length points outside the pack"));
+    }
+    let tail = backend.read_range(&path, size - 4 - tlen, tlen + 4)?;
+    parse_trailer(keys, &tail, size, &format!("pack {path}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_and_parse() {
+        let keys = Keys::from_master(&[3u8; 32]);
+        let mut b = PackBuilder::default();
+        for i in 0..10u8 {
+            let plain = vec![i; 1000];
+            let id = keys.blob_id(&plain);
+            let sealed = crate::crypto::seal_blob(&keys, &id, &plain, 3).unwrap();
+            b.add(BlobKind::Data, id, &sealed, 1000);
+        }
+        let (id, bytes, entries) = b.finish(&keys).unwrap();
+        assert_eq!(id, Id::hash_of(&bytes));
+        let parsed = parse_trailer(&keys, &bytes, bytes.len() as u64, "p").unwrap();
+        assert_eq!(parsed, entries);
+        let e = entries[4];
+        let sealed = &bytes[e.offset as usize..(e.offset + e.len) as usize];
+        let plain = crate::crypto::open_blob(&keys, &e.id, sealed, 1000, &|| "b".into()).unwrap();
+        assert_eq!(plain, vec![4u8; 1000]);
+        let mut bad = bytes.clone();
+        let n = bad.len();
+        bad[n - 10] ^= 0x40;
+        assert!(parse_trailer(&keys, &bad, n as u64, "p").is_err());
+    }
+}

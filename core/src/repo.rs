@@ -1,0 +1,220 @@
+//! Opening, creating and reading a repository.
+
+use std::sync::{Arc, OnceLock};
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::Backend;
+use crate::chunker::ChunkerParams;
+use crate::crypto::Keys;
+use crate::index::Index;
+use crate::keyfile::{self, KdfParams};
+use crate::pack::DEFAULT_PACK_TARGET;
+use crate::snapshot::{snapshot_path, Snapshot};
+use crate::{Error, Id, Result};
+
+/// Repository format version this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The plaintext `config` object.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RepoConfig {
+    /// Format version.
+    pub version: u32,
+    /// Random repository id (names the local cache).
+    pub id: Id,
+    /// Chunk size bounds.
+    pub chunker: ChunkerParams,
+    /// Pack size target in bytes.
+    pub pack_target: u32,
+    /// zstd level for blobs.
+    pub compression: i32,
+}
+
+impl Default for RepoConfig {
+    fn default() -> Self {
+        RepoConfig {
+            version: FORMAT_VERSION,
+            id: Id::default(),
+            chunker: ChunkerParams::default(),
+            pack_target: DEFAULT_PACK_TARGET,
+            compression: 3,
+        }
+    }
+}
+
+/// An open repository.
+pub struct Repository {
+    backend: Arc<dyn Backend>,
+    config: RepoConfig,
+    keys: Keys,
+    index: OnceLock<Arc<Index>>,
+}
+
+impl Repository {
+    /// Creates a repository: one key wrapping a fresh master secret, then `config` (written
+    /// last, so a half-made repository is not mistaken for one).
+    ///
+    /// # Errors
+    /// [`Error::RepoExists`] if `config` is present; backend errors.
+    pub fn init(backend: Arc<dyn Backend>, passphrase: &[u8], kdf: KdfParams, mut config: RepoConfig) -> Result<Repository> {
+        match backend.read("config") {
+            Ok(_) => return Err(Error::RepoExists { location: backend.location() }),
+            Err(Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        config.chunker.validate()?;
+        config.version = FORMAT_VERSION;
+        config.id = Id::random()?;
+        let mut master = [0u8; 32];
+        crate::crypto::fill_random(&mut master)?;
+        let kf = keyfile::wrap(&master, passphrase, kdf)?;
+        backend.create(&format!("keys/{}", Id::hash_of(&kf)), &kf)?;
+        let json = serde_json::to_vec_pretty(&config).map_err(|e| Error::Invalid(e.to_string()))?;
+        backend.create("config", &json)?;
+        Ok(Repository { backend, config, keys: Keys::from_master(&master), index: OnceLock::new() })
+    }
+
+    /// Opens a repository with a passphrase. Reads only: nothing in the repository changes.
+    ///
+    /// # Errors
+    /// [`Error::RepoNotFound`], [`Error::WrongPassphrase`], [`Error::UnsupportedVersion`],
+    /// [`Error::Corrupt`] for a damaged `config` or key file; backend errors.
+    pub fn open(backend: Arc<dyn Backend>, passphrase: &[u8]) -> Result<Repository> {
+        let raw = match backend.read("config") {
+            Ok(b) => b,
+            Err(Error::NotFound { .. }) => return Err(Error::RepoNotFound { location: backend.location() }),
+            Err(e) => return Err(e),
+        };
+        let config: RepoConfig =
+            serde_json::from_slice(&raw).map_err(|e| Error::corrupt("config", e.to_string()))?;
+        if config.version != FORMAT_VERSION {
+            return Err(Error::UnsupportedVersion { found: config.version, supported: FORMAT_VERSION });
+        }
+        config.chunker.validate()?;
+        let keys = backend.list("keys/")?;
+        for k in &keys {
+            let bytes = backend.read(&k.path)?;
+            if let Some(master) = keyfile::unwrap(&bytes, passphrase, &k.path)? {
+                return Ok(Repository {
+                    backend,
+                    config,
+                    keys: Keys::from_master(&master),
+                    index: OnceLock::new(),
+                });
+            }
+        }
+        Err(Error::WrongPassphrase { keys: keys.len() })
+    }
+
+    /// The storage backend.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// The repository configuration.
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+
+    /// The working keys.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The index, loaded on first use.
+    ///
+    /// # Errors
+    /// A damaged or unreadable index file.
+    pub fn index(&self) -> Result<Arc<Index>> {
+        if let Some(i) = self.index.get() {
+            return Ok(i.clone());
+        }
+        let idx = Arc::new(Index::load(self.backend.as_ref(), &self.keys)?);
+        Ok(self.index.get_or_init(|| idx).clone())
+    }
+
+    /// Ids of all snapshots (no decryption).
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub fn snapshot_ids(&self) -> Result<Vec<Id>> {
+        let mut ids = Vec::new();
+        for o in self.backend.list("snapshots/")? {
+            let name = o.path.trim_start_matches("snapshots/");
+            // Foreign files are ignored rather than fatal: `check` reports them.
+            if let Ok(id) = Id::from_hex(name) {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Loads one snapshot.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] if damaged; [`Error::NotFound`] if absent.
+    pub fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
+        let bytes = self.backend.read(&snapshot_path(id))?;
+        Snapshot::decode(&self.keys, &bytes, id)
+    }
+
+    /// Loads every snapshot, oldest first.
+    ///
+    /// # Errors
+    /// The first damaged or unreadable snapshot.
+    pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
+        use rayon::prelude::*;
+        let ids = self.snapshot_ids()?;
+        let mut all: Vec<(Id, Snapshot)> =
+            ids.par_iter().map(|id| Ok((*id, self.load_snapshot(id)?))).collect::<Result<_>>()?;
+        all.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        Ok(all)
+    }
+
+    /// Resolves `latest`, a full id or a unique id prefix. `name` restricts `latest` to
+    /// one source.
+    ///
+    /// # Errors
+    /// [`Error::SnapshotNotFound`], [`Error::AmbiguousSnapshot`], or a damaged snapshot.
+    pub fn find_snapshot(&self, selector: &str, name: Option<&str>) -> Result<(Id, Snapshot)> {
+        if selector == "latest" {
+            let all = self.snapshots()?;
+            return all
+                .into_iter()
+                .filter(|(_, s)| name.is_none_or(|n| s.name == n))
+                .next_back()
+                .ok_or_else(|| Error::SnapshotNotFound {
+                    selector: match name {
+                        Some(n) => format!("latest (name {n})"),
+                        None => "latest (the repository has no snapshots)".into(),
+                    },
+                });
+        }
+        let sel = selector.to_ascii_lowercase();
+        if sel.is_empty() || !sel.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(Error::SnapshotNotFound { selector: selector.to_string() });
+        }
+        let matches: Vec<Id> =
+            self.snapshot_ids()?.into_iter().filter(|id| id.to_hex().starts_with(&sel)).collect();
+        match matches.len() {
+            0 => Err(Error::SnapshotNotFound { selector: selector.to_string() }),
+            1 => Ok((matches[0], self.load_snapshot(&matches[0])?)),
+            n => Err(Error::AmbiguousSnapshot {
+                prefix: selector.to_string(),
+                count: n,
+                examples: matches.iter().take(3).map(Id::short).collect::<Vec<_>>().join(", "),
+            }),
+        }
+    }
+
+    /// Stores a snapshot manifest (the last write of a backup).
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub fn save_snapshot(&self, snap: &Snapshot) -> Result<(Id, u64)> {
+        let (id, bytes) = snap.encode(&self.keys)?;
+        self.backend.create(&snapshot_path(&id), &bytes)?;
+        Ok((id, bytes.len() as u64))
+    }
+}

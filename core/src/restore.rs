@@ -1,0 +1,158 @@
+//! Reading parts back.
+//!
+//! Chunks of a part mostly sit next to each other in a few packs, so reads are coalesced
+//! into runs of adjacent blobs (one range read each). Batches of runs are fetched and
+//! opened in parallel (rayon) while a writer thread writes the previous batch in order and
+//! hashes it; the part's recorded BLAKE3 and size are checked at the end. Every blob is
+//! authenticated and checked against its id before a byte of it is written, so damage
+//! gives an error, never wrong output.
+
+use std::io::Write;
+use std::sync::mpsc::sync_channel;
+
+use rayon::prelude::*;
+
+use crate::crypto::open_blob;
+use crate::index::{BlobLoc, Index};
+use crate::pack::pack_path;
+use crate::snapshot::Part;
+use crate::{Error, Id, Repository, Result};
+
+const BATCH_BYTES: u64 = 16 << 20;
+const MAX_RUN: u64 = 4 << 20;
+
+/// Reads, opens and verifies one blob.
+///
+/// # Errors
+/// [`Error::MissingBlob`], [`Error::Corrupt`], backend errors.
+pub fn read_blob(repo: &Repository, index: &Index, id: &Id) -> Result<Vec<u8>> {
+    let loc = index.get(id).ok_or_else(|| Error::MissingBlob { id: id.to_hex() })?;
+    let path = pack_path(&loc.pack);
+    let sealed = repo.backend().read_range(&path, u64::from(loc.offset), u64::from(loc.len))?;
+    open_blob(repo.keys(), id, &sealed, loc.raw_len as usize, &|| format!("pack {path}"))
+}
+
+/// Chunk ids of a part, in order.
+///
+/// # Errors
+/// As [`read_blob`], or a list blob of the wrong length.
+pub fn part_chunk_ids(repo: &Repository, index: &Index, part: &Part) -> Result<Vec<Id>> {
+    let mut ids = Vec::with_capacity(part.chunks as usize);
+    for list in &part.lists {
+        let bytes = read_blob(repo, index, list)?;
+        if bytes.len() % 32 != 0 {
+            return Err(Error::corrupt(format!("chunk list of part {}", part.name), "bad length"));
+        }
+        ids.extend(bytes.chunks_exact(32).map(|c| {
+            let mut a = [0u8; 32];
+            a.copy_from_slice(c);
+            Id(a)
+        }));
+    }
+    if ids.len() as u64 != part.chunks {
+        return Err(Error::corrupt(
+            format!("part {}", part.name),
+            format!("lists {} chunks, the manifest says {}", ids.len(), part.chunks),
+        ));
+    }
+    Ok(ids)
+}
+
+/// A run of blobs adjacent in one pack: one range read.
+struct Run {
+    pack: Id,
+    offset: u64,
+    len: u64,
+    blobs: Vec<(Id, BlobLoc)>,
+}
+
+fn plan(index: &Index, ids: &[Id]) -> Result<Vec<Run>> {
+    let mut runs: Vec<Run> = Vec::new();
+    for id in ids {
+        let loc = index.get(id).ok_or_else(|| Error::MissingBlob { id: id.to_hex() })?;
+        let (off, len) = (u64::from(loc.offset), u64::from(loc.len));
+        if let Some(r) = runs.last_mut() {
+            if r.pack == loc.pack && r.offset + r.len == off && r.len + len <= MAX_RUN {
+                r.len += len;
+                r.blobs.push((*id, loc));
+                continue;
+            }
+        }
+        runs.push(Run { pack: loc.pack, offset: off, len, blobs: vec![(*id, loc)] });
+    }
+    Ok(runs)
+}
+
+fn fetch(repo: &Repository, run: &Run) -> Result<Vec<Vec<u8>>> {
+    let path = pack_path(&run.pack);
+    let data = repo.backend().read_range(&path, run.offset, run.len)?;
+    run.blobs
+        .par_iter()
+        .map(|(id, loc)| {
+            let start = (u64::from(loc.offset) - run.offset) as usize;
+            let sealed = &data[start..start + loc.len as usize];
+            open_blob(repo.keys(), id, sealed, loc.raw_len as usize, &|| format!("pack {path}"))
+        })
+        .collect()
+}
+
+/// Writes one part's bytes to `out`, verifying everything. Returns the bytes written.
+///
+/// # Errors
+/// [`Error::Corrupt`] (naming the part and pack) or [`Error::MissingBlob`] on damage;
+/// [`Error::Output`] when writing fails.
+pub fn restore_part(repo: &Repository, part: &Part, out: &mut (dyn Write + Send)) -> Result<u64> {
+    let index = repo.index()?;
+    let in_part = |e: Error| match e {
+        Error::Output(_) => e,
+        other => Error::corrupt(format!("part {:?}", part.name), other.to_string()),
+    };
+    let ids = part_chunk_ids(repo, &index, part).map_err(in_part)?;
+    let runs = plan(&index, &ids).map_err(in_part)?;
+    let (tx, rx) = sync_channel::<Vec<Vec<Vec<u8>>>>(1);
+    std::thread::scope(|s| {
+        let writer = s.spawn(move || -> Result<(u64, blake3::Hash)> {
+            let mut h = blake3::Hasher::new();
+            let mut n = 0u64;
+            for batch in rx {
+                for chunk in batch.iter().flatten() {
+                    h.update(chunk);
+                    out.write_all(chunk).map_err(Error::Output)?;
+                    n += chunk.len() as u64;
+                }
+            }
+            out.flush().map_err(Error::Output)?;
+            Ok((n, h.finalize()))
+        });
+        let produce = || -> Result<()> {
+            let mut start = 0;
+            while start < runs.len() {
+                let mut end = start;
+                let mut bytes = 0;
+                while end < runs.len() && (end == start || bytes + runs[end].len <= BATCH_BYTES) {
+                    bytes += runs[end].len;
+                    end += 1;
+                }
+                let batch: Vec<Vec<Vec<u8>>> =
+                    runs[start..end].par_iter().map(|r| fetch(repo, r)).collect::<Result<_>>()?;
+                if tx.send(batch).is_err() {
+                    return Ok(()); // the writer failed; its error is reported below
+                }
+                start = end;
+            }
+            Ok(())
+        };
+        let produced = produce();
+        drop(tx);
+        let written = writer.join().map_err(|_| Error::Invalid("restore writer panicked".into()))?;
+        produced.map_err(in_part)?;
+        let (n, hash) = written?;
+        if n != part.size || hash.to_hex().as_str() != part.blake3 {
+            return Err(Error::corrupt(
+                format!("part {:?}", part.name),
+                "restored bytes do not match the hash recorded at backup",
+            ));
+        }
+        Ok(n)
+    })
+}
