@@ -267,7 +267,8 @@ struct Worker {
 }
 
 fn run_worker(rx: Receiver<Job>, ctx: WorkerCtx) -> Result<WorkerOut> {
-    let (ptx, prx) = sync_channel::<PackBuilder>(1);
+    // Rendezvous: at most one pack being built and one being written.
+    let (ptx, prx) = sync_channel::<PackBuilder>(0);
     let (backend, keys) = (ctx.backend.clone(), ctx.keys.clone());
     let writer = std::thread::Builder::new()
         .name("dbvault-write".into())

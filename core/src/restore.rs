@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 use crate::crypto::open_blob;
 use crate::index::{BlobLoc, Index};
-use crate::pack::pack_path;
+use crate::pack::{pack_path, read_trailer};
 use crate::snapshot::Part;
 use crate::{Error, Id, Repository, Result};
 
@@ -96,12 +96,48 @@ fn fetch(repo: &Repository, run: &Run) -> Result<Vec<Vec<u8>>> {
         .collect()
 }
 
+/// What a restore of one part found.
+#[derive(Clone, Debug, Default)]
+pub struct PartReport {
+    /// Bytes written.
+    pub bytes: u64,
+    /// Damage that did not affect the restored bytes (e.g. a pack trailer), one line each.
+    pub warnings: Vec<String>,
+}
+
+/// Checks the trailers of the packs a restore read: damage there does not change the
+/// restored bytes (the index located them and each blob was verified), but it must not go
+/// unnoticed.
+fn check_trailers(repo: &Repository, runs: &[Run]) -> Vec<String> {
+    let mut packs: Vec<Id> = runs.iter().map(|r| r.pack).collect();
+    packs.sort_unstable();
+    packs.dedup();
+    packs
+        .par_iter()
+        .filter_map(|p| {
+            let path = pack_path(p);
+            let r = repo.backend().size(&path).and_then(|size| read_trailer(repo.backend().as_ref(), repo.keys(), p, size));
+            let entries = match r {
+                Ok(e) => e,
+                Err(e) => return Some(format!("{e} (the restored data was verified and is intact; run `dbvault check`)")),
+            };
+            let listed: std::collections::HashSet<(Id, u32, u32)> = entries.iter().map(|e| (e.id, e.offset, e.len)).collect();
+            let missing = runs
+                .iter()
+                .filter(|r| r.pack == *p)
+                .flat_map(|r| r.blobs.iter())
+                .any(|(id, loc)| !listed.contains(&(*id, loc.offset, loc.len)));
+            missing.then(|| format!("pack {path}: its trailer disagrees with the index (run `dbvault check`)"))
+        })
+        .collect()
+}
+
 /// Writes one part's bytes to `out`, verifying everything. Returns the bytes written.
 ///
 /// # Errors
 /// [`Error::Corrupt`] (naming the part and pack) or [`Error::MissingBlob`] on damage;
 /// [`Error::Output`] when writing fails.
-pub fn restore_part(repo: &Repository, part: &Part, out: &mut (dyn Write + Send)) -> Result<u64> {
+pub fn restore_part(repo: &Repository, part: &Part, out: &mut (dyn Write + Send)) -> Result<PartReport> {
     let index = repo.index()?;
     let in_part = |e: Error| match e {
         Error::Output(_) => e,
@@ -153,6 +189,6 @@ pub fn restore_part(repo: &Repository, part: &Part, out: &mut (dyn Write + Send)
                 "restored bytes do not match the hash recorded at backup",
             ));
         }
-        Ok(n)
+        Ok(PartReport { bytes: n, warnings: check_trailers(repo, &runs) })
     })
 }

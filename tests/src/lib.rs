@@ -1,1 +1,216 @@
-//! Test harness.
+//! Harness for the end-to-end tests: runs the real `dbvault` binary against real
+//! repositories (and, in later suites, real servers).
+//!
+//! The binary is `$DBVAULT_BIN`, else `target/release/dbvault` of this workspace: build it
+//! first with `cargo build --release -p dbvault` (the README's test command does).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// The passphrase every test repository uses; the harness checks it never appears in any
+/// output.
+pub const PASSWORD: &str = "correct horse battery staple 8c1f";
+
+/// Path of the binary under test.
+pub fn bin() -> PathBuf {
+    if let Ok(p) = std::env::var("DBVAULT_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/dbvault");
+    assert!(
+        p.exists(),
+        "{} is missing: build it with `cargo build --release -p dbvault` (or set DBVAULT_BIN)",
+        p.display()
+    );
+    p
+}
+
+/// Result of one run of the binary.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit code (None if killed by a signal).
+    pub code: Option<i32>,
+    /// Standard output.
+    pub stdout: Vec<u8>,
+    /// Standard error, as text.
+    pub stderr: String,
+}
+
+impl Run {
+    /// Panics unless the run succeeded.
+    pub fn ok(self) -> Run {
+        assert_eq!(self.code, Some(0), "dbvault failed: {}", self.stderr);
+        self
+    }
+
+    /// Stdout parsed as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", String::from_utf8_lossy(&self.stdout)))
+    }
+
+    /// Stdout as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+}
+
+fn check_secret(out: &Output) {
+    let all = [&out.stdout[..], &out.stderr[..]].concat();
+    let needle = PASSWORD.as_bytes();
+    assert!(
+        !all.windows(needle.len()).any(|w| w == needle),
+        "the passphrase appeared in dbvault's output"
+    );
+}
+
+/// Turns a finished process into a [`Run`], checking the passphrase stayed secret.
+pub fn finish(out: Output) -> Run {
+    check_secret(&out);
+    Run { code: out.status.code(), stdout: out.stdout, stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
+}
+
+/// A repository in a temporary directory.
+pub struct Repo {
+    /// Keeps the directory alive.
+    pub dir: tempfile::TempDir,
+    /// Repository path.
+    pub path: PathBuf,
+}
+
+impl Repo {
+    /// A fresh, initialised repository.
+    pub fn new() -> Repo {
+        let r = Repo::uninit();
+        r.run(&["init"], None).ok();
+        r
+    }
+
+    /// A temp dir and a repository path inside it, not initialised.
+    pub fn uninit() -> Repo {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("repo");
+        Repo { dir, path }
+    }
+
+    /// A command with `--repo` and the passphrase set.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.arg("--repo").arg(&self.path).args(args);
+        c.env("DBVAULT_PASSWORD", PASSWORD);
+        c.env_remove("DBVAULT_PASSWORD_FILE").env_remove("DBVAULT_REPO");
+        c
+    }
+
+    /// Runs dbvault with `args`, feeding `stdin`.
+    pub fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Run {
+        run_cmd(self.cmd(args), stdin)
+    }
+
+    /// Backs up `data` from stdin; returns the `backup --json` document.
+    pub fn backup(&self, data: &[u8], extra: &[&str]) -> serde_json::Value {
+        let mut args = vec!["backup", "-", "--json"];
+        args.extend_from_slice(extra);
+        self.run(&args, Some(data)).ok().json()
+    }
+
+    /// Restores a snapshot to stdout.
+    pub fn restore(&self, snapshot: &str) -> Run {
+        self.run(&["restore", snapshot, "--to", "-"], None)
+    }
+
+    /// Snapshot ids, oldest first.
+    pub fn snapshot_ids(&self) -> Vec<String> {
+        let v = self.run(&["snapshots", "--json"], None).ok().json();
+        v.as_array()
+            .expect("array")
+            .iter()
+            .map(|s| s["id"].as_str().expect("id").to_string())
+            .collect()
+    }
+
+    /// Every file of the repository with its bytes: to prove nothing changed.
+    pub fn files(&self) -> BTreeMap<PathBuf, Vec<u8>> {
+        tree(&self.path)
+    }
+}
+
+/// Runs a prepared command, feeding `stdin`.
+pub fn run_cmd(mut c: Command, stdin: Option<&[u8]>) -> Run {
+    c.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn dbvault");
+    let feeder = stdin.map(|data| {
+        let mut si = child.stdin.take().expect("stdin");
+        let data = data.to_vec();
+        std::thread::spawn(move || {
+            let _ = si.write_all(&data);
+        })
+    });
+    let out = child.wait_with_output().expect("wait");
+    if let Some(f) = feeder {
+        let _ = f.join();
+    }
+    finish(out)
+}
+
+/// Every file under `root` with its content.
+pub fn tree(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(p.clone(), std::fs::read(&p).expect("read"));
+            }
+        }
+    }
+    out
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*).
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        s ^= s >> 12;
+        s ^= s << 25;
+        s ^= s >> 27;
+        out.extend_from_slice(&s.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Deterministic text that compresses like a table dump: numbered rows of varying fields.
+pub fn dump_like(len: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed | 1;
+    let mut out = Vec::with_capacity(len + 200);
+    let mut row = 0u64;
+    while out.len() < len {
+        s ^= s >> 12;
+        s ^= s << 25;
+        s ^= s >> 27;
+        let r = s.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        row += 1;
+        let _ = writeln!(
+            out,
+            "{row}\tcustomer {}\tuser{}@example.org\t{}.{:02}\t2026-{:02}-{:02} 12:{:02}:00+00",
+            r % 100_000,
+            (r >> 17) % 1_000_000,
+            (r >> 7) % 5000,
+            (r >> 3) % 100,
+            1 + (r >> 20) % 12,
+            1 + (r >> 24) % 28,
+            (r >> 30) % 60
+        );
+    }
+    out.truncate(len);
+    out
+}

@@ -40,6 +40,13 @@ pub fn run(b: &dyn Backend) -> Result<()> {
     if b.read_range("data/ab/obj1", data.len() as u64 - 10, 20).is_ok() {
         return Err(fail("read_range past the end succeeded".into()));
     }
+    if b.size("data/ab/obj1")? != data.len() as u64 {
+        return Err(fail("size differs from the stored length".into()));
+    }
+    match b.size("snapshots/missing") {
+        Err(Error::NotFound { .. }) => {}
+        other => return Err(fail(format!("size of a missing object gave {other:?}"))),
+    }
     // missing objects
     match b.read("snapshots/missing") {
         Err(Error::NotFound { .. }) => {}

@@ -100,6 +100,10 @@ impl Backend for LocalBackend {
         Ok(buf)
     }
 
+    fn size(&self, path: &str) -> Result<u64> {
+        Ok(fs::metadata(self.full(path)).map_err(|e| map_err(path, e))?.len())
+    }
+
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         let mut out = Vec::new();
         let start = self.full(prefix.trim_end_matches('/'));

@@ -11,6 +11,7 @@
 //!   existing object untouched.
 //! - [`Backend::read`] / [`Backend::read_range`]: return exactly the stored bytes, or
 //!   [`Error::NotFound`]. A range past the end is an error, never a short read.
+//! - [`Backend::size`]: the size of a complete object, or [`Error::NotFound`].
 //! - [`Backend::list`]: every complete object under a prefix with its size, in no particular
 //!   order; never a temporary or partial object.
 //! - [`Backend::remove`]: delete an object; removing a missing object is not an error
@@ -21,6 +22,8 @@
 pub mod conformance;
 pub mod local;
 
+#[allow(unused_imports)] // named by the docs
+use crate::Error;
 use crate::Result;
 
 /// One stored object as listed.
@@ -55,6 +58,12 @@ pub trait Backend: Send + Sync {
     /// [`crate::Error::NotFound`] if absent; [`crate::Error::Corrupt`] if the object is
     /// shorter than `offset + len`; [`crate::Error::Io`] otherwise.
     fn read_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>>;
+
+    /// Size of an object.
+    ///
+    /// # Errors
+    /// [`crate::Error::NotFound`] if absent; [`crate::Error::Io`] otherwise.
+    fn size(&self, path: &str) -> Result<u64>;
 
     /// Lists every complete object whose path starts with `prefix` (a directory such as
     /// `snapshots/`).

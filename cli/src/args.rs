@@ -1,0 +1,118 @@
+//! The command line (clap derive). Global options are accepted before or after the
+//! subcommand.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// dbvault: deduplicated, compressed, encrypted backups of PostgreSQL and SQLite databases.
+#[derive(Parser, Debug)]
+#[command(name = "dbvault", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Repository: a local path, file:///path, or s3://bucket/prefix.
+    #[arg(long, global = true, env = "DBVAULT_REPO", value_name = "URL")]
+    pub repo: Option<String>,
+    /// Print one JSON document on stdout instead of human output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Read the passphrase from this file (first line). Also DBVAULT_PASSWORD_FILE.
+    #[arg(long, global = true, env = "DBVAULT_PASSWORD_FILE", value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// S3 endpoint URL (else AWS_ENDPOINT_URL).
+    #[arg(long, global = true, value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region (else AWS_REGION).
+    #[arg(long, global = true, value_name = "REGION")]
+    pub s3_region: Option<String>,
+    /// Use path-style S3 addressing (most S3-compatible stores need it).
+    #[arg(long, global = true)]
+    pub s3_path_style: bool,
+    /// Configuration file.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a new repository.
+    Init(InitArgs),
+    /// Back up a database or a stream.
+    Backup(BackupArgs),
+    /// List snapshots.
+    Snapshots(SnapshotsArgs),
+    /// Restore a snapshot (or some of its tables).
+    Restore(RestoreArgs),
+    /// Show repository statistics.
+    Stats,
+}
+
+/// `init` options.
+#[derive(Args, Debug)]
+pub struct InitArgs {}
+
+/// `backup` options.
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    /// What to back up: `-` for stdin (postgres://… and sqlite:PATH come with the database
+    /// issues).
+    #[arg(value_name = "SOURCE", required_unless_present = "command", conflicts_with = "command")]
+    pub source: Option<String>,
+    /// Run CMD with `sh -c` and back up its standard output; no snapshot if it fails.
+    #[arg(long, value_name = "CMD")]
+    pub command: Option<String>,
+    /// Source name: groups snapshots for `latest` and retention (default: stdin, the
+    /// command's program name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Tag the snapshot (repeatable).
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Record this time instead of now (RFC 3339, e.g. 2026-11-20T02:00:00+01:00).
+    #[arg(long, value_name = "RFC3339")]
+    pub time: Option<String>,
+    /// Format of a stream on stdin or from --command: raw (pg_dump and sqlite come with the
+    /// database issues).
+    #[arg(long, value_name = "FORMAT")]
+    pub format: Option<String>,
+}
+
+/// `snapshots` options.
+#[derive(Args, Debug)]
+pub struct SnapshotsArgs {
+    /// Only snapshots of this source name.
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+/// `restore` options.
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// Snapshot: id, unique id prefix, or `latest`.
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshot: String,
+    /// Where to: `-` for stdout.
+    #[arg(long, value_name = "TARGET")]
+    pub to: String,
+    /// With `latest`: the source name to pick from.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Restore only this table (repeatable).
+    #[arg(long = "table", value_name = "NAME")]
+    pub tables: Vec<String>,
+    /// Restore the table under this name.
+    #[arg(long, value_name = "NEW")]
+    pub rename_table: Option<String>,
+    /// Only the schema.
+    #[arg(long, conflicts_with = "data_only")]
+    pub schema_only: bool,
+    /// Only the data.
+    #[arg(long)]
+    pub data_only: bool,
+    /// Overwrite an existing target file.
+    #[arg(long)]
+    pub force: bool,
+}

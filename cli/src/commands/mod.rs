@@ -1,0 +1,26 @@
+//! One module per subcommand; each is a plain function over the parsed arguments.
+
+mod backup;
+mod init;
+mod restore;
+mod snapshots;
+mod stats;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::args::{Cli, Command};
+
+/// Runs the chosen subcommand; returns the exit code for success paths (0, or 3 when a
+/// check found damage).
+pub fn run(cli: &Cli) -> Result<ExitCode> {
+    match &cli.command {
+        Command::Init(a) => init::run(cli, a),
+        Command::Backup(a) => backup::run(cli, a),
+        Command::Snapshots(a) => snapshots::run(cli, a),
+        Command::Restore(a) => restore::run(cli, a),
+        Command::Stats => stats::run(cli),
+    }?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,55 @@
+//! `dbvault snapshots`
+
+use anyhow::Result;
+
+use crate::args::{Cli, SnapshotsArgs};
+use crate::{output, repo_access};
+
+pub fn run(cli: &Cli, a: &SnapshotsArgs) -> Result<()> {
+    let repo = repo_access::open(cli)?;
+    let snaps: Vec<_> = repo
+        .snapshots()?
+        .into_iter()
+        .filter(|(_, s)| a.name.as_deref().is_none_or(|n| s.name == n))
+        .collect();
+    if cli.json {
+        let v: Vec<_> = snaps
+            .iter()
+            .map(|(id, s)| {
+                serde_json::json!({
+                    "id": id.to_hex(),
+                    "time": s.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
+                    "name": s.name,
+                    "host": s.host,
+                    "tags": s.tags,
+                    "source": s.source,
+                    "bytes_in": s.bytes_in,
+                    "bytes_added": s.bytes_added,
+                    "parts": s.parts.iter().map(|p| serde_json::json!({
+                        "name": p.name, "kind": p.kind, "bytes": p.size, "rows": p.rows,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        output::json(&serde_json::Value::Array(v));
+        return Ok(());
+    }
+    if snaps.is_empty() {
+        println!("no snapshots");
+        return Ok(());
+    }
+    println!("{:<10} {:<25} {:<16} {:>10} {:>6}  tags", "id", "time", "name", "size", "parts");
+    for (id, s) in &snaps {
+        println!(
+            "{:<10} {:<25} {:<16} {:>10} {:>6}  {}",
+            id.short(),
+            s.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
+            s.name,
+            output::bytes(s.bytes_in),
+            s.parts.len(),
+            s.tags.join(",")
+        );
+    }
+    println!("{} snapshot(s)", snaps.len());
+    Ok(())
+}

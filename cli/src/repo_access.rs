@@ -1,0 +1,77 @@
+//! Finding the repository and the passphrase.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use dbvault_core::backend::local::LocalBackend;
+use dbvault_core::backend::Backend;
+use dbvault_core::Repository;
+
+use crate::args::Cli;
+
+/// The backend named by `--repo` / `DBVAULT_REPO`.
+pub fn backend(cli: &Cli) -> Result<Arc<dyn Backend>> {
+    let url = cli
+        .repo
+        .as_deref()
+        .ok_or_else(|| anyhow!("no repository given: use --repo URL or set DBVAULT_REPO"))?;
+    if url.starts_with("s3://") {
+        bail!("S3 repositories are not supported by this build yet: use a local path");
+    }
+    let path = url.strip_prefix("file://").unwrap_or(url);
+    if path.is_empty() {
+        bail!("empty repository path");
+    }
+    Ok(Arc::new(LocalBackend::new(Path::new(path))))
+}
+
+fn strip_newline(mut s: String) -> String {
+    if s.ends_with('\n') {
+        s.pop();
+        if s.ends_with('\r') {
+            s.pop();
+        }
+    }
+    s
+}
+
+/// The passphrase: `--password-file`/`DBVAULT_PASSWORD_FILE`, else `DBVAULT_PASSWORD`, else a
+/// prompt on the terminal (twice when creating a repository).
+pub fn passphrase(cli: &Cli, confirm: bool) -> Result<String> {
+    if let Some(f) = &cli.password_file {
+        let s = std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read the password file {}", f.display()))?;
+        let first = s.lines().next().unwrap_or("").to_string();
+        if first.is_empty() {
+            bail!("the password file {} is empty", f.display());
+        }
+        return Ok(first);
+    }
+    if let Ok(p) = std::env::var("DBVAULT_PASSWORD") {
+        if p.is_empty() {
+            bail!("DBVAULT_PASSWORD is set but empty");
+        }
+        return Ok(p);
+    }
+    let tty = std::fs::File::open("/dev/tty").is_ok() && std::io::stderr().is_terminal();
+    if !tty {
+        bail!("no passphrase: set DBVAULT_PASSWORD or DBVAULT_PASSWORD_FILE, or use --password-file");
+    }
+    let p = strip_newline(rpassword::prompt_password("repository passphrase: ")?);
+    if p.is_empty() {
+        bail!("empty passphrase");
+    }
+    if confirm && strip_newline(rpassword::prompt_password("repeat passphrase: ")?) != p {
+        bail!("the passphrases do not match");
+    }
+    Ok(p)
+}
+
+/// Opens the repository.
+pub fn open(cli: &Cli) -> Result<Repository> {
+    let backend = backend(cli)?;
+    let pass = passphrase(cli, false)?;
+    Ok(Repository::open(backend, pass.as_bytes())?)
+}
