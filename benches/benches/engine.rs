@@ -1,1 +1,89 @@
-fn main() {}
+#![allow(missing_docs)] // criterion_group! generates undocumented items
+//! Criterion benchmarks of the engine on seeded, dump-like data: chunking, keyed hashing,
+//! compress+seal, and the whole backup pipeline on one and two rayon threads.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use dbvault_core::backend::local::LocalBackend;
+use dbvault_core::backup::{PartInput, SnapshotMeta};
+use dbvault_core::chunker::{chunks, ChunkerParams};
+use dbvault_core::crypto::{seal_blob, Keys};
+use dbvault_core::keyfile::KdfParams;
+use dbvault_core::{RepoConfig, Repository, SourceInfo};
+
+/// Seeded text shaped like a table's COPY data.
+fn dump_like(len: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed | 1;
+    let mut out = Vec::with_capacity(len + 200);
+    let mut row = 0u64;
+    while out.len() < len {
+        s ^= s >> 12;
+        s ^= s << 25;
+        s ^= s >> 27;
+        let r = s.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        row += 1;
+        let _ = writeln!(out, "{row}\tcustomer {}\tuser{}@example.org\t{}.{:02}", r % 100_000, (r >> 17) % 1_000_000, (r >> 7) % 5000, (r >> 3) % 100);
+    }
+    out.truncate(len);
+    out
+}
+
+const SIZE: usize = 32 << 20;
+
+fn chunking(c: &mut Criterion) {
+    let data = dump_like(SIZE, 1);
+    let mut g = c.benchmark_group("chunking");
+    g.throughput(Throughput::Bytes(SIZE as u64));
+    g.sample_size(10);
+    g.bench_function("fastcdc_64k_keyed", |b| {
+        b.iter(|| chunks(&data[..], ChunkerParams::default(), 0x1234_5678).map(|c| c.map(|c| c.length).unwrap_or(0)).sum::<usize>())
+    });
+    g.finish();
+}
+
+fn hashing(c: &mut Criterion) {
+    let data = dump_like(SIZE, 2);
+    let keys = Keys::from_master(&[5u8; 32]);
+    let mut g = c.benchmark_group("hashing");
+    g.throughput(Throughput::Bytes(SIZE as u64));
+    g.sample_size(10);
+    g.bench_function("keyed_blake3_64k_blobs", |b| {
+        b.iter(|| data.chunks(64 << 10).map(|c| keys.blob_id(c).0[0] as u64).sum::<u64>())
+    });
+    g.bench_function("compress_and_seal_64k_blobs_zstd3", |b| {
+        b.iter(|| {
+            data.chunks(64 << 10)
+                .map(|c| seal_blob(&keys, &keys.blob_id(c), c, 3).map(|s| s.len()).unwrap_or(0))
+                .sum::<usize>()
+        })
+    });
+    g.finish();
+}
+
+fn pipeline(c: &mut Criterion) {
+    let data = dump_like(SIZE, 3);
+    let mut g = c.benchmark_group("pipeline");
+    g.throughput(Throughput::Bytes(SIZE as u64));
+    g.sample_size(10);
+    for threads in [1usize, 2] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
+        g.bench_with_input(BenchmarkId::new("first_backup", threads), &threads, |b, _| {
+            b.iter(|| {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let backend = Arc::new(LocalBackend::new(dir.path().join("r")));
+                let repo = Repository::init(backend, b"pw", KdfParams { m_kib: 64, t: 1, p: 1 }, RepoConfig::default()).expect("init");
+                pool.install(|| {
+                    let bk = repo.start_backup().expect("start");
+                    bk.add_part(PartInput { name: "p".into(), kind: "raw".into(), ..Default::default() }, &data[..]).expect("part");
+                    bk.finish(SnapshotMeta { time: chrono::Local::now().fixed_offset(), name: "b".into(), tags: vec![], source: SourceInfo::default() }).expect("finish")
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, chunking, hashing, pipeline);
+criterion_main!(benches);

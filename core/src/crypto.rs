@@ -102,18 +102,50 @@ impl Keys {
     }
 }
 
+thread_local! {
+    // A zstd context is ~1 MiB to set up; one per thread, reused, makes small blobs cheap.
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// Compresses then seals a blob; the blob id is the associated data.
 ///
 /// # Errors
 /// Only if compression or the random source fails.
 pub fn seal_blob(keys: &Keys, id: &Id, plain: &[u8], level: i32) -> Result<Vec<u8>> {
-    let mut buf = vec![0u8; NONCE_LEN];
-    let mut enc = zstd::stream::Encoder::new(&mut buf, level)
-        .map_err(|e| Error::Invalid(format!("zstd: {e}")))?;
-    std::io::Write::write_all(&mut enc, plain).map_err(|e| Error::Invalid(format!("zstd: {e}")))?;
-    enc.finish().map_err(|e| Error::Invalid(format!("zstd: {e}")))?;
+    let zerr = |e: std::io::Error| Error::Invalid(format!("zstd: {e}"));
+    let bound = zstd::zstd_safe::compress_bound(plain.len());
+    let mut buf = Vec::with_capacity(NONCE_LEN + bound + TAG_LEN);
+    buf.resize(NONCE_LEN + bound, 0);
+    let n = COMPRESSOR.with(|c| -> Result<usize> {
+        let mut c = c.borrow_mut();
+        if c.as_ref().is_none_or(|(l, _)| *l != level) {
+            *c = Some((level, zstd::bulk::Compressor::new(level).map_err(zerr)?));
+        }
+        let (_, comp) = c.as_mut().ok_or_else(|| Error::Invalid("zstd context".into()))?;
+        comp.compress_to_buffer(plain, &mut buf[NONCE_LEN..]).map_err(zerr)
+    })?;
+    buf.truncate(NONCE_LEN + n);
     keys.seal_in_place(&mut buf, &id.0)?;
     Ok(buf)
+}
+
+thread_local! {
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn decompress(data: &[u8], raw_len: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new()?);
+        }
+        match d.as_mut() {
+            Some(d) => d.decompress(data, raw_len),
+            None => Err(std::io::Error::other("zstd context")),
+        }
+    })
 }
 
 /// Opens, decompresses and verifies a blob: the result is exactly the plaintext whose keyed
@@ -129,7 +161,7 @@ pub fn open_blob(
     what: &dyn Fn() -> String,
 ) -> Result<Vec<u8>> {
     let compressed = keys.open(sealed, &id.0, what)?;
-    let plain = zstd::bulk::decompress(&compressed, raw_len)
+    let plain = decompress(&compressed, raw_len)
         .map_err(|e| Error::corrupt(what(), format!("does not decompress: {e}")))?;
     if plain.len() != raw_len || keys.blob_id(&plain) != *id {
         return Err(Error::corrupt(what(), format!("blob {} does not match its id", id.short())));

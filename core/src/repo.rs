@@ -38,7 +38,8 @@ impl Default for RepoConfig {
             id: Id::default(),
             chunker: ChunkerParams::default(),
             pack_target: DEFAULT_PACK_TARGET,
-            compression: 3,
+            // Level 1: on SQL dumps it compresses as well as level 3 at twice the speed.
+            compression: 1,
         }
     }
 }

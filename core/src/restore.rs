@@ -18,8 +18,9 @@ use crate::pack::{pack_path, read_trailer};
 use crate::snapshot::Part;
 use crate::{Error, Id, Repository, Result};
 
-const BATCH_BYTES: u64 = 16 << 20;
-const MAX_RUN: u64 = 4 << 20;
+/// Plaintext bytes per parallel batch: bounds memory whatever the compression ratio.
+const BATCH_RAW_BYTES: u64 = 8 << 20;
+const MAX_RUN: u64 = 2 << 20;
 
 /// Reads, opens and verifies one blob.
 ///
@@ -63,6 +64,7 @@ struct Run {
     pack: Id,
     offset: u64,
     len: u64,
+    raw: u64,
     blobs: Vec<(Id, BlobLoc)>,
 }
 
@@ -74,11 +76,12 @@ fn plan(index: &Index, ids: &[Id]) -> Result<Vec<Run>> {
         if let Some(r) = runs.last_mut() {
             if r.pack == loc.pack && r.offset + r.len == off && r.len + len <= MAX_RUN {
                 r.len += len;
+                r.raw += u64::from(loc.raw_len);
                 r.blobs.push((*id, loc));
                 continue;
             }
         }
-        runs.push(Run { pack: loc.pack, offset: off, len, blobs: vec![(*id, loc)] });
+        runs.push(Run { pack: loc.pack, offset: off, len, raw: u64::from(loc.raw_len), blobs: vec![(*id, loc)] });
     }
     Ok(runs)
 }
@@ -164,9 +167,9 @@ pub fn restore_part(repo: &Repository, part: &Part, out: &mut (dyn Write + Send)
             let mut start = 0;
             while start < runs.len() {
                 let mut end = start;
-                let mut bytes = 0;
-                while end < runs.len() && (end == start || bytes + runs[end].len <= BATCH_BYTES) {
-                    bytes += runs[end].len;
+                let mut raw = 0;
+                while end < runs.len() && (end == start || raw + runs[end].raw <= BATCH_RAW_BYTES) {
+                    raw += runs[end].raw;
                     end += 1;
                 }
                 let batch: Vec<Vec<Vec<u8>>> =
