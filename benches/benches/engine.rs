@@ -24,7 +24,14 @@ fn dump_like(len: usize, seed: u64) -> Vec<u8> {
         s ^= s >> 27;
         let r = s.wrapping_mul(0x2545_F491_4F6C_DD1D);
         row += 1;
-        let _ = writeln!(out, "{row}\tcustomer {}\tuser{}@example.org\t{}.{:02}", r % 100_000, (r >> 17) % 1_000_000, (r >> 7) % 5000, (r >> 3) % 100);
+        let _ = writeln!(
+            out,
+            "{row}\tcustomer {}\tuser{}@example.org\t{}.{:02}",
+            r % 100_000,
+            (r >> 17) % 1_000_000,
+            (r >> 7) % 5000,
+            (r >> 3) % 100
+        );
     }
     out.truncate(len);
     out
@@ -38,7 +45,11 @@ fn chunking(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(SIZE as u64));
     g.sample_size(10);
     g.bench_function("fastcdc_64k_keyed", |b| {
-        b.iter(|| chunks(&data[..], ChunkerParams::default(), 0x1234_5678).map(|c| c.map(|c| c.length).unwrap_or(0)).sum::<usize>())
+        b.iter(|| {
+            chunks(&data[..], ChunkerParams::default(), 0x1234_5678)
+                .map(|c| c.map(|c| c.length).unwrap_or(0))
+                .sum::<usize>()
+        })
     });
     g.finish();
 }
@@ -50,12 +61,20 @@ fn hashing(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(SIZE as u64));
     g.sample_size(10);
     g.bench_function("keyed_blake3_64k_blobs", |b| {
-        b.iter(|| data.chunks(64 << 10).map(|c| keys.blob_id(c).0[0] as u64).sum::<u64>())
+        b.iter(|| {
+            data.chunks(64 << 10)
+                .map(|c| keys.blob_id(c).0[0] as u64)
+                .sum::<u64>()
+        })
     });
     g.bench_function("compress_and_seal_64k_blobs_zstd3", |b| {
         b.iter(|| {
             data.chunks(64 << 10)
-                .map(|c| seal_blob(&keys, &keys.blob_id(c), c, 3).map(|s| s.len()).unwrap_or(0))
+                .map(|c| {
+                    seal_blob(&keys, &keys.blob_id(c), c, 3)
+                        .map(|s| s.len())
+                        .unwrap_or(0)
+                })
                 .sum::<usize>()
         })
     });
@@ -68,19 +87,50 @@ fn pipeline(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(SIZE as u64));
     g.sample_size(10);
     for threads in [1usize, 2] {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
-        g.bench_with_input(BenchmarkId::new("first_backup", threads), &threads, |b, _| {
-            b.iter(|| {
-                let dir = tempfile::tempdir().expect("tempdir");
-                let backend = Arc::new(LocalBackend::new(dir.path().join("r")));
-                let repo = Repository::init(backend, b"pw", KdfParams { m_kib: 64, t: 1, p: 1 }, RepoConfig::default()).expect("init");
-                pool.install(|| {
-                    let bk = repo.start_backup().expect("start");
-                    bk.add_part(PartInput { name: "p".into(), kind: "raw".into(), ..Default::default() }, &data[..]).expect("part");
-                    bk.finish(SnapshotMeta { time: chrono::Local::now().fixed_offset(), name: "b".into(), tags: vec![], source: SourceInfo::default() }).expect("finish")
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("pool");
+        g.bench_with_input(
+            BenchmarkId::new("first_backup", threads),
+            &threads,
+            |b, _| {
+                b.iter(|| {
+                    let dir = tempfile::tempdir().expect("tempdir");
+                    let backend = Arc::new(LocalBackend::new(dir.path().join("r")));
+                    let repo = Repository::init(
+                        backend,
+                        b"pw",
+                        KdfParams {
+                            m_kib: 64,
+                            t: 1,
+                            p: 1,
+                        },
+                        RepoConfig::default(),
+                    )
+                    .expect("init");
+                    pool.install(|| {
+                        let bk = repo.start_backup().expect("start");
+                        bk.add_part(
+                            PartInput {
+                                name: "p".into(),
+                                kind: "raw".into(),
+                                ..Default::default()
+                            },
+                            &data[..],
+                        )
+                        .expect("part");
+                        bk.finish(SnapshotMeta {
+                            time: chrono::Local::now().fixed_offset(),
+                            name: "b".into(),
+                            tags: vec![],
+                            source: SourceInfo::default(),
+                        })
+                        .expect("finish")
+                    })
                 })
-            })
-        });
+            },
+        );
     }
     g.finish();
 }

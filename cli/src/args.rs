@@ -16,7 +16,12 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
     /// Read the passphrase from this file (first line). Also DBVAULT_PASSWORD_FILE.
-    #[arg(long, global = true, env = "DBVAULT_PASSWORD_FILE", value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        env = "DBVAULT_PASSWORD_FILE",
+        value_name = "FILE"
+    )]
     pub password_file: Option<PathBuf>,
     /// S3 endpoint URL (else AWS_ENDPOINT_URL).
     #[arg(long, global = true, value_name = "URL")]
@@ -57,9 +62,13 @@ pub struct InitArgs {}
 /// `backup` options.
 #[derive(Args, Debug)]
 pub struct BackupArgs {
-    /// What to back up: `-` for stdin (postgres://… and sqlite:PATH come with the database
-    /// issues).
-    #[arg(value_name = "SOURCE", required_unless_present = "command", conflicts_with = "command")]
+    /// What to back up: `sqlite:PATH` (online backup of a live database) or `-` for stdin
+    /// (postgres://… comes with the PostgreSQL issue).
+    #[arg(
+        value_name = "SOURCE",
+        required_unless_present = "command",
+        conflicts_with = "command"
+    )]
     pub source: Option<String>,
     /// Run CMD with `sh -c` and back up its standard output; no snapshot if it fails.
     #[arg(long, value_name = "CMD")]
@@ -74,8 +83,8 @@ pub struct BackupArgs {
     /// Record this time instead of now (RFC 3339, e.g. 2026-11-20T02:00:00+01:00).
     #[arg(long, value_name = "RFC3339")]
     pub time: Option<String>,
-    /// Format of a stream on stdin or from --command: raw (pg_dump and sqlite come with the
-    /// database issues).
+    /// Format of a stream on stdin or from --command: raw or sqlite (detected from the
+    /// first bytes when absent).
     #[arg(long, value_name = "FORMAT")]
     pub format: Option<String>,
 }
@@ -94,7 +103,7 @@ pub struct RestoreArgs {
     /// Snapshot: id, unique id prefix, or `latest`.
     #[arg(value_name = "SNAPSHOT")]
     pub snapshot: String,
-    /// Where to: `-` for stdout.
+    /// Where to: `-` for stdout, or `sqlite:PATH`.
     #[arg(long, value_name = "TARGET")]
     pub to: String,
     /// With `latest`: the source name to pick from.
@@ -115,4 +124,7 @@ pub struct RestoreArgs {
     /// Overwrite an existing target file.
     #[arg(long)]
     pub force: bool,
+    /// Replace an existing table of the same name (otherwise restoring onto it is refused).
+    #[arg(long)]
+    pub clean: bool,
 }

@@ -23,9 +23,18 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// Prints a line on stdout; a reader that went away (`| head`) is not an error.
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// Prints a JSON value on stdout.
 pub fn json(v: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    crate::outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
 /// A byte-counter progress display on stderr; nothing when stderr is not a terminal or
@@ -40,7 +49,11 @@ impl Progress {
     /// Starts showing `counter` with a message.
     pub fn start(message: &str, counter: Arc<AtomicU64>, quiet: bool) -> Progress {
         if quiet || !std::io::stderr().is_terminal() {
-            return Progress { bar: None, stop: Arc::default(), thread: None };
+            return Progress {
+                bar: None,
+                stop: Arc::default(),
+                thread: None,
+            };
         }
         let bar = ProgressBar::new_spinner();
         bar.set_style(
@@ -56,7 +69,11 @@ impl Progress {
                 std::thread::sleep(Duration::from_millis(100));
             }
         });
-        Progress { bar: Some(bar), stop, thread: Some(thread) }
+        Progress {
+            bar: Some(bar),
+            stop,
+            thread: Some(thread),
+        }
     }
 
     /// Removes the display.

@@ -57,7 +57,9 @@ pub fn passphrase(cli: &Cli, confirm: bool) -> Result<String> {
     }
     let tty = std::fs::File::open("/dev/tty").is_ok() && std::io::stderr().is_terminal();
     if !tty {
-        bail!("no passphrase: set DBVAULT_PASSWORD or DBVAULT_PASSWORD_FILE, or use --password-file");
+        bail!(
+            "no passphrase: set DBVAULT_PASSWORD or DBVAULT_PASSWORD_FILE, or use --password-file"
+        );
     }
     let p = strip_newline(rpassword::prompt_password("repository passphrase: ")?);
     if p.is_empty() {

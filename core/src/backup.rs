@@ -35,9 +35,22 @@ pub const LIST_LEN: usize = 4096;
 const BATCH_BYTES: usize = 4 << 20;
 const PACKS_PER_INDEX: usize = 64;
 
+/// How a part is cut into chunks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Chunking {
+    /// Content-defined (FastCDC, keyed): for streams where inserts shift later bytes.
+    #[default]
+    ContentDefined,
+    /// Fixed-size chunks of this many bytes: for files of pages (SQLite), where changes
+    /// rewrite pages in place and never shift the rest.
+    Fixed(u32),
+}
+
 /// Describes a part before its bytes are read.
 #[derive(Clone, Debug, Default)]
 pub struct PartInput {
+    /// How to cut it.
+    pub chunking: Chunking,
     /// Part name (unique within the snapshot).
     pub name: String,
     /// Part kind.
@@ -75,8 +88,16 @@ pub struct SnapshotMeta {
 }
 
 enum Job {
-    Chunks { part: u32, chunks: Vec<Vec<u8>> },
-    EndPart { part: u32, input: PartInput, size: u64, blake3: String },
+    Chunks {
+        part: u32,
+        chunks: Vec<Vec<u8>>,
+    },
+    EndPart {
+        part: u32,
+        input: PartInput,
+        size: u64,
+        blake3: String,
+    },
 }
 
 struct WorkerOut {
@@ -120,7 +141,8 @@ impl Repository {
                 let r = run_worker(rx, ctx);
                 if let Err(e) = &r {
                     // Producers see a closed channel; they pick the cause up from here.
-                    *f2.lock().unwrap_or_else(|p| p.into_inner()) = Some(Error::Invalid(e.to_string()));
+                    *f2.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(Error::Invalid(e.to_string()));
                 }
                 r
             })
@@ -144,7 +166,10 @@ impl Backup<'_> {
     }
 
     fn send(&self, job: Job) -> Result<()> {
-        let tx = self.tx.as_ref().ok_or_else(|| Error::Invalid("backup already finished".into()))?;
+        let tx = self
+            .tx
+            .as_ref()
+            .ok_or_else(|| Error::Invalid("backup already finished".into()))?;
         tx.send(job).map_err(|_| {
             self.failure
                 .lock()
@@ -166,33 +191,69 @@ impl Backup<'_> {
         let mut batch = Vec::new();
         let mut batch_bytes = 0usize;
         let params: ChunkerParams = repo_cfg.chunker;
-        for c in chunker::chunks(reader, params, self.repo.keys().chunker_seed()) {
-            let c = c.map_err(|e| match e {
-                fastcdc::v2020::Error::IoError(e) => Error::Source(e),
-                other => Error::Source(std::io::Error::other(format!("{other:?}"))),
-            })?;
-            hasher.update(&c.data);
-            size += c.length as u64;
-            self.progress.fetch_add(c.length as u64, Ordering::Relaxed);
-            batch_bytes += c.length;
-            batch.push(c.data);
+        let mut take = |data: Vec<u8>| -> Result<()> {
+            hasher.update(&data);
+            size += data.len() as u64;
+            self.progress
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+            batch_bytes += data.len();
+            batch.push(data);
             if batch_bytes >= BATCH_BYTES {
-                self.send(Job::Chunks { part, chunks: std::mem::take(&mut batch) })?;
+                self.send(Job::Chunks {
+                    part,
+                    chunks: std::mem::take(&mut batch),
+                })?;
                 batch_bytes = 0;
+            }
+            Ok(())
+        };
+        match input.chunking {
+            Chunking::ContentDefined => {
+                for c in chunker::chunks(reader, params, self.repo.keys().chunker_seed()) {
+                    take(
+                        c.map_err(|e| match e {
+                            fastcdc::v2020::Error::IoError(e) => Error::Source(e),
+                            other => Error::Source(std::io::Error::other(format!("{other:?}"))),
+                        })?
+                        .data,
+                    )?;
+                }
+            }
+            Chunking::Fixed(n) => {
+                let mut reader = reader;
+                loop {
+                    let c = read_up_to(&mut reader, n as usize).map_err(Error::Source)?;
+                    if c.is_empty() {
+                        break;
+                    }
+                    take(c)?;
+                }
             }
         }
         if !batch.is_empty() {
-            self.send(Job::Chunks { part, chunks: batch })?;
+            self.send(Job::Chunks {
+                part,
+                chunks: batch,
+            })?;
         }
         let blake3 = hasher.finalize().to_hex().to_string();
-        self.send(Job::EndPart { part, input, size, blake3: blake3.clone() })?;
+        self.send(Job::EndPart {
+            part,
+            input,
+            size,
+            blake3: blake3.clone(),
+        })?;
         Ok((size, blake3))
     }
 
     fn join(&mut self) -> Result<WorkerOut> {
         drop(self.tx.take());
-        let w = self.worker.take().ok_or_else(|| Error::Invalid("backup already finished".into()))?;
-        w.join().map_err(|_| Error::Invalid("the backup pipeline panicked".into()))?
+        let w = self
+            .worker
+            .take()
+            .ok_or_else(|| Error::Invalid("backup already finished".into()))?;
+        w.join()
+            .map_err(|_| Error::Invalid("the backup pipeline panicked".into()))?
     }
 
     /// Waits for every pack and index file, then writes the snapshot.
@@ -223,7 +284,12 @@ impl Backup<'_> {
         let (_, probe) = snapshot.encode(self.repo.keys())?;
         snapshot.bytes_added += probe.len() as u64;
         let (id, _) = self.repo.save_snapshot(&snapshot)?;
-        Ok(BackupSummary { id, snapshot, new_blobs: out.new_blobs, packs: out.packs })
+        Ok(BackupSummary {
+            id,
+            snapshot,
+            new_blobs: out.new_blobs,
+            packs: out.packs,
+        })
     }
 
     /// Stops the pipeline without recording a snapshot. Data already written stays as
@@ -239,6 +305,22 @@ impl Drop for Backup<'_> {
             let _ = self.join();
         }
     }
+}
+
+/// Reads until `n` bytes or the end of the stream.
+fn read_up_to<R: Read>(r: &mut R, n: usize) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; n];
+    let mut filled = 0;
+    while filled < n {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(k) => filled += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(filled);
+    Ok(buf)
 }
 
 struct WorkerCtx {
@@ -288,18 +370,35 @@ fn run_worker(rx: Receiver<Job>, ctx: WorkerCtx) -> Result<WorkerOut> {
         for job in rx {
             match job {
                 Job::Chunks { part, chunks } => w.add_chunks(part, chunks)?,
-                Job::EndPart { part, input, size, blake3 } => w.end_part(part, input, size, blake3)?,
+                Job::EndPart {
+                    part,
+                    input,
+                    size,
+                    blake3,
+                } => w.end_part(part, input, size, blake3)?,
             }
         }
         w.flush_pack()
     })();
-    let Worker { to_writer, done, new_blobs, .. } = w;
+    let Worker {
+        to_writer,
+        done,
+        new_blobs,
+        ..
+    } = w;
     drop(to_writer);
-    let written = writer.join().map_err(|_| Error::Invalid("the pack writer panicked".into()))?;
+    let written = writer
+        .join()
+        .map_err(|_| Error::Invalid("the pack writer panicked".into()))?;
     // The writer's error is the cause when both failed (the worker only saw it stop).
     let (bytes_added, packs) = written?;
     result?;
-    Ok(WorkerOut { parts: done, new_blobs, bytes_added, packs })
+    Ok(WorkerOut {
+        parts: done,
+        new_blobs,
+        bytes_added,
+        packs,
+    })
 }
 
 impl Worker {
@@ -385,7 +484,11 @@ impl Worker {
     }
 }
 
-fn write_index(backend: &dyn Backend, keys: &Keys, packs: &mut Vec<(Id, Vec<PackEntry>)>) -> Result<u64> {
+fn write_index(
+    backend: &dyn Backend,
+    keys: &Keys,
+    packs: &mut Vec<(Id, Vec<PackEntry>)>,
+) -> Result<u64> {
     if packs.is_empty() {
         return Ok(0);
     }

@@ -21,7 +21,11 @@ impl Default for ChunkerParams {
     /// 16 / 64 / 256 KiB: small enough that a changed row costs little, large enough that a
     /// terabyte is a few million chunks (the index holds 48 bytes per chunk).
     fn default() -> Self {
-        ChunkerParams { min: 16 * 1024, avg: 64 * 1024, max: 256 * 1024 }
+        ChunkerParams {
+            min: 16 * 1024,
+            avg: 64 * 1024,
+            max: 256 * 1024,
+        }
     }
 }
 
@@ -42,7 +46,9 @@ impl ChunkerParams {
         if ok {
             Ok(())
         } else {
-            Err(crate::Error::Invalid(format!("invalid chunker parameters {self:?}")))
+            Err(crate::Error::Invalid(format!(
+                "invalid chunker parameters {self:?}"
+            )))
         }
     }
 }
@@ -115,20 +121,36 @@ mod tests {
         let data = sample(4 << 20, 99);
         let p = ChunkerParams::default();
         let cuts = |d: &[u8], seed| -> Vec<u64> {
-            chunks(d, p, seed).map(|c| { let c = c.unwrap(); c.offset + c.length as u64 }).collect()
+            chunks(d, p, seed)
+                .map(|c| {
+                    let c = c.unwrap();
+                    c.offset + c.length as u64
+                })
+                .collect()
         };
         let a = cuts(&data, 1);
         assert_ne!(a, cuts(&data, 2));
         let mut shifted = b"inserted bytes".to_vec();
         shifted.extend_from_slice(&data);
-        let b: std::collections::HashSet<u64> = cuts(&shifted, 1).into_iter().map(|c| c - 14).collect();
+        let b: std::collections::HashSet<u64> =
+            cuts(&shifted, 1).into_iter().map(|c| c - 14).collect();
         let common = a.iter().filter(|c| b.contains(c)).count();
-        assert!(common * 10 >= a.len() * 9, "{common} of {} boundaries survive", a.len());
+        assert!(
+            common * 10 >= a.len() * 9,
+            "{common} of {} boundaries survive",
+            a.len()
+        );
     }
 
     #[test]
     fn default_params_are_valid() {
         ChunkerParams::default().validate().unwrap();
-        assert!(ChunkerParams { min: 3, avg: 64, max: 8 }.validate().is_err());
+        assert!(ChunkerParams {
+            min: 3,
+            avg: 64,
+            max: 8
+        }
+        .validate()
+        .is_err());
     }
 }

@@ -90,7 +90,10 @@ impl Keys {
     /// [`Error::Corrupt`] naming `what` when the object is truncated or fails authentication.
     pub fn open(&self, sealed: &[u8], aad: &[u8], what: &dyn Fn() -> String) -> Result<Vec<u8>> {
         if sealed.len() < SEAL_OVERHEAD {
-            return Err(Error::corrupt(what(), "too short to be an encrypted object"));
+            return Err(Error::corrupt(
+                what(),
+                "too short to be an encrypted object",
+            ));
         }
         let (nonce, rest) = sealed.split_at(NONCE_LEN);
         let (body, tag) = rest.split_at(rest.len() - TAG_LEN);
@@ -122,8 +125,11 @@ pub fn seal_blob(keys: &Keys, id: &Id, plain: &[u8], level: i32) -> Result<Vec<u
         if c.as_ref().is_none_or(|(l, _)| *l != level) {
             *c = Some((level, zstd::bulk::Compressor::new(level).map_err(zerr)?));
         }
-        let (_, comp) = c.as_mut().ok_or_else(|| Error::Invalid("zstd context".into()))?;
-        comp.compress_to_buffer(plain, &mut buf[NONCE_LEN..]).map_err(zerr)
+        let (_, comp) = c
+            .as_mut()
+            .ok_or_else(|| Error::Invalid("zstd context".into()))?;
+        comp.compress_to_buffer(plain, &mut buf[NONCE_LEN..])
+            .map_err(zerr)
     })?;
     buf.truncate(NONCE_LEN + n);
     keys.seal_in_place(&mut buf, &id.0)?;
@@ -164,7 +170,10 @@ pub fn open_blob(
     let plain = decompress(&compressed, raw_len)
         .map_err(|e| Error::corrupt(what(), format!("does not decompress: {e}")))?;
     if plain.len() != raw_len || keys.blob_id(&plain) != *id {
-        return Err(Error::corrupt(what(), format!("blob {} does not match its id", id.short())));
+        return Err(Error::corrupt(
+            what(),
+            format!("blob {} does not match its id", id.short()),
+        ));
     }
     Ok(plain)
 }
@@ -177,12 +186,18 @@ mod tests {
     fn seal_open_round_trip_and_tamper() {
         let keys = Keys::from_master(&[7u8; 32]);
         let sealed = keys.seal(b"hello", b"ctx").unwrap();
-        assert_eq!(keys.open(&sealed, b"ctx", &|| "x".into()).unwrap(), b"hello");
+        assert_eq!(
+            keys.open(&sealed, b"ctx", &|| "x".into()).unwrap(),
+            b"hello"
+        );
         assert!(keys.open(&sealed, b"other", &|| "x".into()).is_err());
         for i in 0..sealed.len() {
             let mut bad = sealed.clone();
             bad[i] ^= 1;
-            assert!(keys.open(&bad, b"ctx", &|| "x".into()).is_err(), "bit flip at {i} undetected");
+            assert!(
+                keys.open(&bad, b"ctx", &|| "x".into()).is_err(),
+                "bit flip at {i} undetected"
+            );
         }
     }
 
@@ -193,7 +208,10 @@ mod tests {
         let id = keys.blob_id(&data);
         let sealed = seal_blob(&keys, &id, &data, 3).unwrap();
         assert!(sealed.len() < data.len());
-        assert_eq!(open_blob(&keys, &id, &sealed, data.len(), &|| "b".into()).unwrap(), data);
+        assert_eq!(
+            open_blob(&keys, &id, &sealed, data.len(), &|| "b".into()).unwrap(),
+            data
+        );
         let other = keys.blob_id(b"x");
         assert!(open_blob(&keys, &other, &sealed, data.len(), &|| "b".into()).is_err());
     }

@@ -40,12 +40,12 @@ pub enum Error {
         path: String,
     },
     /// A storage operation failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// Object path (or location) the operation was on.
         path: String,
-        /// The underlying error.
-        source: io::Error,
+        /// The underlying error (in the message, so not also a `source`).
+        cause: io::Error,
     },
     /// An object failed authentication or does not parse.
     #[error("{what} is damaged: {detail}")]
@@ -70,7 +70,9 @@ pub enum Error {
         selector: String,
     },
     /// A snapshot id prefix matched several snapshots.
-    #[error("snapshot id prefix {prefix:?} is ambiguous: it matches {count} snapshots ({examples})")]
+    #[error(
+        "snapshot id prefix {prefix:?} is ambiguous: it matches {count} snapshots ({examples})"
+    )]
     AmbiguousSnapshot {
         /// What the user asked for.
         prefix: String,
@@ -87,10 +89,10 @@ pub enum Error {
     },
     /// Reading the data to back up failed.
     #[error("reading the source failed: {0}")]
-    Source(#[source] io::Error),
+    Source(io::Error),
     /// Writing restored data failed.
     #[error("writing the restored data failed: {0}")]
-    Output(#[source] io::Error),
+    Output(io::Error),
     /// A part named by the user is not in the snapshot.
     #[error("snapshot {snapshot} has no part {part:?}")]
     NoSuchPart {
@@ -107,11 +109,17 @@ pub enum Error {
 impl Error {
     /// Wraps an I/O error with the object path it concerns.
     pub fn io(path: impl Into<String>, source: io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            cause: source,
+        }
     }
 
     /// A damaged-object error.
     pub fn corrupt(what: impl Into<String>, detail: impl Into<String>) -> Self {
-        Error::Corrupt { what: what.into(), detail: detail.into() }
+        Error::Corrupt {
+            what: what.into(),
+            detail: detail.into(),
+        }
     }
 }

@@ -71,7 +71,8 @@ pub fn encode_file(keys: &Keys, packs: &[(Id, Vec<PackEntry>)]) -> Result<(Id, V
 pub fn decode_file(keys: &Keys, sealed: &[u8], name: &str) -> Result<IndexContent> {
     let what = format!("index file {name}");
     let z = keys.open(sealed, AAD, &|| what.clone())?;
-    let plain = zstd::stream::decode_all(&z[..]).map_err(|e| Error::corrupt(&what, e.to_string()))?;
+    let plain =
+        zstd::stream::decode_all(&z[..]).map_err(|e| Error::corrupt(&what, e.to_string()))?;
     let mut rest = plain
         .strip_prefix(MAGIC.as_slice())
         .ok_or_else(|| Error::corrupt(&what, "bad magic"))?;
@@ -107,13 +108,17 @@ impl Index {
             .par_iter()
             .map(|f| {
                 let name = f.path.trim_start_matches("index/");
-                let id = Id::from_hex(name).map_err(|_| Error::corrupt(&f.path, "unexpected name"))?;
+                let id =
+                    Id::from_hex(name).map_err(|_| Error::corrupt(&f.path, "unexpected name"))?;
                 let bytes = backend.read(&f.path)?;
                 Ok((id, decode_file(keys, &bytes, &f.path)?))
             })
             .collect::<Result<_>>()?;
         let mut idx = Index::default();
-        let total: usize = decoded.iter().flat_map(|(_, c)| c.iter().map(|(_, e)| e.len())).sum();
+        let total: usize = decoded
+            .iter()
+            .flat_map(|(_, c)| c.iter().map(|(_, e)| e.len()))
+            .sum();
         idx.entries.reserve_exact(total);
         for (file, content) in decoded {
             idx.files.push(file);
@@ -148,7 +153,12 @@ impl Index {
     pub fn get(&self, id: &Id) -> Option<BlobLoc> {
         let i = self.entries.binary_search_by(|e| e.id.cmp(id)).ok()?;
         let e = self.entries[i];
-        Some(BlobLoc { pack: self.packs[e.pack as usize], offset: e.offset, len: e.len, raw_len: e.raw_len })
+        Some(BlobLoc {
+            pack: self.packs[e.pack as usize],
+            offset: e.offset,
+            len: e.len,
+            raw_len: e.raw_len,
+        })
     }
 
     /// True if the blob is indexed.

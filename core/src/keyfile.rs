@@ -11,7 +11,11 @@ use crate::{Error, Result};
 
 /// The KDF cost used for new key files: OWASP's recommended Argon2id setting (19 MiB, 2
 /// passes, 1 lane). About 40 ms here: every command pays it once, and memory stays small.
-pub const DEFAULT_KDF: KdfParams = KdfParams { m_kib: 19 * 1024, t: 2, p: 1 };
+pub const DEFAULT_KDF: KdfParams = KdfParams {
+    m_kib: 19 * 1024,
+    t: 2,
+    p: 1,
+};
 
 /// Argon2id cost parameters.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -103,7 +107,11 @@ mod tests {
 
     #[test]
     fn wrap_unwrap() {
-        let p = KdfParams { m_kib: 64, t: 1, p: 1 };
+        let p = KdfParams {
+            m_kib: 64,
+            t: 1,
+            p: 1,
+        };
         let kf = wrap(&[9u8; 32], b"pw", p).unwrap();
         assert_eq!(unwrap(&kf, b"pw", "k").unwrap(), Some([9u8; 32]));
         assert_eq!(unwrap(&kf, b"wrong", "k").unwrap(), None);

@@ -23,8 +23,8 @@ pub mod restore;
 pub mod snapshot;
 pub mod stats;
 
-pub use backup::{Backup, BackupSummary, PartInput, SnapshotMeta};
+pub use backup::{Backup, BackupSummary, Chunking, PartInput, SnapshotMeta};
 pub use error::{Error, Result};
 pub use id::Id;
-pub use repo::{Repository, RepoConfig};
+pub use repo::{RepoConfig, Repository};
 pub use snapshot::{Part, Snapshot, SourceInfo};

@@ -60,7 +60,11 @@ pub fn encode_entries(out: &mut Vec<u8>, entries: &[PackEntry]) {
 ///
 /// # Errors
 /// [`Error::Corrupt`] naming `what` when the bytes are short or malformed.
-pub fn decode_entries<'a>(buf: &'a [u8], count: usize, what: &str) -> Result<(Vec<PackEntry>, &'a [u8])> {
+pub fn decode_entries<'a>(
+    buf: &'a [u8],
+    count: usize,
+    what: &str,
+) -> Result<(Vec<PackEntry>, &'a [u8])> {
     let need = count.checked_mul(ENTRY_LEN).filter(|n| *n <= buf.len());
     let Some(need) = need else {
         return Err(Error::corrupt(what, "entry list is truncated"));
@@ -75,7 +79,13 @@ pub fn decode_entries<'a>(buf: &'a [u8], count: usize, what: &str) -> Result<(Ve
         };
         let mut id = [0u8; 32];
         id.copy_from_slice(&rec[1..33]);
-        out.push(PackEntry { kind, id: Id(id), offset: u32_at(rec, 33), len: u32_at(rec, 37), raw_len: u32_at(rec, 41) });
+        out.push(PackEntry {
+            kind,
+            id: Id(id),
+            offset: u32_at(rec, 33),
+            len: u32_at(rec, 37),
+            raw_len: u32_at(rec, 41),
+        });
     }
     Ok((out, &buf[need..]))
 }
@@ -90,14 +100,23 @@ pub struct PackBuilder {
 impl PackBuilder {
     /// An empty pack with room for `capacity` bytes.
     pub fn with_capacity(capacity: usize) -> Self {
-        PackBuilder { buf: Vec::with_capacity(capacity), entries: Vec::new() }
+        PackBuilder {
+            buf: Vec::with_capacity(capacity),
+            entries: Vec::new(),
+        }
     }
 
     /// Appends a sealed blob.
     pub fn add(&mut self, kind: BlobKind, id: Id, sealed: &[u8], raw_len: u32) {
         let offset = self.buf.len() as u32;
         self.buf.extend_from_slice(sealed);
-        self.entries.push(PackEntry { kind, id, offset, len: sealed.len() as u32, raw_len });
+        self.entries.push(PackEntry {
+            kind,
+            id,
+            offset,
+            len: sealed.len() as u32,
+            raw_len,
+        });
     }
 
     /// Bytes so far.
@@ -120,7 +139,8 @@ impl PackBuilder {
         encode_entries(&mut plain, &self.entries);
         let trailer = keys.seal(&plain, TRAILER_AAD)?;
         self.buf.extend_from_slice(&trailer);
-        self.buf.extend_from_slice(&(trailer.len() as u32).to_le_bytes());
+        self.buf
+            .extend_from_slice(&(trailer.len() as u32).to_le_bytes());
         Ok((Id::hash_of(&self.buf), self.buf, self.entries))
     }
 }
@@ -130,7 +150,12 @@ impl PackBuilder {
 ///
 /// # Errors
 /// [`Error::Corrupt`] naming the pack when the trailer is damaged or disagrees with the size.
-pub fn parse_trailer(keys: &Keys, tail: &[u8], pack_size: u64, what: &str) -> Result<Vec<PackEntry>> {
+pub fn parse_trailer(
+    keys: &Keys,
+    tail: &[u8],
+    pack_size: u64,
+    what: &str,
+) -> Result<Vec<PackEntry>> {
     let bad = |d: &str| Error::corrupt(what, d.to_string());
     if tail.len() < 4 {
         return Err(bad("too short to hold a trailer"));
@@ -140,7 +165,9 @@ pub fn parse_trailer(keys: &Keys, tail: &[u8], pack_size: u64, what: &str) -> Re
     if tlen + 4 > n {
         return Err(bad("trailer length points outside the pack"));
     }
-    let plain = keys.open(&tail[n - 4 - tlen..n - 4], TRAILER_AAD, &|| what.to_string())?;
+    let plain = keys.open(&tail[n - 4 - tlen..n - 4], TRAILER_AAD, &|| {
+        what.to_string()
+    })?;
     if plain.len() < 4 {
         return Err(bad("trailer is empty"));
     }
@@ -150,7 +177,10 @@ pub fn parse_trailer(keys: &Keys, tail: &[u8], pack_size: u64, what: &str) -> Re
         return Err(bad("trailer has trailing bytes"));
     }
     let body = pack_size.saturating_sub(tlen as u64 + 4);
-    if entries.iter().any(|e| u64::from(e.offset) + u64::from(e.len) > body) {
+    if entries
+        .iter()
+        .any(|e| u64::from(e.offset) + u64::from(e.len) > body)
+    {
         return Err(bad("trailer lists a blob outside the pack"));
     }
     Ok(entries)
@@ -160,15 +190,31 @@ pub fn parse_trailer(keys: &Keys, tail: &[u8], pack_size: u64, what: &str) -> Re
 ///
 /// # Errors
 /// As [`parse_trailer`], plus backend errors.
-pub fn read_trailer(backend: &dyn crate::backend::Backend, keys: &Keys, id: &Id, size: u64) -> Result<Vec<PackEntry>> {
+pub fn read_trailer(
+    backend: &dyn crate::backend::Backend,
+    keys: &Keys,
+    id: &Id,
+    size: u64,
+) -> Result<Vec<PackEntry>> {
     let path = pack_path(id);
     if size < 4 {
-        return Err(Error::corrupt(format!("pack {path}"), "too short to hold a trailer"));
+        return Err(Error::corrupt(
+            format!("pack {path}"),
+            "too short to hold a trailer",
+        ));
     }
     let len_bytes = backend.read_range(&path, size - 4, 4)?;
-    let tlen = u64::from(u32::from_le_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]));
+    let tlen = u64::from(u32::from_le_bytes([
+        len_bytes[0],
+        len_bytes[1],
+        len_bytes[2],
+        len_bytes[3],
+    ]));
     if tlen + 4 > size {
-        return Err(Error::corrupt(format!("pack {path}"), "trailer length points outside the pack"));
+        return Err(Error::corrupt(
+            format!("pack {path}"),
+            "trailer length points outside the pack",
+        ));
     }
     let tail = backend.read_range(&path, size - 4 - tlen, tlen + 4)?;
     parse_trailer(keys, &tail, size, &format!("pack {path}"))

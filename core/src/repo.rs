@@ -58,9 +58,18 @@ impl Repository {
     ///
     /// # Errors
     /// [`Error::RepoExists`] if `config` is present; backend errors.
-    pub fn init(backend: Arc<dyn Backend>, passphrase: &[u8], kdf: KdfParams, mut config: RepoConfig) -> Result<Repository> {
+    pub fn init(
+        backend: Arc<dyn Backend>,
+        passphrase: &[u8],
+        kdf: KdfParams,
+        mut config: RepoConfig,
+    ) -> Result<Repository> {
         match backend.read("config") {
-            Ok(_) => return Err(Error::RepoExists { location: backend.location() }),
+            Ok(_) => {
+                return Err(Error::RepoExists {
+                    location: backend.location(),
+                })
+            }
             Err(Error::NotFound { .. }) => {}
             Err(e) => return Err(e),
         }
@@ -73,7 +82,12 @@ impl Repository {
         backend.create(&format!("keys/{}", Id::hash_of(&kf)), &kf)?;
         let json = serde_json::to_vec_pretty(&config).map_err(|e| Error::Invalid(e.to_string()))?;
         backend.create("config", &json)?;
-        Ok(Repository { backend, config, keys: Keys::from_master(&master), index: OnceLock::new() })
+        Ok(Repository {
+            backend,
+            config,
+            keys: Keys::from_master(&master),
+            index: OnceLock::new(),
+        })
     }
 
     /// Opens a repository with a passphrase. Reads only: nothing in the repository changes.
@@ -84,13 +98,20 @@ impl Repository {
     pub fn open(backend: Arc<dyn Backend>, passphrase: &[u8]) -> Result<Repository> {
         let raw = match backend.read("config") {
             Ok(b) => b,
-            Err(Error::NotFound { .. }) => return Err(Error::RepoNotFound { location: backend.location() }),
+            Err(Error::NotFound { .. }) => {
+                return Err(Error::RepoNotFound {
+                    location: backend.location(),
+                })
+            }
             Err(e) => return Err(e),
         };
         let config: RepoConfig =
             serde_json::from_slice(&raw).map_err(|e| Error::corrupt("config", e.to_string()))?;
         if config.version != FORMAT_VERSION {
-            return Err(Error::UnsupportedVersion { found: config.version, supported: FORMAT_VERSION });
+            return Err(Error::UnsupportedVersion {
+                found: config.version,
+                supported: FORMAT_VERSION,
+            });
         }
         config.chunker.validate()?;
         let keys = backend.list("keys/")?;
@@ -167,8 +188,10 @@ impl Repository {
     pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
         use rayon::prelude::*;
         let ids = self.snapshot_ids()?;
-        let mut all: Vec<(Id, Snapshot)> =
-            ids.par_iter().map(|id| Ok((*id, self.load_snapshot(id)?))).collect::<Result<_>>()?;
+        let mut all: Vec<(Id, Snapshot)> = ids
+            .par_iter()
+            .map(|id| Ok((*id, self.load_snapshot(id)?)))
+            .collect::<Result<_>>()?;
         all.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
         Ok(all)
     }
@@ -194,17 +217,29 @@ impl Repository {
         }
         let sel = selector.to_ascii_lowercase();
         if sel.is_empty() || !sel.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(Error::SnapshotNotFound { selector: selector.to_string() });
+            return Err(Error::SnapshotNotFound {
+                selector: selector.to_string(),
+            });
         }
-        let matches: Vec<Id> =
-            self.snapshot_ids()?.into_iter().filter(|id| id.to_hex().starts_with(&sel)).collect();
+        let matches: Vec<Id> = self
+            .snapshot_ids()?
+            .into_iter()
+            .filter(|id| id.to_hex().starts_with(&sel))
+            .collect();
         match matches.len() {
-            0 => Err(Error::SnapshotNotFound { selector: selector.to_string() }),
+            0 => Err(Error::SnapshotNotFound {
+                selector: selector.to_string(),
+            }),
             1 => Ok((matches[0], self.load_snapshot(&matches[0])?)),
             n => Err(Error::AmbiguousSnapshot {
                 prefix: selector.to_string(),
                 count: n,
-                examples: matches.iter().take(3).map(Id::short).collect::<Vec<_>>().join(", "),
+                examples: matches
+                    .iter()
+                    .take(3)
+                    .map(Id::short)
+                    .collect::<Vec<_>>()
+                    .join(", "),
             }),
         }
     }

@@ -27,10 +27,16 @@ const MAX_RUN: u64 = 2 << 20;
 /// # Errors
 /// [`Error::MissingBlob`], [`Error::Corrupt`], backend errors.
 pub fn read_blob(repo: &Repository, index: &Index, id: &Id) -> Result<Vec<u8>> {
-    let loc = index.get(id).ok_or_else(|| Error::MissingBlob { id: id.to_hex() })?;
+    let loc = index
+        .get(id)
+        .ok_or_else(|| Error::MissingBlob { id: id.to_hex() })?;
     let path = pack_path(&loc.pack);
-    let sealed = repo.backend().read_range(&path, u64::from(loc.offset), u64::from(loc.len))?;
-    open_blob(repo.keys(), id, &sealed, loc.raw_len as usize, &|| format!("pack {path}"))
+    let sealed = repo
+        .backend()
+        .read_range(&path, u64::from(loc.offset), u64::from(loc.len))?;
+    open_blob(repo.keys(), id, &sealed, loc.raw_len as usize, &|| {
+        format!("pack {path}")
+    })
 }
 
 /// Chunk ids of a part, in order.
@@ -42,7 +48,10 @@ pub fn part_chunk_ids(repo: &Repository, index: &Index, part: &Part) -> Result<V
     for list in &part.lists {
         let bytes = read_blob(repo, index, list)?;
         if bytes.len() % 32 != 0 {
-            return Err(Error::corrupt(format!("chunk list of part {}", part.name), "bad length"));
+            return Err(Error::corrupt(
+                format!("chunk list of part {}", part.name),
+                "bad length",
+            ));
         }
         ids.extend(bytes.chunks_exact(32).map(|c| {
             let mut a = [0u8; 32];
@@ -53,7 +62,11 @@ pub fn part_chunk_ids(repo: &Repository, index: &Index, part: &Part) -> Result<V
     if ids.len() as u64 != part.chunks {
         return Err(Error::corrupt(
             format!("part {}", part.name),
-            format!("lists {} chunks, the manifest says {}", ids.len(), part.chunks),
+            format!(
+                "lists {} chunks, the manifest says {}",
+                ids.len(),
+                part.chunks
+            ),
         ));
     }
     Ok(ids)
@@ -71,7 +84,9 @@ struct Run {
 fn plan(index: &Index, ids: &[Id]) -> Result<Vec<Run>> {
     let mut runs: Vec<Run> = Vec::new();
     for id in ids {
-        let loc = index.get(id).ok_or_else(|| Error::MissingBlob { id: id.to_hex() })?;
+        let loc = index
+            .get(id)
+            .ok_or_else(|| Error::MissingBlob { id: id.to_hex() })?;
         let (off, len) = (u64::from(loc.offset), u64::from(loc.len));
         if let Some(r) = runs.last_mut() {
             if r.pack == loc.pack && r.offset + r.len == off && r.len + len <= MAX_RUN {
@@ -81,7 +96,13 @@ fn plan(index: &Index, ids: &[Id]) -> Result<Vec<Run>> {
                 continue;
             }
         }
-        runs.push(Run { pack: loc.pack, offset: off, len, raw: u64::from(loc.raw_len), blobs: vec![(*id, loc)] });
+        runs.push(Run {
+            pack: loc.pack,
+            offset: off,
+            len,
+            raw: u64::from(loc.raw_len),
+            blobs: vec![(*id, loc)],
+        });
     }
     Ok(runs)
 }
@@ -94,7 +115,9 @@ fn fetch(repo: &Repository, run: &Run) -> Result<Vec<Vec<u8>>> {
         .map(|(id, loc)| {
             let start = (u64::from(loc.offset) - run.offset) as usize;
             let sealed = &data[start..start + loc.len as usize];
-            open_blob(repo.keys(), id, sealed, loc.raw_len as usize, &|| format!("pack {path}"))
+            open_blob(repo.keys(), id, sealed, loc.raw_len as usize, &|| {
+                format!("pack {path}")
+            })
         })
         .collect()
 }
@@ -119,18 +142,27 @@ fn check_trailers(repo: &Repository, runs: &[Run]) -> Vec<String> {
         .par_iter()
         .filter_map(|p| {
             let path = pack_path(p);
-            let r = repo.backend().size(&path).and_then(|size| read_trailer(repo.backend().as_ref(), repo.keys(), p, size));
-            let entries = match r {
-                Ok(e) => e,
-                Err(e) => return Some(format!("{e} (the restored data was verified and is intact; run `dbvault check`)")),
-            };
-            let listed: std::collections::HashSet<(Id, u32, u32)> = entries.iter().map(|e| (e.id, e.offset, e.len)).collect();
+            let r = repo
+                .backend()
+                .size(&path)
+                .and_then(|size| read_trailer(repo.backend().as_ref(), repo.keys(), p, size));
+            let entries =
+                match r {
+                    Ok(e) => e,
+                    Err(e) => return Some(format!(
+                        "{e} (the restored data was verified and is intact; run `dbvault check`)"
+                    )),
+                };
+            let listed: std::collections::HashSet<(Id, u32, u32)> =
+                entries.iter().map(|e| (e.id, e.offset, e.len)).collect();
             let missing = runs
                 .iter()
                 .filter(|r| r.pack == *p)
                 .flat_map(|r| r.blobs.iter())
                 .any(|(id, loc)| !listed.contains(&(*id, loc.offset, loc.len)));
-            missing.then(|| format!("pack {path}: its trailer disagrees with the index (run `dbvault check`)"))
+            missing.then(|| {
+                format!("pack {path}: its trailer disagrees with the index (run `dbvault check`)")
+            })
         })
         .collect()
 }
@@ -140,7 +172,11 @@ fn check_trailers(repo: &Repository, runs: &[Run]) -> Vec<String> {
 /// # Errors
 /// [`Error::Corrupt`] (naming the part and pack) or [`Error::MissingBlob`] on damage;
 /// [`Error::Output`] when writing fails.
-pub fn restore_part(repo: &Repository, part: &Part, out: &mut (dyn Write + Send)) -> Result<PartReport> {
+pub fn restore_part(
+    repo: &Repository,
+    part: &Part,
+    out: &mut (dyn Write + Send),
+) -> Result<PartReport> {
     let index = repo.index()?;
     let in_part = |e: Error| match e {
         Error::Output(_) => e,
@@ -172,8 +208,10 @@ pub fn restore_part(repo: &Repository, part: &Part, out: &mut (dyn Write + Send)
                     raw += runs[end].raw;
                     end += 1;
                 }
-                let batch: Vec<Vec<Vec<u8>>> =
-                    runs[start..end].par_iter().map(|r| fetch(repo, r)).collect::<Result<_>>()?;
+                let batch: Vec<Vec<Vec<u8>>> = runs[start..end]
+                    .par_iter()
+                    .map(|r| fetch(repo, r))
+                    .collect::<Result<_>>()?;
                 if tx.send(batch).is_err() {
                     return Ok(()); // the writer failed; its error is reported below
                 }
@@ -183,7 +221,9 @@ pub fn restore_part(repo: &Repository, part: &Part, out: &mut (dyn Write + Send)
         };
         let produced = produce();
         drop(tx);
-        let written = writer.join().map_err(|_| Error::Invalid("restore writer panicked".into()))?;
+        let written = writer
+            .join()
+            .map_err(|_| Error::Invalid("restore writer panicked".into()))?;
         produced.map_err(in_part)?;
         let (n, hash) = written?;
         if n != part.size || hash.to_hex().as_str() != part.blake3 {
@@ -192,6 +232,9 @@ pub fn restore_part(repo: &Repository, part: &Part, out: &mut (dyn Write + Send)
                 "restored bytes do not match the hash recorded at backup",
             ));
         }
-        Ok(PartReport { bytes: n, warnings: check_trailers(repo, &runs) })
+        Ok(PartReport {
+            bytes: n,
+            warnings: check_trailers(repo, &runs),
+        })
     })
 }

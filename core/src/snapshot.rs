@@ -102,7 +102,8 @@ impl Snapshot {
             return Err(Error::corrupt(&what, "content does not match its name"));
         }
         let z = keys.open(sealed, AAD, &|| what.clone())?;
-        let json = zstd::stream::decode_all(&z[..]).map_err(|e| Error::corrupt(&what, e.to_string()))?;
+        let json =
+            zstd::stream::decode_all(&z[..]).map_err(|e| Error::corrupt(&what, e.to_string()))?;
         serde_json::from_slice(&json).map_err(|e| Error::corrupt(&what, e.to_string()))
     }
 

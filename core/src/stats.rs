@@ -30,7 +30,10 @@ pub struct Stats {
 pub fn stats(repo: &Repository) -> Result<Stats> {
     let objects = repo.backend().list("")?;
     let stored: u64 = objects.iter().map(|o| o.size).sum();
-    let packs = objects.iter().filter(|o| o.path.starts_with("data/")).count();
+    let packs = objects
+        .iter()
+        .filter(|o| o.path.starts_with("data/"))
+        .count();
     let index = repo.index()?;
     let snaps = repo.snapshots()?;
     let snapshot_bytes: u64 = snaps.iter().map(|(_, s)| s.bytes_in).sum();
@@ -41,6 +44,10 @@ pub fn stats(repo: &Repository) -> Result<Stats> {
         index_files: index.files().len(),
         stored_bytes: stored,
         snapshot_bytes,
-        ratio: if stored == 0 { 0.0 } else { snapshot_bytes as f64 / stored as f64 },
+        ratio: if stored == 0 {
+            0.0
+        } else {
+            snapshot_bytes as f64 / stored as f64
+        },
     })
 }

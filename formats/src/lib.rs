@@ -5,6 +5,12 @@
 
 use std::fmt;
 
+pub mod error;
+pub mod sqlite;
+pub mod sqlite_sql;
+
+pub use error::{FormatError, Result};
+
 /// The format of a stream given on stdin or by `--command`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StreamFormat {
@@ -26,7 +32,9 @@ impl StreamFormat {
             "raw" => Ok(StreamFormat::Raw),
             "pg_dump" | "pgdump" => Ok(StreamFormat::PgDump),
             "sqlite" => Ok(StreamFormat::Sqlite),
-            other => Err(format!("unknown format {other:?}: use pg_dump, sqlite or raw")),
+            other => Err(format!(
+                "unknown format {other:?}: use pg_dump, sqlite or raw"
+            )),
         }
     }
 
@@ -63,8 +71,14 @@ mod tests {
 
     #[test]
     fn detects_formats() {
-        assert_eq!(StreamFormat::detect(b"SQLite format 3\0rest"), StreamFormat::Sqlite);
-        assert_eq!(StreamFormat::detect(b"--\n-- PostgreSQL database dump\n--\n"), StreamFormat::PgDump);
+        assert_eq!(
+            StreamFormat::detect(b"SQLite format 3\0rest"),
+            StreamFormat::Sqlite
+        );
+        assert_eq!(
+            StreamFormat::detect(b"--\n-- PostgreSQL database dump\n--\n"),
+            StreamFormat::PgDump
+        );
         assert_eq!(StreamFormat::detect(b"hello"), StreamFormat::Raw);
         assert_eq!(StreamFormat::parse("raw"), Ok(StreamFormat::Raw));
         assert!(StreamFormat::parse("tar").is_err());

@@ -47,8 +47,12 @@ impl Run {
 
     /// Stdout parsed as JSON.
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", String::from_utf8_lossy(&self.stdout)))
+        serde_json::from_slice(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.stdout)
+            )
+        })
     }
 
     /// Stdout as text.
@@ -69,7 +73,11 @@ fn check_secret(out: &Output) {
 /// Turns a finished process into a [`Run`], checking the passphrase stayed secret.
 pub fn finish(out: Output) -> Run {
     check_secret(&out);
-    Run { code: out.status.code(), stdout: out.stdout, stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
+    Run {
+        code: out.status.code(),
+        stdout: out.stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
 }
 
 /// A repository in a temporary directory.
@@ -100,7 +108,8 @@ impl Repo {
         let mut c = Command::new(bin());
         c.arg("--repo").arg(&self.path).args(args);
         c.env("DBVAULT_PASSWORD", PASSWORD);
-        c.env_remove("DBVAULT_PASSWORD_FILE").env_remove("DBVAULT_REPO");
+        c.env_remove("DBVAULT_PASSWORD_FILE")
+            .env_remove("DBVAULT_REPO");
         c
     }
 
@@ -139,7 +148,11 @@ impl Repo {
 
 /// Runs a prepared command, feeding `stdin`.
 pub fn run_cmd(mut c: Command, stdin: Option<&[u8]>) -> Run {
-    c.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    c.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
     c.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = c.spawn().expect("spawn dbvault");
     let feeder = stdin.map(|data| {
@@ -161,7 +174,9 @@ pub fn tree(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let p = e.path();
             if p.is_dir() {
@@ -213,4 +228,21 @@ pub fn dump_like(len: usize, seed: u64) -> Vec<u8> {
     }
     out.truncate(len);
     out
+}
+
+/// `sqlite3 PATH .dump`, through the sqlite3 command-line shell.
+pub fn sqlite3_dump(path: &Path) -> String {
+    let out = Command::new("sqlite3")
+        .arg(path)
+        .arg(".dump")
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run sqlite3 ({e}): install it with `apt-get install sqlite3`")
+        });
+    assert!(
+        out.status.success(),
+        "sqlite3 .dump failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -11,7 +11,10 @@ fn killed_backups_lose_nothing() {
     let repo = Repo::new();
     let base = dump_like(8 << 20, 21);
     repo.backup(&base, &["--name", "base"]);
-    let seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).expect("time").as_nanos() as u64;
+    let seed = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("time")
+        .as_nanos() as u64;
     eprintln!("kill schedule seed: {seed}");
     let delays = random_bytes(64, seed);
     let mut big = dump_like(40 << 20, 22);
@@ -35,8 +38,13 @@ fn killed_backups_lose_nothing() {
         let _ = child.wait();
         let _ = feeder.join();
         // Every earlier snapshot still restores exactly.
-        let out = repo.run(&["restore", "latest", "--name", "base", "--to", "-"], None).ok();
-        assert!(out.stdout == base, "round {round} (delay {delay:?}): base snapshot damaged");
+        let out = repo
+            .run(&["restore", "latest", "--name", "base", "--to", "-"], None)
+            .ok();
+        assert!(
+            out.stdout == base,
+            "round {round} (delay {delay:?}): base snapshot damaged"
+        );
         let list = repo.run(&["snapshots", "--json"], None).ok().json();
         for s in list.as_array().expect("array") {
             let id = s["id"].as_str().expect("id");
@@ -45,12 +53,20 @@ fn killed_backups_lose_nothing() {
         }
     }
     // At least one round was killed before it could record its snapshot.
-    let victims = repo.run(&["snapshots", "--name", "victim", "--json"], None).ok().json();
-    assert!(victims.as_array().expect("array").len() < 6, "no backup was interrupted");
+    let victims = repo
+        .run(&["snapshots", "--name", "victim", "--json"], None)
+        .ok()
+        .json();
+    assert!(
+        victims.as_array().expect("array").len() < 6,
+        "no backup was interrupted"
+    );
     // The next backup succeeds and restores.
     let b = repo.backup(&big, &["--name", "after"]);
     assert!(b["snapshot_id"].is_string());
-    let out = repo.run(&["restore", "latest", "--name", "after", "--to", "-"], None).ok();
+    let out = repo
+        .run(&["restore", "latest", "--name", "after", "--to", "-"], None)
+        .ok();
     assert!(out.stdout == big);
     assert!(repo.restore("latest").ok().stdout == big);
 }

@@ -13,26 +13,49 @@ fn wrong_passphrase_is_one_line_exit_1_and_changes_nothing() {
     let repo = Repo::new();
     repo.backup(b"data", &[]);
     let before = repo.files();
-    for args in [&["snapshots"][..], &["restore", "latest", "--to", "-"], &["backup", "-"], &["stats"]] {
+    for args in [
+        &["snapshots"][..],
+        &["restore", "latest", "--to", "-"],
+        &["backup", "-"],
+        &["stats"],
+    ] {
         let mut c = repo.cmd(args);
         c.env("DBVAULT_PASSWORD", "not the passphrase");
         let r = dbvault_tests::run_cmd(c, Some(b"new data"));
         assert_eq!(r.code, Some(1), "{args:?}");
-        assert!(one_line(&r.stderr).contains("wrong passphrase"), "{}", r.stderr);
+        assert!(
+            one_line(&r.stderr).contains("wrong passphrase"),
+            "{}",
+            r.stderr
+        );
         assert!(r.stdout.is_empty());
     }
-    assert!(repo.files() == before, "a failed command changed the repository");
+    assert!(
+        repo.files() == before,
+        "a failed command changed the repository"
+    );
 }
 
 #[test]
 fn missing_repository_is_one_line_exit_1_and_creates_nothing() {
     let repo = Repo::uninit();
-    for args in [&["snapshots"][..], &["backup", "-"], &["restore", "latest", "--to", "-"]] {
+    for args in [
+        &["snapshots"][..],
+        &["backup", "-"],
+        &["restore", "latest", "--to", "-"],
+    ] {
         let r = repo.run(args, Some(b"x"));
         assert_eq!(r.code, Some(1));
-        assert!(one_line(&r.stderr).contains("no repository at"), "{}", r.stderr);
+        assert!(
+            one_line(&r.stderr).contains("no repository at"),
+            "{}",
+            r.stderr
+        );
     }
-    assert!(!repo.path.exists(), "a failed command created the repository directory");
+    assert!(
+        !repo.path.exists(),
+        "a failed command created the repository directory"
+    );
     let mut c = std::process::Command::new(dbvault_tests::bin());
     c.args(["snapshots"]).env_remove("DBVAULT_REPO");
     let r = dbvault_tests::run_cmd(c, None);
@@ -46,7 +69,11 @@ fn init_twice_is_refused() {
     let before = repo.files();
     let r = repo.run(&["init"], None);
     assert_eq!(r.code, Some(1));
-    assert!(one_line(&r.stderr).contains("already exists"), "{}", r.stderr);
+    assert!(
+        one_line(&r.stderr).contains("already exists"),
+        "{}",
+        r.stderr
+    );
     assert!(repo.files() == before);
 }
 
@@ -69,10 +96,18 @@ fn unknown_and_ambiguous_snapshot_ids() {
     assert!(one_line(&r.stderr).contains("ambiguous"), "{}", r.stderr);
     let r = repo.restore("0123456789abcdef0123");
     assert_eq!(r.code, Some(1));
-    assert!(one_line(&r.stderr).contains("no snapshot matches"), "{}", r.stderr);
+    assert!(
+        one_line(&r.stderr).contains("no snapshot matches"),
+        "{}",
+        r.stderr
+    );
     let r = repo.restore("not-an-id");
     assert_eq!(r.code, Some(1));
-    assert!(one_line(&r.stderr).contains("no snapshot matches"), "{}", r.stderr);
+    assert!(
+        one_line(&r.stderr).contains("no snapshot matches"),
+        "{}",
+        r.stderr
+    );
     let empty = Repo::new();
     let r = empty.restore("latest");
     assert_eq!(r.code, Some(1));
@@ -88,15 +123,41 @@ fn failing_or_killed_command_records_no_snapshot() {
     let repo = Repo::new();
     repo.backup(b"earlier", &[]);
     let before = repo.snapshot_ids();
-    let r = repo.run(&["backup", "--command", "head -c 3000000 /dev/urandom; exit 3"], None);
+    let r = repo.run(
+        &[
+            "backup",
+            "--command",
+            "head -c 3000000 /dev/urandom; exit 3",
+        ],
+        None,
+    );
     assert_eq!(r.code, Some(1));
-    assert!(one_line(&r.stderr).contains("exited with status 3"), "{}", r.stderr);
-    let r = repo.run(&["backup", "--command", "head -c 3000000 /dev/urandom; kill -9 $$"], None);
+    assert!(
+        one_line(&r.stderr).contains("exited with status 3"),
+        "{}",
+        r.stderr
+    );
+    let r = repo.run(
+        &[
+            "backup",
+            "--command",
+            "head -c 3000000 /dev/urandom; kill -9 $$",
+        ],
+        None,
+    );
     assert_eq!(r.code, Some(1));
-    assert!(one_line(&r.stderr).contains("killed by signal 9"), "{}", r.stderr);
+    assert!(
+        one_line(&r.stderr).contains("killed by signal 9"),
+        "{}",
+        r.stderr
+    );
     let r = repo.run(&["backup", "--command", "exec /nonexistent/program"], None);
     assert_eq!(r.code, Some(1));
-    assert_eq!(repo.snapshot_ids(), before, "a failed command left a snapshot");
+    assert_eq!(
+        repo.snapshot_ids(),
+        before,
+        "a failed command left a snapshot"
+    );
     assert_eq!(repo.restore("latest").ok().stdout, b"earlier");
     repo.backup(b"next", &[]);
     assert_eq!(repo.restore("latest").ok().stdout, b"next");
@@ -111,8 +172,16 @@ fn restore_with_flip(repo: &Repo, file: &std::path::Path, pos: usize, want: &[u8
     let r = repo.restore("latest");
     std::fs::write(file, &orig).expect("write back");
     let detected = r.code != Some(0) || r.stderr.contains("warning");
-    assert!(detected, "flip at {pos} of {} went unnoticed", file.display());
-    assert!(want.starts_with(&r.stdout), "flip at {pos} of {} gave wrong output", file.display());
+    assert!(
+        detected,
+        "flip at {pos} of {} went unnoticed",
+        file.display()
+    );
+    assert!(
+        want.starts_with(&r.stdout),
+        "flip at {pos} of {} gave wrong output",
+        file.display()
+    );
     if r.code != Some(0) {
         one_line(&r.stderr);
     }
@@ -151,13 +220,20 @@ fn a_missing_pack_or_index_is_a_clear_error() {
     let data = dump_like(2 << 20, 13);
     repo.backup(&data, &[]);
     for dir in ["data", "index"] {
-        let victim = repo.files().into_keys().find(|p| p.to_string_lossy().contains(&format!("/{dir}/"))).expect("file");
+        let victim = repo
+            .files()
+            .into_keys()
+            .find(|p| p.to_string_lossy().contains(&format!("/{dir}/")))
+            .expect("file");
         let saved = std::fs::read(&victim).expect("read");
         std::fs::remove_file(&victim).expect("rm");
         let r = repo.restore("latest");
         assert_eq!(r.code, Some(1));
         let line = one_line(&r.stderr);
-        assert!(line.contains("missing") || line.contains("not found"), "{line}");
+        assert!(
+            line.contains("missing") || line.contains("not found"),
+            "{line}"
+        );
         assert!(data.starts_with(&r.stdout));
         std::fs::write(&victim, saved).expect("restore file");
     }

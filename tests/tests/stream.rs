@@ -7,7 +7,11 @@ fn round_trip(repo: &Repo, data: &[u8]) {
     let id = b["snapshot_id"].as_str().expect("snapshot_id");
     assert_eq!(b["bytes_in"].as_u64(), Some(data.len() as u64));
     let out = repo.restore(id).ok();
-    assert!(out.stdout == data, "restore of {} bytes differs", data.len());
+    assert!(
+        out.stdout == data,
+        "restore of {} bytes differs",
+        data.len()
+    );
 }
 
 #[test]
@@ -29,7 +33,9 @@ fn round_trip_of_a_stream_over_100_mb() {
     // Two snapshots share every chunk: both still restore.
     let b = repo.backup(&data, &["--name", "again"]);
     assert!(b["bytes_added"].as_u64().expect("n") < data.len() as u64 / 100);
-    let out = repo.run(&["restore", "latest", "--name", "again", "--to", "-"], None).ok();
+    let out = repo
+        .run(&["restore", "latest", "--name", "again", "--to", "-"], None)
+        .ok();
     assert!(out.stdout == data);
 }
 
@@ -41,7 +47,10 @@ fn same_stream_twice_adds_under_one_percent() {
     assert!(first["bytes_added"].as_u64().expect("n") > 0);
     let second = repo.backup(&data, &[]);
     let added = second["bytes_added"].as_u64().expect("n");
-    assert!(added * 100 < data.len() as u64, "second backup added {added} bytes");
+    assert!(
+        added * 100 < data.len() as u64,
+        "second backup added {added} bytes"
+    );
 }
 
 #[test]
@@ -54,14 +63,21 @@ fn bytes_inserted_near_the_front_add_under_five_percent() {
     shifted.extend_from_slice(&data[1000..]);
     let b = repo.backup(&shifted, &[]);
     let added = b["bytes_added"].as_u64().expect("n");
-    assert!(added * 20 < shifted.len() as u64, "insert added {added} bytes of {}", shifted.len());
+    assert!(
+        added * 20 < shifted.len() as u64,
+        "insert added {added} bytes of {}",
+        shifted.len()
+    );
     assert!(repo.restore("latest").ok().stdout == shifted);
 }
 
 #[test]
 fn json_shapes_that_scripts_rely_on() {
     let repo = Repo::new();
-    let b = repo.backup(b"hello\n", &["--name", "db1", "--tag", "nightly", "--tag", "t2"]);
+    let b = repo.backup(
+        b"hello\n",
+        &["--name", "db1", "--tag", "nightly", "--tag", "t2"],
+    );
     for key in ["snapshot_id", "bytes_in", "bytes_added", "seconds"] {
         assert!(b.get(key).is_some(), "backup --json lacks {key}: {b}");
     }
@@ -72,7 +88,10 @@ fn json_shapes_that_scripts_rely_on() {
     assert_eq!(s["tags"], serde_json::json!(["nightly", "t2"]));
     assert_eq!(s["bytes_in"], 6);
     let time = s["time"].as_str().expect("time");
-    assert!(chrono_like_rfc3339(time), "time {time:?} is not RFC 3339 with an offset");
+    assert!(
+        chrono_like_rfc3339(time),
+        "time {time:?} is not RFC 3339 with an offset"
+    );
     assert_eq!(s["parts"][0]["bytes"], 6);
     assert!(s["parts"][0].get("name").is_some() && s["parts"][0].get("rows").is_some());
     let stats = repo.run(&["stats", "--json"], None).ok().json();
@@ -82,20 +101,28 @@ fn json_shapes_that_scripts_rely_on() {
 
 fn chrono_like_rfc3339(t: &str) -> bool {
     let b = t.as_bytes();
-    b.len() >= 25 && b[4] == b'-' && b[10] == b'T' && (t.ends_with('Z') || b[b.len() - 6] == b'+' || b[b.len() - 6] == b'-')
+    b.len() >= 25
+        && b[4] == b'-'
+        && b[10] == b'T'
+        && (t.ends_with('Z') || b[b.len() - 6] == b'+' || b[b.len() - 6] == b'-')
 }
 
 #[test]
 fn given_time_name_filter_and_global_options_after_the_subcommand() {
     let repo = Repo::new();
-    repo.backup(b"a", &["--name", "x", "--time", "2026-01-02T03:04:05+01:00"]);
+    repo.backup(
+        b"a",
+        &["--name", "x", "--time", "2026-01-02T03:04:05+01:00"],
+    );
     repo.backup(b"b", &["--name", "y"]);
     let mut c = dbvault_tests::Repo::cmd(&repo, &[]);
     c.args(["snapshots", "--name", "x", "--json"]);
     let only_x = run_cmd(c, None).ok().json();
     assert_eq!(only_x.as_array().expect("array").len(), 1);
     assert_eq!(only_x[0]["time"], "2026-01-02T03:04:05+01:00");
-    let out = repo.run(&["restore", "latest", "--name", "x", "--to", "-"], None).ok();
+    let out = repo
+        .run(&["restore", "latest", "--name", "x", "--to", "-"], None)
+        .ok();
     assert_eq!(out.stdout, b"a");
     let bad = repo.run(&["backup", "-", "--time", "yesterday"], Some(b"z"));
     assert_eq!(bad.code, Some(1));
@@ -111,7 +138,8 @@ fn passphrase_from_a_file_or_env_file_variable() {
     c.arg(&pw).env_remove("DBVAULT_PASSWORD");
     run_cmd(c, None).ok();
     let mut c = repo.cmd(&["snapshots"]);
-    c.env_remove("DBVAULT_PASSWORD").env("DBVAULT_PASSWORD_FILE", &pw);
+    c.env_remove("DBVAULT_PASSWORD")
+        .env("DBVAULT_PASSWORD_FILE", &pw);
     run_cmd(c, None).ok();
     let mut c = repo.cmd(&["snapshots"]);
     c.env_remove("DBVAULT_PASSWORD");
@@ -141,7 +169,17 @@ fn usage_errors_exit_with_2() {
 #[test]
 fn command_output_is_backed_up() {
     let repo = Repo::new();
-    let r = repo.run(&["backup", "--command", "printf 'line one\\nline two\\n'", "--json"], None).ok();
+    let r = repo
+        .run(
+            &[
+                "backup",
+                "--command",
+                "printf 'line one\\nline two\\n'",
+                "--json",
+            ],
+            None,
+        )
+        .ok();
     assert!(r.json()["snapshot_id"].is_string());
     let list = repo.run(&["snapshots", "--json"], None).ok().json();
     assert_eq!(list[0]["name"], "printf");

@@ -1,10 +1,13 @@
 //! `dbvault backup`
 
+use std::io::{Cursor, Read};
+use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 
 use anyhow::{anyhow, bail, Context, Result};
-use dbvault_core::backup::{BackupSummary, PartInput, SnapshotMeta};
+use dbvault_core::backup::{BackupSummary, Chunking, PartInput, SnapshotMeta};
 use dbvault_core::{Repository, SourceInfo};
+use dbvault_formats::sqlite;
 use dbvault_formats::StreamFormat;
 
 use crate::args::{BackupArgs, Cli};
@@ -13,8 +16,11 @@ use crate::repo_access;
 
 fn snapshot_time(a: &BackupArgs) -> Result<chrono::DateTime<chrono::FixedOffset>> {
     match &a.time {
-        Some(t) => chrono::DateTime::parse_from_rfc3339(t)
-            .map_err(|e| anyhow!("--time {t:?} is not an RFC 3339 time ({e}); example: 2026-11-20T02:00:00+01:00")),
+        Some(t) => chrono::DateTime::parse_from_rfc3339(t).map_err(|e| {
+            anyhow!(
+                "--time {t:?} is not an RFC 3339 time ({e}); example: 2026-11-20T02:00:00+01:00"
+            )
+        }),
         None => Ok(chrono::Local::now().fixed_offset()),
     }
 }
@@ -33,41 +39,187 @@ fn program_name(cmd: &str) -> String {
     first.rsplit('/').next().unwrap_or(first).to_string()
 }
 
+/// Reads up to `n` bytes to look at; returns them and a reader that yields the whole stream.
+fn peek<R: Read>(mut r: R, n: usize) -> Result<(Vec<u8>, impl Read)> {
+    let mut head = vec![0u8; n];
+    let mut got = 0;
+    while got < n {
+        let k = r.read(&mut head[got..]).context("reading the input")?;
+        if k == 0 {
+            break;
+        }
+        got += k;
+    }
+    head.truncate(got);
+    Ok((head.clone(), Cursor::new(head).chain(r)))
+}
+
+fn tmp_dir() -> std::path::PathBuf {
+    std::env::temp_dir()
+}
+
+/// Where the bytes come from, resolved from the arguments.
+enum Input<'a> {
+    Stdin,
+    Command(&'a str),
+    Sqlite(&'a Path),
+}
+
+fn input(a: &BackupArgs) -> Result<Input<'_>> {
+    if let Some(cmd) = &a.command {
+        return Ok(Input::Command(cmd));
+    }
+    let src = a.source.as_deref().unwrap_or("-");
+    if src == "-" {
+        return Ok(Input::Stdin);
+    }
+    if let Some(p) = src.strip_prefix("sqlite:") {
+        if p.is_empty() {
+            bail!("sqlite: needs a path, e.g. sqlite:/var/lib/app/app.db");
+        }
+        return Ok(Input::Sqlite(Path::new(p)));
+    }
+    if src.starts_with("postgres://") || src.starts_with("postgresql://") {
+        bail!("direct PostgreSQL backups are not supported by this build yet: pipe pg_dump into `dbvault backup -`");
+    }
+    bail!("unknown source {src:?}: use sqlite:PATH, `-` (stdin) or --command 'CMD'")
+}
+
 pub fn run(cli: &Cli, a: &BackupArgs) -> Result<()> {
-    if let Some(f) = &a.format {
-        let f = StreamFormat::parse(f).map_err(|e| anyhow!(e))?;
-        if f != StreamFormat::Raw {
-            bail!("--format {f} is not supported by this build yet: use --format raw");
+    let format = match &a.format {
+        Some(f) => {
+            let f = StreamFormat::parse(f).map_err(|e| anyhow!(e))?;
+            if f == StreamFormat::PgDump {
+                bail!("--format pg_dump is not supported by this build yet: use --format raw");
+            }
+            Some(f)
         }
-    }
+        None => None,
+    };
     let time = snapshot_time(a)?;
-    if let Some(src) = &a.source {
-        if src != "-" {
-            if src.starts_with("postgres://") || src.starts_with("postgresql://") {
-                bail!("direct PostgreSQL backups are not supported by this build yet: pipe pg_dump into `dbvault backup -`");
-            }
-            if src.starts_with("sqlite:") {
-                bail!("SQLite backups are not supported by this build yet");
-            }
-            bail!("unknown source {src:?}: use `-` (stdin) or --command 'CMD'");
-        }
-    }
+    let inp = input(a)?;
     let repo = repo_access::open(cli)?;
-    let summary = match &a.command {
-        Some(cmd) => backup_command(cli, &repo, a, cmd, time)?,
-        None => {
-            let name = a.name.clone().unwrap_or_else(|| "stdin".into());
-            let source = SourceInfo { kind: "stdin".into(), identity: "-".into(), format: "raw".into(), server_version: None };
-            let b = repo.start_backup()?;
-            let progress = Progress::start("backing up stdin", b.progress(), cli.json);
-            let r = b.add_part(PartInput { name: "stdin".into(), kind: "raw".into(), ..Default::default() }, std::io::stdin());
-            progress.finish();
-            r?;
-            b.finish(SnapshotMeta { time, name, tags: a.tags.clone(), source })?
+    let meta = |name: String, source| SnapshotMeta {
+        time,
+        name,
+        tags: a.tags.clone(),
+        source,
+    };
+    let summary = match inp {
+        Input::Command(cmd) => backup_command(cli, &repo, a, cmd, format, meta)?,
+        Input::Sqlite(path) => {
+            let copy = sqlite::online_copy(path, &tmp_dir())?;
+            let name = a.name.clone().unwrap_or_else(|| stem(path));
+            let identity = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+            backup_sqlite_copy(
+                cli,
+                &repo,
+                &copy,
+                meta(
+                    name,
+                    sqlite_source(identity.display().to_string(), &copy.info),
+                ),
+            )?
+        }
+        Input::Stdin => {
+            let (head, reader) = peek(std::io::stdin(), 100)?;
+            let fmt = format.unwrap_or_else(|| StreamFormat::detect(&head));
+            if fmt == StreamFormat::Sqlite {
+                let copy = stdin_to_sqlite_file(reader)?;
+                let name = a.name.clone().unwrap_or_else(|| "stdin".into());
+                backup_sqlite_copy(
+                    cli,
+                    &repo,
+                    &copy,
+                    meta(name, sqlite_source("-".into(), &copy.info)),
+                )?
+            } else {
+                let name = a.name.clone().unwrap_or_else(|| "stdin".into());
+                let source = SourceInfo {
+                    kind: "stdin".into(),
+                    identity: "-".into(),
+                    format: "raw".into(),
+                    server_version: None,
+                };
+                let b = repo.start_backup()?;
+                let progress = Progress::start("backing up stdin", b.progress(), cli.json);
+                let r = b.add_part(
+                    PartInput {
+                        name: "stdin".into(),
+                        kind: "raw".into(),
+                        ..Default::default()
+                    },
+                    reader,
+                );
+                progress.finish();
+                r?;
+                b.finish(meta(name, source))?
+            }
         }
     };
     report(cli, &summary);
     Ok(())
+}
+
+fn stem(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "sqlite".into())
+}
+
+fn sqlite_source(identity: String, info: &sqlite::DbInfo) -> SourceInfo {
+    SourceInfo {
+        kind: "sqlite".into(),
+        identity,
+        format: "sqlite".into(),
+        server_version: Some(format!("SQLite {}", info.sqlite_version)),
+    }
+}
+
+/// A database file arriving on stdin: spooled to a temp file so it can be validated and its
+/// tables counted.
+fn stdin_to_sqlite_file(mut reader: impl Read) -> Result<sqlite::OnlineCopy> {
+    let mut file = tempfile::Builder::new()
+        .prefix(".dbvault-stdin-")
+        .tempfile_in(tmp_dir())
+        .context("creating a temporary file")?;
+    let size = std::io::copy(&mut reader, file.as_file_mut()).context("reading stdin")?;
+    let info = sqlite::inspect(file.path()).map_err(|e| match e {
+        dbvault_formats::FormatError::NotSqlite(_) => anyhow!("stdin is not an SQLite database"),
+        other => other.into(),
+    })?;
+    Ok(sqlite::OnlineCopy { file, size, info })
+}
+
+fn backup_sqlite_copy(
+    cli: &Cli,
+    repo: &Repository,
+    copy: &sqlite::OnlineCopy,
+    meta: SnapshotMeta,
+) -> Result<BackupSummary> {
+    let mut part_meta = std::collections::BTreeMap::new();
+    part_meta.insert(
+        "tables".to_string(),
+        serde_json::to_value(&copy.info.tables)?,
+    );
+    part_meta.insert(
+        "page_size".to_string(),
+        serde_json::json!(copy.info.page_size),
+    );
+    let input = PartInput {
+        name: "database".into(),
+        kind: "sqlite-db".into(),
+        rows: Some(copy.info.tables.values().sum()),
+        meta: part_meta,
+        chunking: Chunking::Fixed(sqlite::CHUNK_SIZE.max(copy.info.page_size)),
+    };
+    let file = std::fs::File::open(copy.file.path()).context("opening the database copy")?;
+    let b = repo.start_backup()?;
+    let progress = Progress::start("backing up database", b.progress(), cli.json);
+    let r = b.add_part(input, std::io::BufReader::with_capacity(1 << 20, file));
+    progress.finish();
+    r?;
+    Ok(b.finish(meta)?)
 }
 
 fn backup_command(
@@ -75,8 +227,12 @@ fn backup_command(
     repo: &Repository,
     a: &BackupArgs,
     cmd: &str,
-    time: chrono::DateTime<chrono::FixedOffset>,
+    format: Option<StreamFormat>,
+    meta: impl Fn(String, SourceInfo) -> SnapshotMeta,
 ) -> Result<BackupSummary> {
+    if format == Some(StreamFormat::Sqlite) {
+        bail!("--format sqlite with --command is not supported: back up the file with sqlite:PATH");
+    }
     let name = a.name.clone().unwrap_or_else(|| program_name(cmd));
     let b = repo.start_backup()?;
     let mut child = Command::new("sh")
@@ -85,9 +241,19 @@ fn backup_command(
         .stdout(Stdio::piped())
         .spawn()
         .with_context(|| format!("cannot run the command {cmd:?}"))?;
-    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout from the command"))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("no stdout from the command"))?;
     let progress = Progress::start("backing up command output", b.progress(), cli.json);
-    let r = b.add_part(PartInput { name: name.clone(), kind: "raw".into(), ..Default::default() }, stdout);
+    let r = b.add_part(
+        PartInput {
+            name: name.clone(),
+            kind: "raw".into(),
+            ..Default::default()
+        },
+        stdout,
+    );
     progress.finish();
     if let Err(e) = r {
         let _ = child.kill();
@@ -98,10 +264,18 @@ fn backup_command(
     let status = child.wait().context("waiting for the command")?;
     if !status.success() {
         b.abort();
-        bail!("the command {cmd:?} {}: no snapshot recorded", describe(status));
+        bail!(
+            "the command {cmd:?} {}: no snapshot recorded",
+            describe(status)
+        );
     }
-    let source = SourceInfo { kind: "command".into(), identity: cmd.to_string(), format: "raw".into(), server_version: None };
-    Ok(b.finish(SnapshotMeta { time, name, tags: a.tags.clone(), source })?)
+    let source = SourceInfo {
+        kind: "command".into(),
+        identity: cmd.to_string(),
+        format: "raw".into(),
+        server_version: None,
+    };
+    Ok(b.finish(meta(name, source))?)
 }
 
 fn report(cli: &Cli, s: &BackupSummary) {
@@ -121,7 +295,7 @@ fn report(cli: &Cli, s: &BackupSummary) {
             })).collect::<Vec<_>>(),
         }));
     } else {
-        println!(
+        crate::outln!(
             "snapshot {} saved: {} ({}) read, {} added, {:.2} s",
             s.id.short(),
             snap.name,

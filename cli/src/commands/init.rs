@@ -10,15 +10,24 @@ use crate::{output, repo_access};
 pub fn run(cli: &Cli, _a: &InitArgs) -> Result<()> {
     let backend = repo_access::backend(cli)?;
     let pass = repo_access::passphrase(cli, true)?;
-    let repo = Repository::init(backend.clone(), pass.as_bytes(), DEFAULT_KDF, RepoConfig::default())?;
+    let repo = Repository::init(
+        backend.clone(),
+        pass.as_bytes(),
+        DEFAULT_KDF,
+        RepoConfig::default(),
+    )?;
     if cli.json {
         output::json(&serde_json::json!({
             "id": repo.config().id.to_hex(),
             "location": backend.location(),
         }));
     } else {
-        println!("created repository {} at {}", repo.config().id.short(), backend.location());
-        println!("keep the passphrase safe: without it the backups cannot be read");
+        crate::outln!(
+            "created repository {} at {}",
+            repo.config().id.short(),
+            backend.location()
+        );
+        crate::outln!("keep the passphrase safe: without it the backups cannot be read");
     }
     Ok(())
 }

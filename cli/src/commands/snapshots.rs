@@ -27,6 +27,7 @@ pub fn run(cli: &Cli, a: &SnapshotsArgs) -> Result<()> {
                     "bytes_added": s.bytes_added,
                     "parts": s.parts.iter().map(|p| serde_json::json!({
                         "name": p.name, "kind": p.kind, "bytes": p.size, "rows": p.rows,
+                        "tables": p.meta.get("tables"),
                     })).collect::<Vec<_>>(),
                 })
             })
@@ -35,12 +36,19 @@ pub fn run(cli: &Cli, a: &SnapshotsArgs) -> Result<()> {
         return Ok(());
     }
     if snaps.is_empty() {
-        println!("no snapshots");
+        crate::outln!("no snapshots");
         return Ok(());
     }
-    println!("{:<10} {:<25} {:<16} {:>10} {:>6}  tags", "id", "time", "name", "size", "parts");
+    crate::outln!(
+        "{:<10} {:<25} {:<16} {:>10} {:>6}  tags",
+        "id",
+        "time",
+        "name",
+        "size",
+        "parts"
+    );
     for (id, s) in &snaps {
-        println!(
+        crate::outln!(
             "{:<10} {:<25} {:<16} {:>10} {:>6}  {}",
             id.short(),
             s.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
@@ -50,6 +58,6 @@ pub fn run(cli: &Cli, a: &SnapshotsArgs) -> Result<()> {
             s.tags.join(",")
         );
     }
-    println!("{} snapshot(s)", snaps.len());
+    crate::outln!("{} snapshot(s)", snaps.len());
     Ok(())
 }

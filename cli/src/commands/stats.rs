@@ -12,13 +12,13 @@ pub fn run(cli: &Cli) -> Result<()> {
     if cli.json {
         output::json(&serde_json::to_value(&s)?);
     } else {
-        println!("snapshots:      {}", s.snapshots);
-        println!("blobs:          {}", s.blobs);
-        println!("packs:          {}", s.packs);
-        println!("index files:    {}", s.index_files);
-        println!("stored:         {}", output::bytes(s.stored_bytes));
-        println!("snapshot data:  {}", output::bytes(s.snapshot_bytes));
-        println!("ratio:          {:.1}x", s.ratio);
+        crate::outln!("snapshots:      {}", s.snapshots);
+        crate::outln!("blobs:          {}", s.blobs);
+        crate::outln!("packs:          {}", s.packs);
+        crate::outln!("index files:    {}", s.index_files);
+        crate::outln!("stored:         {}", output::bytes(s.stored_bytes));
+        crate::outln!("snapshot data:  {}", output::bytes(s.snapshot_bytes));
+        crate::outln!("ratio:          {:.1}x", s.ratio);
     }
     Ok(())
 }

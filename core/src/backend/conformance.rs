@@ -37,7 +37,9 @@ pub fn run(b: &dyn Backend) -> Result<()> {
     if b.read_range("data/ab/obj1", 0, data.len() as u64)? != data {
         return Err(fail("full read_range differs".into()));
     }
-    if b.read_range("data/ab/obj1", data.len() as u64 - 10, 20).is_ok() {
+    if b.read_range("data/ab/obj1", data.len() as u64 - 10, 20)
+        .is_ok()
+    {
         return Err(fail("read_range past the end succeeded".into()));
     }
     if b.size("data/ab/obj1")? != data.len() as u64 {
@@ -54,7 +56,11 @@ pub fn run(b: &dyn Backend) -> Result<()> {
     }
     match b.read_range("snapshots/missing", 0, 1) {
         Err(Error::NotFound { .. }) => {}
-        other => return Err(fail(format!("read_range of a missing object gave {other:?}"))),
+        other => {
+            return Err(fail(format!(
+                "read_range of a missing object gave {other:?}"
+            )))
+        }
     }
     // empty object
     b.create("snapshots/empty", b"")?;
@@ -66,8 +72,14 @@ pub fn run(b: &dyn Backend) -> Result<()> {
     let mut listed = b.list("data/")?;
     listed.sort_by(|a, b| a.path.cmp(&b.path));
     let want = vec![
-        ObjectInfo { path: "data/ab/obj1".into(), size: data.len() as u64 },
-        ObjectInfo { path: "data/cd/obj2".into(), size: 3 },
+        ObjectInfo {
+            path: "data/ab/obj1".into(),
+            size: data.len() as u64,
+        },
+        ObjectInfo {
+            path: "data/cd/obj2".into(),
+            size: 3,
+        },
     ];
     if listed != want {
         return Err(fail(format!("list gave {listed:?}, wanted {want:?}")));

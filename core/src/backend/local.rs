@@ -42,8 +42,12 @@ impl LocalBackend {
 
 fn map_err(path: &str, e: io::Error) -> Error {
     match e.kind() {
-        io::ErrorKind::NotFound => Error::NotFound { path: path.to_string() },
-        io::ErrorKind::AlreadyExists => Error::AlreadyExists { path: path.to_string() },
+        io::ErrorKind::NotFound => Error::NotFound {
+            path: path.to_string(),
+        },
+        io::ErrorKind::AlreadyExists => Error::AlreadyExists {
+            path: path.to_string(),
+        },
         _ => Error::io(path, e),
     }
 }
@@ -61,14 +65,20 @@ impl Backend for LocalBackend {
         let target = self.full(path);
         let dir = target.parent().unwrap_or(&self.root).to_path_buf();
         if target.exists() {
-            return Err(Error::AlreadyExists { path: path.to_string() });
+            return Err(Error::AlreadyExists {
+                path: path.to_string(),
+            });
         }
         self.ensure_dir(&dir)?;
         let mut rnd = [0u8; 8];
         crate::crypto::fill_random(&mut rnd)?;
         let tmp = dir.join(format!("{TMP_PREFIX}{}", hex::encode(rnd)));
         let result = (|| -> io::Result<()> {
-            let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
             f.write_all(data)?;
             f.sync_all()?;
             drop(f);
@@ -94,14 +104,18 @@ impl Backend for LocalBackend {
                 format!("is {size} bytes, a read of {len} bytes at {offset} runs past its end"),
             ));
         }
-        f.seek(SeekFrom::Start(offset)).map_err(|e| map_err(path, e))?;
-        let mut buf = vec![0u8; usize::try_from(len).map_err(|_| Error::Invalid("range too large".into()))?];
+        f.seek(SeekFrom::Start(offset))
+            .map_err(|e| map_err(path, e))?;
+        let mut buf =
+            vec![0u8; usize::try_from(len).map_err(|_| Error::Invalid("range too large".into()))?];
         f.read_exact(&mut buf).map_err(|e| map_err(path, e))?;
         Ok(buf)
     }
 
     fn size(&self, path: &str) -> Result<u64> {
-        Ok(fs::metadata(self.full(path)).map_err(|e| map_err(path, e))?.len())
+        Ok(fs::metadata(self.full(path))
+            .map_err(|e| map_err(path, e))?
+            .len())
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
@@ -121,11 +135,16 @@ impl Backend for LocalBackend {
                 if name.starts_with(TMP_PREFIX) {
                     continue;
                 }
-                let meta = entry.metadata().map_err(|e| Error::io(dir.display().to_string(), e))?;
+                let meta = entry
+                    .metadata()
+                    .map_err(|e| Error::io(dir.display().to_string(), e))?;
                 if meta.is_dir() {
                     stack.push(entry.path());
                 } else if let Ok(rel) = entry.path().strip_prefix(&self.root) {
-                    out.push(ObjectInfo { path: rel.to_string_lossy().into_owned(), size: meta.len() });
+                    out.push(ObjectInfo {
+                        path: rel.to_string_lossy().into_owned(),
+                        size: meta.len(),
+                    });
                 }
             }
         }
@@ -157,10 +176,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let b = LocalBackend::new(dir.path());
         b.create("data/ab/x", b"1").unwrap();
-        let mode = fs::metadata(dir.path().join("data/ab/x")).unwrap().permissions().mode();
+        let mode = fs::metadata(dir.path().join("data/ab/x"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o077, 0, "mode {mode:o}");
         fs::write(dir.path().join("data/ab/.tmp-dead"), b"partial").unwrap();
         let listed = b.list("data/").unwrap();
-        assert_eq!(listed, vec![ObjectInfo { path: "data/ab/x".into(), size: 1 }]);
+        assert_eq!(
+            listed,
+            vec![ObjectInfo {
+                path: "data/ab/x".into(),
+                size: 1
+            }]
+        );
     }
 }
