@@ -261,7 +261,10 @@ impl Backup<'_> {
     /// # Errors
     /// Pipeline (storage) errors; then no snapshot is written.
     pub fn finish(mut self, meta: SnapshotMeta) -> Result<BackupSummary> {
-        let out = self.join()?;
+        let out = self.join();
+        // New index files exist now (even after a failure): later reads must see them.
+        self.repo.invalidate_index();
+        let out = out?;
         let mut parts = out.parts;
         parts.sort_by_key(|(n, _)| *n);
         let parts: Vec<Part> = parts.into_iter().map(|(_, p)| p).collect();
@@ -296,6 +299,7 @@ impl Backup<'_> {
     /// unreferenced packs (reused by the next backup, removed by prune).
     pub fn abort(mut self) {
         let _ = self.join();
+        self.repo.invalidate_index();
     }
 }
 

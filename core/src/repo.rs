@@ -1,6 +1,6 @@
 //! Opening, creating and reading a repository.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -49,7 +49,7 @@ pub struct Repository {
     backend: Arc<dyn Backend>,
     config: RepoConfig,
     keys: Keys,
-    index: OnceLock<Arc<Index>>,
+    index: Mutex<Option<Arc<Index>>>,
 }
 
 impl Repository {
@@ -86,7 +86,7 @@ impl Repository {
             backend,
             config,
             keys: Keys::from_master(&master),
-            index: OnceLock::new(),
+            index: Mutex::new(None),
         })
     }
 
@@ -122,7 +122,7 @@ impl Repository {
                     backend,
                     config,
                     keys: Keys::from_master(&master),
-                    index: OnceLock::new(),
+                    index: Mutex::new(None),
                 });
             }
         }
@@ -149,11 +149,18 @@ impl Repository {
     /// # Errors
     /// A damaged or unreadable index file.
     pub fn index(&self) -> Result<Arc<Index>> {
-        if let Some(i) = self.index.get() {
+        let mut guard = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = guard.as_ref() {
             return Ok(i.clone());
         }
         let idx = Arc::new(Index::load(self.backend.as_ref(), &self.keys)?);
-        Ok(self.index.get_or_init(|| idx).clone())
+        *guard = Some(idx.clone());
+        Ok(idx)
+    }
+
+    /// Forgets the cached index (after this process wrote index files).
+    pub fn invalidate_index(&self) {
+        *self.index.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// Ids of all snapshots (no decryption).

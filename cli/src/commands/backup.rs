@@ -211,7 +211,7 @@ fn backup_sqlite_copy(
         kind: "sqlite-db".into(),
         rows: Some(copy.info.tables.values().sum()),
         meta: part_meta,
-        chunking: Chunking::Fixed(sqlite::CHUNK_SIZE.max(copy.info.page_size)),
+        chunking: Chunking::Fixed(sqlite::chunk_size(copy.info.page_size, copy.size)),
     };
     let file = std::fs::File::open(copy.file.path()).context("opening the database copy")?;
     let b = repo.start_backup()?;
