@@ -154,3 +154,166 @@ mod tests {
         .is_err());
     }
 }
+
+/// Row-aligned content-defined chunking for text where one line is one row (COPY data,
+/// SQL): a gear hash over the bytes marks a cut point, and the chunk ends at the next
+/// newline. A changed row changes only its own chunk (and at most its neighbour), so a
+/// night of scattered updates costs about one small chunk per updated row.
+pub struct LineChunks<R: std::io::Read> {
+    reader: R,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    eof: bool,
+    min: usize,
+    max: usize,
+    mask: u64,
+    gear: Box<[u64; 256]>,
+}
+
+/// Bounds of row-aligned chunks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LineParams {
+    /// Smallest chunk (except the last).
+    pub min: u32,
+    /// Target average (a power of two).
+    pub avg: u32,
+    /// Largest chunk: cut at the last newline before it, or mid-line if a line is longer.
+    pub max: u32,
+}
+
+impl<R: std::io::Read> LineChunks<R> {
+    /// Chunks `reader` with the gear table keyed by `seed`.
+    pub fn new(reader: R, p: LineParams, seed: u64) -> Self {
+        let (gear_table, _) = fastcdc::v2020::get_gear_with_seed(seed);
+        let mut gear = Box::new([0u64; 256]);
+        gear.copy_from_slice(&gear_table);
+        let bits = p.avg.max(2).ilog2();
+        // Use the high bits: the gear hash mixes best there.
+        let mask = ((1u64 << bits) - 1) << (64 - bits);
+        let cap = (p.max as usize * 4).max(1 << 20);
+        LineChunks { reader, buf: vec![0u8; cap], start: 0, end: 0, eof: false, min: p.min as usize, max: p.max as usize, mask, gear }
+    }
+
+    fn refill(&mut self) -> std::io::Result<()> {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        while self.end < self.buf.len() {
+            match self.reader.read(&mut self.buf[self.end..]) {
+                Ok(0) => {
+                    self.eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    self.end += n;
+                    if self.end - self.start >= self.max {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn emit(&mut self, cut: usize) -> Vec<u8> {
+        let out = self.buf[self.start..cut].to_vec();
+        self.start = cut;
+        out
+    }
+}
+
+impl<R: std::io::Read> Iterator for LineChunks<R> {
+    type Item = std::io::Result<Vec<u8>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.end - self.start < self.max && !self.eof {
+            if let Err(e) = self.refill() {
+                return Some(Err(e));
+            }
+        }
+        if self.start == self.end {
+            return None;
+        }
+        let data = &self.buf[self.start..self.end];
+        let limit = data.len().min(self.max);
+        if limit < self.max && self.eof && limit <= self.min {
+            let cut = self.end;
+            return Some(Ok(self.emit(cut)));
+        }
+        // Find the first gear cut point at or after `min` (the hash only remembers the last
+        // 64 bytes, so starting 64 bytes early gives the same values), then end the chunk
+        // at the next newline.
+        let mut h = 0u64;
+        let from = self.min.saturating_sub(64).min(limit);
+        let mut mark = None;
+        for (i, &b) in data[from..limit].iter().enumerate() {
+            h = (h << 1).wrapping_add(self.gear[b as usize]);
+            if from + i + 1 >= self.min && h & self.mask == 0 {
+                mark = Some(from + i);
+                break;
+            }
+        }
+        if let Some(m) = mark {
+            if let Some(nl) = memchr::memchr(b'\n', &data[m..limit]) {
+                let cut = self.start + m + nl + 1;
+                return Some(Ok(self.emit(cut)));
+            }
+        }
+        if limit < self.max && self.eof {
+            let cut = self.end;
+            return Some(Ok(self.emit(cut)));
+        }
+        let last_nl = memchr::memrchr(b'\n', &data[..limit]).map_or(limit, |p| p + 1);
+        let cut = self.start + last_nl;
+        Some(Ok(self.emit(cut)))
+    }
+}
+
+#[cfg(test)]
+mod line_tests {
+    use super::*;
+
+    fn rows(n: usize, edit: Option<usize>) -> Vec<u8> {
+        let mut out = Vec::new();
+        for i in 0..n {
+            let v = if Some(i) == edit { 999_999 } else { i * 7 };
+            out.extend_from_slice(format!("{i}\tsome value {v}\tmore text here\n").as_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn chunks_end_at_newlines_and_cover_the_input() {
+        let p = LineParams { min: 1024, avg: 4096, max: 32768 };
+        let data = rows(50_000, None);
+        let chunks: Vec<Vec<u8>> = LineChunks::new(&data[..], p, 7).map(|c| c.unwrap()).collect();
+        assert_eq!(chunks.concat(), data);
+        assert!(chunks.iter().all(|c| c.ends_with(b"\n")));
+        let avg = data.len() / chunks.len();
+        assert!((2000..12000).contains(&avg), "average {avg}");
+    }
+
+    #[test]
+    fn an_edited_row_changes_few_chunks() {
+        let p = LineParams { min: 1024, avg: 4096, max: 32768 };
+        let a: std::collections::HashSet<Vec<u8>> = LineChunks::new(&rows(50_000, None)[..], p, 7).map(|c| c.unwrap()).collect();
+        let b: Vec<Vec<u8>> = LineChunks::new(&rows(50_000, Some(25_000))[..], p, 7).map(|c| c.unwrap()).collect();
+        let changed = b.iter().filter(|c| !a.contains(*c)).count();
+        assert!(changed <= 2, "{changed} chunks changed");
+    }
+
+    #[test]
+    fn long_lines_and_no_newline_still_terminate() {
+        let p = LineParams { min: 64, avg: 256, max: 1024 };
+        let data = vec![b'x'; 10_000];
+        let chunks: Vec<Vec<u8>> = LineChunks::new(&data[..], p, 1).map(|c| c.unwrap()).collect();
+        assert_eq!(chunks.concat(), data);
+        assert!(chunks.iter().all(|c| c.len() <= 1024));
+        assert_eq!(LineChunks::new(&b""[..], p, 1).count(), 0);
+    }
+}

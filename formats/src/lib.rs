@@ -6,6 +6,7 @@
 use std::fmt;
 
 pub mod error;
+pub mod pgdump;
 pub mod sqlite;
 pub mod sqlite_sql;
 

@@ -5,7 +5,9 @@ use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 
 use anyhow::{anyhow, bail, Context, Result};
-use dbvault_core::backup::{BackupSummary, Chunking, PartInput, SnapshotMeta};
+use dbvault_core::backup::{Backup, BackupSummary, Chunking, PartInput, SnapshotMeta};
+use dbvault_core::chunker::LineParams;
+use dbvault_formats::pgdump::{PartKind, Splitter};
 use dbvault_core::{Repository, SourceInfo};
 use dbvault_formats::sqlite;
 use dbvault_formats::StreamFormat;
@@ -88,11 +90,7 @@ fn input(a: &BackupArgs) -> Result<Input<'_>> {
 pub fn run(cli: &Cli, a: &BackupArgs) -> Result<()> {
     let format = match &a.format {
         Some(f) => {
-            let f = StreamFormat::parse(f).map_err(|e| anyhow!(e))?;
-            if f == StreamFormat::PgDump {
-                bail!("--format pg_dump is not supported by this build yet: use --format raw");
-            }
-            Some(f)
+            Some(StreamFormat::parse(f).map_err(|e| anyhow!(e))?)
         }
         None => None,
     };
@@ -124,35 +122,17 @@ pub fn run(cli: &Cli, a: &BackupArgs) -> Result<()> {
         Input::Stdin => {
             let (head, reader) = peek(std::io::stdin(), 100)?;
             let fmt = format.unwrap_or_else(|| StreamFormat::detect(&head));
+            let name = a.name.clone().unwrap_or_else(|| "stdin".into());
             if fmt == StreamFormat::Sqlite {
                 let copy = stdin_to_sqlite_file(reader)?;
-                let name = a.name.clone().unwrap_or_else(|| "stdin".into());
-                backup_sqlite_copy(
-                    cli,
-                    &repo,
-                    &copy,
-                    meta(name, sqlite_source("-".into(), &copy.info)),
-                )?
+                backup_sqlite_copy(cli, &repo, &copy, meta(name, sqlite_source("-".into(), &copy.info)))?
             } else {
-                let name = a.name.clone().unwrap_or_else(|| "stdin".into());
-                let source = SourceInfo {
-                    kind: "stdin".into(),
-                    identity: "-".into(),
-                    format: "raw".into(),
-                    server_version: None,
-                };
                 let b = repo.start_backup()?;
                 let progress = Progress::start("backing up stdin", b.progress(), cli.json);
-                let r = b.add_part(
-                    PartInput {
-                        name: "stdin".into(),
-                        kind: "raw".into(),
-                        ..Default::default()
-                    },
-                    reader,
-                );
+                let r = stream_parts(&b, fmt, reader);
                 progress.finish();
-                r?;
+                let server_version = r?;
+                let source = SourceInfo { kind: "stdin".into(), identity: "-".into(), format: fmt.name().into(), server_version };
                 b.finish(meta(name, source))?
             }
         }
@@ -189,6 +169,51 @@ fn stdin_to_sqlite_file(mut reader: impl Read) -> Result<sqlite::OnlineCopy> {
         other => other.into(),
     })?;
     Ok(sqlite::OnlineCopy { file, size, info })
+}
+
+/// Row-aligned chunks for table data: one updated row costs about one small chunk.
+const TABLE_CHUNKS: LineParams = LineParams { min: 1024, avg: 4096, max: 64 * 1024 };
+/// Schema sections change rarely and are small.
+const SCHEMA_CHUNKS: LineParams = LineParams { min: 2048, avg: 8192, max: 128 * 1024 };
+
+/// Backs up a stream as the parts of its format; returns the server version when the
+/// stream names one.
+fn stream_parts(b: &Backup<'_>, fmt: StreamFormat, reader: impl Read) -> Result<Option<String>> {
+    match fmt {
+        StreamFormat::PgDump => {
+            let mut sp = Splitter::new(std::io::BufReader::with_capacity(1 << 20, reader));
+            while let Some((kind, stats)) = sp.next_part()? {
+                let chunking = Chunking::Lines(if matches!(kind, PartKind::TableData { .. }) { TABLE_CHUNKS } else { SCHEMA_CHUNKS });
+                b.add_part_then(chunking, sp.reader(), || {
+                    let st = stats.borrow();
+                    let mut meta = std::collections::BTreeMap::new();
+                    if let PartKind::TableData { schema, table } = &kind {
+                        meta.insert("schema".into(), serde_json::json!(schema));
+                        meta.insert("table".into(), serde_json::json!(table));
+                    }
+                    if let Some(h) = &st.copy_blake3 {
+                        meta.insert("copy_blake3".into(), serde_json::json!(h));
+                    }
+                    if let Some(h) = &st.copy_header {
+                        meta.insert("copy".into(), serde_json::json!(h));
+                    }
+                    PartInput {
+                        name: kind.name(),
+                        kind: kind.kind().into(),
+                        rows: matches!(kind, PartKind::TableData { .. }).then_some(st.rows),
+                        meta,
+                        chunking,
+                    }
+                })?;
+            }
+            Ok(sp.server_version.clone())
+        }
+        StreamFormat::Sqlite => bail!("an SQLite file must come on stdin or as sqlite:PATH"),
+        StreamFormat::Raw => {
+            b.add_part(PartInput { name: "stdin".into(), kind: "raw".into(), ..Default::default() }, reader)?;
+            Ok(None)
+        }
+    }
 }
 
 fn backup_sqlite_copy(

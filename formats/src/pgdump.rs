@@ -1,0 +1,347 @@
+//! pg_dump's plain format, split into parts while it streams.
+//!
+//! A plain dump is a sequence of table-of-contents entries, each introduced by a comment
+//! block (`--` / `-- Name: …; Type: …; Schema: …; Owner: …` / `--`, or `-- Data for Name:`
+//! for table data). The splitter cuts the stream, at line boundaries only, into:
+//! `pre-data` (everything before the first table's data), one part per table's data
+//! (`Type: TABLE DATA`), and `post-data` (everything after the data: sequence values,
+//! constraints, indexes, triggers…). Concatenating the parts gives back the exact input.
+//!
+//! Inside `COPY … FROM stdin;` blocks every line is data until `\.`, so rows that look like
+//! comments or headers never split anything. A stream without pg_dump's closing
+//! `-- PostgreSQL database dump complete` is refused as truncated (a pipe cannot report that
+//! pg_dump died).
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io::{self, BufRead, Read};
+use std::rc::Rc;
+
+/// A parsed TOC comment line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TocHeader {
+    /// `Name:` field (for table data: the table).
+    pub name: String,
+    /// `Type:` field, e.g. `TABLE`, `TABLE DATA`, `INDEX`.
+    pub kind: String,
+    /// `Schema:` field (`-` when none).
+    pub schema: String,
+}
+
+/// Parses `-- Name: …; Type: …; Schema: …; Owner: …` (or `-- Data for Name: …`).
+pub fn parse_toc(line: &[u8]) -> Option<TocHeader> {
+    let s = std::str::from_utf8(line).ok()?.trim_end_matches('\n');
+    let rest = s.strip_prefix("-- Data for Name: ").or_else(|| s.strip_prefix("-- Name: "))?;
+    // Fields are separated by "; Type: ", "; Schema: ", "; Owner: " (names may contain ';').
+    let (name, rest) = rest.split_once("; Type: ")?;
+    let (kind, rest) = rest.split_once("; Schema: ")?;
+    let schema = rest.split_once("; Owner: ").map(|(s, _)| s).unwrap_or(rest);
+    Some(TocHeader { name: name.to_string(), kind: kind.to_string(), schema: schema.to_string() })
+}
+
+/// Which section a part belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PartKind {
+    /// Before any table data.
+    PreData,
+    /// One table's data.
+    TableData {
+        /// Schema (raw name).
+        schema: String,
+        /// Table (raw name).
+        table: String,
+    },
+    /// After the table data.
+    PostData,
+}
+
+impl PartKind {
+    /// Kind string stored in manifests.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PartKind::PreData => "pre-data",
+            PartKind::TableData { .. } => "table-data",
+            PartKind::PostData => "post-data",
+        }
+    }
+
+    /// Part name stored in manifests: `pre-data`, `schema.table`, `post-data`.
+    pub fn name(&self) -> String {
+        match self {
+            PartKind::TableData { schema, table } => format!("{schema}.{table}"),
+            other => other.kind().to_string(),
+        }
+    }
+}
+
+/// What a part turned out to hold, known once it was read.
+#[derive(Clone, Debug, Default)]
+pub struct PartStats {
+    /// Data rows (lines of COPY blocks).
+    pub rows: u64,
+    /// BLAKE3 of the COPY data lines: equals the hash of `COPY table TO STDOUT`.
+    pub copy_blake3: Option<String>,
+    /// The `COPY … FROM stdin;` line.
+    pub copy_header: Option<String>,
+    hasher: Option<blake3::Hasher>,
+}
+
+/// Splits a pg_dump plain-format stream into parts.
+pub struct Splitter<R: BufRead> {
+    r: R,
+    lookahead: VecDeque<Vec<u8>>,
+    current: Option<PartKind>,
+    next: Option<PartKind>,
+    in_copy: bool,
+    complete: bool,
+    eof: bool,
+    started: bool,
+    /// The current part begins with the TOC entry that started it: no boundary there.
+    at_part_start: bool,
+    stats: Rc<RefCell<PartStats>>,
+    /// `-- Dumped from database version …`.
+    pub server_version: Option<String>,
+}
+
+fn truncated() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "the pg_dump stream is truncated: it lacks pg_dump's closing line \"-- PostgreSQL database dump complete\" (did pg_dump fail?)",
+    )
+}
+
+impl<R: BufRead> Splitter<R> {
+    /// A splitter over a stream.
+    pub fn new(r: R) -> Self {
+        Splitter {
+            r,
+            lookahead: VecDeque::new(),
+            current: None,
+            next: Some(PartKind::PreData),
+            in_copy: false,
+            complete: false,
+            eof: false,
+            started: false,
+            at_part_start: false,
+            stats: Rc::default(),
+            server_version: None,
+        }
+    }
+
+    fn read_line(&mut self) -> io::Result<Option<Vec<u8>>> {
+        if let Some(l) = self.lookahead.pop_front() {
+            return Ok(Some(l));
+        }
+        if self.eof {
+            return Ok(None);
+        }
+        let mut line = Vec::with_capacity(128);
+        if self.r.read_until(b'\n', &mut line)? == 0 {
+            self.eof = true;
+            return Ok(None);
+        }
+        Ok(Some(line))
+    }
+
+    /// Moves to the next part; `None` after the last. The part's bytes come from
+    /// [`Splitter::reader`]; its stats are complete once that reader hit its end.
+    ///
+    /// # Errors
+    /// Read errors.
+    pub fn next_part(&mut self) -> io::Result<Option<(PartKind, Rc<RefCell<PartStats>>)>> {
+        let Some(next) = self.next.take() else { return Ok(None) };
+        if self.started && self.lookahead.is_empty() && self.eof {
+            return Ok(None);
+        }
+        self.started = true;
+        self.at_part_start = true;
+        self.stats = Rc::new(RefCell::new(PartStats::default()));
+        self.current = Some(next.clone());
+        Ok(Some((next, self.stats.clone())))
+    }
+
+    /// Reader of the current part's bytes.
+    pub fn reader(&mut self) -> PartReader<'_, R> {
+        PartReader { sp: self, line: Vec::new(), pos: 0 }
+    }
+
+    /// The next line of the current part, or `None` at its end (a boundary, or the end of
+    /// the stream).
+    fn part_line(&mut self) -> io::Result<Option<Vec<u8>>> {
+        let Some(line) = self.read_line()? else {
+            if self.in_copy || !self.complete {
+                return Err(truncated());
+            }
+            return Ok(None);
+        };
+        let at_start = std::mem::replace(&mut self.at_part_start, false);
+        if self.in_copy {
+            let mut st = self.stats.borrow_mut();
+            if line == b"\\.\n" {
+                self.in_copy = false;
+                if let Some(h) = st.hasher.take() {
+                    st.copy_blake3 = Some(h.finalize().to_hex().to_string());
+                }
+            } else {
+                st.rows += 1;
+                if let Some(h) = st.hasher.as_mut() {
+                    h.update(&line);
+                }
+            }
+            return Ok(Some(line));
+        }
+        if line == b"--\n" && !at_start {
+            if let Some(peek) = self.read_line()? {
+                let header = parse_toc(&peek);
+                self.lookahead.push_front(peek);
+                if let Some(h) = header {
+                    let in_data = matches!(self.current, Some(PartKind::TableData { .. }));
+                    let boundary = if h.kind == "TABLE DATA" {
+                        Some(PartKind::TableData { schema: h.schema, table: h.name })
+                    } else if in_data {
+                        Some(PartKind::PostData)
+                    } else {
+                        None
+                    };
+                    if let Some(b) = boundary {
+                        self.lookahead.push_front(line);
+                        self.next = Some(b);
+                        return Ok(None);
+                    }
+                }
+            }
+            return Ok(Some(line));
+        }
+        if line.starts_with(b"COPY ") && line.ends_with(b" FROM stdin;\n") {
+            self.in_copy = true;
+            let mut st = self.stats.borrow_mut();
+            st.copy_header = Some(String::from_utf8_lossy(&line).trim_end().to_string());
+            st.hasher = Some(blake3::Hasher::new());
+        } else if line == b"-- PostgreSQL database dump complete\n" {
+            self.complete = true;
+        } else if let Some(v) = line.strip_prefix(b"-- Dumped from database version ") {
+            self.server_version = Some(String::from_utf8_lossy(v).trim().to_string());
+        }
+        Ok(Some(line))
+    }
+}
+
+/// The bytes of one part.
+pub struct PartReader<'a, R: BufRead> {
+    sp: &'a mut Splitter<R>,
+    line: Vec<u8>,
+    pos: usize,
+}
+
+impl<R: BufRead> PartReader<'_, R> {
+    /// Fast path inside a COPY block: hands over whole lines straight from the read buffer
+    /// (no per-line work), stopping before the `\.` terminator. Returns 0 when the line
+    /// path must take over (terminator, an overlong line, or pending lookahead).
+    fn copy_bulk(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let sp = &mut *self.sp;
+        if !sp.in_copy || !sp.lookahead.is_empty() {
+            return Ok(0);
+        }
+        let buf = sp.r.fill_buf()?;
+        if buf.is_empty() {
+            return Err(truncated());
+        }
+        if buf.starts_with(b"\\.\n") {
+            return Ok(0);
+        }
+        let lim = buf.len().min(out.len());
+        let upto = memchr::memmem::find(&buf[..lim], b"\n\\.\n").map_or(lim, |p| p + 1);
+        let Some(last_nl) = memchr::memrchr(b'\n', &buf[..upto]) else { return Ok(0) };
+        let k = last_nl + 1;
+        out[..k].copy_from_slice(&buf[..k]);
+        {
+            let mut st = sp.stats.borrow_mut();
+            st.rows += memchr::memchr_iter(b'\n', &buf[..k]).count() as u64;
+            if let Some(h) = st.hasher.as_mut() {
+                h.update(&buf[..k]);
+            }
+        }
+        sp.r.consume(k);
+        sp.at_part_start = false;
+        Ok(k)
+    }
+}
+
+impl<R: BufRead> Read for PartReader<'_, R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.line.len() {
+            let k = self.copy_bulk(out)?;
+            if k > 0 {
+                return Ok(k);
+            }
+        }
+        let mut n = 0;
+        while n < out.len() {
+            if self.pos == self.line.len() {
+                match self.sp.part_line()? {
+                    Some(l) => {
+                        self.line = l;
+                        self.pos = 0;
+                    }
+                    None => break,
+                }
+            }
+            let k = (self.line.len() - self.pos).min(out.len() - n);
+            out[n..n + k].copy_from_slice(&self.line[self.pos..self.pos + k]);
+            self.pos += k;
+            n += k;
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const SAMPLE: &str = "--\n-- PostgreSQL database dump\n--\n\n\\restrict abc\n\n-- Dumped from database version 15.18\n\nSET x = 1;\n\n--\n-- Name: t; Type: TABLE; Schema: public; Owner: me\n--\n\nCREATE TABLE public.t (a text);\n\n--\n-- Data for Name: t; Type: TABLE DATA; Schema: public; Owner: me\n--\n\nCOPY public.t (a) FROM stdin;\n--\n-- Data for Name: fake; Type: TABLE DATA; Schema: public; Owner: me\n\\\\.\nrow2\n\\.\n\n\n--\n-- Data for Name: u v; Type: TABLE DATA; Schema: s; Owner: me\n--\n\nCOPY s.\"u v\" (a) FROM stdin;\n\\.\n\n\n--\n-- Name: t t_pkey; Type: CONSTRAINT; Schema: public; Owner: me\n--\n\nALTER TABLE ONLY public.t ADD CONSTRAINT t_pkey PRIMARY KEY (a);\n\n--\n-- PostgreSQL database dump complete\n--\n\n\\unrestrict abc\n\n";
+
+    fn split(input: &str) -> io::Result<Vec<(String, String, u64)>> {
+        let mut sp = Splitter::new(input.as_bytes());
+        let mut out = Vec::new();
+        while let Some((kind, stats)) = sp.next_part()? {
+            let mut s = String::new();
+            sp.reader().read_to_string(&mut s)?;
+            out.push((kind.name(), s, stats.borrow().rows));
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn splits_at_toc_entries_and_never_inside_copy() {
+        let parts = split(SAMPLE).unwrap();
+        let names: Vec<&str> = parts.iter().map(|p| p.0.as_str()).collect();
+        assert_eq!(names, ["pre-data", "public.t", "s.u v", "post-data"]);
+        assert_eq!(parts[1].2, 4, "the comment-like rows are data");
+        assert_eq!(parts[2].2, 0);
+        let joined: String = parts.iter().map(|p| p.1.as_str()).collect();
+        assert_eq!(joined, SAMPLE);
+        assert!(parts[1].1.starts_with("--\n-- Data for Name: t;"));
+        assert!(parts[3].1.starts_with("--\n-- Name: t t_pkey;"));
+    }
+
+    #[test]
+    fn refuses_truncated_streams() {
+        let cut = &SAMPLE[..SAMPLE.find("row2").unwrap()];
+        assert!(split(cut).is_err());
+        let no_footer = &SAMPLE[..SAMPLE.find("--\n-- PostgreSQL database dump complete").unwrap()];
+        let e = split(no_footer).unwrap_err();
+        assert!(e.to_string().contains("truncated"), "{e}");
+        assert!(split("").is_err());
+    }
+
+    #[test]
+    fn parses_toc_lines() {
+        assert_eq!(
+            parse_toc(b"-- Name: orders orders_pkey; Type: CONSTRAINT; Schema: public; Owner: root\n"),
+            Some(TocHeader { name: "orders orders_pkey".into(), kind: "CONSTRAINT".into(), schema: "public".into() })
+        );
+        assert_eq!(parse_toc(b"-- Data for Name: a; b; Type: TABLE DATA; Schema: -; Owner: x\n").unwrap().name, "a; b");
+        assert_eq!(parse_toc(b"-- just a comment\n"), None);
+    }
+}
