@@ -50,7 +50,10 @@ fn night(c: &Connection, n: u32, rows: i64) -> &'static str {
             "updates 0.2% in place"
         }
         3 => {
-            exec(&format!("DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY id LIMIT {});", rows / 100));
+            exec(&format!(
+                "DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY id LIMIT {});",
+                rows / 100
+            ));
             "deletes 1% oldest"
         }
         _ => {
@@ -61,7 +64,13 @@ fn night(c: &Connection, n: u32, rows: i64) -> &'static str {
 }
 
 fn tool(cmd: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {cmd}")).stdout(Stdio::null()).status().map(|s| s.success()).unwrap_or(false)
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {cmd}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
 }
 
 fn sh(cmd: &str) {
@@ -81,8 +90,14 @@ fn main() {
     if std::env::args().any(|a| a == "--list" || a == "--test") {
         return; // cargo test --benches asks for a list; there is nothing to test here
     }
-    let rows: i64 = std::env::var("SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(300_000);
-    let nights: u32 = std::env::var("NIGHTS").ok().and_then(|s| s.parse().ok()).unwrap_or(8);
+    let rows: i64 = std::env::var("SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300_000);
+    let nights: u32 = std::env::var("NIGHTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8);
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("app.db");
     let c = Connection::open(&db).expect("open");
@@ -107,10 +122,27 @@ fn main() {
         .map(|(n, _)| {
             let p = dir.path().join(n.replace(' ', "_"));
             let b = Arc::new(LocalBackend::new(&p));
-            (p.display().to_string(), Repository::init(b, b"pw", KdfParams { m_kib: 64, t: 1, p: 1 }, RepoConfig::default()).expect("init"))
+            (
+                p.display().to_string(),
+                Repository::init(
+                    b,
+                    b"pw",
+                    KdfParams {
+                        m_kib: 64,
+                        t: 1,
+                        p: 1,
+                    },
+                    RepoConfig::default(),
+                )
+                .expect("init"),
+            )
         })
         .collect();
-    let (have_restic, have_borg, have_zstd) = (tool("restic"), tool("borg"), tool("zstd") && tool("sqlite3"));
+    let (have_restic, have_borg, have_zstd) = (
+        tool("restic"),
+        tool("borg"),
+        tool("zstd") && tool("sqlite3"),
+    );
     let restic = dir.path().join("restic");
     let borg = dir.path().join("borg");
     if have_restic {
@@ -127,7 +159,11 @@ fn main() {
     println!("|---|---|---|{}---|---|---|", "---|".repeat(variants.len()));
     let (mut backup_s, mut backup_bytes) = (0f64, 0u64);
     for n in 0..=nights {
-        let what = if n == 0 { "initial" } else { night(&c, n, rows) };
+        let what = if n == 0 {
+            "initial"
+        } else {
+            night(&c, n, rows)
+        };
         let size = std::fs::metadata(&db).expect("meta").len();
         print!("| {n} | {what} | {:.1} |", size as f64 / 1048576.0);
         for ((_, chunking), (path, repo)) in variants.iter().zip(&repos) {
@@ -135,9 +171,23 @@ fn main() {
             let t = Instant::now();
             let b = repo.start_backup().expect("start");
             let f = std::fs::File::open(&db).expect("open");
-            b.add_part(PartInput { name: "db".into(), kind: "sqlite-db".into(), chunking: *chunking, ..Default::default() }, f).expect("part");
-            b.finish(SnapshotMeta { time: chrono::Local::now().fixed_offset(), name: "db".into(), tags: vec![], source: SourceInfo::default() })
-                .expect("finish");
+            b.add_part(
+                PartInput {
+                    name: "db".into(),
+                    kind: "sqlite-db".into(),
+                    chunking: *chunking,
+                    ..Default::default()
+                },
+                f,
+            )
+            .expect("part");
+            b.finish(SnapshotMeta {
+                time: chrono::Local::now().fixed_offset(),
+                name: "db".into(),
+                tags: vec![],
+                source: SourceInfo::default(),
+            })
+            .expect("finish");
             if *chunking == Chunking::Fixed(16384) {
                 backup_s += t.elapsed().as_secs_f64();
                 backup_bytes += size;
@@ -146,14 +196,36 @@ fn main() {
         }
         if have_zstd {
             let out = dir.path().join(format!("night{n}.db.zst"));
-            sh(&format!("sqlite3 {} '.backup {}/copy.db' && zstd -3 -q -f -o {} {}/copy.db", db.display(), dir.path().display(), out.display(), dir.path().display()));
+            sh(&format!(
+                "sqlite3 {} '.backup {}/copy.db' && zstd -3 -q -f -o {} {}/copy.db",
+                db.display(),
+                dir.path().display(),
+                out.display(),
+                dir.path().display()
+            ));
             print!(" {} |", std::fs::metadata(&out).expect("zst").len());
         } else {
             print!(" - |");
         }
         for (have, repo, cmd) in [
-            (have_restic, &restic, format!("restic -q -r {} backup --stdin --stdin-filename app.db < {}", restic.display(), db.display())),
-            (have_borg, &borg, format!("borg create --compression zstd,3 {}::n{n} - < {}", borg.display(), db.display())),
+            (
+                have_restic,
+                &restic,
+                format!(
+                    "restic -q -r {} backup --stdin --stdin-filename app.db < {}",
+                    restic.display(),
+                    db.display()
+                ),
+            ),
+            (
+                have_borg,
+                &borg,
+                format!(
+                    "borg create --compression zstd,3 {}::n{n} - < {}",
+                    borg.display(),
+                    db.display()
+                ),
+            ),
         ] {
             if have {
                 let before = du(repo);

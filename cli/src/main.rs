@@ -3,6 +3,7 @@
 mod args;
 mod commands;
 mod output;
+mod pg;
 mod repo_access;
 
 use std::process::ExitCode;

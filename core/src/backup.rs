@@ -94,7 +94,11 @@ enum Job {
         part: u32,
         chunks: Vec<Vec<u8>>,
     },
-    EndPart { part: u32, input: PartInput, size: u64 },
+    EndPart {
+        part: u32,
+        input: PartInput,
+        size: u64,
+    },
 }
 
 struct WorkerOut {
@@ -190,7 +194,12 @@ impl Backup<'_> {
     ///
     /// # Errors
     /// [`Error::Source`] when reading fails; pipeline (storage) errors.
-    pub fn add_part_then<R: Read>(&self, chunking: Chunking, reader: R, describe: impl FnOnce() -> PartInput) -> Result<u64> {
+    pub fn add_part_then<R: Read>(
+        &self,
+        chunking: Chunking,
+        reader: R,
+        describe: impl FnOnce() -> PartInput,
+    ) -> Result<u64> {
         let part = self.next_part.fetch_add(1, Ordering::Relaxed);
         let repo_cfg = self.repo.config();
         let mut size = 0u64;
@@ -246,7 +255,11 @@ impl Backup<'_> {
                 chunks: batch,
             })?;
         }
-        self.send(Job::EndPart { part, input: describe(), size })?;
+        self.send(Job::EndPart {
+            part,
+            input: describe(),
+            size,
+        })?;
         Ok(size)
     }
 
@@ -449,10 +462,17 @@ impl Worker {
         let keys = &self.ctx.keys;
         let st = self.parts.entry(part).or_default();
         let (ids, ()) = rayon::join(
-            || chunks.par_iter().map(|c| keys.blob_id(c)).collect::<Vec<Id>>(),
-            || chunks.iter().for_each(|c| {
-                st.hasher.update(c);
-            }),
+            || {
+                chunks
+                    .par_iter()
+                    .map(|c| keys.blob_id(c))
+                    .collect::<Vec<Id>>()
+            },
+            || {
+                chunks.iter().for_each(|c| {
+                    st.hasher.update(c);
+                })
+            },
         );
         let mut fresh = Vec::new();
         for (i, id) in ids.iter().enumerate() {
@@ -572,7 +592,12 @@ mod tests {
     #[test]
     fn aligned_hasher_equals_plain_blake3() {
         let data: Vec<u8> = (0..300_000u32).map(|i| (i * 31 % 251) as u8).collect();
-        for sizes in [&[1usize, 1000, 70_000, 5][..], &[65_536, 3], &[200_000], &[0, 7, 13]] {
+        for sizes in [
+            &[1usize, 1000, 70_000, 5][..],
+            &[65_536, 3],
+            &[200_000],
+            &[0, 7, 13],
+        ] {
             let mut h = AlignedHasher::default();
             let mut off = 0;
             for &n in sizes.iter().cycle().take(1000) {

@@ -192,7 +192,17 @@ impl<R: std::io::Read> LineChunks<R> {
         // Use the high bits: the gear hash mixes best there.
         let mask = ((1u64 << bits) - 1) << (64 - bits);
         let cap = (p.max as usize * 4).max(1 << 20);
-        LineChunks { reader, buf: vec![0u8; cap], start: 0, end: 0, eof: false, min: p.min as usize, max: p.max as usize, mask, gear }
+        LineChunks {
+            reader,
+            buf: vec![0u8; cap],
+            start: 0,
+            end: 0,
+            eof: false,
+            min: p.min as usize,
+            max: p.max as usize,
+            mask,
+            gear,
+        }
     }
 
     fn refill(&mut self) -> std::io::Result<()> {
@@ -289,9 +299,15 @@ mod line_tests {
 
     #[test]
     fn chunks_end_at_newlines_and_cover_the_input() {
-        let p = LineParams { min: 1024, avg: 4096, max: 32768 };
+        let p = LineParams {
+            min: 1024,
+            avg: 4096,
+            max: 32768,
+        };
         let data = rows(50_000, None);
-        let chunks: Vec<Vec<u8>> = LineChunks::new(&data[..], p, 7).map(|c| c.unwrap()).collect();
+        let chunks: Vec<Vec<u8>> = LineChunks::new(&data[..], p, 7)
+            .map(|c| c.unwrap())
+            .collect();
         assert_eq!(chunks.concat(), data);
         assert!(chunks.iter().all(|c| c.ends_with(b"\n")));
         let avg = data.len() / chunks.len();
@@ -300,18 +316,32 @@ mod line_tests {
 
     #[test]
     fn an_edited_row_changes_few_chunks() {
-        let p = LineParams { min: 1024, avg: 4096, max: 32768 };
-        let a: std::collections::HashSet<Vec<u8>> = LineChunks::new(&rows(50_000, None)[..], p, 7).map(|c| c.unwrap()).collect();
-        let b: Vec<Vec<u8>> = LineChunks::new(&rows(50_000, Some(25_000))[..], p, 7).map(|c| c.unwrap()).collect();
+        let p = LineParams {
+            min: 1024,
+            avg: 4096,
+            max: 32768,
+        };
+        let a: std::collections::HashSet<Vec<u8>> = LineChunks::new(&rows(50_000, None)[..], p, 7)
+            .map(|c| c.unwrap())
+            .collect();
+        let b: Vec<Vec<u8>> = LineChunks::new(&rows(50_000, Some(25_000))[..], p, 7)
+            .map(|c| c.unwrap())
+            .collect();
         let changed = b.iter().filter(|c| !a.contains(*c)).count();
         assert!(changed <= 2, "{changed} chunks changed");
     }
 
     #[test]
     fn long_lines_and_no_newline_still_terminate() {
-        let p = LineParams { min: 64, avg: 256, max: 1024 };
+        let p = LineParams {
+            min: 64,
+            avg: 256,
+            max: 1024,
+        };
         let data = vec![b'x'; 10_000];
-        let chunks: Vec<Vec<u8>> = LineChunks::new(&data[..], p, 1).map(|c| c.unwrap()).collect();
+        let chunks: Vec<Vec<u8>> = LineChunks::new(&data[..], p, 1)
+            .map(|c| c.unwrap())
+            .collect();
         assert_eq!(chunks.concat(), data);
         assert!(chunks.iter().all(|c| c.len() <= 1024));
         assert_eq!(LineChunks::new(&b""[..], p, 1).count(), 0);

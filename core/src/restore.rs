@@ -146,13 +146,14 @@ fn check_trailers(repo: &Repository, runs: &[Run]) -> Vec<String> {
                 .backend()
                 .size(&path)
                 .and_then(|size| read_trailer(repo.backend().as_ref(), repo.keys(), p, size));
-            let entries =
-                match r {
-                    Ok(e) => e,
-                    Err(e) => return Some(format!(
+            let entries = match r {
+                Ok(e) => e,
+                Err(e) => {
+                    return Some(format!(
                         "{e} (the restored data was verified and is intact; run `dbvault check`)"
-                    )),
-                };
+                    ))
+                }
+            };
             let listed: std::collections::HashSet<(Id, u32, u32)> =
                 entries.iter().map(|e| (e.id, e.offset, e.len)).collect();
             let missing = runs

@@ -7,6 +7,7 @@ use std::fmt;
 
 pub mod error;
 pub mod pgdump;
+pub mod pgscript;
 pub mod sqlite;
 pub mod sqlite_sql;
 

@@ -31,12 +31,18 @@ pub struct TocHeader {
 /// Parses `-- Name: …; Type: …; Schema: …; Owner: …` (or `-- Data for Name: …`).
 pub fn parse_toc(line: &[u8]) -> Option<TocHeader> {
     let s = std::str::from_utf8(line).ok()?.trim_end_matches('\n');
-    let rest = s.strip_prefix("-- Data for Name: ").or_else(|| s.strip_prefix("-- Name: "))?;
+    let rest = s
+        .strip_prefix("-- Data for Name: ")
+        .or_else(|| s.strip_prefix("-- Name: "))?;
     // Fields are separated by "; Type: ", "; Schema: ", "; Owner: " (names may contain ';').
     let (name, rest) = rest.split_once("; Type: ")?;
     let (kind, rest) = rest.split_once("; Schema: ")?;
     let schema = rest.split_once("; Owner: ").map(|(s, _)| s).unwrap_or(rest);
-    Some(TocHeader { name: name.to_string(), kind: kind.to_string(), schema: schema.to_string() })
+    Some(TocHeader {
+        name: name.to_string(),
+        kind: kind.to_string(),
+        schema: schema.to_string(),
+    })
 }
 
 /// Which section a part belongs to.
@@ -149,7 +155,9 @@ impl<R: BufRead> Splitter<R> {
     /// # Errors
     /// Read errors.
     pub fn next_part(&mut self) -> io::Result<Option<(PartKind, Rc<RefCell<PartStats>>)>> {
-        let Some(next) = self.next.take() else { return Ok(None) };
+        let Some(next) = self.next.take() else {
+            return Ok(None);
+        };
         if self.started && self.lookahead.is_empty() && self.eof {
             return Ok(None);
         }
@@ -162,7 +170,11 @@ impl<R: BufRead> Splitter<R> {
 
     /// Reader of the current part's bytes.
     pub fn reader(&mut self) -> PartReader<'_, R> {
-        PartReader { sp: self, line: Vec::new(), pos: 0 }
+        PartReader {
+            sp: self,
+            line: Vec::new(),
+            pos: 0,
+        }
     }
 
     /// The next line of the current part, or `None` at its end (a boundary, or the end of
@@ -197,7 +209,10 @@ impl<R: BufRead> Splitter<R> {
                 if let Some(h) = header {
                     let in_data = matches!(self.current, Some(PartKind::TableData { .. }));
                     let boundary = if h.kind == "TABLE DATA" {
-                        Some(PartKind::TableData { schema: h.schema, table: h.name })
+                        Some(PartKind::TableData {
+                            schema: h.schema,
+                            table: h.name,
+                        })
                     } else if in_data {
                         Some(PartKind::PostData)
                     } else {
@@ -251,7 +266,9 @@ impl<R: BufRead> PartReader<'_, R> {
         }
         let lim = buf.len().min(out.len());
         let upto = memchr::memmem::find(&buf[..lim], b"\n\\.\n").map_or(lim, |p| p + 1);
-        let Some(last_nl) = memchr::memrchr(b'\n', &buf[..upto]) else { return Ok(0) };
+        let Some(last_nl) = memchr::memrchr(b'\n', &buf[..upto]) else {
+            return Ok(0);
+        };
         let k = last_nl + 1;
         out[..k].copy_from_slice(&buf[..k]);
         {
@@ -329,7 +346,9 @@ mod tests {
     fn refuses_truncated_streams() {
         let cut = &SAMPLE[..SAMPLE.find("row2").unwrap()];
         assert!(split(cut).is_err());
-        let no_footer = &SAMPLE[..SAMPLE.find("--\n-- PostgreSQL database dump complete").unwrap()];
+        let no_footer = &SAMPLE[..SAMPLE
+            .find("--\n-- PostgreSQL database dump complete")
+            .unwrap()];
         let e = split(no_footer).unwrap_err();
         assert!(e.to_string().contains("truncated"), "{e}");
         assert!(split("").is_err());
@@ -338,10 +357,21 @@ mod tests {
     #[test]
     fn parses_toc_lines() {
         assert_eq!(
-            parse_toc(b"-- Name: orders orders_pkey; Type: CONSTRAINT; Schema: public; Owner: root\n"),
-            Some(TocHeader { name: "orders orders_pkey".into(), kind: "CONSTRAINT".into(), schema: "public".into() })
+            parse_toc(
+                b"-- Name: orders orders_pkey; Type: CONSTRAINT; Schema: public; Owner: root\n"
+            ),
+            Some(TocHeader {
+                name: "orders orders_pkey".into(),
+                kind: "CONSTRAINT".into(),
+                schema: "public".into()
+            })
         );
-        assert_eq!(parse_toc(b"-- Data for Name: a; b; Type: TABLE DATA; Schema: -; Owner: x\n").unwrap().name, "a; b");
+        assert_eq!(
+            parse_toc(b"-- Data for Name: a; b; Type: TABLE DATA; Schema: -; Owner: x\n")
+                .unwrap()
+                .name,
+            "a; b"
+        );
         assert_eq!(parse_toc(b"-- just a comment\n"), None);
     }
 }

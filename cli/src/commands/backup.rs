@@ -7,8 +7,8 @@ use std::process::{Command, ExitStatus, Stdio};
 use anyhow::{anyhow, bail, Context, Result};
 use dbvault_core::backup::{Backup, BackupSummary, Chunking, PartInput, SnapshotMeta};
 use dbvault_core::chunker::LineParams;
-use dbvault_formats::pgdump::{PartKind, Splitter};
 use dbvault_core::{Repository, SourceInfo};
+use dbvault_formats::pgdump::{PartKind, Splitter};
 use dbvault_formats::sqlite;
 use dbvault_formats::StreamFormat;
 
@@ -89,9 +89,7 @@ fn input(a: &BackupArgs) -> Result<Input<'_>> {
 
 pub fn run(cli: &Cli, a: &BackupArgs) -> Result<()> {
     let format = match &a.format {
-        Some(f) => {
-            Some(StreamFormat::parse(f).map_err(|e| anyhow!(e))?)
-        }
+        Some(f) => Some(StreamFormat::parse(f).map_err(|e| anyhow!(e))?),
         None => None,
     };
     let time = snapshot_time(a)?;
@@ -125,14 +123,24 @@ pub fn run(cli: &Cli, a: &BackupArgs) -> Result<()> {
             let name = a.name.clone().unwrap_or_else(|| "stdin".into());
             if fmt == StreamFormat::Sqlite {
                 let copy = stdin_to_sqlite_file(reader)?;
-                backup_sqlite_copy(cli, &repo, &copy, meta(name, sqlite_source("-".into(), &copy.info)))?
+                backup_sqlite_copy(
+                    cli,
+                    &repo,
+                    &copy,
+                    meta(name, sqlite_source("-".into(), &copy.info)),
+                )?
             } else {
                 let b = repo.start_backup()?;
                 let progress = Progress::start("backing up stdin", b.progress(), cli.json);
                 let r = stream_parts(&b, fmt, reader);
                 progress.finish();
                 let server_version = r?;
-                let source = SourceInfo { kind: "stdin".into(), identity: "-".into(), format: fmt.name().into(), server_version };
+                let source = SourceInfo {
+                    kind: "stdin".into(),
+                    identity: "-".into(),
+                    format: fmt.name().into(),
+                    server_version,
+                };
                 b.finish(meta(name, source))?
             }
         }
@@ -172,9 +180,17 @@ fn stdin_to_sqlite_file(mut reader: impl Read) -> Result<sqlite::OnlineCopy> {
 }
 
 /// Row-aligned chunks for table data: one updated row costs about one small chunk.
-const TABLE_CHUNKS: LineParams = LineParams { min: 1024, avg: 4096, max: 64 * 1024 };
+const TABLE_CHUNKS: LineParams = LineParams {
+    min: 1024,
+    avg: 4096,
+    max: 64 * 1024,
+};
 /// Schema sections change rarely and are small.
-const SCHEMA_CHUNKS: LineParams = LineParams { min: 2048, avg: 8192, max: 128 * 1024 };
+const SCHEMA_CHUNKS: LineParams = LineParams {
+    min: 2048,
+    avg: 8192,
+    max: 128 * 1024,
+};
 
 /// Backs up a stream as the parts of its format; returns the server version when the
 /// stream names one.
@@ -183,7 +199,11 @@ fn stream_parts(b: &Backup<'_>, fmt: StreamFormat, reader: impl Read) -> Result<
         StreamFormat::PgDump => {
             let mut sp = Splitter::new(std::io::BufReader::with_capacity(1 << 20, reader));
             while let Some((kind, stats)) = sp.next_part()? {
-                let chunking = Chunking::Lines(if matches!(kind, PartKind::TableData { .. }) { TABLE_CHUNKS } else { SCHEMA_CHUNKS });
+                let chunking = Chunking::Lines(if matches!(kind, PartKind::TableData { .. }) {
+                    TABLE_CHUNKS
+                } else {
+                    SCHEMA_CHUNKS
+                });
                 b.add_part_then(chunking, sp.reader(), || {
                     let st = stats.borrow();
                     let mut meta = std::collections::BTreeMap::new();
@@ -210,7 +230,14 @@ fn stream_parts(b: &Backup<'_>, fmt: StreamFormat, reader: impl Read) -> Result<
         }
         StreamFormat::Sqlite => bail!("an SQLite file must come on stdin or as sqlite:PATH"),
         StreamFormat::Raw => {
-            b.add_part(PartInput { name: "stdin".into(), kind: "raw".into(), ..Default::default() }, reader)?;
+            b.add_part(
+                PartInput {
+                    name: "stdin".into(),
+                    kind: "raw".into(),
+                    ..Default::default()
+                },
+                reader,
+            )?;
             Ok(None)
         }
     }

@@ -3,6 +3,7 @@
 mod backup;
 mod init;
 mod restore;
+mod restore_pg;
 mod snapshots;
 mod stats;
 

@@ -9,11 +9,14 @@ use dbvault_core::{Part, Repository, Snapshot};
 use dbvault_formats::{sqlite, sqlite_sql};
 
 use crate::args::{Cli, RestoreArgs};
+use crate::commands::restore_pg::{self, PgTarget};
+use crate::pg::PgUrl;
 use crate::repo_access;
 
 enum Target<'a> {
     Stdout,
     Sqlite(&'a Path),
+    Postgres(&'a str),
 }
 
 fn target(to: &str) -> Result<Target<'_>> {
@@ -27,9 +30,9 @@ fn target(to: &str) -> Result<Target<'_>> {
         return Ok(Target::Sqlite(Path::new(p)));
     }
     if to.starts_with("postgres://") || to.starts_with("postgresql://") {
-        bail!("restoring into PostgreSQL is not supported by this build yet: use --to -");
+        return Ok(Target::Postgres(to));
     }
-    bail!("unknown restore target {to:?}: use - (stdout) or sqlite:PATH")
+    bail!("unknown restore target {to:?}: use - (stdout), postgres://… or sqlite:PATH")
 }
 
 fn write_part(repo: &Repository, part: &Part, out: &mut (dyn std::io::Write + Send)) -> Result<()> {
@@ -42,6 +45,9 @@ fn write_part(repo: &Repository, part: &Part, out: &mut (dyn std::io::Write + Se
 
 pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<()> {
     let tgt = target(&a.to)?;
+    if (a.schema_only || a.data_only) && a.to.starts_with("sqlite:") {
+        bail!("--schema-only and --data-only are for PostgreSQL snapshots");
+    }
     if a.rename_table.is_some() && a.tables.len() != 1 {
         bail!("--rename-table needs exactly one --table");
     }
@@ -49,6 +55,17 @@ pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<()> {
     let (id, snap) = repo.find_snapshot(&a.snapshot, a.name.as_deref())?;
     match snap.source.format.as_str() {
         "sqlite" => restore_sqlite(&repo, &snap, a, tgt),
+        "pg_dump" => {
+            let target = match tgt {
+                Target::Stdout => PgTarget::Stdout,
+                Target::Postgres(url) => PgTarget::Database(PgUrl::parse(url)?),
+                Target::Sqlite(_) => bail!(
+                    "snapshot {} is a PostgreSQL dump: restore it --to postgres://… or --to -",
+                    id.short()
+                ),
+            };
+            restore_pg::restore(&repo, &snap, a, target)
+        }
         _ => {
             if let Some(t) = a.tables.first() {
                 bail!(
@@ -58,6 +75,7 @@ pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<()> {
                 );
             }
             if !matches!(tgt, Target::Stdout) {
+                // (a raw stream has no database to restore into)
                 bail!(
                     "snapshot {} is a raw stream: restore it with --to -",
                     id.short()
@@ -90,6 +108,9 @@ fn restore_sqlite(
                 part,
                 &mut BufWriter::with_capacity(1 << 20, std::io::stdout()),
             ),
+            Target::Postgres(_) => {
+                bail!("this is an SQLite snapshot: restore it --to sqlite:PATH or --to -")
+            }
             Target::Sqlite(path) => {
                 sqlite::write_new_file(path, a.force, |f| {
                     write_part(repo, part, f).map_err(|e| {
@@ -125,6 +146,9 @@ fn restore_sqlite(
     write_part(repo, part, &mut tmp.as_file())?;
     for t in &a.tables {
         match tgt {
+            Target::Postgres(_) => {
+                bail!("this is an SQLite snapshot: restore its tables --to sqlite:PATH or --to -")
+            }
             Target::Stdout => {
                 let mut out = BufWriter::with_capacity(1 << 20, std::io::stdout());
                 sqlite_sql::table_as_sql(tmp.path(), t, a.rename_table.as_deref(), &mut out)?;

@@ -1,0 +1,415 @@
+//! Restoring pg_dump snapshots: the original stream, a whole database, or one table.
+
+use std::io::{BufWriter, Write};
+
+use anyhow::{anyhow, bail, Result};
+use dbvault_core::restore::restore_part;
+use dbvault_core::{Part, Repository, Snapshot};
+use dbvault_formats::pgscript::{table_script, TableScript};
+
+use crate::args::RestoreArgs;
+use crate::pg::PgUrl;
+
+/// A restore target for PostgreSQL snapshots.
+pub enum PgTarget {
+    /// The SQL on stdout.
+    Stdout,
+    /// A database.
+    Database(PgUrl),
+}
+
+fn part_bytes(repo: &Repository, part: &Part) -> Result<Vec<u8>> {
+    let mut v = Vec::with_capacity(part.size as usize);
+    write_part(repo, part, &mut v)?;
+    Ok(v)
+}
+
+fn write_part(repo: &Repository, part: &Part, out: &mut (dyn Write + Send)) -> Result<()> {
+    let report = restore_part(repo, part, out)?;
+    for w in report.warnings {
+        eprintln!("dbvault: warning: {w}");
+    }
+    Ok(())
+}
+
+fn section<'a>(snap: &'a Snapshot, kind: &str) -> Option<&'a Part> {
+    snap.parts.iter().find(|p| p.kind == kind)
+}
+
+fn tables(snap: &Snapshot) -> impl Iterator<Item = &Part> {
+    snap.parts.iter().filter(|p| p.kind == "table-data")
+}
+
+fn meta_str<'a>(p: &'a Part, key: &str) -> &'a str {
+    p.meta.get(key).and_then(|v| v.as_str()).unwrap_or("")
+}
+
+/// Unquotes a user's table name: `orders`, `public.orders`, `"Mixed Case"`,
+/// `public."Mixed.Case"`. Unquoted names fold to lower case, as in SQL.
+fn parse_table_arg(s: &str) -> (Option<String>, String, bool) {
+    let mut parts = Vec::new();
+    let mut quoted_any = Vec::new();
+    let mut cur = String::new();
+    let mut in_q = false;
+    let mut was_quoted = false;
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if in_q && chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+            }
+            '"' => {
+                in_q = !in_q;
+                was_quoted = true;
+            }
+            '.' if !in_q => {
+                parts.push(std::mem::take(&mut cur));
+                quoted_any.push(was_quoted);
+                was_quoted = false;
+            }
+            c => cur.push(c),
+        }
+    }
+    parts.push(cur);
+    quoted_any.push(was_quoted);
+    let fold = |s: String, q: bool| if q { s } else { s.to_lowercase() };
+    let exact = quoted_any.iter().any(|q| *q);
+    match parts.len() {
+        1 => (None, fold(parts.remove(0), quoted_any[0]), exact),
+        _ => {
+            let t = parts.pop().unwrap_or_default();
+            let schema = parts.join(".");
+            (
+                Some(fold(schema, quoted_any[0])),
+                fold(t, *quoted_any.last().unwrap_or(&false)),
+                exact,
+            )
+        }
+    }
+}
+
+/// Finds the data part of a table named on the command line.
+pub fn find_table<'a>(snap: &'a Snapshot, arg: &str) -> Result<&'a Part> {
+    let (schema, table, exact) = parse_table_arg(arg);
+    let matches = |p: &&Part, ci: bool| {
+        let eq = |a: &str, b: &str| {
+            if ci {
+                a.eq_ignore_ascii_case(b)
+            } else {
+                a == b
+            }
+        };
+        eq(meta_str(p, "table"), &table)
+            && schema
+                .as_deref()
+                .is_none_or(|s| eq(meta_str(p, "schema"), s))
+    };
+    let mut found: Vec<&Part> = tables(snap).filter(|p| matches(p, false)).collect();
+    if found.is_empty() && !exact {
+        found = tables(snap).filter(|p| matches(p, true)).collect();
+    }
+    match found.len() {
+        1 => Ok(found[0]),
+        0 => {
+            let names: Vec<&str> = tables(snap).map(|p| p.name.as_str()).collect();
+            bail!(
+                "the snapshot has no table {arg:?} (it has: {})",
+                names.join(", ")
+            )
+        }
+        _ => bail!(
+            "table name {arg:?} is ambiguous: {}; qualify it with the schema",
+            found
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Writes one table as a psql script: definition, data, then indexes and constraints.
+fn write_table_script(
+    repo: &Repository,
+    ts: &TableScript,
+    part: &Part,
+    a: &RestoreArgs,
+    out: &mut (dyn Write + Send),
+    drop_first: Option<&str>,
+) -> Result<()> {
+    out.write_all(ts.preamble.as_bytes())?;
+    if let Some(d) = drop_first {
+        writeln!(out, "DROP TABLE IF EXISTS {d};")?;
+    }
+    if !a.data_only {
+        for e in &ts.schema {
+            out.write_all(e.as_bytes())?;
+        }
+    }
+    if !a.schema_only {
+        let mut rw = CopyRename {
+            out,
+            ts,
+            head: Vec::new(),
+            done: false,
+        };
+        write_part(repo, part, &mut rw)?;
+        rw.finish()?;
+    }
+    if !a.data_only {
+        for e in &ts.post {
+            out.write_all(e.as_bytes())?;
+        }
+    } else {
+        // Sequence values are data.
+        for e in ts.post.iter().filter(|e| e.contains("Type: SEQUENCE SET;")) {
+            out.write_all(e.as_bytes())?;
+        }
+    }
+    out.write_all(ts.epilogue().as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Passes a table-data part through, renaming the table in its `COPY` line.
+struct CopyRename<'a> {
+    out: &'a mut (dyn Write + Send),
+    ts: &'a TableScript,
+    head: Vec<u8>,
+    done: bool,
+}
+
+impl CopyRename<'_> {
+    fn finish(&mut self) -> std::io::Result<()> {
+        if !self.done {
+            let s = self.ts.rename(&String::from_utf8_lossy(&self.head));
+            self.out.write_all(s.as_bytes())?;
+            self.head.clear();
+            self.done = true;
+        }
+        Ok(())
+    }
+}
+
+impl Write for CopyRename<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.done {
+            return self.out.write(buf);
+        }
+        self.head.extend_from_slice(buf);
+        if let Some(p) = memchr_find(&self.head, b" FROM stdin;\n") {
+            let rest = self.head.split_off(p + 13);
+            self.finish()?;
+            self.out.write_all(&rest)?;
+        } else if self.head.len() > 1 << 20 {
+            self.finish()?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+fn memchr_find(h: &[u8], n: &[u8]) -> Option<usize> {
+    h.windows(n.len()).position(|w| w == n)
+}
+
+/// Restores a pg_dump snapshot.
+pub fn restore(
+    repo: &Repository,
+    snap: &Snapshot,
+    a: &RestoreArgs,
+    target: PgTarget,
+) -> Result<()> {
+    let pre = section(snap, "pre-data");
+    let post = section(snap, "post-data");
+    if a.tables.is_empty() {
+        return match target {
+            PgTarget::Stdout => {
+                let mut out = BufWriter::with_capacity(1 << 20, std::io::stdout());
+                for p in &snap.parts {
+                    let schema = p.kind != "table-data";
+                    if (a.schema_only && !schema) || (a.data_only && schema) {
+                        continue;
+                    }
+                    write_part(repo, p, &mut out)?;
+                }
+                Ok(())
+            }
+            PgTarget::Database(url) => restore_database(repo, snap, a, &url),
+        };
+    }
+    let pre_text = pre
+        .map(|p| part_bytes(repo, p))
+        .transpose()?
+        .unwrap_or_default();
+    let post_text = post
+        .map(|p| part_bytes(repo, p))
+        .transpose()?
+        .unwrap_or_default();
+    let (pre_text, post_text) = (
+        String::from_utf8_lossy(&pre_text),
+        String::from_utf8_lossy(&post_text),
+    );
+    let mut chosen = Vec::new();
+    for t in &a.tables {
+        chosen.push(find_table(snap, t)?);
+    }
+    for part in chosen {
+        let (schema, table) = (meta_str(part, "schema"), meta_str(part, "table"));
+        let ts = table_script(
+            &pre_text,
+            &post_text,
+            schema,
+            table,
+            a.rename_table.as_deref(),
+        );
+        let dest = dbvault_formats::pgscript::qualified(
+            schema,
+            a.rename_table.as_deref().unwrap_or(table),
+        );
+        match &target {
+            PgTarget::Stdout => {
+                let mut out = BufWriter::with_capacity(1 << 20, std::io::stdout());
+                write_table_script(repo, &ts, part, a, &mut out, None)?;
+            }
+            PgTarget::Database(url) => {
+                let exists = url.query(&format!(
+                    "SELECT to_regclass('{}') IS NOT NULL",
+                    dest.replace('\'', "''")
+                ))? == "t";
+                if exists && !a.clean && !a.data_only {
+                    bail!("table {dest} already exists in {}: restore it beside the live one with --rename-table NEW, or replace it with --clean", url.public);
+                }
+                let drop = (exists && a.clean && !a.data_only).then_some(dest.as_str());
+                url.psql(&format!("restoring table {dest}"), true, |w| {
+                    let mut bw = BufWriter::with_capacity(1 << 20, w);
+                    write_table_script(repo, &ts, part, a, &mut bw, drop)
+                })?;
+                eprintln!(
+                    "restored {} ({} rows) as {dest}",
+                    part.name,
+                    part.rows.unwrap_or(0)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whole database: pre-data, then table data on parallel psql sessions, then post-data.
+fn restore_database(
+    repo: &Repository,
+    snap: &Snapshot,
+    a: &RestoreArgs,
+    url: &PgUrl,
+) -> Result<()> {
+    let pre =
+        section(snap, "pre-data").ok_or_else(|| anyhow!("the snapshot has no pre-data section"))?;
+    let pre_text = part_bytes(repo, pre)?;
+    // Every session starts with the dump's preamble (SET statements and `\restrict`); the
+    // sessions we add close the restriction themselves, post-data already does.
+    let ts = table_script(&String::from_utf8_lossy(&pre_text), "", "", "", None);
+    let (preamble, epilogue) = (ts.preamble.clone(), ts.epilogue());
+    if !a.data_only {
+        url.psql("restoring the schema (pre-data)", false, |w| {
+            Ok(w.write_all(&pre_text)?)
+        })?;
+    }
+    if !a.schema_only {
+        // Largest tables first (popped from the end): the parallel load ends together.
+        let mut order: Vec<&Part> = tables(snap).collect();
+        order.sort_by_key(|p| p.size);
+        let queue = std::sync::Mutex::new(order);
+        let jobs = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .clamp(1, 4);
+        std::thread::scope(|s| -> Result<()> {
+            let workers: Vec<_> = (0..jobs)
+                .map(|_| {
+                    s.spawn(|| -> Result<()> {
+                        loop {
+                            let Some(part) = queue.lock().map_err(|_| anyhow!("lock"))?.pop()
+                            else {
+                                return Ok(());
+                            };
+                            url.psql(&format!("loading table {}", part.name), true, |w| {
+                                w.write_all(preamble.as_bytes())?;
+                                w.write_all(b"\n")?;
+                                let mut bw = BufWriter::with_capacity(1 << 20, w);
+                                write_part(repo, part, &mut bw)?;
+                                bw.write_all(epilogue.as_bytes())?;
+                                bw.flush()?;
+                                Ok(())
+                            })?;
+                        }
+                    })
+                })
+                .collect();
+            for w in workers {
+                w.join()
+                    .map_err(|_| anyhow!("a restore worker panicked"))??;
+            }
+            Ok(())
+        })?;
+    }
+    if let Some(post) = section(snap, "post-data") {
+        let post_text = part_bytes(repo, post)?;
+        if a.data_only {
+            let text = String::from_utf8_lossy(&post_text);
+            let seqs: String = dbvault_formats::pgscript::entries(&text)
+                .into_iter()
+                .filter(|e| e.header.as_ref().is_some_and(|h| h.kind == "SEQUENCE SET"))
+                .map(|e| e.text)
+                .collect();
+            url.psql("restoring sequence values", false, |w| {
+                w.write_all(preamble.as_bytes())?;
+                w.write_all(b"\n")?;
+                w.write_all(seqs.as_bytes())?;
+                Ok(w.write_all(epilogue.as_bytes())?)
+            })?;
+        } else if !a.schema_only || !post_text.is_empty() {
+            url.psql(
+                "restoring indexes and constraints (post-data)",
+                false,
+                |w| {
+                    w.write_all(preamble.as_bytes())?;
+                    w.write_all(b"\n")?;
+                    Ok(w.write_all(&post_text)?)
+                },
+            )?;
+        }
+    }
+    eprintln!(
+        "restored {} tables into {}",
+        tables(snap).count(),
+        url.public
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_table_arg;
+
+    #[test]
+    fn table_arguments() {
+        assert_eq!(parse_table_arg("orders"), (None, "orders".into(), false));
+        assert_eq!(
+            parse_table_arg("Public.Orders"),
+            (Some("public".into()), "orders".into(), false)
+        );
+        assert_eq!(
+            parse_table_arg("\"Mixed.Case\""),
+            (None, "Mixed.Case".into(), true)
+        );
+        assert_eq!(
+            parse_table_arg("s.\"a\"\"b\""),
+            (Some("s".into()), "a\"b".into(), true)
+        );
+    }
+}

@@ -1,0 +1,218 @@
+//! Talking to PostgreSQL through its own tools (psql), with the password kept out of
+//! argument lists and messages.
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+/// A `postgres://` URL split into a password-free form and the password.
+#[derive(Clone)]
+pub struct PgUrl {
+    /// The URL without the password (safe to show and to pass as an argument).
+    pub public: String,
+    password: Option<String>,
+}
+
+impl PgUrl {
+    /// Parses `postgres://user:password@host:port/db?params` (password optional).
+    pub fn parse(url: &str) -> Result<PgUrl> {
+        let Some(rest) = url
+            .strip_prefix("postgres://")
+            .or_else(|| url.strip_prefix("postgresql://"))
+        else {
+            bail!("not a PostgreSQL URL (postgres://…)");
+        };
+        let (authority, tail) = match rest.find(['/', '?']) {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        let (userinfo, host) = match authority.rfind('@') {
+            Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
+            None => (None, authority),
+        };
+        let (user, mut password) = match userinfo {
+            Some(u) => match u.split_once(':') {
+                Some((user, pw)) => (Some(user), Some(percent_decode(pw))),
+                None => (Some(u), None),
+            },
+            None => (None, None),
+        };
+        // A password given as a query parameter is moved out too.
+        let mut query_parts = Vec::new();
+        let (path, query) = match tail.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (tail, None),
+        };
+        if let Some(q) = query {
+            for kv in q.split('&') {
+                match kv.split_once('=') {
+                    Some(("password", v)) => password = Some(percent_decode(v)),
+                    _ => query_parts.push(kv),
+                }
+            }
+        }
+        let mut public = String::from("postgresql://");
+        if let Some(u) = user {
+            public.push_str(u);
+            public.push('@');
+        }
+        public.push_str(host);
+        public.push_str(path);
+        if !query_parts.is_empty() {
+            public.push('?');
+            public.push_str(&query_parts.join("&"));
+        }
+        Ok(PgUrl { public, password })
+    }
+
+    /// A command with the connection's password in its environment (never in argv).
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        if let Some(pw) = &self.password {
+            c.env("PGPASSWORD", pw);
+        }
+        c
+    }
+
+    /// Runs `psql` on this database, feeding it what `feed` writes. With `single`, the
+    /// script runs in one transaction (all or nothing). On failure the error names the
+    /// failing statement, as psql reported it.
+    pub fn psql(
+        &self,
+        what: &str,
+        single: bool,
+        feed: impl FnOnce(&mut (dyn Write + Send)) -> Result<()>,
+    ) -> Result<()> {
+        let mut c = self.command("psql");
+        c.args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "--echo-errors",
+            "-d",
+            &self.public,
+        ]);
+        if single {
+            c.arg("--single-transaction");
+        }
+        let mut child = c
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| anyhow!("cannot run psql ({e}): install the PostgreSQL client (apt-get install postgresql-client)"))?;
+        let mut stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| anyhow!("psql has no stderr"))?;
+        let errs = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            s
+        });
+        let mut stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| anyhow!("psql has no stdin"))?;
+        let fed = feed(&mut stdin);
+        drop(stdin);
+        let status = child.wait().context("waiting for psql")?;
+        let errs = errs.join().unwrap_or_default();
+        if !status.success() {
+            bail!("{what} failed: {}", summarize_psql_error(&errs));
+        }
+        // psql exits 0 when its input ended early only if nothing failed; a feed error
+        // (e.g. damaged backup data) is still an error.
+        fed.with_context(|| format!("{what} failed"))
+    }
+
+    /// Runs one query with psql and returns its first output line.
+    pub fn query(&self, sql: &str) -> Result<String> {
+        let out = self
+            .command("psql")
+            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d", &self.public, "-c", sql])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| anyhow!("cannot run psql ({e}): install the PostgreSQL client (apt-get install postgresql-client)"))?;
+        if !out.status.success() {
+            bail!(
+                "{}",
+                summarize_psql_error(&String::from_utf8_lossy(&out.stderr))
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string())
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() + 0 && i + 2 <= b.len() - 1 + 1 {
+            if let Ok(v) = u8::from_str_radix(
+                std::str::from_utf8(&b[i + 1..(i + 3).min(b.len())]).unwrap_or(""),
+                16,
+            ) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// One line from psql's stderr: the ERROR and the statement it was running.
+fn summarize_psql_error(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let error = lines
+        .iter()
+        .find(|l| l.contains("ERROR:") || l.contains("FATAL:") || l.contains("error:"))
+        .or(lines.first())
+        .copied()
+        .unwrap_or("psql failed without a message");
+    let statement = lines
+        .iter()
+        .position(|l| l.contains("ERROR:"))
+        .and_then(|i| {
+            lines[i + 1..].iter().find(|l| {
+                !l.starts_with("DETAIL") && !l.starts_with("HINT") && !l.starts_with("LINE")
+            })
+        })
+        .map(|s| format!("; statement: {}", s.chars().take(200).collect::<String>()))
+        .unwrap_or_default();
+    format!("{error}{statement}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_is_split_off() {
+        let u =
+            PgUrl::parse("postgres://bob:s%40cret@db.example:5433/shop?sslmode=disable").unwrap();
+        assert_eq!(
+            u.public,
+            "postgresql://bob@db.example:5433/shop?sslmode=disable"
+        );
+        assert_eq!(u.password.as_deref(), Some("s@cret"));
+        let u = PgUrl::parse("postgresql:///shop?host=/var/run/postgresql&password=x").unwrap();
+        assert_eq!(u.public, "postgresql:///shop?host=/var/run/postgresql");
+        assert_eq!(u.password.as_deref(), Some("x"));
+        assert!(PgUrl::parse("mysql://x").is_err());
+    }
+}

@@ -1,0 +1,467 @@
+//! One table out of a pg_dump plain-format snapshot: its definition, sequences, defaults,
+//! comments, indexes, constraints and triggers, picked from the pre-data and post-data
+//! sections by their table-of-contents entries, optionally renamed, as a psql script.
+
+use crate::pgdump::{parse_toc, TocHeader};
+
+/// One table-of-contents entry (or the preamble, which has no header).
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// The parsed `-- Name: …` line.
+    pub header: Option<TocHeader>,
+    /// The entry's text, comment block included.
+    pub text: String,
+}
+
+/// Splits a section's text into entries; the first one is the preamble, and the closing
+/// block of a dump, if present, is a last entry without a header.
+pub fn entries(text: &str) -> Vec<Entry> {
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let mut out = vec![Entry {
+        header: None,
+        text: String::new(),
+    }];
+    for (i, line) in lines.iter().enumerate() {
+        if *line == "--\n" {
+            let next = lines.get(i + 1).copied().unwrap_or("");
+            if let Some(h) = parse_toc(next.as_bytes()) {
+                out.push(Entry {
+                    header: Some(h),
+                    text: String::new(),
+                });
+            } else if next == "-- PostgreSQL database dump complete\n" {
+                // The closing block (and `\unrestrict`) belongs to no entry.
+                out.push(Entry {
+                    header: None,
+                    text: String::new(),
+                });
+            }
+        }
+        if let Some(last) = out.last_mut() {
+            last.text.push_str(line);
+        }
+    }
+    out
+}
+
+const KEYWORDS: &[&str] = &[
+    "all",
+    "analyse",
+    "analyze",
+    "and",
+    "any",
+    "array",
+    "as",
+    "asc",
+    "asymmetric",
+    "authorization",
+    "between",
+    "bigint",
+    "binary",
+    "bit",
+    "boolean",
+    "both",
+    "case",
+    "cast",
+    "char",
+    "character",
+    "check",
+    "coalesce",
+    "collate",
+    "collation",
+    "column",
+    "concurrently",
+    "constraint",
+    "create",
+    "cross",
+    "current_catalog",
+    "current_date",
+    "current_role",
+    "current_schema",
+    "current_time",
+    "current_timestamp",
+    "current_user",
+    "dec",
+    "decimal",
+    "default",
+    "deferrable",
+    "desc",
+    "distinct",
+    "do",
+    "else",
+    "end",
+    "except",
+    "exists",
+    "extract",
+    "false",
+    "fetch",
+    "float",
+    "for",
+    "foreign",
+    "freeze",
+    "from",
+    "full",
+    "grant",
+    "greatest",
+    "group",
+    "grouping",
+    "having",
+    "ilike",
+    "in",
+    "initially",
+    "inner",
+    "inout",
+    "int",
+    "integer",
+    "intersect",
+    "interval",
+    "into",
+    "is",
+    "isnull",
+    "join",
+    "lateral",
+    "leading",
+    "least",
+    "left",
+    "like",
+    "limit",
+    "localtime",
+    "localtimestamp",
+    "national",
+    "natural",
+    "nchar",
+    "none",
+    "normalize",
+    "not",
+    "notnull",
+    "null",
+    "nullif",
+    "numeric",
+    "offset",
+    "on",
+    "only",
+    "or",
+    "order",
+    "out",
+    "outer",
+    "overlaps",
+    "overlay",
+    "placing",
+    "position",
+    "precision",
+    "primary",
+    "real",
+    "references",
+    "returning",
+    "right",
+    "row",
+    "select",
+    "session_user",
+    "setof",
+    "similar",
+    "smallint",
+    "some",
+    "substring",
+    "symmetric",
+    "table",
+    "tablesample",
+    "then",
+    "time",
+    "timestamp",
+    "to",
+    "trailing",
+    "treat",
+    "trim",
+    "true",
+    "union",
+    "unique",
+    "user",
+    "using",
+    "values",
+    "varchar",
+    "variadic",
+    "verbose",
+    "when",
+    "where",
+    "window",
+    "with",
+];
+
+/// An identifier as pg_dump prints it: bare when it is a lower-case word that is not a
+/// keyword, else double-quoted.
+pub fn pg_ident(name: &str) -> String {
+    let bare = !name.is_empty()
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$')
+        && !KEYWORDS.contains(&name);
+    if bare {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+/// `schema.table` as pg_dump prints it.
+pub fn qualified(schema: &str, name: &str) -> String {
+    format!("{}.{}", pg_ident(schema), pg_ident(name))
+}
+
+fn is_ident_char(c: char) -> bool {
+    c.is_alphanumeric() || c == '_' || c == '$'
+}
+
+/// Replaces `from` by `to` where `from` stands as a whole (qualified) identifier.
+fn replace_ident(text: &str, from: &str, to: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(p) = rest.find(from) {
+        let before = out.chars().last().or_else(|| rest[..p].chars().last());
+        let before = if p > 0 {
+            rest[..p].chars().last()
+        } else {
+            before
+        };
+        let after = rest[p + from.len()..].chars().next();
+        let ok_before = before.is_none_or(|c| !is_ident_char(c) && c != '"' && c != '.');
+        let ok_after = after.is_none_or(|c| !is_ident_char(c) && (c != '"' || from.ends_with('"')));
+        out.push_str(&rest[..p]);
+        out.push_str(if ok_before && ok_after { to } else { from });
+        rest = &rest[p + from.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// What belongs to one table.
+#[derive(Debug, Default)]
+pub struct TableScript {
+    /// Preamble (SET statements, `\restrict`).
+    pub preamble: String,
+    /// Definition entries from pre-data (table, sequences, defaults, comments, grants).
+    pub schema: Vec<String>,
+    /// Entries from post-data (sequence values, constraints, indexes, triggers, comments).
+    pub post: Vec<String>,
+    /// The key of `\restrict`, to close with `\unrestrict`.
+    pub restrict_key: Option<String>,
+    renames: Vec<(String, String)>,
+    unqualified: Vec<(String, String)>,
+}
+
+fn derive_name(old: &str, table: &str, new: &str) -> String {
+    let mut n = match old.strip_prefix(table) {
+        Some(rest) => format!("{new}{rest}"),
+        None => format!("{new}_{old}"),
+    };
+    while n.len() > 63 {
+        n.pop();
+    }
+    n
+}
+
+/// Picks the entries of table `schema.table` out of the pre-data and post-data sections;
+/// with `new_name`, renames the table, its sequences, indexes and constraints.
+pub fn table_script(
+    pre: &str,
+    post: &str,
+    schema: &str,
+    table: &str,
+    new_name: Option<&str>,
+) -> TableScript {
+    let pre = entries(pre);
+    let post = entries(post);
+    let qt = qualified(schema, table);
+    let mut ts = TableScript {
+        preamble: pre[0].text.clone(),
+        ..Default::default()
+    };
+    ts.restrict_key = ts
+        .preamble
+        .lines()
+        .find_map(|l| l.strip_prefix("\\restrict ").map(|k| k.trim().to_string()));
+    let in_schema = |h: &TocHeader| h.schema == schema;
+    let mut seqs: Vec<String> = Vec::new();
+    for e in pre.iter().chain(post.iter()) {
+        let Some(h) = &e.header else { continue };
+        if !in_schema(h) {
+            continue;
+        }
+        let owned = h.kind == "SEQUENCE OWNED BY" && e.text.contains(&format!("OWNED BY {qt}."));
+        let identity = h.kind == "SEQUENCE"
+            && (e.text.contains(&format!("ALTER TABLE {qt} ALTER COLUMN"))
+                || e.text
+                    .contains(&format!("ALTER TABLE ONLY {qt} ALTER COLUMN")));
+        if (owned || identity) && !seqs.contains(&h.name) {
+            seqs.push(h.name.clone());
+        }
+    }
+    let mut indexes: Vec<String> = Vec::new();
+    let mut constraints: Vec<String> = Vec::new();
+    let table_prefix = format!("{table} ");
+    let belongs = |h: &TocHeader,
+                   text: &str,
+                   indexes: &mut Vec<String>,
+                   constraints: &mut Vec<String>|
+     -> bool {
+        if !in_schema(h) {
+            return false;
+        }
+        match h.kind.as_str() {
+            "TABLE" => h.name == table,
+            "SEQUENCE" | "SEQUENCE OWNED BY" | "SEQUENCE SET" => seqs.contains(&h.name),
+            "DEFAULT" => h.name.starts_with(&table_prefix),
+            "CONSTRAINT" | "FK CONSTRAINT" | "CHECK CONSTRAINT" => {
+                let hit = h.name.starts_with(&table_prefix);
+                if hit {
+                    constraints.push(h.name[table_prefix.len()..].to_string());
+                }
+                hit
+            }
+            "TRIGGER" | "RULE" | "POLICY" | "ROW SECURITY" => {
+                h.name.starts_with(&table_prefix) || h.name == table
+            }
+            "INDEX" => {
+                let hit = text.contains(&format!(" ON {qt} "))
+                    || text.contains(&format!(" ON ONLY {qt} "));
+                if hit {
+                    indexes.push(h.name.clone());
+                }
+                hit
+            }
+            "COMMENT" | "ACL" => {
+                h.name == format!("TABLE {table}")
+                    || h.name.starts_with(&format!("COLUMN {table}."))
+                    || h.name
+                        .strip_prefix("INDEX ")
+                        .is_some_and(|i| indexes.iter().any(|x| x == i))
+                    || h.name.ends_with(&format!(" ON {table}"))
+                        && h.name.starts_with("CONSTRAINT ")
+                    || h.name
+                        .strip_prefix("SEQUENCE ")
+                        .is_some_and(|s| seqs.iter().any(|x| x == s))
+            }
+            _ => false,
+        }
+    };
+    for e in &pre {
+        if let Some(h) = &e.header {
+            if belongs(h, &e.text, &mut indexes, &mut constraints) {
+                ts.schema.push(e.text.clone());
+            }
+        }
+    }
+    for e in &post {
+        if let Some(h) = &e.header {
+            if belongs(h, &e.text, &mut indexes, &mut constraints) {
+                ts.post.push(e.text.clone());
+            }
+        }
+    }
+    if let Some(new) = new_name {
+        ts.renames.push((qt.clone(), qualified(schema, new)));
+        for s in &seqs {
+            ts.renames.push((
+                qualified(schema, s),
+                qualified(schema, &derive_name(s, table, new)),
+            ));
+        }
+        for i in &indexes {
+            let n = derive_name(i, table, new);
+            ts.renames
+                .push((qualified(schema, i), qualified(schema, &n)));
+            ts.unqualified.push((
+                format!("INDEX {} ON", pg_ident(i)),
+                format!("INDEX {} ON", pg_ident(&n)),
+            ));
+        }
+        for c in &constraints {
+            let n = derive_name(c, table, new);
+            ts.unqualified.push((
+                format!("CONSTRAINT {} ", pg_ident(c)),
+                format!("CONSTRAINT {} ", pg_ident(&n)),
+            ));
+        }
+        let schema: Vec<String> = ts.schema.iter().map(|t| ts.rename(t)).collect();
+        let post: Vec<String> = ts.post.iter().map(|t| ts.rename(t)).collect();
+        ts.schema = schema;
+        ts.post = post;
+    }
+    ts
+}
+
+impl TableScript {
+    /// Applies the renames to a piece of SQL (e.g. the data part's COPY line).
+    pub fn rename(&self, sql: &str) -> String {
+        let mut s = sql.to_string();
+        for (from, to) in &self.renames {
+            s = replace_ident(&s, from, to);
+        }
+        for (from, to) in &self.unqualified {
+            s = s.replace(from.as_str(), to.as_str());
+        }
+        s
+    }
+
+    /// Closing text: `\unrestrict` when the preamble restricted.
+    pub fn epilogue(&self) -> String {
+        match &self.restrict_key {
+            Some(k) => format!("\n\\unrestrict {k}\n"),
+            None => String::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PRE: &str = "--\n-- PostgreSQL database dump\n--\n\n\\restrict K1\n\nSET x = 1;\n\n--\n-- Name: orders; Type: TABLE; Schema: public; Owner: me\n--\n\nCREATE TABLE public.orders (\n    id bigint NOT NULL,\n    note text\n);\n\n--\n-- Name: orders_id_seq; Type: SEQUENCE; Schema: public; Owner: me\n--\n\nCREATE SEQUENCE public.orders_id_seq;\n\n--\n-- Name: orders_id_seq; Type: SEQUENCE OWNED BY; Schema: public; Owner: me\n--\n\nALTER SEQUENCE public.orders_id_seq OWNED BY public.orders.id;\n\n--\n-- Name: orders_x; Type: TABLE; Schema: public; Owner: me\n--\n\nCREATE TABLE public.orders_x (a int);\n\n--\n-- Name: orders id; Type: DEFAULT; Schema: public; Owner: me\n--\n\nALTER TABLE ONLY public.orders ALTER COLUMN id SET DEFAULT nextval('public.orders_id_seq'::regclass);\n\n";
+    const POST: &str = "--\n-- Name: orders_id_seq; Type: SEQUENCE SET; Schema: public; Owner: me\n--\n\nSELECT pg_catalog.setval('public.orders_id_seq', 5, true);\n\n--\n-- Name: orders orders_pkey; Type: CONSTRAINT; Schema: public; Owner: me\n--\n\nALTER TABLE ONLY public.orders\n    ADD CONSTRAINT orders_pkey PRIMARY KEY (id);\n\n--\n-- Name: idx_note; Type: INDEX; Schema: public; Owner: me\n--\n\nCREATE INDEX idx_note ON public.orders USING btree (note);\n\n--\n-- Name: idx_x; Type: INDEX; Schema: public; Owner: me\n--\n\nCREATE INDEX idx_x ON public.orders_x USING btree (a);\n\n--\n-- PostgreSQL database dump complete\n--\n\n\\unrestrict K1\n\n";
+
+    #[test]
+    fn picks_the_table_and_what_hangs_off_it() {
+        let ts = table_script(PRE, POST, "public", "orders", None);
+        let schema = ts.schema.concat();
+        assert!(schema.contains("CREATE TABLE public.orders ("));
+        assert!(!schema.contains("orders_x"));
+        assert!(schema.contains("CREATE SEQUENCE public.orders_id_seq"));
+        assert!(schema.contains("SET DEFAULT nextval"));
+        let post = ts.post.concat();
+        assert!(
+            post.contains("setval") && post.contains("orders_pkey") && post.contains("idx_note")
+        );
+        assert!(!post.contains("idx_x") && !post.contains("dump complete"));
+        assert_eq!(ts.restrict_key.as_deref(), Some("K1"));
+    }
+
+    #[test]
+    fn renames_consistently() {
+        let ts = table_script(PRE, POST, "public", "orders", Some("orders_old"));
+        let all = format!("{}{}", ts.schema.concat(), ts.post.concat());
+        assert!(all.contains("CREATE TABLE public.orders_old ("));
+        assert!(all.contains("CREATE SEQUENCE public.orders_old_id_seq"));
+        assert!(all.contains("OWNED BY public.orders_old.id"));
+        assert!(all.contains("nextval('public.orders_old_id_seq'::regclass)"));
+        assert!(all.contains("setval('public.orders_old_id_seq'"));
+        assert!(all.contains("ADD CONSTRAINT orders_old_pkey PRIMARY KEY"));
+        assert!(all.contains("CREATE INDEX orders_old_idx_note ON public.orders_old USING"));
+        assert!(!all.contains("public.orders ") && !all.contains("public.orders."));
+        assert_eq!(
+            ts.rename("COPY public.orders (id, note) FROM stdin;"),
+            "COPY public.orders_old (id, note) FROM stdin;"
+        );
+    }
+
+    #[test]
+    fn quoting_follows_pg_dump() {
+        assert_eq!(pg_ident("orders"), "orders");
+        assert_eq!(pg_ident("Orders"), "\"Orders\"");
+        assert_eq!(pg_ident("user"), "\"user\"");
+        assert_eq!(pg_ident("ünï"), "\"ünï\"");
+        assert_eq!(qualified("s", "a\"b"), "s.\"a\"\"b\"");
+    }
+}
