@@ -246,3 +246,181 @@ pub fn sqlite3_dump(path: &Path) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// A throwaway PostgreSQL database on the local server (unix socket, current OS user).
+/// Dropped when the value is dropped.
+pub struct PgDb {
+    /// Database name.
+    pub name: String,
+}
+
+fn pg_host() -> String {
+    std::env::var("PGHOST").unwrap_or_else(|_| "/var/run/postgresql".into())
+}
+
+/// Runs a psql command line (`-c SQL`) against database `db`, returning stdout.
+pub fn psql(db: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            &pg_host(),
+            "-d",
+            db,
+            "-c",
+            sql,
+        ])
+        .output()
+        .expect("psql: install postgresql-client");
+    assert!(
+        out.status.success(),
+        "psql -c {sql:?} on {db} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl PgDb {
+    /// Creates an empty database named `dbv_<tag>_<random>`.
+    pub fn new(tag: &str) -> PgDb {
+        let ok = Command::new("psql")
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-h",
+                &pg_host(),
+                "-d",
+                "postgres",
+                "-c",
+                "SELECT 1",
+            ])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        assert!(
+            ok,
+            "no PostgreSQL server to test against: start one with `pg_ctlcluster 15 main start` and create a role \
+             for this user (`runuser -u postgres -- createuser -s $USER`); .ci/run does both"
+        );
+        let name = format!("dbv_{tag}_{}", hex_tag());
+        psql("postgres", &format!("CREATE DATABASE {name}"));
+        PgDb { name }
+    }
+
+    /// Loads an SQL file.
+    pub fn load(&self, path: &Path) {
+        let out = Command::new("psql")
+            .args([
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                &pg_host(),
+                "-d",
+                &self.name,
+                "-f",
+            ])
+            .arg(path)
+            .output()
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "loading {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `postgresql:///name?host=…` for dbvault.
+    pub fn url(&self) -> String {
+        format!("postgresql:///{}?host={}", self.name, pg_host())
+    }
+
+    /// Runs SQL, returns stdout.
+    pub fn sql(&self, sql: &str) -> String {
+        psql(&self.name, sql)
+    }
+
+    /// Every user table (incl. partitions) with its row count and an order-independent hash
+    /// of its rows.
+    pub fn fingerprint(&self) -> BTreeMap<String, String> {
+        let tables = self.sql(
+            "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') ORDER BY 1",
+        );
+        tables
+            .lines()
+            .map(|t| {
+                let fp = self.sql(&format!(
+                    "SELECT count(*) || ':' || coalesce(md5(string_agg(x::text, E'\\n' ORDER BY x::text)), '') FROM ONLY {t} x"
+                ));
+                (t.to_string(), fp.trim().to_string())
+            })
+            .collect()
+    }
+
+    /// `pg_dump --schema-only`, without the lines that differ between any two dumps.
+    pub fn schema(&self) -> String {
+        let out = Command::new("pg_dump")
+            .args(["--schema-only", "-h", &pg_host(), "-d", &self.name])
+            .output()
+            .expect("pg_dump");
+        assert!(
+            out.status.success(),
+            "pg_dump: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The `pg_dump` command line for this database (for `--command` and pipes).
+    pub fn dump_cmd(&self) -> String {
+        format!("pg_dump -h {} {}", pg_host(), self.name)
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([
+                "-X",
+                "-q",
+                "-h",
+                &pg_host(),
+                "-d",
+                "postgres",
+                "-c",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
+            .output();
+    }
+}
+
+fn hex_tag() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{:x}{:x}", std::process::id(), t % 0xffff_ffff)
+}
+
+/// Runs a shell pipeline, returning its result as a [`Run`].
+pub fn sh(cmd: &str, env: &[(&str, &str)]) -> Run {
+    let mut c = Command::new("sh");
+    c.arg("-c").arg(cmd);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    run_cmd(c, None)
+}

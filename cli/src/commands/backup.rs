@@ -298,21 +298,29 @@ fn backup_command(
         .take()
         .ok_or_else(|| anyhow!("no stdout from the command"))?;
     let progress = Progress::start("backing up command output", b.progress(), cli.json);
-    let r = b.add_part(
-        PartInput {
-            name: name.clone(),
-            kind: "raw".into(),
-            ..Default::default()
-        },
-        stdout,
-    );
+    let r = peek(stdout, 100).and_then(|(head, reader)| {
+        let fmt = format.unwrap_or_else(|| StreamFormat::detect(&head));
+        Ok((fmt, stream_parts(&b, fmt, reader)?))
+    });
     progress.finish();
-    if let Err(e) = r {
-        let _ = child.kill();
-        let _ = child.wait();
-        b.abort();
-        return Err(e.into());
-    }
+    let (fmt, server_version) = match r {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = child.kill();
+            let status = child.wait();
+            b.abort();
+            // A truncated dump is usually the command dying: say both.
+            if let Ok(st) = status {
+                if !st.success() {
+                    bail!(
+                        "the command {cmd:?} {}: {e:#}; no snapshot recorded",
+                        describe(st)
+                    );
+                }
+            }
+            return Err(e.context("no snapshot recorded"));
+        }
+    };
     let status = child.wait().context("waiting for the command")?;
     if !status.success() {
         b.abort();
@@ -324,8 +332,8 @@ fn backup_command(
     let source = SourceInfo {
         kind: "command".into(),
         identity: cmd.to_string(),
-        format: "raw".into(),
-        server_version: None,
+        format: fmt.name().into(),
+        server_version,
     };
     Ok(b.finish(meta(name, source))?)
 }
