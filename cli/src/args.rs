@@ -62,8 +62,9 @@ pub struct InitArgs {}
 /// `backup` options.
 #[derive(Args, Debug)]
 pub struct BackupArgs {
-    /// What to back up: `sqlite:PATH` (online backup of a live database) or `-` for stdin
-    /// (postgres://… comes with the PostgreSQL issue).
+    /// What to back up: `postgres://…` (a consistent snapshot, tables copied in parallel),
+    /// `sqlite:PATH` (online backup of a live database), or `-` for stdin (a pg_dump plain
+    /// dump, an SQLite file or any stream).
     #[arg(
         value_name = "SOURCE",
         required_unless_present = "command",
@@ -83,6 +84,9 @@ pub struct BackupArgs {
     /// Record this time instead of now (RFC 3339, e.g. 2026-11-20T02:00:00+01:00).
     #[arg(long, value_name = "RFC3339")]
     pub time: Option<String>,
+    /// Parallel COPY connections for a postgres:// source (default: the number of cores).
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
     /// Format of a stream on stdin or from --command: raw or sqlite (detected from the
     /// first bytes when absent).
     #[arg(long, value_name = "FORMAT")]

@@ -6,6 +6,7 @@
 use std::fmt;
 
 pub mod error;
+pub mod pgdirect;
 pub mod pgdump;
 pub mod pgscript;
 pub mod sqlite;

@@ -17,6 +17,19 @@ use std::collections::VecDeque;
 use std::io::{self, BufRead, Read};
 use std::rc::Rc;
 
+/// Row-aligned chunks for table data: one updated row costs about one small chunk.
+pub const TABLE_CHUNKS: dbvault_core::chunker::LineParams = dbvault_core::chunker::LineParams {
+    min: 1024,
+    avg: 4096,
+    max: 64 * 1024,
+};
+/// Schema sections change rarely and are small.
+pub const SCHEMA_CHUNKS: dbvault_core::chunker::LineParams = dbvault_core::chunker::LineParams {
+    min: 2048,
+    avg: 8192,
+    max: 128 * 1024,
+};
+
 /// A parsed TOC comment line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TocHeader {

@@ -6,9 +6,9 @@ use std::process::{Command, ExitStatus, Stdio};
 
 use anyhow::{anyhow, bail, Context, Result};
 use dbvault_core::backup::{Backup, BackupSummary, Chunking, PartInput, SnapshotMeta};
-use dbvault_core::chunker::LineParams;
 use dbvault_core::{Repository, SourceInfo};
-use dbvault_formats::pgdump::{PartKind, Splitter};
+use dbvault_formats::pgdirect::{self, PgSource};
+use dbvault_formats::pgdump::{PartKind, Splitter, SCHEMA_CHUNKS, TABLE_CHUNKS};
 use dbvault_formats::sqlite;
 use dbvault_formats::StreamFormat;
 
@@ -65,6 +65,7 @@ enum Input<'a> {
     Stdin,
     Command(&'a str),
     Sqlite(&'a Path),
+    Postgres(&'a str),
 }
 
 fn input(a: &BackupArgs) -> Result<Input<'_>> {
@@ -82,7 +83,7 @@ fn input(a: &BackupArgs) -> Result<Input<'_>> {
         return Ok(Input::Sqlite(Path::new(p)));
     }
     if src.starts_with("postgres://") || src.starts_with("postgresql://") {
-        bail!("direct PostgreSQL backups are not supported by this build yet: pipe pg_dump into `dbvault backup -`");
+        return Ok(Input::Postgres(src));
     }
     bail!("unknown source {src:?}: use sqlite:PATH, `-` (stdin) or --command 'CMD'")
 }
@@ -103,6 +104,36 @@ pub fn run(cli: &Cli, a: &BackupArgs) -> Result<()> {
     };
     let summary = match inp {
         Input::Command(cmd) => backup_command(cli, &repo, a, cmd, format, meta)?,
+        Input::Postgres(url) => {
+            let pg = PgSource::parse(url)?;
+            let name = a.name.clone().unwrap_or_else(|| pg.dbname().to_string());
+            let b = repo.start_backup()?;
+            let progress = Progress::start(
+                &format!("backing up {}", pg.dbname()),
+                b.progress(),
+                cli.json,
+            );
+            let jobs = a
+                .jobs
+                .unwrap_or_else(|| {
+                    std::thread::available_parallelism()
+                        .map(|n| n.get())
+                        .unwrap_or(2)
+                })
+                .clamp(1, 16);
+            let r = pgdirect::backup(&b, &pg, jobs);
+            progress.finish();
+            match r {
+                Ok(source) => b.finish(meta(name, source))?,
+                Err(e) => {
+                    b.abort();
+                    return Err(anyhow::Error::from(e).context(format!(
+                        "backing up {}: no snapshot recorded",
+                        pg.describe()
+                    )));
+                }
+            }
+        }
         Input::Sqlite(path) => {
             let copy = sqlite::online_copy(path, &tmp_dir())?;
             let name = a.name.clone().unwrap_or_else(|| stem(path));
@@ -178,19 +209,6 @@ fn stdin_to_sqlite_file(mut reader: impl Read) -> Result<sqlite::OnlineCopy> {
     })?;
     Ok(sqlite::OnlineCopy { file, size, info })
 }
-
-/// Row-aligned chunks for table data: one updated row costs about one small chunk.
-const TABLE_CHUNKS: LineParams = LineParams {
-    min: 1024,
-    avg: 4096,
-    max: 64 * 1024,
-};
-/// Schema sections change rarely and are small.
-const SCHEMA_CHUNKS: LineParams = LineParams {
-    min: 2048,
-    avg: 8192,
-    max: 128 * 1024,
-};
 
 /// Backs up a stream as the parts of its format; returns the server version when the
 /// stream names one.
