@@ -30,8 +30,16 @@ use crate::pack::{pack_path, BlobKind, PackBuilder, PackEntry};
 use crate::snapshot::{Part, Snapshot, SourceInfo};
 use crate::{Error, Id, Repository, Result};
 
-/// Chunk ids per `List` blob (128 KiB of ids).
-pub const LIST_LEN: usize = 4096;
+/// A list blob ends after an id whose first two bytes are 0 modulo this: lists are
+/// content-defined (64 ids on average), so a changed chunk rewrites one small list, not a
+/// fixed run of 4096 ids shifted by every insert.
+pub const LIST_AVG: u16 = 64;
+/// Most ids in one list blob (128 KiB).
+pub const LIST_MAX: usize = 4096;
+
+fn ends_list(id: &Id) -> bool {
+    u16::from_le_bytes([id.0[0], id.0[1]]) % LIST_AVG == 0
+}
 const BATCH_BYTES: usize = 4 << 20;
 const PACKS_PER_INDEX: usize = 64;
 
@@ -394,8 +402,9 @@ struct PartState {
     /// BLAKE3 of the part's plaintext, fed here (not by the reading thread, which is the
     /// bottleneck when little is new) in parallel with the chunk ids.
     hasher: AlignedHasher,
-    ids: Vec<Id>,
-    lists: Vec<Id>,
+    /// `levels[0]`: chunk ids not yet in a list; `levels[l]`: ids of level-`l` lists not
+    /// yet in a level `l + 1` list. A tree, so a terabyte's manifest stays small.
+    levels: Vec<Vec<Id>>,
     chunks: u64,
 }
 
@@ -488,13 +497,9 @@ impl Worker {
         for (&i, s) in fresh.iter().zip(&sealed) {
             self.add_sealed(BlobKind::Data, ids[i], s, chunks[i].len())?;
         }
+        self.parts.entry(part).or_default().chunks += ids.len() as u64;
         for id in ids {
-            let st = self.parts.entry(part).or_default();
-            st.ids.push(id);
-            st.chunks += 1;
-            if st.ids.len() == LIST_LEN {
-                self.flush_list(part)?;
-            }
+            self.push_id(part, 0, id)?;
         }
         Ok(())
     }
@@ -508,23 +513,44 @@ impl Worker {
         Ok(())
     }
 
-    fn flush_list(&mut self, part: u32) -> Result<()> {
+    fn push_id(&mut self, part: u32, level: usize, id: Id) -> Result<()> {
         let st = self.parts.entry(part).or_default();
-        let bytes: Vec<u8> = st.ids.drain(..).flat_map(|id| id.0).collect();
-        let id = self.ctx.keys.blob_id(&bytes);
-        st.lists.push(id);
-        if !self.ctx.index.contains(&id) && self.pending.insert(id) {
-            let sealed = seal_blob(&self.ctx.keys, &id, &bytes, self.ctx.level)?;
-            self.add_sealed(BlobKind::List, id, &sealed, bytes.len())?;
+        if st.levels.len() <= level {
+            st.levels.resize_with(level + 1, Vec::new);
+        }
+        st.levels[level].push(id);
+        if ends_list(&id) || st.levels[level].len() >= LIST_MAX {
+            self.close_list(part, level)?;
         }
         Ok(())
     }
 
-    fn end_part(&mut self, part: u32, input: PartInput, size: u64) -> Result<()> {
-        if self.parts.get(&part).is_some_and(|s| !s.ids.is_empty()) {
-            self.flush_list(part)?;
+    /// Stores the pending ids of `level` as one list blob and files it one level up.
+    fn close_list(&mut self, part: u32, level: usize) -> Result<()> {
+        let st = self.parts.entry(part).or_default();
+        let ids = std::mem::take(&mut st.levels[level]);
+        if ids.is_empty() {
+            return Ok(());
         }
-        let st = self.parts.remove(&part).unwrap_or_default();
+        let bytes: Vec<u8> = ids.iter().flat_map(|id| id.0).collect();
+        let id = self.ctx.keys.blob_id(&bytes);
+        if !self.ctx.index.contains(&id) && self.pending.insert(id) {
+            let sealed = seal_blob(&self.ctx.keys, &id, &bytes, self.ctx.level)?;
+            self.add_sealed(BlobKind::List, id, &sealed, bytes.len())?;
+        }
+        self.push_id(part, level + 1, id)
+    }
+
+    fn end_part(&mut self, part: u32, input: PartInput, size: u64) -> Result<()> {
+        // Close every level below the highest; the highest level's ids go in the manifest.
+        let mut level = 0;
+        while level + 1 < self.parts.get(&part).map_or(0, |s| s.levels.len()) {
+            self.close_list(part, level)?;
+            level += 1;
+        }
+        let mut st = self.parts.remove(&part).unwrap_or_default();
+        let depth = st.levels.len().saturating_sub(1) as u32;
+        let lists = st.levels.pop().unwrap_or_default();
         let blake3 = st.hasher.finalize().to_hex().to_string();
         self.done.push((
             part,
@@ -535,7 +561,8 @@ impl Worker {
                 rows: input.rows,
                 blake3,
                 chunks: st.chunks,
-                lists: st.lists,
+                lists,
+                depth,
                 meta: input.meta,
             },
         ));

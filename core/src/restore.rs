@@ -44,20 +44,24 @@ pub fn read_blob(repo: &Repository, index: &Index, id: &Id) -> Result<Vec<u8>> {
 /// # Errors
 /// As [`read_blob`], or a list blob of the wrong length.
 pub fn part_chunk_ids(repo: &Repository, index: &Index, part: &Part) -> Result<Vec<Id>> {
-    let mut ids = Vec::with_capacity(part.chunks as usize);
-    for list in &part.lists {
-        let bytes = read_blob(repo, index, list)?;
-        if bytes.len() % 32 != 0 {
-            return Err(Error::corrupt(
-                format!("chunk list of part {}", part.name),
-                "bad length",
-            ));
+    let mut ids = part.lists.clone();
+    for _ in 0..part.depth {
+        let mut below = Vec::with_capacity(ids.len() * 64);
+        for list in &ids {
+            let bytes = read_blob(repo, index, list)?;
+            if bytes.len() % 32 != 0 {
+                return Err(Error::corrupt(
+                    format!("chunk list of part {}", part.name),
+                    "bad length",
+                ));
+            }
+            below.extend(bytes.chunks_exact(32).map(|c| {
+                let mut a = [0u8; 32];
+                a.copy_from_slice(c);
+                Id(a)
+            }));
         }
-        ids.extend(bytes.chunks_exact(32).map(|c| {
-            let mut a = [0u8; 32];
-            a.copy_from_slice(c);
-            Id(a)
-        }));
+        ids = below;
     }
     if ids.len() as u64 != part.chunks {
         return Err(Error::corrupt(

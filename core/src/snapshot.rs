@@ -1,8 +1,9 @@
 //! Snapshot manifests: one per backup, listing its parts in order.
 //!
 //! Stored as `snapshots/<id>` = `seal(zstd(json))`, id = BLAKE3 of the stored bytes. A part's
-//! chunk list is kept in `List` blobs (4096 chunk ids each), so a manifest stays small for a
-//! terabyte database and an unchanged table's lists dedup like its data.
+//! chunk ids are kept in a tree of content-defined `List` blobs (64 ids on average), so a
+//! manifest stays small for a terabyte database, an unchanged table's lists dedup like its
+//! data, and a changed chunk rewrites only the few small lists above it.
 
 use std::collections::BTreeMap;
 
@@ -45,8 +46,12 @@ pub struct Part {
     pub blake3: String,
     /// Number of chunks.
     pub chunks: u64,
-    /// Ids of the `List` blobs holding the chunk ids, in order.
+    /// The top of the part's chunk tree, in order: chunk ids when `depth` is 0, else ids of
+    /// `List` blobs whose entries are `depth - 1` levels above the chunks.
     pub lists: Vec<Id>,
+    /// Levels of `List` blobs between `lists` and the chunks.
+    #[serde(default)]
+    pub depth: u32,
     /// Format-specific details (e.g. the table's schema and name).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub meta: BTreeMap<String, serde_json::Value>,
