@@ -24,9 +24,11 @@ use rayon::prelude::*;
 
 use crate::backend::Backend;
 use crate::chunker::{self, ChunkerParams};
-use crate::crypto::{seal_blob, Keys};
+use crate::crypto::Keys;
+use crate::delta::{seal_chunk, ParentPart};
 use crate::index::{encode_file, index_path, Index};
 use crate::pack::{pack_path, BlobKind, PackBuilder, PackEntry};
+use crate::restore::{tree_levels, Blobs};
 use crate::snapshot::{Part, Snapshot, SourceInfo};
 use crate::{Error, Id, Repository, Result};
 
@@ -98,6 +100,10 @@ pub struct SnapshotMeta {
 }
 
 enum Job {
+    Begin {
+        part: u32,
+        name: String,
+    },
     Chunks {
         part: u32,
         chunks: Vec<Vec<u8>>,
@@ -133,6 +139,15 @@ impl Repository {
     /// # Errors
     /// A damaged or unreadable index.
     pub fn start_backup(&self) -> Result<Backup<'_>> {
+        self.start_backup_after(None)
+    }
+
+    /// Starts a backup whose changed chunks may be stored as deltas against the chunks
+    /// of `parent` (the previous snapshot of the same source).
+    ///
+    /// # Errors
+    /// A damaged or unreadable index.
+    pub fn start_backup_after(&self, parent: Option<&Snapshot>) -> Result<Backup<'_>> {
         let index = self.index()?;
         let (tx, rx) = sync_channel(2);
         let failure = Arc::new(Mutex::new(None));
@@ -142,6 +157,14 @@ impl Repository {
             index,
             level: self.config().compression,
             pack_target: self.config().pack_target as usize,
+            parent: parent
+                .map(|p| {
+                    p.parts
+                        .iter()
+                        .map(|x| (x.name.clone(), x.clone()))
+                        .collect()
+                })
+                .unwrap_or_default(),
         };
         let f2 = failure.clone();
         let worker = std::thread::Builder::new()
@@ -193,8 +216,8 @@ impl Backup<'_> {
     /// # Errors
     /// [`Error::Source`] when reading fails; pipeline (storage) errors.
     pub fn add_part<R: Read>(&self, input: PartInput, reader: R) -> Result<u64> {
-        let chunking = input.chunking;
-        self.add_part_then(chunking, reader, move || input)
+        let (chunking, name) = (input.chunking, input.name.clone());
+        self.add_part_then(&name, chunking, reader, move || input)
     }
 
     /// Like [`Backup::add_part`], for sources that learn a part's details (rows, hashes)
@@ -204,11 +227,16 @@ impl Backup<'_> {
     /// [`Error::Source`] when reading fails; pipeline (storage) errors.
     pub fn add_part_then<R: Read>(
         &self,
+        name: &str,
         chunking: Chunking,
         reader: R,
         describe: impl FnOnce() -> PartInput,
     ) -> Result<u64> {
         let part = self.next_part.fetch_add(1, Ordering::Relaxed);
+        self.send(Job::Begin {
+            part,
+            name: name.to_string(),
+        })?;
         let repo_cfg = self.repo.config();
         let mut size = 0u64;
         let mut batch = Vec::new();
@@ -395,6 +423,8 @@ struct WorkerCtx {
     index: Arc<Index>,
     level: i32,
     pack_target: usize,
+    /// Parts of the previous snapshot of this source, by name: bases for deltas.
+    parent: HashMap<String, Part>,
 }
 
 #[derive(Default)]
@@ -406,6 +436,9 @@ struct PartState {
     /// yet in a level `l + 1` list. A tree, so a terabyte's manifest stays small.
     levels: Vec<Vec<Id>>,
     chunks: u64,
+    /// The same part's tree in the previous snapshot, level by level (0: chunks), with
+    /// where this part's next item of that level stood in it: bases for deltas.
+    parent: Vec<(ParentPart, usize)>,
 }
 
 struct Worker {
@@ -439,6 +472,7 @@ fn run_worker(rx: Receiver<Job>, ctx: WorkerCtx) -> Result<WorkerOut> {
     let result = (|| {
         for job in rx {
             match job {
+                Job::Begin { part, name } => w.begin(part, &name)?,
                 Job::Chunks { part, chunks } => w.add_chunks(part, chunks)?,
                 Job::EndPart { part, input, size } => w.end_part(part, input, size)?,
             }
@@ -467,6 +501,31 @@ fn run_worker(rx: Receiver<Job>, ctx: WorkerCtx) -> Result<WorkerOut> {
 }
 
 impl Worker {
+    fn blobs(&self) -> Blobs<'_> {
+        Blobs {
+            backend: self.ctx.backend.as_ref(),
+            keys: &self.ctx.keys,
+            index: &self.ctx.index,
+        }
+    }
+
+    fn begin(&mut self, part: u32, name: &str) -> Result<()> {
+        let parent = match self.ctx.parent.get(name) {
+            // A parent whose lists cannot be read only costs the deltas.
+            Some(p) => tree_levels(self.blobs(), p)
+                .map(|levels| {
+                    levels
+                        .into_iter()
+                        .map(|ids| (ParentPart::new(ids), 0))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        self.parts.entry(part).or_default().parent = parent;
+        Ok(())
+    }
+
     fn add_chunks(&mut self, part: u32, chunks: Vec<Vec<u8>>) -> Result<()> {
         let keys = &self.ctx.keys;
         let st = self.parts.entry(part).or_default();
@@ -485,17 +544,30 @@ impl Worker {
         );
         let mut fresh = Vec::new();
         for (i, id) in ids.iter().enumerate() {
+            let base = match st.parent.first_mut() {
+                Some((pp, cursor)) => {
+                    let b = pp.at(*cursor);
+                    *cursor = pp.advance(*cursor, id);
+                    b
+                }
+                None => None,
+            };
             if !self.ctx.index.contains(id) && self.pending.insert(*id) {
-                fresh.push(i);
+                fresh.push((i, base));
             }
         }
         let level = self.ctx.level;
-        let sealed: Vec<Vec<u8>> = fresh
+        let blobs = Blobs {
+            backend: self.ctx.backend.as_ref(),
+            keys,
+            index: &self.ctx.index,
+        };
+        let sealed: Vec<(BlobKind, Vec<u8>)> = fresh
             .par_iter()
-            .map(|&i| seal_blob(keys, &ids[i], &chunks[i], level))
+            .map(|&(i, base)| seal_chunk(blobs, &ids[i], &chunks[i], base, level))
             .collect::<Result<_>>()?;
-        for (&i, s) in fresh.iter().zip(&sealed) {
-            self.add_sealed(BlobKind::Data, ids[i], s, chunks[i].len())?;
+        for (&(i, _), (kind, s)) in fresh.iter().zip(&sealed) {
+            self.add_sealed(*kind, ids[i], s, chunks[i].len())?;
         }
         self.parts.entry(part).or_default().chunks += ids.len() as u64;
         for id in ids {
@@ -519,6 +591,11 @@ impl Worker {
             st.levels.resize_with(level + 1, Vec::new);
         }
         st.levels[level].push(id);
+        if level > 0 {
+            if let Some((pp, cursor)) = st.parent.get_mut(level) {
+                *cursor = pp.advance(*cursor, &id);
+            }
+        }
         if ends_list(&id) || st.levels[level].len() >= LIST_MAX {
             self.close_list(part, level)?;
         }
@@ -532,11 +609,20 @@ impl Worker {
         if ids.is_empty() {
             return Ok(());
         }
+        let base = st
+            .parent
+            .get(level + 1)
+            .and_then(|(pp, cursor)| pp.at(*cursor));
         let bytes: Vec<u8> = ids.iter().flat_map(|id| id.0).collect();
         let id = self.ctx.keys.blob_id(&bytes);
         if !self.ctx.index.contains(&id) && self.pending.insert(id) {
-            let sealed = seal_blob(&self.ctx.keys, &id, &bytes, self.ctx.level)?;
-            self.add_sealed(BlobKind::List, id, &sealed, bytes.len())?;
+            let (kind, sealed) = seal_chunk(self.blobs(), &id, &bytes, base, self.ctx.level)?;
+            let kind = if kind == BlobKind::Data {
+                BlobKind::List
+            } else {
+                kind
+            };
+            self.add_sealed(kind, id, &sealed, bytes.len())?;
         }
         self.push_id(part, level + 1, id)
     }

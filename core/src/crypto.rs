@@ -154,6 +154,76 @@ fn decompress(data: &[u8], raw_len: usize) -> std::io::Result<Vec<u8>> {
     })
 }
 
+/// Compresses `plain` as a delta against `base` (a raw-content zstd dictionary), then seals
+/// `base id || frame` with `id` as associated data.
+///
+/// # Errors
+/// Only if compression or the random source fails.
+pub fn seal_delta(
+    keys: &Keys,
+    id: &Id,
+    plain: &[u8],
+    base_id: &Id,
+    base: &[u8],
+    level: i32,
+) -> Result<Vec<u8>> {
+    let zerr = |e: std::io::Error| Error::Invalid(format!("zstd: {e}"));
+    let mut c = zstd::bulk::Compressor::with_dictionary(level.max(3), base).map_err(zerr)?;
+    let frame = c.compress(plain).map_err(zerr)?;
+    let mut buf = Vec::with_capacity(NONCE_LEN + 32 + frame.len() + TAG_LEN);
+    buf.resize(NONCE_LEN, 0);
+    buf.extend_from_slice(&base_id.0);
+    buf.extend_from_slice(&frame);
+    keys.seal_in_place(&mut buf, &id.0)?;
+    Ok(buf)
+}
+
+/// The base id a sealed delta blob names (authenticates it first).
+///
+/// # Errors
+/// [`Error::Corrupt`] naming `what` on failed authentication or a short payload.
+pub fn delta_base(
+    keys: &Keys,
+    id: &Id,
+    sealed: &[u8],
+    what: &dyn Fn() -> String,
+) -> Result<(Id, Vec<u8>)> {
+    let payload = keys.open(sealed, &id.0, what)?;
+    if payload.len() < 32 {
+        return Err(Error::corrupt(what(), "delta blob too short"));
+    }
+    let mut b = [0u8; 32];
+    b.copy_from_slice(&payload[..32]);
+    Ok((Id(b), payload))
+}
+
+/// Finishes a delta blob opened with [`delta_base`]: decompresses against the base's
+/// plaintext and verifies the id.
+///
+/// # Errors
+/// [`Error::Corrupt`] naming `what` when decompression or the id check fails.
+pub fn finish_delta(
+    keys: &Keys,
+    id: &Id,
+    payload: &[u8],
+    raw_len: usize,
+    base: &[u8],
+    what: &dyn Fn() -> String,
+) -> Result<Vec<u8>> {
+    let mut d = zstd::bulk::Decompressor::with_dictionary(base)
+        .map_err(|e| Error::corrupt(what(), e.to_string()))?;
+    let plain = d
+        .decompress(&payload[32..], raw_len)
+        .map_err(|e| Error::corrupt(what(), format!("delta does not decompress: {e}")))?;
+    if plain.len() != raw_len || keys.blob_id(&plain) != *id {
+        return Err(Error::corrupt(
+            what(),
+            format!("blob {} does not match its id", id.short()),
+        ));
+    }
+    Ok(plain)
+}
+
 /// Opens, decompresses and verifies a blob: the result is exactly the plaintext whose keyed
 /// hash is `id`, or an error.
 ///

@@ -26,7 +26,13 @@ pub struct BlobLoc {
     pub len: u32,
     /// Plaintext length.
     pub raw_len: u32,
+    /// Stored as a delta against another blob.
+    pub delta: bool,
 }
+
+/// Marks delta blobs in the in-memory entry's length (blobs are far below 2 GiB), keeping
+/// entries at 48 bytes.
+const DELTA_BIT: u32 = 1 << 31;
 
 #[derive(Clone, Copy, Debug)]
 struct Entry {
@@ -138,7 +144,12 @@ impl Index {
             pack: p,
             offset: e.offset,
             len: e.len,
-            raw_len: e.raw_len,
+            raw_len: e.raw_len
+                | if e.kind == crate::pack::BlobKind::Delta {
+                    DELTA_BIT
+                } else {
+                    0
+                },
         }));
     }
 
@@ -157,7 +168,8 @@ impl Index {
             pack: self.packs[e.pack as usize],
             offset: e.offset,
             len: e.len,
-            raw_len: e.raw_len,
+            raw_len: e.raw_len & !DELTA_BIT,
+            delta: e.raw_len & DELTA_BIT != 0,
         })
     }
 

@@ -13,6 +13,7 @@ pub mod backend;
 pub mod backup;
 pub mod chunker;
 pub mod crypto;
+pub mod delta;
 pub mod error;
 pub mod id;
 pub mod index;

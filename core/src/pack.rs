@@ -22,6 +22,8 @@ pub enum BlobKind {
     Data = 0,
     /// A list of chunk ids (32 bytes each) of a part.
     List = 1,
+    /// A chunk stored as a zstd delta against an earlier (full) chunk: `base id || frame`.
+    Delta = 2,
 }
 
 /// One blob's place in a pack.
@@ -75,6 +77,7 @@ pub fn decode_entries<'a>(
         let kind = match rec[0] {
             0 => BlobKind::Data,
             1 => BlobKind::List,
+            2 => BlobKind::Delta,
             k => return Err(Error::corrupt(what, format!("unknown blob kind {k}"))),
         };
         let mut id = [0u8; 32];

@@ -12,7 +12,7 @@ use std::sync::mpsc::sync_channel;
 
 use rayon::prelude::*;
 
-use crate::crypto::open_blob;
+use crate::crypto::{delta_base, finish_delta, open_blob};
 use crate::index::{BlobLoc, Index};
 use crate::pack::{pack_path, read_trailer};
 use crate::snapshot::Part;
@@ -22,21 +22,69 @@ use crate::{Error, Id, Repository, Result};
 const BATCH_RAW_BYTES: u64 = 8 << 20;
 const MAX_RUN: u64 = 2 << 20;
 
+/// Where blobs are read from: storage, keys and index.
+#[derive(Clone, Copy)]
+pub struct Blobs<'a> {
+    /// Storage.
+    pub backend: &'a dyn crate::backend::Backend,
+    /// Keys.
+    pub keys: &'a crate::crypto::Keys,
+    /// Index.
+    pub index: &'a Index,
+}
+
+impl Blobs<'_> {
+    /// Reads, opens and verifies one blob.
+    ///
+    /// # Errors
+    /// [`Error::MissingBlob`], [`Error::Corrupt`], backend errors.
+    pub fn read(&self, id: &Id) -> Result<Vec<u8>> {
+        let loc = self
+            .index
+            .get(id)
+            .ok_or_else(|| Error::MissingBlob { id: id.to_hex() })?;
+        let path = pack_path(&loc.pack);
+        let sealed = self
+            .backend
+            .read_range(&path, u64::from(loc.offset), u64::from(loc.len))?;
+        self.open_at(id, &loc, &sealed, &path)
+    }
+
+    /// Opens a sealed blob (full, or a delta whose base is read and checked too).
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] naming the pack, [`Error::MissingBlob`] for a missing base.
+    pub fn open_at(&self, id: &Id, loc: &BlobLoc, sealed: &[u8], path: &str) -> Result<Vec<u8>> {
+        let what = || format!("pack {path}");
+        if !loc.delta {
+            return open_blob(self.keys, id, sealed, loc.raw_len as usize, &what);
+        }
+        let (base_id, payload) = delta_base(self.keys, id, sealed, &what)?;
+        let base_loc = self.index.get(&base_id).ok_or_else(|| Error::MissingBlob {
+            id: base_id.to_hex(),
+        })?;
+        if base_loc.delta {
+            return Err(Error::corrupt(
+                what(),
+                "a delta blob names another delta as its base",
+            ));
+        }
+        let base = self.read(&base_id)?;
+        finish_delta(self.keys, id, &payload, loc.raw_len as usize, &base, &what)
+    }
+}
+
 /// Reads, opens and verifies one blob.
 ///
 /// # Errors
 /// [`Error::MissingBlob`], [`Error::Corrupt`], backend errors.
 pub fn read_blob(repo: &Repository, index: &Index, id: &Id) -> Result<Vec<u8>> {
-    let loc = index
-        .get(id)
-        .ok_or_else(|| Error::MissingBlob { id: id.to_hex() })?;
-    let path = pack_path(&loc.pack);
-    let sealed = repo
-        .backend()
-        .read_range(&path, u64::from(loc.offset), u64::from(loc.len))?;
-    open_blob(repo.keys(), id, &sealed, loc.raw_len as usize, &|| {
-        format!("pack {path}")
-    })
+    Blobs {
+        backend: repo.backend().as_ref(),
+        keys: repo.keys(),
+        index,
+    }
+    .read(id)
 }
 
 /// Chunk ids of a part, in order.
@@ -44,11 +92,35 @@ pub fn read_blob(repo: &Repository, index: &Index, id: &Id) -> Result<Vec<u8>> {
 /// # Errors
 /// As [`read_blob`], or a list blob of the wrong length.
 pub fn part_chunk_ids(repo: &Repository, index: &Index, part: &Part) -> Result<Vec<Id>> {
-    let mut ids = part.lists.clone();
+    chunk_ids(
+        Blobs {
+            backend: repo.backend().as_ref(),
+            keys: repo.keys(),
+            index,
+        },
+        part,
+    )
+}
+
+/// Chunk ids of a part, in order, read through `blobs`.
+///
+/// # Errors
+/// As [`Blobs::read`], or a list blob of the wrong length.
+pub fn chunk_ids(blobs: Blobs<'_>, part: &Part) -> Result<Vec<Id>> {
+    Ok(tree_levels(blobs, part)?.swap_remove(0))
+}
+
+/// Every level of a part's chunk tree: `[0]` the chunk ids, `[depth]` the manifest's ids.
+///
+/// # Errors
+/// As [`Blobs::read`], or a list blob of the wrong length.
+pub fn tree_levels(blobs: Blobs<'_>, part: &Part) -> Result<Vec<Vec<Id>>> {
+    let mut levels = vec![part.lists.clone()];
     for _ in 0..part.depth {
-        let mut below = Vec::with_capacity(ids.len() * 64);
-        for list in &ids {
-            let bytes = read_blob(repo, index, list)?;
+        let upper = levels.last().map(Vec::as_slice).unwrap_or_default();
+        let mut below = Vec::with_capacity(upper.len() * 64);
+        for list in upper {
+            let bytes = blobs.read(list)?;
             if bytes.len() % 32 != 0 {
                 return Err(Error::corrupt(
                     format!("chunk list of part {}", part.name),
@@ -61,19 +133,20 @@ pub fn part_chunk_ids(repo: &Repository, index: &Index, part: &Part) -> Result<V
                 Id(a)
             }));
         }
-        ids = below;
+        levels.push(below);
     }
-    if ids.len() as u64 != part.chunks {
+    levels.reverse();
+    if levels[0].len() as u64 != part.chunks {
         return Err(Error::corrupt(
             format!("part {}", part.name),
             format!(
                 "lists {} chunks, the manifest says {}",
-                ids.len(),
+                levels[0].len(),
                 part.chunks
             ),
         ));
     }
-    Ok(ids)
+    Ok(levels)
 }
 
 /// A run of blobs adjacent in one pack: one range read.
@@ -111,17 +184,14 @@ fn plan(index: &Index, ids: &[Id]) -> Result<Vec<Run>> {
     Ok(runs)
 }
 
-fn fetch(repo: &Repository, run: &Run) -> Result<Vec<Vec<u8>>> {
+fn fetch(blobs: Blobs<'_>, run: &Run) -> Result<Vec<Vec<u8>>> {
     let path = pack_path(&run.pack);
-    let data = repo.backend().read_range(&path, run.offset, run.len)?;
+    let data = blobs.backend.read_range(&path, run.offset, run.len)?;
     run.blobs
         .par_iter()
         .map(|(id, loc)| {
             let start = (u64::from(loc.offset) - run.offset) as usize;
-            let sealed = &data[start..start + loc.len as usize];
-            open_blob(repo.keys(), id, sealed, loc.raw_len as usize, &|| {
-                format!("pack {path}")
-            })
+            blobs.open_at(id, loc, &data[start..start + loc.len as usize], &path)
         })
         .collect()
 }
@@ -215,7 +285,16 @@ pub fn restore_part(
                 }
                 let batch: Vec<Vec<Vec<u8>>> = runs[start..end]
                     .par_iter()
-                    .map(|r| fetch(repo, r))
+                    .map(|r| {
+                        fetch(
+                            Blobs {
+                                backend: repo.backend().as_ref(),
+                                keys: repo.keys(),
+                                index: &index,
+                            },
+                            r,
+                        )
+                    })
                     .collect::<Result<_>>()?;
                 if tx.send(batch).is_err() {
                     return Ok(()); // the writer failed; its error is reported below

@@ -458,22 +458,27 @@ fn copy_worker(
             stats: &stats,
             table: q.clone(),
         };
-        b.add_part_then(Chunking::Lines(TABLE_CHUNKS), reader, || {
-            let st = stats.borrow();
-            let (rows, hash) = (st.rows, st.hasher.finalize().to_hex().to_string());
-            let mut meta = BTreeMap::new();
-            meta.insert("schema".into(), serde_json::json!(t.schema));
-            meta.insert("table".into(), serde_json::json!(t.name));
-            meta.insert("copy_blake3".into(), serde_json::json!(hash));
-            meta.insert("copy".into(), serde_json::json!(copy_line));
-            PartInput {
-                name: format!("{}.{}", t.schema, t.name),
-                kind: "table-data".into(),
-                rows: Some(rows),
-                meta,
-                chunking: Chunking::Lines(TABLE_CHUNKS),
-            }
-        })
+        b.add_part_then(
+            &format!("{}.{}", t.schema, t.name),
+            Chunking::Lines(TABLE_CHUNKS),
+            reader,
+            || {
+                let st = stats.borrow();
+                let (rows, hash) = (st.rows, st.hasher.finalize().to_hex().to_string());
+                let mut meta = BTreeMap::new();
+                meta.insert("schema".into(), serde_json::json!(t.schema));
+                meta.insert("table".into(), serde_json::json!(t.name));
+                meta.insert("copy_blake3".into(), serde_json::json!(hash));
+                meta.insert("copy".into(), serde_json::json!(copy_line));
+                PartInput {
+                    name: format!("{}.{}", t.schema, t.name),
+                    kind: "table-data".into(),
+                    rows: Some(rows),
+                    meta,
+                    chunking: Chunking::Lines(TABLE_CHUNKS),
+                }
+            },
+        )
         .map_err(FormatError::Core)?;
     }
     rt.block_on(c.batch_execute("COMMIT"))

@@ -17,11 +17,15 @@ use std::collections::VecDeque;
 use std::io::{self, BufRead, Read};
 use std::rc::Rc;
 
-/// Row-aligned chunks for table data: one updated row costs about one small chunk.
+/// Row-aligned chunks for table data. A changed chunk is stored as a delta against the
+/// chunk it replaces (see `dbvault_core::delta`), so an updated row costs about the row
+/// whatever the chunk size; larger chunks then mean fewer blobs, less metadata and better
+/// compression. Measured on shopbench's nights (bytes per night vs the floor): 4 KiB
+/// 1.8-2.3x, 16 KiB 1.3-1.7x, 32 KiB 1.3-1.6x; restores also got twice as fast.
 pub const TABLE_CHUNKS: dbvault_core::chunker::LineParams = dbvault_core::chunker::LineParams {
-    min: 1024,
-    avg: 4096,
-    max: 64 * 1024,
+    min: 8 * 1024,
+    avg: 32 * 1024,
+    max: 256 * 1024,
 };
 /// Schema sections change rarely and are small.
 pub const SCHEMA_CHUNKS: dbvault_core::chunker::LineParams = dbvault_core::chunker::LineParams {

@@ -239,3 +239,44 @@ fn a_missing_pack_or_index_is_a_clear_error() {
     }
     assert!(repo.restore("latest").ok().stdout == data);
 }
+
+#[test]
+fn damage_to_a_delta_base_is_detected_when_restoring_the_delta() {
+    let repo = Repo::new();
+    let data = dump_like(2 << 20, 41);
+    repo.backup(&data, &["--name", "db"]);
+    let first_packs: Vec<_> = repo
+        .files()
+        .into_keys()
+        .filter(|p| p.to_string_lossy().contains("/data/"))
+        .collect();
+    let mut edited = data.clone();
+    edited[1_000_000] ^= 1;
+    let b = repo.backup(&edited, &["--name", "db"]);
+    let id = b["snapshot_id"].as_str().expect("id").to_string();
+    assert!(
+        b["bytes_added"].as_u64().expect("n") < 20_000,
+        "the edit was not stored as a delta"
+    );
+    for pack in &first_packs {
+        let orig = std::fs::read(pack).expect("read");
+        // Flip bits across the blob area of the base pack.
+        for k in 1..8 {
+            let mut bad = orig.clone();
+            let pos = k * (orig.len() - 100) / 8;
+            bad[pos] ^= 0x04;
+            std::fs::write(pack, &bad).expect("write");
+            let r = repo.restore(&id);
+            assert!(
+                r.code != Some(0) || r.stderr.contains("warning"),
+                "damage at {pos} went unnoticed"
+            );
+            assert!(
+                edited.starts_with(&r.stdout),
+                "wrong output with damage at {pos}"
+            );
+        }
+        std::fs::write(pack, &orig).expect("write back");
+    }
+    assert!(repo.restore(&id).ok().stdout == edited);
+}

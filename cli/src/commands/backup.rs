@@ -107,7 +107,7 @@ pub fn run(cli: &Cli, a: &BackupArgs) -> Result<()> {
         Input::Postgres(url) => {
             let pg = PgSource::parse(url)?;
             let name = a.name.clone().unwrap_or_else(|| pg.dbname().to_string());
-            let b = repo.start_backup()?;
+            let b = start(&repo, &name)?;
             let progress = Progress::start(
                 &format!("backing up {}", pg.dbname()),
                 b.progress(),
@@ -161,7 +161,7 @@ pub fn run(cli: &Cli, a: &BackupArgs) -> Result<()> {
                     meta(name, sqlite_source("-".into(), &copy.info)),
                 )?
             } else {
-                let b = repo.start_backup()?;
+                let b = start(&repo, &name)?;
                 let progress = Progress::start("backing up stdin", b.progress(), cli.json);
                 let r = stream_parts(&b, fmt, reader);
                 progress.finish();
@@ -178,6 +178,15 @@ pub fn run(cli: &Cli, a: &BackupArgs) -> Result<()> {
     };
     report(cli, &summary);
     Ok(())
+}
+
+/// Starts a backup with the latest snapshot of the same name as the base for deltas.
+fn start<'r>(repo: &'r Repository, name: &str) -> Result<Backup<'r>> {
+    let parent = repo
+        .find_snapshot("latest", Some(name))
+        .ok()
+        .map(|(_, s)| s);
+    Ok(repo.start_backup_after(parent.as_ref())?)
 }
 
 fn stem(path: &Path) -> String {
@@ -222,7 +231,7 @@ fn stream_parts(b: &Backup<'_>, fmt: StreamFormat, reader: impl Read) -> Result<
                 } else {
                     SCHEMA_CHUNKS
                 });
-                b.add_part_then(chunking, sp.reader(), || {
+                b.add_part_then(&kind.name(), chunking, sp.reader(), || {
                     let st = stats.borrow();
                     let mut meta = std::collections::BTreeMap::new();
                     if let PartKind::TableData { schema, table } = &kind {
@@ -284,7 +293,7 @@ fn backup_sqlite_copy(
         chunking: Chunking::Fixed(sqlite::chunk_size(copy.info.page_size, copy.size)),
     };
     let file = std::fs::File::open(copy.file.path()).context("opening the database copy")?;
-    let b = repo.start_backup()?;
+    let b = start(repo, &meta.name)?;
     let progress = Progress::start("backing up database", b.progress(), cli.json);
     let r = b.add_part(input, std::io::BufReader::with_capacity(1 << 20, file));
     progress.finish();
@@ -304,7 +313,7 @@ fn backup_command(
         bail!("--format sqlite with --command is not supported: back up the file with sqlite:PATH");
     }
     let name = a.name.clone().unwrap_or_else(|| program_name(cmd));
-    let b = repo.start_backup()?;
+    let b = start(repo, &name)?;
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(cmd)
