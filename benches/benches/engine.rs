@@ -2,7 +2,6 @@
 //! Criterion benchmarks of the engine on seeded, dump-like data: chunking, keyed hashing,
 //! compress+seal, and the whole backup pipeline on one and two rayon threads.
 
-use std::io::Write;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -13,29 +12,7 @@ use dbvault_core::crypto::{seal_blob, Keys};
 use dbvault_core::keyfile::KdfParams;
 use dbvault_core::{RepoConfig, Repository, SourceInfo};
 
-/// Seeded text shaped like a table's COPY data.
-fn dump_like(len: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed | 1;
-    let mut out = Vec::with_capacity(len + 200);
-    let mut row = 0u64;
-    while out.len() < len {
-        s ^= s >> 12;
-        s ^= s << 25;
-        s ^= s >> 27;
-        let r = s.wrapping_mul(0x2545_F491_4F6C_DD1D);
-        row += 1;
-        let _ = writeln!(
-            out,
-            "{row}\tcustomer {}\tuser{}@example.org\t{}.{:02}",
-            r % 100_000,
-            (r >> 17) % 1_000_000,
-            (r >> 7) % 5000,
-            (r >> 3) % 100
-        );
-    }
-    out.truncate(len);
-    out
-}
+use dbvault_tests::dump_like;
 
 const SIZE: usize = 32 << 20;
 

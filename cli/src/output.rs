@@ -32,6 +32,23 @@ macro_rules! outln {
     }};
 }
 
+/// A snapshot part as scripts see it (`backup --json`, `snapshots --json`).
+pub fn part_json(p: &dbvault_core::Part) -> serde_json::Value {
+    serde_json::json!({
+        "name": p.name,
+        "kind": p.kind,
+        "bytes": p.size,
+        "rows": p.rows,
+        "chunks": p.chunks,
+        "tables": p.meta.get("tables"),
+    })
+}
+
+/// A time as RFC 3339 with its offset, to the second.
+pub fn time(t: &chrono::DateTime<chrono::FixedOffset>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
+}
+
 /// Prints a JSON value on stdout.
 pub fn json(v: &serde_json::Value) {
     crate::outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());

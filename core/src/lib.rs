@@ -23,6 +23,7 @@ pub mod repo;
 pub mod restore;
 pub mod snapshot;
 pub mod stats;
+mod worker;
 
 pub use backup::{Backup, BackupSummary, Chunking, PartInput, SnapshotMeta};
 pub use error::{Error, Result};

@@ -371,15 +371,13 @@ fn report(cli: &Cli, s: &BackupSummary) {
         output::json(&serde_json::json!({
             "snapshot_id": s.id.to_hex(),
             "name": snap.name,
-            "time": snap.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
+            "time": output::time(&snap.time),
             "bytes_in": snap.bytes_in,
             "bytes_added": snap.bytes_added,
             "seconds": snap.seconds,
             "new_blobs": s.new_blobs,
             "packs": s.packs,
-            "parts": snap.parts.iter().map(|p| serde_json::json!({
-                "name": p.name, "bytes": p.size, "rows": p.rows, "chunks": p.chunks,
-            })).collect::<Vec<_>>(),
+            "parts": snap.parts.iter().map(output::part_json).collect::<Vec<_>>(),
         }));
     } else {
         crate::outln!(

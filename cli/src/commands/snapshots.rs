@@ -18,17 +18,14 @@ pub fn run(cli: &Cli, a: &SnapshotsArgs) -> Result<()> {
             .map(|(id, s)| {
                 serde_json::json!({
                     "id": id.to_hex(),
-                    "time": s.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
+                    "time": output::time(&s.time),
                     "name": s.name,
                     "host": s.host,
                     "tags": s.tags,
                     "source": s.source,
                     "bytes_in": s.bytes_in,
                     "bytes_added": s.bytes_added,
-                    "parts": s.parts.iter().map(|p| serde_json::json!({
-                        "name": p.name, "kind": p.kind, "bytes": p.size, "rows": p.rows,
-                        "tables": p.meta.get("tables"),
-                    })).collect::<Vec<_>>(),
+                    "parts": s.parts.iter().map(output::part_json).collect::<Vec<_>>(),
                 })
             })
             .collect();
@@ -51,7 +48,7 @@ pub fn run(cli: &Cli, a: &SnapshotsArgs) -> Result<()> {
         crate::outln!(
             "{:<10} {:<25} {:<16} {:>10} {:>6}  {}",
             id.short(),
-            s.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
+            output::time(&s.time),
             s.name,
             output::bytes(s.bytes_in),
             s.parts.len(),
