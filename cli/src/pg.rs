@@ -12,6 +12,7 @@ pub struct PgUrl {
     /// The URL without the password (safe to show and to pass as an argument).
     pub public: String,
     password: Option<String>,
+    full: String,
 }
 
 impl PgUrl {
@@ -63,7 +64,16 @@ impl PgUrl {
             public.push('?');
             public.push_str(&query_parts.join("&"));
         }
-        Ok(PgUrl { public, password })
+        Ok(PgUrl {
+            public,
+            password,
+            full: url.to_string(),
+        })
+    }
+
+    /// The connection for the COPY protocol (password included, never shown).
+    pub fn source(&self) -> Result<dbvault_formats::pgdirect::PgSource> {
+        Ok(dbvault_formats::pgdirect::PgSource::parse(&self.full)?)
     }
 
     /// A command with the connection's password in its environment (never in argv).

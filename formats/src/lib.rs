@@ -8,6 +8,7 @@ use std::fmt;
 pub mod error;
 pub mod pgdirect;
 pub mod pgdump;
+pub mod pgload;
 pub mod pgscript;
 pub mod sqlite;
 pub mod sqlite_sql;

@@ -23,7 +23,7 @@ use crate::error::{FormatError, Result};
 use crate::pgdump::{SCHEMA_CHUNKS, TABLE_CHUNKS};
 use crate::pgscript::{entries, qualified};
 
-fn pg_err(context: &str, e: tokio_postgres::Error) -> FormatError {
+pub(crate) fn pg_err(context: &str, e: tokio_postgres::Error) -> FormatError {
     // tokio-postgres messages carry the server's text ("FATAL: …"), never the password.
     let mut msg = e.to_string();
     if let Some(db) = e.as_db_error() {
@@ -137,7 +137,7 @@ impl PgSource {
         c
     }
 
-    fn connect(&self, rt: &tokio::runtime::Runtime) -> Result<Client> {
+    pub(crate) fn connect(&self, rt: &tokio::runtime::Runtime) -> Result<Client> {
         let (client, conn) = rt
             .block_on(self.config.connect(NoTls))
             .map_err(|e| pg_err(&format!("connecting to {}", self.describe()), e))?;
@@ -146,7 +146,7 @@ impl PgSource {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -9,6 +9,7 @@ use dbvault_formats::pgscript::{table_script, TableScript};
 
 use crate::args::RestoreArgs;
 use crate::pg::PgUrl;
+use dbvault_formats::pgload::Loader;
 
 /// A restore target for PostgreSQL snapshots.
 pub enum PgTarget {
@@ -300,6 +301,104 @@ pub fn restore(
     Ok(())
 }
 
+fn jobs() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(1, 4)
+}
+
+/// Post-data like `pg_restore -j`: indexes, primary keys, unique constraints and sequence
+/// values on parallel sessions, then foreign keys on parallel sessions (they need the
+/// keys they reference), then the rest (triggers, comments, grants, materialized view
+/// refreshes) in dump order. Work is spread by the size of the table it touches.
+fn restore_post_data(
+    snap: &Snapshot,
+    url: &PgUrl,
+    post: &str,
+    preamble: &str,
+    epilogue: &str,
+    jobs: usize,
+) -> Result<()> {
+    let sizes: Vec<(String, u64)> = tables(snap)
+        .map(|p| {
+            (
+                dbvault_formats::pgscript::qualified(meta_str(p, "schema"), meta_str(p, "table")),
+                p.size,
+            )
+        })
+        .collect();
+    let cost = |text: &str| {
+        sizes
+            .iter()
+            .filter(|(q, _)| text.contains(q.as_str()))
+            .map(|(_, n)| *n)
+            .max()
+            .unwrap_or(0)
+    };
+    let (mut first, mut fks, mut rest) = (Vec::new(), Vec::new(), String::new());
+    for e in dbvault_formats::pgscript::entries(post) {
+        match e.header.as_ref().map(|h| h.kind.as_str()) {
+            Some("INDEX" | "CONSTRAINT" | "CHECK CONSTRAINT" | "SEQUENCE SET") => {
+                first.push((cost(&e.text), e.text))
+            }
+            Some("FK CONSTRAINT") => fks.push((cost(&e.text), e.text)),
+            Some(_) => rest.push_str(&e.text),
+            // The preamble and the closing block: each session brings its own.
+            None => {}
+        }
+    }
+    for (what, work) in [
+        ("creating indexes and constraints", first),
+        ("creating foreign keys", fks),
+    ] {
+        // Longest first onto the least loaded session.
+        let mut work = work;
+        work.sort_by(|a, b| b.0.cmp(&a.0));
+        let mut buckets: Vec<(u64, String)> = vec![(0, String::new()); jobs.max(1)];
+        for (c, text) in work {
+            if let Some(b) = buckets.iter_mut().min_by_key(|b| b.0) {
+                b.0 += c.max(1);
+                b.1.push_str(&text);
+            }
+        }
+        std::thread::scope(|s| -> Result<()> {
+            let handles: Vec<_> = buckets
+                .iter()
+                .filter(|b| !b.1.is_empty())
+                .map(|b| {
+                    s.spawn(move || {
+                        url.psql(what, false, |w| {
+                            w.write_all(preamble.as_bytes())?;
+                            w.write_all(b"\n")?;
+                            w.write_all(b.1.as_bytes())?;
+                            Ok(w.write_all(epilogue.as_bytes())?)
+                        })
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join()
+                    .map_err(|_| anyhow!("a restore session panicked"))??;
+            }
+            Ok(())
+        })?;
+    }
+    if !rest.is_empty() {
+        url.psql(
+            "restoring triggers, comments and grants (post-data)",
+            false,
+            |w| {
+                w.write_all(preamble.as_bytes())?;
+                w.write_all(b"\n")?;
+                w.write_all(rest.as_bytes())?;
+                Ok(w.write_all(epilogue.as_bytes())?)
+            },
+        )?;
+    }
+    Ok(())
+}
+
 /// Whole database: pre-data, then table data on parallel psql sessions, then post-data.
 fn restore_database(
     repo: &Repository,
@@ -324,19 +423,27 @@ fn restore_database(
         let mut order: Vec<&Part> = tables(snap).collect();
         order.sort_by_key(|p| p.size);
         let queue = std::sync::Mutex::new(order);
-        let jobs = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-            .clamp(1, 4);
+        let source = url.source()?;
+        // One more session than cores: the server, psql and our decompression overlap.
+        let jobs = jobs() + 1;
         std::thread::scope(|s| -> Result<()> {
             let workers: Vec<_> = (0..jobs)
                 .map(|_| {
                     s.spawn(|| -> Result<()> {
+                        let loader = Loader::connect(&source)?;
                         loop {
                             let Some(part) = queue.lock().map_err(|_| anyhow!("lock"))?.pop()
                             else {
                                 return Ok(());
                             };
+                            let copy = meta_str(part, "copy");
+                            if !copy.is_empty() {
+                                loader.load(&part.name, copy, |w| {
+                                    write_part(repo, part, w).map_err(|e| format!("{e:#}"))
+                                })?;
+                                continue;
+                            }
+                            // No COPY (a dump made with --inserts): psql runs the part.
                             url.psql(&format!("loading table {}", part.name), true, |w| {
                                 w.write_all(preamble.as_bytes())?;
                                 w.write_all(b"\n")?;
@@ -372,15 +479,14 @@ fn restore_database(
                 w.write_all(seqs.as_bytes())?;
                 Ok(w.write_all(epilogue.as_bytes())?)
             })?;
-        } else if !a.schema_only || !post_text.is_empty() {
-            url.psql(
-                "restoring indexes and constraints (post-data)",
-                false,
-                |w| {
-                    w.write_all(preamble.as_bytes())?;
-                    w.write_all(b"\n")?;
-                    Ok(w.write_all(&post_text)?)
-                },
+        } else {
+            restore_post_data(
+                snap,
+                url,
+                &String::from_utf8_lossy(&post_text),
+                &preamble,
+                &epilogue,
+                jobs(),
             )?;
         }
     }
