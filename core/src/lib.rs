@@ -15,6 +15,7 @@ pub mod chunker;
 pub mod crypto;
 pub mod delta;
 pub mod error;
+pub mod hash;
 pub mod id;
 pub mod index;
 pub mod keyfile;

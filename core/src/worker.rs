@@ -12,6 +12,7 @@ use crate::backend::Backend;
 use crate::backup::PartInput;
 use crate::crypto::Keys;
 use crate::delta::{seal_chunk, ParentPart};
+use crate::hash::AlignedHasher;
 use crate::index::{encode_file, index_path, Index};
 use crate::pack::{pack_path, BlobKind, PackBuilder, PackEntry};
 use crate::restore::{tree_levels, Blobs};
@@ -51,43 +52,6 @@ pub(crate) struct WorkerOut {
     pub new_blobs: u64,
     pub bytes_added: u64,
     pub packs: u64,
-}
-
-/// BLAKE3 fed in 64 KiB pieces. blake3's SIMD path needs input aligned to its 1 KiB
-/// chunks; chunks of a part have arbitrary lengths and would otherwise be hashed one
-/// 64-byte block at a time (measured: 3x slower).
-#[derive(Default)]
-struct AlignedHasher {
-    hasher: blake3::Hasher,
-    buf: Vec<u8>,
-}
-
-impl AlignedHasher {
-    const PIECE: usize = 64 * 1024;
-
-    fn update(&mut self, mut data: &[u8]) {
-        while !data.is_empty() {
-            if self.buf.is_empty() && data.len() >= Self::PIECE {
-                let n = data.len() - data.len() % Self::PIECE;
-                self.hasher.update(&data[..n]);
-                data = &data[n..];
-                continue;
-            }
-            let k = (Self::PIECE - self.buf.len()).min(data.len());
-            self.buf.extend_from_slice(&data[..k]);
-            data = &data[k..];
-            if self.buf.len() == Self::PIECE {
-                self.hasher.update(&self.buf);
-                self.buf.clear();
-            }
-        }
-    }
-
-    fn finalize(mut self) -> blake3::Hash {
-        self.hasher.update(&self.buf);
-        self.buf.clear();
-        self.hasher.finalize()
-    }
 }
 
 pub(crate) struct WorkerCtx {
@@ -369,33 +333,4 @@ fn run_writer(rx: Receiver<PackBuilder>, backend: &dyn Backend, keys: &Keys) -> 
     }
     bytes += write_index(backend, keys, &mut written)?;
     Ok((bytes, packs))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::AlignedHasher;
-
-    #[test]
-    fn aligned_hasher_equals_plain_blake3() {
-        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 31 % 251) as u8).collect();
-        for sizes in [
-            &[1usize, 1000, 70_000, 5][..],
-            &[65_536, 3],
-            &[200_000],
-            &[0, 7, 13],
-        ] {
-            let mut h = AlignedHasher::default();
-            let mut off = 0;
-            for &n in sizes.iter().cycle().take(1000) {
-                let end = (off + n).min(data.len());
-                h.update(&data[off..end]);
-                off = end;
-                if off == data.len() {
-                    break;
-                }
-            }
-            h.update(&data[off..]);
-            assert_eq!(h.finalize(), blake3::hash(&data));
-        }
-    }
 }

@@ -200,7 +200,7 @@ const SEQUENCES_SQL: &str =
 /// Rows and hash of one table's COPY text, filled while it streams.
 struct CopyStats {
     rows: u64,
-    hasher: blake3::Hasher,
+    hasher: dbvault_core::hash::AlignedHasher,
 }
 
 /// Reads a COPY stream through a runtime, in pg_dump's text form (header, rows, `\.`).
@@ -446,7 +446,7 @@ fn copy_worker(
             .map_err(|e| pg_err(&format!("COPY {q} TO STDOUT"), e))?;
         let stats = std::cell::RefCell::new(CopyStats {
             rows: 0,
-            hasher: blake3::Hasher::new(),
+            hasher: dbvault_core::hash::AlignedHasher::default(),
         });
         let reader = CopyReader {
             rt: &rt,

@@ -238,9 +238,6 @@ fn stream_parts(b: &Backup<'_>, fmt: StreamFormat, reader: impl Read) -> Result<
                         meta.insert("schema".into(), serde_json::json!(schema));
                         meta.insert("table".into(), serde_json::json!(table));
                     }
-                    if let Some(h) = &st.copy_blake3 {
-                        meta.insert("copy_blake3".into(), serde_json::json!(h));
-                    }
                     if let Some(h) = &st.copy_header {
                         meta.insert("copy".into(), serde_json::json!(h));
                     }
