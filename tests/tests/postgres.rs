@@ -359,3 +359,102 @@ fn direct_backup_is_consistent_while_a_writer_commits() {
         "{parents} not in [{before}, {after}]"
     );
 }
+
+#[test]
+fn passwords_in_urls_stay_secret_and_schema_or_data_only_work() {
+    let src = fixture();
+    let secret = "Pw-9f3c-never-print-me";
+    let role = format!("{}_user", src.name);
+    src.sql(&format!(
+        "CREATE ROLE {role} LOGIN SUPERUSER PASSWORD '{secret}'"
+    ));
+    let url = format!("postgresql://{role}:{secret}@127.0.0.1:5432/{}", src.name);
+    let repo = Repo::new();
+    let check = |r: &dbvault_tests::Run| {
+        assert!(
+            !r.stderr.contains(secret) && !String::from_utf8_lossy(&r.stdout).contains(secret),
+            "password printed: {}",
+            r.stderr
+        );
+    };
+    let r = repo.run(&["backup", &url, "--json"], None);
+    check(&r);
+    let r = r.ok();
+    assert!(r.json()["snapshot_id"].is_string());
+    let list = repo.run(&["snapshots", "--json"], None).ok();
+    check(&list);
+    // A wrong password: one clear line, no password in it, no snapshot.
+    let bad = url.replace(secret, "wrong-Pw-00");
+    let r = repo.run(&["backup", &bad], None);
+    check(&r);
+    assert_eq!(r.code, Some(1));
+    assert!(
+        r.stderr.contains("password authentication failed") && !r.stderr.contains("wrong-Pw-00"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(repo.snapshot_ids().len(), 1);
+    // Restores through a password URL; --schema-only and --data-only narrow them.
+    let original = src.fingerprint();
+    let r = repo.run(
+        &[
+            "restore",
+            "latest",
+            "--table",
+            "app.tricky",
+            "--rename-table",
+            "tricky_schema",
+            "--schema-only",
+            "--to",
+            &url,
+        ],
+        None,
+    );
+    check(&r);
+    r.ok();
+    assert_eq!(
+        src.sql("SELECT count(*) FROM app.tricky_schema").trim(),
+        "0"
+    );
+    let r = repo.run(
+        &[
+            "restore",
+            "latest",
+            "--table",
+            "app.tricky",
+            "--rename-table",
+            "tricky_schema",
+            "--data-only",
+            "--to",
+            &url,
+        ],
+        None,
+    );
+    check(&r);
+    r.ok();
+    assert_eq!(
+        src.fingerprint().get("app.tricky_schema"),
+        original.get("app.tricky")
+    );
+    // --clean replaces the live table (after someone emptied it).
+    src.sql("DELETE FROM app.tricky");
+    repo.run(
+        &[
+            "restore",
+            "latest",
+            "--table",
+            "app.tricky",
+            "--clean",
+            "--to",
+            &url,
+        ],
+        None,
+    )
+    .ok();
+    assert_eq!(
+        src.fingerprint().get("app.tricky"),
+        original.get("app.tricky")
+    );
+    src.sql(&format!("DROP OWNED BY {role} CASCADE"));
+    dbvault_tests::psql("postgres", &format!("DROP ROLE {role}"));
+}
