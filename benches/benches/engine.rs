@@ -1,18 +1,19 @@
 #![allow(missing_docs)] // criterion_group! generates undocumented items
-//! Criterion benchmarks of the engine on seeded, dump-like data: chunking, keyed hashing,
-//! compress+seal, and the whole backup pipeline on one and two rayon threads.
+//! Criterion benchmarks of the engine on seeded, dump-like data: content-defined and
+//! row-aligned chunking, keyed hashing, compress+seal on one and two threads, and the whole
+//! backup pipeline.
 
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use dbvault_core::backend::local::LocalBackend;
 use dbvault_core::backup::{PartInput, SnapshotMeta};
-use dbvault_core::chunker::{chunks, ChunkerParams};
+use dbvault_core::chunker::{chunks, ChunkerParams, LineChunks, LineParams};
 use dbvault_core::crypto::{seal_blob, Keys};
 use dbvault_core::keyfile::KdfParams;
 use dbvault_core::{RepoConfig, Repository, SourceInfo};
-
 use dbvault_tests::dump_like;
+use rayon::prelude::*;
 
 const SIZE: usize = 32 << 20;
 
@@ -28,6 +29,18 @@ fn chunking(c: &mut Criterion) {
                 .sum::<usize>()
         })
     });
+    let rows = LineParams {
+        min: 8 << 10,
+        avg: 32 << 10,
+        max: 256 << 10,
+    };
+    g.bench_function("row_aligned_32k_keyed", |b| {
+        b.iter(|| {
+            LineChunks::new(&data[..], rows, 0x1234_5678)
+                .map(|c| c.map(|c| c.len()).unwrap_or(0))
+                .sum::<usize>()
+        })
+    });
     g.finish();
 }
 
@@ -37,30 +50,22 @@ fn hashing(c: &mut Criterion) {
     let mut g = c.benchmark_group("hashing");
     g.throughput(Throughput::Bytes(SIZE as u64));
     g.sample_size(10);
-    g.bench_function("keyed_blake3_64k_blobs", |b| {
+    g.bench_function("keyed_blake3_32k_blobs", |b| {
         b.iter(|| {
-            data.chunks(64 << 10)
-                .map(|c| keys.blob_id(c).0[0] as u64)
+            data.chunks(32 << 10)
+                .map(|c| u64::from(keys.blob_id(c).0[0]))
                 .sum::<u64>()
-        })
-    });
-    g.bench_function("compress_and_seal_64k_blobs_zstd3", |b| {
-        b.iter(|| {
-            data.chunks(64 << 10)
-                .map(|c| {
-                    seal_blob(&keys, &keys.blob_id(c), c, 3)
-                        .map(|s| s.len())
-                        .unwrap_or(0)
-                })
-                .sum::<usize>()
         })
     });
     g.finish();
 }
 
-fn pipeline(c: &mut Criterion) {
+/// Compress (zstd level 1, the repository default) and seal 32 KiB blobs on one and two
+/// threads: the CPU stage that rayon spreads over the cores.
+fn sealing(c: &mut Criterion) {
     let data = dump_like(SIZE, 3);
-    let mut g = c.benchmark_group("pipeline");
+    let keys = Keys::from_master(&[6u8; 32]);
+    let mut g = c.benchmark_group("seal");
     g.throughput(Throughput::Bytes(SIZE as u64));
     g.sample_size(10);
     for threads in [1usize, 2] {
@@ -69,41 +74,18 @@ fn pipeline(c: &mut Criterion) {
             .build()
             .expect("pool");
         g.bench_with_input(
-            BenchmarkId::new("first_backup", threads),
+            BenchmarkId::new("zstd1_xchacha_32k_blobs", threads),
             &threads,
             |b, _| {
                 b.iter(|| {
-                    let dir = tempfile::tempdir().expect("tempdir");
-                    let backend = Arc::new(LocalBackend::new(dir.path().join("r")));
-                    let repo = Repository::init(
-                        backend,
-                        b"pw",
-                        KdfParams {
-                            m_kib: 64,
-                            t: 1,
-                            p: 1,
-                        },
-                        RepoConfig::default(),
-                    )
-                    .expect("init");
                     pool.install(|| {
-                        let bk = repo.start_backup().expect("start");
-                        bk.add_part(
-                            PartInput {
-                                name: "p".into(),
-                                kind: "raw".into(),
-                                ..Default::default()
-                            },
-                            &data[..],
-                        )
-                        .expect("part");
-                        bk.finish(SnapshotMeta {
-                            time: chrono::Local::now().fixed_offset(),
-                            name: "b".into(),
-                            tags: vec![],
-                            source: SourceInfo::default(),
-                        })
-                        .expect("finish")
+                        data.par_chunks(32 << 10)
+                            .map(|c| {
+                                seal_blob(&keys, &keys.blob_id(c), c, 1)
+                                    .map(|s| s.len())
+                                    .unwrap_or(0)
+                            })
+                            .sum::<usize>()
                     })
                 })
             },
@@ -112,5 +94,49 @@ fn pipeline(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, chunking, hashing, pipeline);
+/// The whole backup pipeline (read, chunk, hash, dedup, compress, seal, pack, write) into
+/// a local repository, on every core.
+fn pipeline(c: &mut Criterion) {
+    let data = dump_like(SIZE, 4);
+    let mut g = c.benchmark_group("pipeline");
+    g.throughput(Throughput::Bytes(SIZE as u64));
+    g.sample_size(10);
+    g.bench_function("first_backup", |b| {
+        b.iter(|| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let backend = Arc::new(LocalBackend::new(dir.path().join("r")));
+            let repo = Repository::init(
+                backend,
+                b"pw",
+                KdfParams {
+                    m_kib: 64,
+                    t: 1,
+                    p: 1,
+                },
+                RepoConfig::default(),
+            )
+            .expect("init");
+            let bk = repo.start_backup().expect("start");
+            bk.add_part(
+                PartInput {
+                    name: "p".into(),
+                    kind: "raw".into(),
+                    ..Default::default()
+                },
+                &data[..],
+            )
+            .expect("part");
+            bk.finish(SnapshotMeta {
+                time: chrono::Local::now().fixed_offset(),
+                name: "b".into(),
+                tags: vec![],
+                source: SourceInfo::default(),
+            })
+            .expect("finish")
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, chunking, hashing, sealing, pipeline);
 criterion_main!(benches);
