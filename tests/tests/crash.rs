@@ -20,7 +20,7 @@ fn killed_backups_lose_nothing() {
     let mut big = dump_like(40 << 20, 22);
     big.extend_from_slice(&random_bytes(40 << 20, 23));
     for round in 0..6 {
-        let delay = Duration::from_millis(u64::from(delays[round]) * 4); // 0..1 s
+        let delay = Duration::from_millis(u64::from(delays[round]) * 2); // 0..0.5 s: mostly mid-backup
         let mut child = repo
             .cmd(&["backup", "-", "--name", "victim"])
             .stdin(Stdio::piped())

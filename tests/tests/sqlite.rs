@@ -229,9 +229,10 @@ fn live_backup(journal_mode: &str) {
     });
     std::thread::sleep(Duration::from_millis(300));
     let count = |p: &Path| -> i64 {
-        Connection::open(p)
-            .expect("o")
-            .query_row("SELECT count(*) FROM parent", [], |r| r.get(0))
+        // In rollback-journal mode the writer holds the file between commits: wait for it.
+        let c = Connection::open(p).expect("o");
+        c.busy_timeout(Duration::from_secs(60)).expect("busy");
+        c.query_row("SELECT count(*) FROM parent", [], |r| r.get(0))
             .expect("c")
     };
     let before = count(&db);
