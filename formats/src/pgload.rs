@@ -30,9 +30,21 @@ impl Loader {
         Ok(Loader { rt, client })
     }
 
+    /// Runs SQL statements (no psql meta-commands) on this connection.
+    ///
+    /// # Errors
+    /// The server's error, with `what` as context.
+    pub fn execute(&self, what: &str, sql: &str) -> Result<()> {
+        self.rt
+            .block_on(self.client.batch_execute(sql))
+            .map_err(|e| pg_err(what, e))
+    }
+
     /// Loads one table: `copy` is the part's `COPY … FROM stdin;` line, `fill` writes the
     /// part's text (header, rows, `\.`), of which only the rows are sent. One transaction
-    /// per table. Returns the rows the server stored.
+    /// per table. With `freeze` (the qualified table name, only for a table this restore
+    /// created and nothing references yet), the table is truncated and loaded with
+    /// `COPY … WITH (FREEZE)`. Returns the rows the server stored.
     ///
     /// # Errors
     /// The server's error, naming the table; errors from `fill`.
@@ -40,6 +52,7 @@ impl Loader {
         &self,
         table: &str,
         copy: &str,
+        freeze: Option<&str>,
         fill: impl FnOnce(&mut (dyn Write + Send)) -> std::result::Result<(), E>,
     ) -> Result<u64>
     where
@@ -52,7 +65,17 @@ impl Loader {
         self.rt
             .block_on(self.client.batch_execute("BEGIN"))
             .map_err(|e| pg_err("BEGIN", e))?;
-        let stmt = copy.trim_end().trim_end_matches(';');
+        let mut stmt = copy.trim_end().trim_end_matches(';').to_string();
+        if let Some(q) = freeze {
+            // Into a table made empty in this transaction, rows can be written frozen: the
+            // index builds and key checks that follow then do not rewrite every page to
+            // set hint bits.
+            self.rt
+                .block_on(self.client.batch_execute(&format!("TRUNCATE ONLY {q}")))
+                .map_err(|e| pg_err(&format!("loading table {table}"), e))?;
+            stmt.push_str(" WITH (FREEZE)");
+        }
+        let stmt = stmt.as_str();
         let sink = self
             .rt
             .block_on(self.client.copy_in::<_, bytes::Bytes>(stmt))

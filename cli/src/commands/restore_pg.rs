@@ -5,7 +5,9 @@ use std::io::{BufWriter, Write};
 use anyhow::{anyhow, bail, Result};
 use dbvault_core::restore::restore_part;
 use dbvault_core::{Part, Repository, Snapshot};
-use dbvault_formats::pgscript::{table_script, TableScript};
+use std::collections::HashMap;
+
+use dbvault_formats::pgscript::{qualified, table_script, TableScript};
 
 use crate::args::RestoreArgs;
 use crate::pg::PgUrl;
@@ -308,98 +310,120 @@ fn jobs() -> usize {
         .clamp(1, 4)
 }
 
-/// Post-data like `pg_restore -j`: indexes, primary keys, unique constraints and sequence
-/// values on parallel sessions, then foreign keys on parallel sessions (they need the
-/// keys they reference), then the rest (triggers, comments, grants, materialized view
-/// refreshes) in dump order. Work is spread by the size of the table it touches.
-fn restore_post_data(
-    snap: &Snapshot,
-    url: &PgUrl,
-    post: &str,
-    preamble: &str,
-    epilogue: &str,
-    jobs: usize,
-) -> Result<()> {
-    let sizes: Vec<(String, u64)> = tables(snap)
+/// Post-data sorted into phases, like `pg_restore -j` schedules it.
+#[derive(Default)]
+struct PostPlan {
+    /// Keys and indexes of one table (by part name): built as soon as its data is in.
+    per_table: HashMap<String, Vec<String>>,
+    /// Keys and indexes of no loaded table, and sequence values: in parallel after the data.
+    first: Vec<(u64, String)>,
+    /// Foreign keys: in parallel once every key they reference exists.
+    fks: Vec<(u64, String)>,
+    /// Triggers, comments, grants, materialized view refreshes: last, in dump order.
+    rest: String,
+}
+
+fn plan_post(snap: &Snapshot, post: &str) -> PostPlan {
+    let parts: Vec<(String, String, u64)> = tables(snap)
         .map(|p| {
             (
-                dbvault_formats::pgscript::qualified(meta_str(p, "schema"), meta_str(p, "table")),
+                qualified(meta_str(p, "schema"), meta_str(p, "table")),
+                p.name.clone(),
                 p.size,
             )
         })
         .collect();
-    let cost = |text: &str| {
-        sizes
+    let on_table = |text: &str| {
+        parts.iter().find(|(q, _, _)| {
+            [
+                format!(" ON {q} "),
+                format!(" ON ONLY {q} "),
+                format!("ALTER TABLE ONLY {q}\n"),
+                format!("ALTER TABLE {q}\n"),
+            ]
             .iter()
-            .filter(|(q, _)| text.contains(q.as_str()))
-            .map(|(_, n)| *n)
+            .any(|pat| text.contains(pat.as_str()))
+        })
+    };
+    let cost = |text: &str| {
+        parts
+            .iter()
+            .filter(|(q, _, _)| text.contains(q.as_str()))
+            .map(|p| p.2)
             .max()
             .unwrap_or(0)
     };
-    let (mut first, mut fks, mut rest) = (Vec::new(), Vec::new(), String::new());
+    let mut plan = PostPlan::default();
     for e in dbvault_formats::pgscript::entries(post) {
         match e.header.as_ref().map(|h| h.kind.as_str()) {
-            Some("INDEX" | "CONSTRAINT" | "CHECK CONSTRAINT" | "SEQUENCE SET") => {
-                first.push((cost(&e.text), e.text))
-            }
-            Some("FK CONSTRAINT") => fks.push((cost(&e.text), e.text)),
-            Some(_) => rest.push_str(&e.text),
+            Some("INDEX" | "CONSTRAINT" | "CHECK CONSTRAINT") => match on_table(&e.text) {
+                Some((_, name, _)) => plan.per_table.entry(name.clone()).or_default().push(e.text),
+                None => plan.first.push((cost(&e.text), e.text)),
+            },
+            Some("SEQUENCE SET") => plan.first.push((0, e.text)),
+            Some("FK CONSTRAINT") => plan.fks.push((cost(&e.text), e.text)),
+            Some(_) => plan.rest.push_str(&e.text),
             // The preamble and the closing block: each session brings its own.
             None => {}
         }
     }
-    for (what, work) in [
-        ("creating indexes and constraints", first),
-        ("creating foreign keys", fks),
-    ] {
-        // Longest first onto the least loaded session.
-        let mut work = work;
-        work.sort_by(|a, b| b.0.cmp(&a.0));
-        let mut buckets: Vec<(u64, String)> = vec![(0, String::new()); jobs.max(1)];
-        for (c, text) in work {
-            if let Some(b) = buckets.iter_mut().min_by_key(|b| b.0) {
-                b.0 += c.max(1);
-                b.1.push_str(&text);
-            }
-        }
-        std::thread::scope(|s| -> Result<()> {
-            let handles: Vec<_> = buckets
-                .iter()
-                .filter(|b| !b.1.is_empty())
-                .map(|b| {
-                    s.spawn(move || {
-                        url.psql(what, false, |w| {
-                            w.write_all(preamble.as_bytes())?;
-                            w.write_all(b"\n")?;
-                            w.write_all(b.1.as_bytes())?;
-                            Ok(w.write_all(epilogue.as_bytes())?)
-                        })
-                    })
-                })
-                .collect();
-            for h in handles {
-                h.join()
-                    .map_err(|_| anyhow!("a restore session panicked"))??;
-            }
-            Ok(())
-        })?;
-    }
-    if !rest.is_empty() {
-        url.psql(
-            "restoring triggers, comments and grants (post-data)",
-            false,
-            |w| {
-                w.write_all(preamble.as_bytes())?;
-                w.write_all(b"\n")?;
-                w.write_all(rest.as_bytes())?;
-                Ok(w.write_all(epilogue.as_bytes())?)
-            },
-        )?;
-    }
-    Ok(())
+    plan
 }
 
-/// Whole database: pre-data, then table data on parallel psql sessions, then post-data.
+/// Runs scripts on parallel psql sessions, longest first onto the least loaded session.
+fn run_parallel(
+    url: &PgUrl,
+    what: &str,
+    work: Vec<(u64, String)>,
+    preamble: &str,
+    epilogue: &str,
+    jobs: usize,
+) -> Result<()> {
+    let mut work = work;
+    work.sort_by(|a, b| b.0.cmp(&a.0));
+    let mut buckets: Vec<(u64, String)> = vec![(0, String::new()); jobs.max(1)];
+    for (c, text) in work {
+        if let Some(b) = buckets.iter_mut().min_by_key(|b| b.0) {
+            b.0 += c.max(1);
+            b.1.push_str(&text);
+        }
+    }
+    std::thread::scope(|s| -> Result<()> {
+        let handles: Vec<_> = buckets
+            .iter()
+            .filter(|b| !b.1.is_empty())
+            .map(|b| {
+                s.spawn(move || {
+                    url.psql(what, false, |w| {
+                        w.write_all(preamble.as_bytes())?;
+                        w.write_all(b"\n")?;
+                        w.write_all(b.1.as_bytes())?;
+                        Ok(w.write_all(epilogue.as_bytes())?)
+                    })
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join()
+                .map_err(|_| anyhow!("a restore session panicked"))??;
+        }
+        Ok(())
+    })
+}
+
+/// The SQL statements of a preamble (psql meta-commands dropped), for sessions that do not
+/// go through psql.
+fn preamble_sql(preamble: &str) -> String {
+    preamble
+        .lines()
+        .filter(|l| !l.starts_with('\\'))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Whole database: pre-data; then table data on parallel connections, each table's keys
+/// and indexes built as soon as its rows are in (while other tables still load); then the
+/// remaining keys, foreign keys, and the rest of post-data.
 fn restore_database(
     repo: &Repository,
     snap: &Snapshot,
@@ -410,9 +434,14 @@ fn restore_database(
         section(snap, "pre-data").ok_or_else(|| anyhow!("the snapshot has no pre-data section"))?;
     let pre_text = part_bytes(repo, pre)?;
     // Every session starts with the dump's preamble (SET statements and `\restrict`); the
-    // sessions we add close the restriction themselves, post-data already does.
+    // sessions we add close the restriction themselves.
     let ts = table_script(&String::from_utf8_lossy(&pre_text), "", "", "", None);
     let (preamble, epilogue) = (ts.preamble.clone(), ts.epilogue());
+    let post_text = match section(snap, "post-data") {
+        Some(p) => String::from_utf8_lossy(&part_bytes(repo, p)?).into_owned(),
+        None => String::new(),
+    };
+    let mut plan = plan_post(snap, &post_text);
     if !a.data_only {
         url.psql("restoring the schema (pre-data)", false, |w| {
             Ok(w.write_all(&pre_text)?)
@@ -424,35 +453,37 @@ fn restore_database(
         order.sort_by_key(|p| p.size);
         let queue = std::sync::Mutex::new(order);
         let source = url.source()?;
-        // One more session than cores: the server, psql and our decompression overlap.
+        let session = preamble_sql(&preamble);
+        let per_table = if a.data_only {
+            HashMap::new()
+        } else {
+            std::mem::take(&mut plan.per_table)
+        };
+        // One more connection than cores: the server, the index builds and our
+        // decompression overlap (measured: 3 connections beat 2 on two cores).
         let jobs = jobs() + 1;
         std::thread::scope(|s| -> Result<()> {
             let workers: Vec<_> = (0..jobs)
                 .map(|_| {
                     s.spawn(|| -> Result<()> {
                         let loader = Loader::connect(&source)?;
+                        loader.execute("setting up the session", &session)?;
                         loop {
                             let Some(part) = queue.lock().map_err(|_| anyhow!("lock"))?.pop()
                             else {
                                 return Ok(());
                             };
-                            let copy = meta_str(part, "copy");
-                            if !copy.is_empty() {
-                                loader.load(&part.name, copy, |w| {
-                                    write_part(repo, part, w).map_err(|e| format!("{e:#}"))
-                                })?;
-                                continue;
+                            load_table(repo, part, a, url, &loader, &preamble, &epilogue)?;
+                            for sql in per_table.get(&part.name).into_iter().flatten() {
+                                let first = sql
+                                    .lines()
+                                    .find(|l| !l.starts_with("--") && !l.trim().is_empty())
+                                    .unwrap_or("");
+                                loader.execute(
+                                    &format!("restoring {}: {}", part.name, first.trim()),
+                                    sql,
+                                )?;
                             }
-                            // No COPY (a dump made with --inserts): psql runs the part.
-                            url.psql(&format!("loading table {}", part.name), true, |w| {
-                                w.write_all(preamble.as_bytes())?;
-                                w.write_all(b"\n")?;
-                                let mut bw = BufWriter::with_capacity(1 << 20, w);
-                                write_part(repo, part, &mut bw)?;
-                                bw.write_all(epilogue.as_bytes())?;
-                                bw.flush()?;
-                                Ok(())
-                            })?;
                         }
                     })
                 })
@@ -464,29 +495,49 @@ fn restore_database(
             Ok(())
         })?;
     }
-    if let Some(post) = section(snap, "post-data") {
-        let post_text = part_bytes(repo, post)?;
-        if a.data_only {
-            let text = String::from_utf8_lossy(&post_text);
-            let seqs: String = dbvault_formats::pgscript::entries(&text)
-                .into_iter()
-                .filter(|e| e.header.as_ref().is_some_and(|h| h.kind == "SEQUENCE SET"))
-                .map(|e| e.text)
-                .collect();
-            url.psql("restoring sequence values", false, |w| {
-                w.write_all(preamble.as_bytes())?;
-                w.write_all(b"\n")?;
-                w.write_all(seqs.as_bytes())?;
-                Ok(w.write_all(epilogue.as_bytes())?)
-            })?;
-        } else {
-            restore_post_data(
-                snap,
+    let jobs = jobs();
+    if a.data_only {
+        let seqs: Vec<(u64, String)> = plan
+            .first
+            .into_iter()
+            .filter(|(_, t)| t.contains("Type: SEQUENCE SET;"))
+            .collect();
+        run_parallel(
+            url,
+            "restoring sequence values",
+            seqs,
+            &preamble,
+            &epilogue,
+            1,
+        )?;
+    } else {
+        let mut first = plan.first;
+        // With --schema-only no table was loaded: its keys and indexes come here.
+        first.extend(plan.per_table.into_values().flatten().map(|t| (0, t)));
+        run_parallel(
+            url,
+            "creating indexes and constraints",
+            first,
+            &preamble,
+            &epilogue,
+            jobs,
+        )?;
+        run_parallel(
+            url,
+            "creating foreign keys",
+            plan.fks,
+            &preamble,
+            &epilogue,
+            jobs,
+        )?;
+        if !plan.rest.is_empty() {
+            run_parallel(
                 url,
-                &String::from_utf8_lossy(&post_text),
+                "restoring triggers, comments and grants (post-data)",
+                vec![(0, plan.rest)],
                 &preamble,
                 &epilogue,
-                jobs(),
+                1,
             )?;
         }
     }
@@ -496,6 +547,37 @@ fn restore_database(
         url.public
     );
     Ok(())
+}
+
+/// Loads one table's rows: over the COPY protocol, or through psql for a dump made with
+/// `--inserts`.
+fn load_table(
+    repo: &Repository,
+    part: &Part,
+    a: &RestoreArgs,
+    url: &PgUrl,
+    loader: &Loader,
+    preamble: &str,
+    epilogue: &str,
+) -> Result<()> {
+    let copy = meta_str(part, "copy");
+    if !copy.is_empty() {
+        let freeze =
+            (!a.data_only).then(|| qualified(meta_str(part, "schema"), meta_str(part, "table")));
+        loader.load(&part.name, copy, freeze.as_deref(), |w| {
+            write_part(repo, part, w).map_err(|e| format!("{e:#}"))
+        })?;
+        return Ok(());
+    }
+    url.psql(&format!("loading table {}", part.name), true, |w| {
+        w.write_all(preamble.as_bytes())?;
+        w.write_all(b"\n")?;
+        let mut bw = BufWriter::with_capacity(1 << 20, w);
+        write_part(repo, part, &mut bw)?;
+        bw.write_all(epilogue.as_bytes())?;
+        bw.flush()?;
+        Ok(())
+    })
 }
 
 #[cfg(test)]
