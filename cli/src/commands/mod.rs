@@ -4,6 +4,7 @@ mod backup;
 mod init;
 mod restore;
 mod restore_pg;
+mod restore_pg_db;
 mod snapshots;
 mod stats;
 

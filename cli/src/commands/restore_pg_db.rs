@@ -1,0 +1,292 @@
+//! Restoring a whole PostgreSQL database from a pg_dump snapshot, scheduled like
+//! `pg_restore -j`: pre-data; table data on parallel connections with each table's keys
+//! and indexes built as soon as its rows are in; then foreign keys and the rest.
+
+use std::collections::HashMap;
+use std::io::{BufWriter, Write};
+
+use anyhow::{anyhow, Result};
+use dbvault_core::{Part, Repository, Snapshot};
+use dbvault_formats::pgload::Loader;
+use dbvault_formats::pgscript::{qualified, table_script};
+
+use super::restore_pg::{meta_str, part_bytes, section, tables, write_part};
+use crate::args::RestoreArgs;
+use crate::pg::PgUrl;
+
+fn jobs() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(1, 4)
+}
+
+/// Post-data sorted into phases, like `pg_restore -j` schedules it.
+#[derive(Default)]
+struct PostPlan {
+    /// Keys and indexes of one table (by part name): built as soon as its data is in.
+    per_table: HashMap<String, Vec<String>>,
+    /// Keys and indexes of no loaded table, and sequence values: in parallel after the data.
+    first: Vec<(u64, String)>,
+    /// Foreign keys: in parallel once every key they reference exists.
+    fks: Vec<(u64, String)>,
+    /// Triggers, comments, grants, materialized view refreshes: last, in dump order.
+    rest: String,
+}
+
+fn plan_post(snap: &Snapshot, post: &str) -> PostPlan {
+    let parts: Vec<(String, String, u64)> = tables(snap)
+        .map(|p| {
+            (
+                qualified(meta_str(p, "schema"), meta_str(p, "table")),
+                p.name.clone(),
+                p.size,
+            )
+        })
+        .collect();
+    let on_table = |text: &str| {
+        parts.iter().find(|(q, _, _)| {
+            [
+                format!(" ON {q} "),
+                format!(" ON ONLY {q} "),
+                format!("ALTER TABLE ONLY {q}\n"),
+                format!("ALTER TABLE {q}\n"),
+            ]
+            .iter()
+            .any(|pat| text.contains(pat.as_str()))
+        })
+    };
+    let cost = |text: &str| {
+        parts
+            .iter()
+            .filter(|(q, _, _)| text.contains(q.as_str()))
+            .map(|p| p.2)
+            .max()
+            .unwrap_or(0)
+    };
+    let mut plan = PostPlan::default();
+    for e in dbvault_formats::pgscript::entries(post) {
+        match e.header.as_ref().map(|h| h.kind.as_str()) {
+            Some("INDEX" | "CONSTRAINT" | "CHECK CONSTRAINT") => match on_table(&e.text) {
+                Some((_, name, _)) => plan.per_table.entry(name.clone()).or_default().push(e.text),
+                None => plan.first.push((cost(&e.text), e.text)),
+            },
+            Some("SEQUENCE SET") => plan.first.push((0, e.text)),
+            Some("FK CONSTRAINT") => plan.fks.push((cost(&e.text), e.text)),
+            Some(_) => plan.rest.push_str(&e.text),
+            // The preamble and the closing block: each session brings its own.
+            None => {}
+        }
+    }
+    plan
+}
+
+/// Runs scripts on parallel psql sessions, longest first onto the least loaded session.
+fn run_parallel(
+    url: &PgUrl,
+    what: &str,
+    work: Vec<(u64, String)>,
+    preamble: &str,
+    epilogue: &str,
+    jobs: usize,
+) -> Result<()> {
+    let mut work = work;
+    work.sort_by(|a, b| b.0.cmp(&a.0));
+    let mut buckets: Vec<(u64, String)> = vec![(0, String::new()); jobs.max(1)];
+    for (c, text) in work {
+        if let Some(b) = buckets.iter_mut().min_by_key(|b| b.0) {
+            b.0 += c.max(1);
+            b.1.push_str(&text);
+        }
+    }
+    std::thread::scope(|s| -> Result<()> {
+        let handles: Vec<_> = buckets
+            .iter()
+            .filter(|b| !b.1.is_empty())
+            .map(|b| {
+                s.spawn(move || {
+                    url.psql(what, false, |w| {
+                        w.write_all(preamble.as_bytes())?;
+                        w.write_all(b"\n")?;
+                        w.write_all(b.1.as_bytes())?;
+                        Ok(w.write_all(epilogue.as_bytes())?)
+                    })
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join()
+                .map_err(|_| anyhow!("a restore session panicked"))??;
+        }
+        Ok(())
+    })
+}
+
+/// The SQL statements of a preamble (psql meta-commands dropped), for sessions that do not
+/// go through psql.
+fn preamble_sql(preamble: &str) -> String {
+    preamble
+        .lines()
+        .filter(|l| !l.starts_with('\\'))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Whole database: pre-data; then table data on parallel connections, each table's keys
+/// and indexes built as soon as its rows are in (while other tables still load); then the
+/// remaining keys, foreign keys, and the rest of post-data.
+pub(super) fn restore_database(
+    repo: &Repository,
+    snap: &Snapshot,
+    a: &RestoreArgs,
+    url: &PgUrl,
+) -> Result<()> {
+    let pre =
+        section(snap, "pre-data").ok_or_else(|| anyhow!("the snapshot has no pre-data section"))?;
+    let pre_text = part_bytes(repo, pre)?;
+    // Every session starts with the dump's preamble (SET statements and `\restrict`); the
+    // sessions we add close the restriction themselves.
+    let ts = table_script(&String::from_utf8_lossy(&pre_text), "", "", "", None);
+    let (preamble, epilogue) = (ts.preamble.clone(), ts.epilogue());
+    let post_text = match section(snap, "post-data") {
+        Some(p) => String::from_utf8_lossy(&part_bytes(repo, p)?).into_owned(),
+        None => String::new(),
+    };
+    let mut plan = plan_post(snap, &post_text);
+    if !a.data_only {
+        url.psql("restoring the schema (pre-data)", false, |w| {
+            Ok(w.write_all(&pre_text)?)
+        })?;
+    }
+    if !a.schema_only {
+        // Largest tables first (popped from the end): the parallel load ends together.
+        let mut order: Vec<&Part> = tables(snap).collect();
+        order.sort_by_key(|p| p.size);
+        let queue = std::sync::Mutex::new(order);
+        let source = url.source()?;
+        let session = preamble_sql(&preamble);
+        let per_table = if a.data_only {
+            HashMap::new()
+        } else {
+            std::mem::take(&mut plan.per_table)
+        };
+        // One more connection than cores: the server, the index builds and our
+        // decompression overlap (measured: 3 connections beat 2 on two cores).
+        let jobs = jobs() + 1;
+        std::thread::scope(|s| -> Result<()> {
+            let workers: Vec<_> = (0..jobs)
+                .map(|_| {
+                    s.spawn(|| -> Result<()> {
+                        let loader = Loader::connect(&source)?;
+                        loader.execute("setting up the session", &session)?;
+                        loop {
+                            let Some(part) = queue.lock().map_err(|_| anyhow!("lock"))?.pop()
+                            else {
+                                return Ok(());
+                            };
+                            load_table(repo, part, a, url, &loader, &preamble, &epilogue)?;
+                            for sql in per_table.get(&part.name).into_iter().flatten() {
+                                let first = sql
+                                    .lines()
+                                    .find(|l| !l.starts_with("--") && !l.trim().is_empty())
+                                    .unwrap_or("");
+                                loader.execute(
+                                    &format!("restoring {}: {}", part.name, first.trim()),
+                                    sql,
+                                )?;
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for w in workers {
+                w.join()
+                    .map_err(|_| anyhow!("a restore worker panicked"))??;
+            }
+            Ok(())
+        })?;
+    }
+    let jobs = jobs();
+    if a.data_only {
+        let seqs: Vec<(u64, String)> = plan
+            .first
+            .into_iter()
+            .filter(|(_, t)| t.contains("Type: SEQUENCE SET;"))
+            .collect();
+        run_parallel(
+            url,
+            "restoring sequence values",
+            seqs,
+            &preamble,
+            &epilogue,
+            1,
+        )?;
+    } else {
+        let mut first = plan.first;
+        // With --schema-only no table was loaded: its keys and indexes come here.
+        first.extend(plan.per_table.into_values().flatten().map(|t| (0, t)));
+        run_parallel(
+            url,
+            "creating indexes and constraints",
+            first,
+            &preamble,
+            &epilogue,
+            jobs,
+        )?;
+        run_parallel(
+            url,
+            "creating foreign keys",
+            plan.fks,
+            &preamble,
+            &epilogue,
+            jobs,
+        )?;
+        if !plan.rest.is_empty() {
+            run_parallel(
+                url,
+                "restoring triggers, comments and grants (post-data)",
+                vec![(0, plan.rest)],
+                &preamble,
+                &epilogue,
+                1,
+            )?;
+        }
+    }
+    eprintln!(
+        "restored {} tables into {}",
+        tables(snap).count(),
+        url.public
+    );
+    Ok(())
+}
+
+/// Loads one table's rows: over the COPY protocol, or through psql for a dump made with
+/// `--inserts`.
+fn load_table(
+    repo: &Repository,
+    part: &Part,
+    a: &RestoreArgs,
+    url: &PgUrl,
+    loader: &Loader,
+    preamble: &str,
+    epilogue: &str,
+) -> Result<()> {
+    let copy = meta_str(part, "copy");
+    if !copy.is_empty() {
+        let freeze =
+            (!a.data_only).then(|| qualified(meta_str(part, "schema"), meta_str(part, "table")));
+        loader.load(&part.name, copy, freeze.as_deref(), |w| {
+            write_part(repo, part, w).map_err(|e| format!("{e:#}"))
+        })?;
+        return Ok(());
+    }
+    url.psql(&format!("loading table {}", part.name), true, |w| {
+        w.write_all(preamble.as_bytes())?;
+        w.write_all(b"\n")?;
+        let mut bw = BufWriter::with_capacity(1 << 20, w);
+        write_part(repo, part, &mut bw)?;
+        bw.write_all(epilogue.as_bytes())?;
+        bw.flush()?;
+        Ok(())
+    })
+}
