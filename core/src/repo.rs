@@ -193,24 +193,50 @@ impl Repository {
     /// # Errors
     /// The first damaged or unreadable snapshot.
     pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
+        let (all, damaged) = self.readable_snapshots()?;
+        match damaged.into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(all),
+        }
+    }
+
+    /// Every snapshot that can be read, oldest first, and the errors of those that cannot:
+    /// one damaged manifest must not hide the others (a restore at 3 a.m. needs them).
+    ///
+    /// # Errors
+    /// Only when the snapshot list itself cannot be read.
+    pub fn readable_snapshots(&self) -> Result<(Vec<(Id, Snapshot)>, Vec<Error>)> {
         use rayon::prelude::*;
         let ids = self.snapshot_ids()?;
-        let mut all: Vec<(Id, Snapshot)> = ids
+        let loaded: Vec<(Id, Result<Snapshot>)> = ids
             .par_iter()
-            .map(|id| Ok((*id, self.load_snapshot(id)?)))
-            .collect::<Result<_>>()?;
+            .map(|id| (*id, self.load_snapshot(id)))
+            .collect();
+        let mut all = Vec::new();
+        let mut damaged = Vec::new();
+        for (id, r) in loaded {
+            match r {
+                Ok(s) => all.push((id, s)),
+                Err(e) => damaged.push(e),
+            }
+        }
         all.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
-        Ok(all)
+        Ok((all, damaged))
     }
 
     /// Resolves `latest`, a full id or a unique id prefix. `name` restricts `latest` to
     /// one source.
     ///
+    /// `latest` skips snapshots whose manifest is damaged.
+    ///
     /// # Errors
-    /// [`Error::SnapshotNotFound`], [`Error::AmbiguousSnapshot`], or a damaged snapshot.
+    /// [`Error::SnapshotNotFound`], [`Error::AmbiguousSnapshot`], or a damaged snapshot
+    /// named by id.
     pub fn find_snapshot(&self, selector: &str, name: Option<&str>) -> Result<(Id, Snapshot)> {
         if selector == "latest" {
-            let all = self.snapshots()?;
+            // Damaged manifests are skipped here (`check` reports them): the newest
+            // readable snapshot is still the one to restore.
+            let (all, _damaged) = self.readable_snapshots()?;
             return all
                 .into_iter()
                 .filter(|(_, s)| name.is_none_or(|n| s.name == n))

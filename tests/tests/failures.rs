@@ -280,3 +280,28 @@ fn damage_to_a_delta_base_is_detected_when_restoring_the_delta() {
     }
     assert!(repo.restore(&id).ok().stdout == edited);
 }
+
+#[test]
+fn a_damaged_snapshot_does_not_hide_the_others() {
+    let repo = Repo::new();
+    repo.backup(b"night one", &["--name", "db"]);
+    let old = repo.snapshot_ids()[0].clone();
+    repo.backup(b"night two", &["--name", "db"]);
+    let path = repo.path.join("snapshots").join(&old);
+    let mut bytes = std::fs::read(&path).expect("read");
+    let n = bytes.len() / 2;
+    bytes[n] ^= 1;
+    std::fs::write(&path, &bytes).expect("write");
+    let r = repo.run(&["snapshots", "--json"], None);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("warning") && r.stderr.contains("damaged"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.json().as_array().expect("array").len(), 1);
+    assert_eq!(repo.restore("latest").ok().stdout, b"night two");
+    let r = repo.restore(&old);
+    assert_eq!(r.code, Some(1));
+    assert!(one_line(&r.stderr).contains("damaged"), "{}", r.stderr);
+}

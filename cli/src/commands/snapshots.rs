@@ -7,8 +7,11 @@ use crate::{output, repo_access};
 
 pub fn run(cli: &Cli, a: &SnapshotsArgs) -> Result<()> {
     let repo = repo_access::open(cli)?;
-    let snaps: Vec<_> = repo
-        .snapshots()?
+    let (all, damaged) = repo.readable_snapshots()?;
+    for e in &damaged {
+        eprintln!("dbvault: warning: {e} (listing the others; run `dbvault check`)");
+    }
+    let snaps: Vec<_> = all
         .into_iter()
         .filter(|(_, s)| a.name.as_deref().is_none_or(|n| s.name == n))
         .collect();
