@@ -165,11 +165,10 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() + 0 && i + 2 <= b.len() - 1 + 1 {
-            if let Ok(v) = u8::from_str_radix(
-                std::str::from_utf8(&b[i + 1..(i + 3).min(b.len())]).unwrap_or(""),
-                16,
-            ) {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) =
+                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or(""), 16)
+            {
                 out.push(v);
                 i += 3;
                 continue;
@@ -224,5 +223,7 @@ mod tests {
         assert_eq!(u.public, "postgresql:///shop?host=/var/run/postgresql");
         assert_eq!(u.password.as_deref(), Some("x"));
         assert!(PgUrl::parse("mysql://x").is_err());
+        assert_eq!(percent_decode("a%2Fb%"), "a/b%");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
     }
 }

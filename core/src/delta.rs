@@ -55,7 +55,7 @@ pub fn seal_chunk(
     let Some(mut base_id) = base else {
         return Ok((BlobKind::Data, full));
     };
-    let Some(mut loc) = blobs.index.get(&base_id) else {
+    let Some(loc) = blobs.index.get(&base_id) else {
         return Ok((BlobKind::Data, full));
     };
     if loc.delta {
@@ -66,14 +66,10 @@ pub fn seal_chunk(
             .read_range(&path, u64::from(loc.offset), u64::from(loc.len))?;
         let (b2, _) = delta_base(blobs.keys, &base_id, &sealed, &|| format!("pack {path}"))?;
         match blobs.index.get(&b2) {
-            Some(l2) if !l2.delta => {
-                base_id = b2;
-                loc = l2;
-            }
+            Some(l2) if !l2.delta => base_id = b2,
             _ => return Ok((BlobKind::Data, full)),
         }
     }
-    let _ = loc;
     let base_plain = blobs.read(&base_id)?;
     let delta = seal_delta(blobs.keys, id, plain, &base_id, &base_plain, level)?;
     if delta.len() * 10 <= full.len() * 7 {

@@ -220,11 +220,11 @@ fn replace_ident(text: &str, from: &str, to: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(p) = rest.find(from) {
-        let before = out.chars().last().or_else(|| rest[..p].chars().last());
+        // The character before the match: in the unscanned text, or the last one written.
         let before = if p > 0 {
             rest[..p].chars().last()
         } else {
-            before
+            out.chars().last()
         };
         let after = rest[p + from.len()..].chars().next();
         let ok_before = before.is_none_or(|c| !is_ident_char(c) && c != '"' && c != '.');

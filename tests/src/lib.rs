@@ -258,23 +258,26 @@ fn pg_host() -> String {
     std::env::var("PGHOST").unwrap_or_else(|_| "/var/run/postgresql".into())
 }
 
+/// `psql -X -q -v ON_ERROR_STOP=1` on database `db` of the test server.
+fn psql_cmd(db: &str) -> Command {
+    let mut c = Command::new("psql");
+    c.args([
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        &pg_host(),
+        "-d",
+        db,
+    ]);
+    c
+}
+
 /// Runs a psql command line (`-c SQL`) against database `db`, returning stdout.
 pub fn psql(db: &str, sql: &str) -> String {
-    let out = Command::new("psql")
-        .args([
-            "-X",
-            "-A",
-            "-t",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            &pg_host(),
-            "-d",
-            db,
-            "-c",
-            sql,
-        ])
+    let out = psql_cmd(db)
+        .args(["-A", "-t", "-c", sql])
         .output()
         .expect("psql: install postgresql-client");
     assert!(
@@ -288,18 +291,8 @@ pub fn psql(db: &str, sql: &str) -> String {
 impl PgDb {
     /// Creates an empty database named `dbv_<tag>_<random>`.
     pub fn new(tag: &str) -> PgDb {
-        let ok = Command::new("psql")
-            .args([
-                "-X",
-                "-A",
-                "-t",
-                "-h",
-                &pg_host(),
-                "-d",
-                "postgres",
-                "-c",
-                "SELECT 1",
-            ])
+        let ok = psql_cmd("postgres")
+            .args(["-A", "-t", "-c", "SELECT 1"])
             .output()
             .map(|o| o.status.success())
             .unwrap_or(false);
@@ -315,18 +308,8 @@ impl PgDb {
 
     /// Loads an SQL file.
     pub fn load(&self, path: &Path) {
-        let out = Command::new("psql")
-            .args([
-                "-X",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                &pg_host(),
-                "-d",
-                &self.name,
-                "-f",
-            ])
+        let out = psql_cmd(&self.name)
+            .arg("-f")
             .arg(path)
             .output()
             .expect("psql");
@@ -392,14 +375,8 @@ impl PgDb {
 
 impl Drop for PgDb {
     fn drop(&mut self) {
-        let _ = Command::new("psql")
+        let _ = psql_cmd("postgres")
             .args([
-                "-X",
-                "-q",
-                "-h",
-                &pg_host(),
-                "-d",
-                "postgres",
                 "-c",
                 &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
             ])
