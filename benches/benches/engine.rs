@@ -4,6 +4,7 @@
 //! backup pipeline.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use dbvault_core::backend::local::LocalBackend;
@@ -11,6 +12,7 @@ use dbvault_core::backup::{PartInput, SnapshotMeta};
 use dbvault_core::chunker::{chunks, ChunkerParams, LineChunks, LineParams};
 use dbvault_core::crypto::{seal_blob, Keys};
 use dbvault_core::keyfile::KdfParams;
+use dbvault_core::lock::{LockKind, LockOptions};
 use dbvault_core::{RepoConfig, Repository, SourceInfo};
 use dbvault_tests::dump_like;
 use rayon::prelude::*;
@@ -116,6 +118,8 @@ fn pipeline(c: &mut Criterion) {
                 RepoConfig::default(),
             )
             .expect("init");
+            repo.lock(LockKind::Shared, &LockOptions::new("bench", Duration::ZERO))
+                .expect("lock");
             let bk = repo.start_backup().expect("start");
             bk.add_part(
                 PartInput {

@@ -11,11 +11,12 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use dbvault_core::backend::local::LocalBackend;
 use dbvault_core::backup::{Chunking, PartInput, SnapshotMeta};
 use dbvault_core::keyfile::KdfParams;
+use dbvault_core::lock::{LockKind, LockOptions};
 use dbvault_core::restore::restore_part;
 use dbvault_core::{RepoConfig, Repository, SourceInfo};
 use rusqlite::Connection;
@@ -122,9 +123,8 @@ fn main() {
         .map(|(n, _)| {
             let p = dir.path().join(n.replace(' ', "_"));
             let b = Arc::new(LocalBackend::new(&p));
-            (
-                p.display().to_string(),
-                Repository::init(
+            (p.display().to_string(), {
+                let r = Repository::init(
                     b,
                     b"pw",
                     KdfParams {
@@ -134,8 +134,11 @@ fn main() {
                     },
                     RepoConfig::default(),
                 )
-                .expect("init"),
-            )
+                .expect("init");
+                r.lock(LockKind::Shared, &LockOptions::new("bench", Duration::ZERO))
+                    .expect("lock");
+                r
+            })
         })
         .collect();
     let (have_restic, have_borg, have_zstd) = (

@@ -32,6 +32,10 @@ pub struct Cli {
     /// Use path-style S3 addressing (most S3-compatible stores need it).
     #[arg(long, global = true)]
     pub s3_path_style: bool,
+    /// How long to wait for another process's conflicting repository lock (e.g. a prune)
+    /// before giving up; units y, mo, w, d, h, min, s. Default 30min.
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub lock_wait: Option<String>,
     /// Configuration file.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -51,13 +55,87 @@ pub enum Command {
     Snapshots(SnapshotsArgs),
     /// Restore a snapshot (or some of its tables).
     Restore(RestoreArgs),
+    /// Remove snapshots by retention rules (default: the policy stored with `policy`).
+    Forget(ForgetArgs),
+    /// Delete data no snapshot needs (exclusive: backups wait for it).
+    Prune(PruneArgs),
+    /// Show or set the retention policy stored in the repository.
+    Policy(PolicyArgs),
     /// Show repository statistics.
     Stats,
 }
 
+/// Retention rules (`--keep-…`).
+#[derive(Args, Debug, Default, Clone)]
+pub struct KeepArgs {
+    /// Keep the N newest snapshots.
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<u32>,
+    /// Keep the newest snapshot of each of the last N days that have snapshots.
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<u32>,
+    /// Keep the newest snapshot of each of the last N ISO weeks that have snapshots.
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N months that have snapshots.
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N years that have snapshots.
+    #[arg(long, value_name = "N")]
+    pub keep_yearly: Option<u32>,
+    /// Keep every snapshot within this span before the newest one (e.g. 14d, 6mo, 1y).
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within: Option<String>,
+}
+
+/// `forget` options.
+#[derive(Args, Debug)]
+pub struct ForgetArgs {
+    /// Rules (override the stored policy).
+    #[command(flatten)]
+    pub keep: KeepArgs,
+    /// Only this source name's snapshots.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// List what would be kept and forgotten; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Then prune (reclaim the space).
+    #[arg(long)]
+    pub prune: bool,
+}
+
+/// `prune` options.
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    /// Show what would be freed; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Repack a pack when more than this percentage of it is unused.
+    #[arg(long, value_name = "PERCENT", default_value_t = 50,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub repack_unused: u8,
+}
+
+/// `policy` options.
+#[derive(Args, Debug)]
+pub struct PolicyArgs {
+    /// New rules; without any, the stored policy is shown.
+    #[command(flatten)]
+    pub keep: KeepArgs,
+}
+
 /// `init` options.
 #[derive(Args, Debug)]
-pub struct InitArgs {}
+pub struct InitArgs {
+    /// Pack size target, e.g. 16MiB (the default), 64MiB for very large repositories on
+    /// object stores; between 64KiB and 512MiB.
+    #[arg(long, value_name = "SIZE")]
+    pub pack_size: Option<String>,
+    /// A retention policy to store (used by `forget` without rules).
+    #[command(flatten)]
+    pub keep: KeepArgs,
+}
 
 /// `backup` options.
 #[derive(Args, Debug)]

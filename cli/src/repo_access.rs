@@ -7,6 +7,8 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context, Result};
 use dbvault_core::backend::local::LocalBackend;
 use dbvault_core::backend::Backend;
+use dbvault_core::lock::{LockKind, LockOptions};
+use dbvault_core::retention::Span;
 use dbvault_core::Repository;
 
 use crate::args::Cli;
@@ -76,4 +78,25 @@ pub fn open(cli: &Cli) -> Result<Repository> {
     let backend = backend(cli)?;
     let pass = passphrase(cli, false)?;
     Ok(Repository::open(backend, pass.as_bytes())?)
+}
+
+/// Opens the repository and takes a lock (`command` names it in others' messages). Waits
+/// up to `--lock-wait` for a conflicting holder, saying so on stderr.
+pub fn open_locked(cli: &Cli, kind: LockKind, command: &str) -> Result<Repository> {
+    let repo = open(cli)?;
+    let wait = match &cli.lock_wait {
+        Some(w) => Span::parse(w).context("--lock-wait")?.approx_seconds(),
+        None => 30 * 60,
+    };
+    let mut opts = LockOptions::new(command, std::time::Duration::from_secs(wait));
+    // For tests and unusual storage: how long an unrefreshed lock counts as live.
+    if let Ok(s) = std::env::var("DBVAULT_LOCK_STALE") {
+        let secs = Span::parse(&s)
+            .context("DBVAULT_LOCK_STALE")?
+            .approx_seconds();
+        opts.stale_after = std::time::Duration::from_secs(secs.max(1));
+    }
+    opts.notify = Arc::new(|m| eprintln!("dbvault: {m}"));
+    repo.lock(kind, &opts)?;
+    Ok(repo)
 }

@@ -96,10 +96,11 @@ pub struct Backup<'r> {
 }
 
 impl Repository {
-    /// Starts a backup: loads the index (for dedup) and starts the pipeline threads.
+    /// Starts a backup: loads the index (for dedup) and starts the pipeline threads. The
+    /// handle must hold a lock ([`Repository::lock`]).
     ///
     /// # Errors
-    /// A damaged or unreadable index.
+    /// [`Error::NotLocked`]; a damaged or unreadable index.
     pub fn start_backup(&self) -> Result<Backup<'_>> {
         self.start_backup_after(None)
     }
@@ -108,8 +109,10 @@ impl Repository {
     /// of `parent` (the previous snapshot of the same source).
     ///
     /// # Errors
-    /// A damaged or unreadable index.
+    /// [`Error::NotLocked`]; a damaged or unreadable index.
     pub fn start_backup_after(&self, parent: Option<&Snapshot>) -> Result<Backup<'_>> {
+        // Fail now, not after reading the whole source.
+        self.ensure_lock(crate::lock::LockKind::Shared, "a backup")?;
         let index = self.index()?;
         let (tx, rx) = sync_channel(2);
         let failure = Arc::new(Mutex::new(None));

@@ -9,8 +9,8 @@
 
 use std::collections::HashMap;
 
-use crate::crypto::{delta_base, seal_blob, seal_delta};
-use crate::pack::{pack_path, BlobKind};
+use crate::crypto::{seal_blob, seal_delta};
+use crate::pack::BlobKind;
 use crate::restore::Blobs;
 use crate::{Id, Result};
 
@@ -40,7 +40,7 @@ impl ParentPart {
 }
 
 /// Seals a new chunk: as a delta against `base` when that is at most 70% of the full
-/// blob, else full. Returns the kind and the sealed bytes.
+/// blob, else full. Returns the kind, the sealed bytes and the base a delta needs.
 ///
 /// # Errors
 /// Compression, random-source or storage errors reading the base.
@@ -50,31 +50,26 @@ pub fn seal_chunk(
     plain: &[u8],
     base: Option<Id>,
     level: i32,
-) -> Result<(BlobKind, Vec<u8>)> {
+) -> Result<(BlobKind, Vec<u8>, Option<Id>)> {
     let full = seal_blob(blobs.keys, id, plain, level)?;
     let Some(mut base_id) = base else {
-        return Ok((BlobKind::Data, full));
+        return Ok((BlobKind::Data, full, None));
     };
-    let Some(loc) = blobs.index.get(&base_id) else {
-        return Ok((BlobKind::Data, full));
-    };
-    if loc.delta {
+    if !blobs.index.contains(&base_id) {
+        return Ok((BlobKind::Data, full, None));
+    }
+    if let Some(b2) = blobs.index.delta_base(&base_id) {
         // Deltas stay one level deep: use the base's own (full) base.
-        let path = pack_path(&loc.pack);
-        let sealed = blobs
-            .backend
-            .read_range(&path, u64::from(loc.offset), u64::from(loc.len))?;
-        let (b2, _) = delta_base(blobs.keys, &base_id, &sealed, &|| format!("pack {path}"))?;
         match blobs.index.get(&b2) {
             Some(l2) if !l2.delta => base_id = b2,
-            _ => return Ok((BlobKind::Data, full)),
+            _ => return Ok((BlobKind::Data, full, None)),
         }
     }
     let base_plain = blobs.read(&base_id)?;
     let delta = seal_delta(blobs.keys, id, plain, &base_id, &base_plain, level)?;
     if delta.len() * 10 <= full.len() * 7 {
-        Ok((BlobKind::Delta, delta))
+        Ok((BlobKind::Delta, delta, Some(base_id)))
     } else {
-        Ok((BlobKind::Data, full))
+        Ok((BlobKind::Data, full, None))
     }
 }

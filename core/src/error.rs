@@ -101,6 +101,29 @@ pub enum Error {
         /// Requested part.
         part: String,
     },
+    /// Another process holds a conflicting repository lock and did not let go in time.
+    #[error("the repository is in use: {holder}; gave up after waiting {waited_secs} s (wait longer with --lock-wait)")]
+    Locked {
+        /// Who holds it: command, host, process, since when.
+        holder: String,
+        /// How long this process waited.
+        waited_secs: u64,
+    },
+    /// This process's lock was taken over or could not be refreshed: continuing could
+    /// race with a prune, so the operation stops before recording anything.
+    #[error("lost the repository lock ({reason}); stopped before recording anything, run the command again")]
+    LockLost {
+        /// Why.
+        reason: String,
+    },
+    /// An operation that needs a repository lock was called without one.
+    #[error("internal error: {operation} needs {kind} repository lock")]
+    NotLocked {
+        /// What was attempted.
+        operation: String,
+        /// `a shared` or `an exclusive`.
+        kind: String,
+    },
     /// Invalid argument given to an engine function.
     #[error("{0}")]
     Invalid(String),

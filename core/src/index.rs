@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use crate::backend::Backend;
 use crate::crypto::Keys;
-use crate::pack::{decode_entries, encode_entries, PackEntry};
+use crate::pack::{decode_entries, encode_entries, BlobKind, PackEntry};
 use crate::{Error, Id, Result};
 
 const MAGIC: &[u8; 8] = b"DBVIDX01";
@@ -30,9 +30,12 @@ pub struct BlobLoc {
     pub delta: bool,
 }
 
-/// Marks delta blobs in the in-memory entry's length (blobs are far below 2 GiB), keeping
-/// entries at 48 bytes.
+/// Marks delta blobs in the in-memory entry's plaintext length (blobs are far below 1 GiB),
+/// keeping entries at 48 bytes.
 const DELTA_BIT: u32 = 1 << 31;
+/// Marks list blobs the same way.
+const LIST_BIT: u32 = 1 << 30;
+const KIND_BITS: u32 = DELTA_BIT | LIST_BIT;
 
 #[derive(Clone, Copy, Debug)]
 struct Entry {
@@ -46,9 +49,14 @@ struct Entry {
 /// The in-memory index of a repository.
 #[derive(Default)]
 pub struct Index {
+    /// Pack id of each pack record read (a pack named by two index files has two).
     packs: Vec<Id>,
+    /// Index file (position in `files`) of each pack record.
+    pack_file: Vec<u32>,
     entries: Vec<Entry>,
     files: Vec<Id>,
+    /// (delta, base) for every delta blob, sorted: what a delta needs without reading it.
+    bases: Vec<(Id, Id)>,
 }
 
 /// The packs one index file describes.
@@ -127,8 +135,10 @@ impl Index {
             .sum();
         idx.entries.reserve_exact(total);
         for (file, content) in decoded {
+            let f = idx.files.len() as u32;
             idx.files.push(file);
             for (pack, entries) in content {
+                idx.pack_file.push(f);
                 idx.add_pack(pack, &entries);
             }
         }
@@ -145,12 +155,14 @@ impl Index {
             offset: e.offset,
             len: e.len,
             raw_len: e.raw_len
-                | if e.kind == crate::pack::BlobKind::Delta {
-                    DELTA_BIT
-                } else {
-                    0
+                | match e.kind {
+                    BlobKind::Delta => DELTA_BIT,
+                    BlobKind::List => LIST_BIT,
+                    BlobKind::Data => 0,
                 },
         }));
+        self.bases
+            .extend(entries.iter().filter_map(|e| Some((e.id, e.base?))));
     }
 
     fn finalize(&mut self) {
@@ -158,6 +170,9 @@ impl Index {
         // The same blob may sit in two packs (two backups racing); one copy is enough.
         self.entries.dedup_by(|a, b| a.id == b.id);
         self.entries.shrink_to_fit();
+        self.bases.sort_unstable();
+        self.bases.dedup_by(|a, b| a.0 == b.0);
+        self.bases.shrink_to_fit();
     }
 
     /// Finds a blob.
@@ -168,9 +183,65 @@ impl Index {
             pack: self.packs[e.pack as usize],
             offset: e.offset,
             len: e.len,
-            raw_len: e.raw_len & !DELTA_BIT,
+            raw_len: e.raw_len & !KIND_BITS,
             delta: e.raw_len & DELTA_BIT != 0,
         })
+    }
+
+    /// The base of a delta blob (`None` for a full blob or an unknown id).
+    pub fn delta_base(&self, id: &Id) -> Option<Id> {
+        let i = self.bases.binary_search_by(|(d, _)| d.cmp(id)).ok()?;
+        Some(self.bases[i].1)
+    }
+
+    /// Position of a blob among the index's distinct blobs (`0..blob_count()`): lets a
+    /// caller keep one bit per blob instead of a set of ids.
+    pub fn position(&self, id: &Id) -> Option<usize> {
+        self.entries.binary_search_by(|e| e.id.cmp(id)).ok()
+    }
+
+    /// The blob at `position`: its full entry and its pack record (`0..pack_records()`).
+    ///
+    /// # Panics
+    /// If `position >= blob_count()`.
+    pub fn entry_at(&self, position: usize) -> (PackEntry, usize) {
+        let e = self.entries[position];
+        let kind = if e.raw_len & DELTA_BIT != 0 {
+            BlobKind::Delta
+        } else if e.raw_len & LIST_BIT != 0 {
+            BlobKind::List
+        } else {
+            BlobKind::Data
+        };
+        let entry = PackEntry {
+            kind,
+            id: e.id,
+            offset: e.offset,
+            len: e.len,
+            raw_len: e.raw_len & !KIND_BITS,
+            base: if kind == BlobKind::Delta {
+                self.delta_base(&e.id)
+            } else {
+                None
+            },
+        };
+        (entry, e.pack as usize)
+    }
+
+    /// Number of pack records read (a pack named by two index files counts twice).
+    pub fn pack_records(&self) -> usize {
+        self.packs.len()
+    }
+
+    /// The pack id and the index file of a pack record.
+    ///
+    /// # Panics
+    /// If `record >= pack_records()`.
+    pub fn pack_record(&self, record: usize) -> (Id, Id) {
+        (
+            self.packs[record],
+            self.files[self.pack_file[record] as usize],
+        )
     }
 
     /// True if the blob is indexed.

@@ -11,7 +11,7 @@ use crate::{Error, Id, Result};
 /// Default pack size target.
 pub const DEFAULT_PACK_TARGET: u32 = 16 * 1024 * 1024;
 const TRAILER_AAD: &[u8] = b"dbvault pack trailer";
-/// Bytes of one encoded entry.
+/// Bytes of one encoded entry (a delta entry has its base id, 32 more bytes).
 pub const ENTRY_LEN: usize = 1 + 32 + 4 + 4 + 4;
 
 /// What a blob holds.
@@ -23,6 +23,8 @@ pub enum BlobKind {
     /// A list of chunk ids (32 bytes each) of a part.
     List = 1,
     /// A chunk stored as a zstd delta against an earlier (full) chunk: `base id || frame`.
+    /// Its trailer and index entries name the base too, so prune and check know what a
+    /// delta needs without reading it.
     Delta = 2,
 }
 
@@ -39,6 +41,8 @@ pub struct PackEntry {
     pub len: u32,
     /// Length of the plaintext.
     pub raw_len: u32,
+    /// The base blob of a [`BlobKind::Delta`]; `None` for other kinds.
+    pub base: Option<Id>,
 }
 
 /// The object path of a pack.
@@ -55,6 +59,9 @@ pub fn encode_entries(out: &mut Vec<u8>, entries: &[PackEntry]) {
         out.extend_from_slice(&e.offset.to_le_bytes());
         out.extend_from_slice(&e.len.to_le_bytes());
         out.extend_from_slice(&e.raw_len.to_le_bytes());
+        if e.kind == BlobKind::Delta {
+            out.extend_from_slice(&e.base.unwrap_or_default().0);
+        }
     }
 }
 
@@ -67,30 +74,49 @@ pub fn decode_entries<'a>(
     count: usize,
     what: &str,
 ) -> Result<(Vec<PackEntry>, &'a [u8])> {
-    let need = count.checked_mul(ENTRY_LEN).filter(|n| *n <= buf.len());
-    let Some(need) = need else {
-        return Err(Error::corrupt(what, "entry list is truncated"));
-    };
+    let short = || Error::corrupt(what, "entry list is truncated");
+    if count.checked_mul(ENTRY_LEN).is_none_or(|n| n > buf.len()) {
+        return Err(short());
+    }
     let u32_at = |b: &[u8], i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    let id_at = |b: &[u8], i: usize| {
+        let mut id = [0u8; 32];
+        id.copy_from_slice(&b[i..i + 32]);
+        Id(id)
+    };
     let mut out = Vec::with_capacity(count);
-    for rec in buf[..need].chunks_exact(ENTRY_LEN) {
-        let kind = match rec[0] {
+    let mut rest = buf;
+    for _ in 0..count {
+        if rest.len() < ENTRY_LEN {
+            return Err(short());
+        }
+        let kind = match rest[0] {
             0 => BlobKind::Data,
             1 => BlobKind::List,
             2 => BlobKind::Delta,
             k => return Err(Error::corrupt(what, format!("unknown blob kind {k}"))),
         };
-        let mut id = [0u8; 32];
-        id.copy_from_slice(&rec[1..33]);
+        let mut len = ENTRY_LEN;
+        let base = if kind == BlobKind::Delta {
+            len += 32;
+            if rest.len() < len {
+                return Err(short());
+            }
+            Some(id_at(rest, ENTRY_LEN))
+        } else {
+            None
+        };
         out.push(PackEntry {
             kind,
-            id: Id(id),
-            offset: u32_at(rec, 33),
-            len: u32_at(rec, 37),
-            raw_len: u32_at(rec, 41),
+            id: id_at(rest, 1),
+            offset: u32_at(rest, 33),
+            len: u32_at(rest, 37),
+            raw_len: u32_at(rest, 41),
+            base,
         });
+        rest = &rest[len..];
     }
-    Ok((out, &buf[need..]))
+    Ok((out, rest))
 }
 
 /// Builds one pack in memory.
@@ -109,8 +135,8 @@ impl PackBuilder {
         }
     }
 
-    /// Appends a sealed blob.
-    pub fn add(&mut self, kind: BlobKind, id: Id, sealed: &[u8], raw_len: u32) {
+    /// Appends a sealed blob (`base`: the base of a delta).
+    pub fn add(&mut self, kind: BlobKind, id: Id, sealed: &[u8], raw_len: u32, base: Option<Id>) {
         let offset = self.buf.len() as u32;
         self.buf.extend_from_slice(sealed);
         self.entries.push(PackEntry {
@@ -119,6 +145,7 @@ impl PackBuilder {
             offset,
             len: sealed.len() as u32,
             raw_len,
+            base,
         });
     }
 
@@ -235,7 +262,7 @@ mod tests {
             let plain = vec![i; 1000];
             let id = keys.blob_id(&plain);
             let sealed = crate::crypto::seal_blob(&keys, &id, &plain, 3).unwrap();
-            b.add(BlobKind::Data, id, &sealed, 1000);
+            b.add(BlobKind::Data, id, &sealed, 1000, None);
         }
         let (id, bytes, entries) = b.finish(&keys).unwrap();
         assert_eq!(id, Id::hash_of(&bytes));

@@ -9,12 +9,13 @@ use crate::chunker::ChunkerParams;
 use crate::crypto::Keys;
 use crate::index::Index;
 use crate::keyfile::{self, KdfParams};
+use crate::lock::{Lock, LockKind, LockOptions};
 use crate::pack::DEFAULT_PACK_TARGET;
 use crate::snapshot::{snapshot_path, Snapshot};
 use crate::{Error, Id, Result};
 
 /// Repository format version this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// The plaintext `config` object.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -50,6 +51,7 @@ pub struct Repository {
     config: RepoConfig,
     keys: Keys,
     index: Mutex<Option<Arc<Index>>>,
+    lock: Mutex<Option<Lock>>,
 }
 
 impl Repository {
@@ -87,6 +89,7 @@ impl Repository {
             config,
             keys: Keys::from_master(&master),
             index: Mutex::new(None),
+            lock: Mutex::new(None),
         })
     }
 
@@ -123,6 +126,7 @@ impl Repository {
                     config,
                     keys: Keys::from_master(&master),
                     index: Mutex::new(None),
+                    lock: Mutex::new(None),
                 });
             }
         }
@@ -277,13 +281,70 @@ impl Repository {
         }
     }
 
-    /// Stores a snapshot manifest (the last write of a backup).
+    /// Takes a repository lock for the rest of this handle's life (or until
+    /// [`Repository::unlock`]), replacing one already held. Take it before loading the
+    /// index: a backup must not dedup against an index a prune is rewriting.
     ///
     /// # Errors
-    /// Backend errors.
+    /// [`Error::Locked`] when a conflicting holder stays past `opts.wait`; backend errors.
+    pub fn lock(&self, kind: LockKind, opts: &LockOptions) -> Result<()> {
+        let mut guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        *guard = None;
+        let l = Lock::acquire(self.backend.clone(), self.keys.clone(), kind, opts)?;
+        *guard = Some(l);
+        // Whatever was cached before may predate a prune.
+        self.invalidate_index();
+        Ok(())
+    }
+
+    /// Releases the lock held, if any.
+    pub fn unlock(&self) {
+        *self.lock.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Checks that this handle holds a lock of at least `kind` and still owns it; call
+    /// before committing anything.
+    ///
+    /// # Errors
+    /// [`Error::NotLocked`], [`Error::LockLost`].
+    pub fn ensure_lock(&self, kind: LockKind, operation: &str) -> Result<()> {
+        let guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        match guard.as_ref() {
+            Some(l) if kind == LockKind::Shared || l.kind() == LockKind::Exclusive => {
+                l.ensure_held()
+            }
+            _ => Err(Error::NotLocked {
+                operation: operation.to_string(),
+                kind: match kind {
+                    LockKind::Shared => "a shared".into(),
+                    LockKind::Exclusive => "an exclusive".into(),
+                },
+            }),
+        }
+    }
+
+    /// Stores a snapshot manifest (the last write of a backup). The handle must hold a
+    /// lock that is still its own: if a prune took it over while this process was stalled,
+    /// the data the snapshot names may be gone.
+    ///
+    /// # Errors
+    /// [`Error::NotLocked`], [`Error::LockLost`]; backend errors.
     pub fn save_snapshot(&self, snap: &Snapshot) -> Result<(Id, u64)> {
+        self.ensure_lock(LockKind::Shared, "writing a snapshot")?;
         let (id, bytes) = snap.encode(&self.keys)?;
         self.backend.create(&snapshot_path(&id), &bytes)?;
         Ok((id, bytes.len() as u64))
+    }
+
+    /// Removes snapshot manifests (their data stays until `prune`). Needs a lock.
+    ///
+    /// # Errors
+    /// [`Error::NotLocked`], [`Error::LockLost`]; backend errors.
+    pub fn forget_snapshots(&self, ids: &[Id]) -> Result<()> {
+        self.ensure_lock(LockKind::Shared, "forget")?;
+        for id in ids {
+            self.backend.remove(&snapshot_path(id))?;
+        }
+        Ok(())
     }
 }

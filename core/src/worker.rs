@@ -199,12 +199,12 @@ impl Worker {
             keys,
             index: &self.ctx.index,
         };
-        let sealed: Vec<(BlobKind, Vec<u8>)> = fresh
+        let sealed: Vec<(BlobKind, Vec<u8>, Option<Id>)> = fresh
             .par_iter()
             .map(|&(i, base)| seal_chunk(blobs, &ids[i], &chunks[i], base, level))
             .collect::<Result<_>>()?;
-        for (&(i, _), (kind, s)) in fresh.iter().zip(&sealed) {
-            self.add_sealed(*kind, ids[i], s, chunks[i].len())?;
+        for (&(i, _), (kind, s, base)) in fresh.iter().zip(&sealed) {
+            self.add_sealed(*kind, ids[i], s, chunks[i].len(), *base)?;
         }
         self.parts.entry(part).or_default().chunks += ids.len() as u64;
         for id in ids {
@@ -213,9 +213,16 @@ impl Worker {
         Ok(())
     }
 
-    fn add_sealed(&mut self, kind: BlobKind, id: Id, sealed: &[u8], raw_len: usize) -> Result<()> {
+    fn add_sealed(
+        &mut self,
+        kind: BlobKind,
+        id: Id,
+        sealed: &[u8],
+        raw_len: usize,
+        base: Option<Id>,
+    ) -> Result<()> {
         self.new_blobs += 1;
-        self.pack.add(kind, id, sealed, raw_len as u32);
+        self.pack.add(kind, id, sealed, raw_len as u32, base);
         if self.pack.len() >= self.ctx.pack_target {
             self.flush_pack()?;
         }
@@ -253,13 +260,13 @@ impl Worker {
         let bytes: Vec<u8> = ids.iter().flat_map(|id| id.0).collect();
         let id = self.ctx.keys.blob_id(&bytes);
         if !self.ctx.index.contains(&id) && self.pending.insert(id) {
-            let (kind, sealed) = seal_chunk(self.blobs(), &id, &bytes, base, self.ctx.level)?;
+            let (kind, sealed, base) = seal_chunk(self.blobs(), &id, &bytes, base, self.ctx.level)?;
             let kind = if kind == BlobKind::Data {
                 BlobKind::List
             } else {
                 kind
             };
-            self.add_sealed(kind, id, &sealed, bytes.len())?;
+            self.add_sealed(kind, id, &sealed, bytes.len(), base)?;
         }
         self.push_id(part, level + 1, id)
     }

@@ -6,6 +6,7 @@ use std::process::{Command, ExitStatus, Stdio};
 
 use anyhow::{anyhow, bail, Context, Result};
 use dbvault_core::backup::{Backup, BackupSummary, Chunking, PartInput, SnapshotMeta};
+use dbvault_core::lock::LockKind;
 use dbvault_core::{Repository, SourceInfo};
 use dbvault_formats::pgdirect::{self, PgSource};
 use dbvault_formats::pgdump::{PartKind, Splitter, SCHEMA_CHUNKS, TABLE_CHUNKS};
@@ -95,7 +96,7 @@ pub fn run(cli: &Cli, a: &BackupArgs) -> Result<()> {
     };
     let time = snapshot_time(a)?;
     let inp = input(a)?;
-    let repo = repo_access::open(cli)?;
+    let repo = repo_access::open_locked(cli, LockKind::Shared, "backup")?;
     let meta = |name: String, source| SnapshotMeta {
         time,
         name,

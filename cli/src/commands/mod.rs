@@ -1,7 +1,10 @@
 //! One module per subcommand; each is a plain function over the parsed arguments.
 
 mod backup;
+mod forget;
 mod init;
+mod policy;
+mod prune;
 mod restore;
 mod restore_pg;
 mod restore_pg_db;
@@ -22,6 +25,9 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Backup(a) => backup::run(cli, a),
         Command::Snapshots(a) => snapshots::run(cli, a),
         Command::Restore(a) => restore::run(cli, a),
+        Command::Forget(a) => forget::run(cli, a),
+        Command::Prune(a) => prune::run(cli, a),
+        Command::Policy(a) => policy::run(cli, a),
         Command::Stats => stats::run(cli),
     }?;
     Ok(ExitCode::SUCCESS)

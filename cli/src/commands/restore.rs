@@ -4,6 +4,7 @@ use std::io::BufWriter;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
+use dbvault_core::lock::LockKind;
 use dbvault_core::restore::restore_part;
 use dbvault_core::{Part, Repository, Snapshot};
 use dbvault_formats::{sqlite, sqlite_sql};
@@ -51,7 +52,7 @@ pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<()> {
     if a.rename_table.is_some() && a.tables.len() != 1 {
         bail!("--rename-table needs exactly one --table");
     }
-    let repo = repo_access::open(cli)?;
+    let repo = repo_access::open_locked(cli, LockKind::Shared, "restore")?;
     let (id, snap) = repo.find_snapshot(&a.snapshot, a.name.as_deref())?;
     match snap.source.format.as_str() {
         "sqlite" => restore_sqlite(&repo, &snap, a, tgt),

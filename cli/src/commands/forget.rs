@@ -1,0 +1,122 @@
+//! `dbvault forget`: remove snapshots by retention rules, then optionally prune.
+
+use anyhow::{bail, Result};
+use dbvault_core::lock::LockKind;
+use dbvault_core::retention::{self, Verdict};
+
+use crate::args::{Cli, ForgetArgs};
+use crate::commands::{policy, prune};
+use crate::output;
+use crate::repo_access;
+
+pub fn run(cli: &Cli, a: &ForgetArgs) -> Result<()> {
+    let prune_after = a.prune && !a.dry_run;
+    let kind = if prune_after {
+        LockKind::Exclusive
+    } else {
+        LockKind::Shared
+    };
+    let repo = repo_access::open_locked(cli, kind, "forget")?;
+    let rules = match policy::from_args(&a.keep)? {
+        Some(p) => p,
+        None => match retention::load_policy(repo.backend().as_ref(), repo.keys())? {
+            Some(p) => p,
+            None => bail!(
+                "no retention rules: give --keep-daily/--keep-weekly/… or store a policy with `dbvault policy`"
+            ),
+        },
+    };
+    if rules.is_empty() {
+        bail!("every rule is zero: that would forget all but the latest snapshot of each source; give at least one rule above zero");
+    }
+    let (snaps, damaged) = repo.readable_snapshots()?;
+    for e in &damaged {
+        eprintln!("dbvault: warning: {e} (neither kept nor forgotten)");
+    }
+    let list: Vec<_> = snaps
+        .iter()
+        .filter(|(_, s)| a.name.as_deref().is_none_or(|n| s.name == n))
+        .map(|(id, s)| (*id, s.name.clone(), s.time))
+        .collect();
+    if list.is_empty() {
+        if let Some(n) = &a.name {
+            bail!("no snapshots of source {n:?}");
+        }
+    }
+    let groups = retention::apply_grouped(&list, &rules, &chrono::Local);
+    let doomed: Vec<_> = groups
+        .values()
+        .flatten()
+        .filter(|v| v.reasons.is_empty())
+        .map(|v| v.id)
+        .collect();
+    if !a.dry_run {
+        repo.forget_snapshots(&doomed)?;
+    }
+    let pruned = if prune_after {
+        Some(prune::run_on(cli, &repo, false, 50)?)
+    } else {
+        None
+    };
+    if cli.json {
+        let item = |name: &str, v: &Verdict, keep: bool| {
+            let mut o = serde_json::json!({
+                "id": v.id.to_hex(),
+                "time": output::time(&v.time),
+                "name": name,
+            });
+            if keep {
+                o["reasons"] = serde_json::json!(v.reasons);
+            }
+            o
+        };
+        let mut keep = Vec::new();
+        let mut forget = Vec::new();
+        for (name, vs) in &groups {
+            for v in vs {
+                if v.reasons.is_empty() {
+                    forget.push(item(name, v, false));
+                } else {
+                    keep.push(item(name, v, true));
+                }
+            }
+        }
+        output::json(&serde_json::json!({
+            "dry_run": a.dry_run,
+            "policy": rules.describe(),
+            "keep": keep,
+            "forget": forget,
+            "prune": pruned,
+        }));
+        return Ok(());
+    }
+    for (name, vs) in &groups {
+        let k = vs.iter().filter(|v| !v.reasons.is_empty()).count();
+        crate::outln!(
+            "{name}: keep {k}, {} {} ({})",
+            if a.dry_run { "would forget" } else { "forget" },
+            vs.len() - k,
+            rules.describe()
+        );
+        for v in vs {
+            let local = v.time.with_timezone(&chrono::Local);
+            crate::outln!(
+                "  {:<6}  {}  {}  {}",
+                if v.reasons.is_empty() {
+                    "forget"
+                } else {
+                    "keep"
+                },
+                v.id.short(),
+                local.format("%Y-%m-%d %H:%M:%S %:z"),
+                v.reasons.join(", ")
+            );
+        }
+    }
+    if let Some(r) = &pruned {
+        prune::print(r);
+    } else if a.prune {
+        crate::outln!("(a dry run does not prune)");
+    }
+    Ok(())
+}

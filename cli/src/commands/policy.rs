@@ -1,0 +1,64 @@
+//! `dbvault policy`: the retention policy stored in the repository.
+
+use anyhow::{Context, Result};
+use dbvault_core::lock::LockKind;
+use dbvault_core::retention::{self, Policy, Span};
+
+use crate::args::{Cli, KeepArgs, PolicyArgs};
+use crate::repo_access;
+
+/// The rules given on the command line, or `None` when no `--keep-…` option was given.
+pub fn from_args(k: &KeepArgs) -> Result<Option<Policy>> {
+    let within = match &k.keep_within {
+        Some(w) => Some(Span::parse(w).context("--keep-within")?),
+        None => None,
+    };
+    let given = k.keep_last.is_some()
+        || k.keep_daily.is_some()
+        || k.keep_weekly.is_some()
+        || k.keep_monthly.is_some()
+        || k.keep_yearly.is_some()
+        || within.is_some();
+    Ok(given.then(|| Policy {
+        last: k.keep_last.unwrap_or(0),
+        daily: k.keep_daily.unwrap_or(0),
+        weekly: k.keep_weekly.unwrap_or(0),
+        monthly: k.keep_monthly.unwrap_or(0),
+        yearly: k.keep_yearly.unwrap_or(0),
+        within,
+    }))
+}
+
+pub fn run(cli: &Cli, a: &PolicyArgs) -> Result<()> {
+    let new = from_args(&a.keep)?;
+    let repo = match new {
+        Some(_) => repo_access::open_locked(cli, LockKind::Shared, "policy")?,
+        None => repo_access::open(cli)?,
+    };
+    let (b, k) = (repo.backend().as_ref(), repo.keys());
+    let policy = match new {
+        Some(p) => {
+            if p.is_empty() {
+                anyhow::bail!("a policy needs at least one rule above zero");
+            }
+            retention::save_policy(b, k, &p)?;
+            Some(p)
+        }
+        None => retention::load_policy(b, k)?,
+    };
+    if cli.json {
+        crate::output::json(&serde_json::json!({
+            "policy": policy,
+            "rules": policy.map(|p| p.describe()),
+        }));
+    } else {
+        match policy {
+            Some(p) if new.is_some() => crate::outln!("stored retention policy: {}", p.describe()),
+            Some(p) => crate::outln!("retention policy: {}", p.describe()),
+            None => crate::outln!(
+                "no retention policy stored (set one with `dbvault policy --keep-daily 7 --keep-weekly 4 --keep-monthly 12`)"
+            ),
+        }
+    }
+    Ok(())
+}

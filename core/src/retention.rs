@@ -1,0 +1,389 @@
+//! Retention: which snapshots `forget` keeps.
+//!
+//! Per source name, the union of: the N newest (`last`); the newest snapshot of each of
+//! the last N days, ISO weeks, months and years **that have snapshots** (`daily`, `weekly`,
+//! `monthly`, `yearly`); every snapshot within a span before the group's newest one
+//! (`within`). Calendar buckets use the snapshot's time in the zone given (the command line
+//! passes the machine's local zone, so `TZ` is honoured). The newest snapshot of a group is
+//! always kept. Snapshots with equal times are ordered by id, so the result never depends
+//! on listing order.
+//!
+//! The policy can be stored in the repository (`policy/<id>`, encrypted): `forget` without
+//! rules uses it.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Datelike, FixedOffset, Months, TimeZone};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::Backend;
+use crate::crypto::Keys;
+use crate::{Error, Id, Result};
+
+const AAD: &[u8] = b"dbvault policy";
+
+/// A calendar span such as `1y6mo`, `30d`, `12h`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Span {
+    /// Calendar months (a year is 12).
+    pub months: u32,
+    /// Seconds (days, hours, minutes, seconds).
+    pub seconds: u64,
+}
+
+impl Span {
+    /// Parses `<n><unit>...` with units `y`, `mo`, `w`, `d`, `h`, `min`, `s` (e.g. `1y6mo`,
+    /// `7d`, `36h`, `90s`). A bare `m` is refused: minutes and months are both common.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming the problem.
+    pub fn parse(text: &str) -> Result<Span> {
+        let bad = |why: &str| Error::Invalid(format!("invalid duration {text:?}: {why}"));
+        let mut span = Span::default();
+        let mut rest = text.trim();
+        if rest.is_empty() {
+            return Err(bad("empty"));
+        }
+        while !rest.is_empty() {
+            let digits = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            if digits == 0 {
+                return Err(bad("expected a number"));
+            }
+            let n: u64 = rest[..digits]
+                .parse()
+                .map_err(|_| bad("number too large"))?;
+            rest = &rest[digits..];
+            let unit_len = rest
+                .find(|c: char| c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            let unit = &rest[..unit_len];
+            rest = &rest[unit_len..];
+            let secs = |mult: u64| n.checked_mul(mult).ok_or_else(|| bad("too large"));
+            match unit {
+                "y" => span.months += u32::try_from(n * 12).map_err(|_| bad("too large"))?,
+                "mo" => span.months += u32::try_from(n).map_err(|_| bad("too large"))?,
+                "w" => span.seconds += secs(7 * 86400)?,
+                "d" => span.seconds += secs(86400)?,
+                "h" => span.seconds += secs(3600)?,
+                "min" => span.seconds += secs(60)?,
+                "s" => span.seconds += n,
+                "m" => {
+                    return Err(bad(
+                        "unit m is ambiguous: write min (minutes) or mo (months)",
+                    ))
+                }
+                "" => return Err(bad("a unit is missing (y, mo, w, d, h, min, s)")),
+                u => return Err(bad(&format!("unknown unit {u:?} (y, mo, w, d, h, min, s)"))),
+            }
+        }
+        Ok(span)
+    }
+
+    /// `t` minus this span (calendar months first, then seconds).
+    pub fn before(&self, t: DateTime<FixedOffset>) -> DateTime<FixedOffset> {
+        let t = t.checked_sub_months(Months::new(self.months)).unwrap_or(t);
+        i64::try_from(self.seconds)
+            .ok()
+            .and_then(chrono::Duration::try_seconds)
+            .and_then(|d| t.checked_sub_signed(d))
+            .unwrap_or(DateTime::<FixedOffset>::MIN_UTC.fixed_offset())
+    }
+
+    /// Wall-clock seconds of the span (months as 30 days), for waits and timeouts.
+    pub fn approx_seconds(&self) -> u64 {
+        u64::from(self.months) * 30 * 86400 + self.seconds
+    }
+}
+
+impl std::fmt::Display for Span {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (y, mo) = (self.months / 12, self.months % 12);
+        let (d, r) = (self.seconds / 86400, self.seconds % 86400);
+        let (h, r) = (r / 3600, r % 3600);
+        let (mi, s) = (r / 60, r % 60);
+        let mut out = String::new();
+        for (n, u) in [
+            (u64::from(y), "y"),
+            (u64::from(mo), "mo"),
+            (d, "d"),
+            (h, "h"),
+            (mi, "min"),
+            (s, "s"),
+        ] {
+            if n > 0 {
+                out.push_str(&format!("{n}{u}"));
+            }
+        }
+        if out.is_empty() {
+            out.push_str("0s");
+        }
+        f.write_str(&out)
+    }
+}
+
+/// Retention rules. Zero counts are "no rule".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    /// Keep the N newest.
+    #[serde(default)]
+    pub last: u32,
+    /// Newest of each of the last N days with snapshots.
+    #[serde(default)]
+    pub daily: u32,
+    /// Newest of each of the last N ISO weeks with snapshots.
+    #[serde(default)]
+    pub weekly: u32,
+    /// Newest of each of the last N months with snapshots.
+    #[serde(default)]
+    pub monthly: u32,
+    /// Newest of each of the last N years with snapshots.
+    #[serde(default)]
+    pub yearly: u32,
+    /// Everything within this span before the newest snapshot.
+    #[serde(default)]
+    pub within: Option<Span>,
+}
+
+impl Policy {
+    /// True when no rule is set (such a policy would keep only the latest).
+    pub fn is_empty(&self) -> bool {
+        self.last == 0
+            && self.daily == 0
+            && self.weekly == 0
+            && self.monthly == 0
+            && self.yearly == 0
+            && self.within.is_none()
+    }
+
+    /// The rules as `--keep-…` options, for messages.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        for (n, what) in [
+            (self.last, "last"),
+            (self.daily, "daily"),
+            (self.weekly, "weekly"),
+            (self.monthly, "monthly"),
+            (self.yearly, "yearly"),
+        ] {
+            if n > 0 {
+                parts.push(format!("--keep-{what} {n}"));
+            }
+        }
+        if let Some(w) = self.within {
+            parts.push(format!("--keep-within {w}"));
+        }
+        if parts.is_empty() {
+            "no rules".into()
+        } else {
+            parts.join(" ")
+        }
+    }
+}
+
+/// One snapshot's verdict.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// Snapshot id.
+    pub id: Id,
+    /// Its time.
+    pub time: DateTime<FixedOffset>,
+    /// Why it is kept (e.g. `daily 2026-11-20`, `weekly 2026-W47`); empty: forget it.
+    pub reasons: Vec<String>,
+}
+
+/// Applies `policy` to the snapshots of **one** group, in zone `tz`. Returns every
+/// snapshot, newest first, with the reasons that keep it.
+pub fn apply<Tz: TimeZone>(
+    snaps: &[(Id, DateTime<FixedOffset>)],
+    policy: &Policy,
+    tz: &Tz,
+) -> Vec<Verdict>
+where
+    Tz::Offset: std::fmt::Display,
+{
+    let mut out: Vec<Verdict> = snaps
+        .iter()
+        .map(|(id, time)| Verdict {
+            id: *id,
+            time: *time,
+            reasons: Vec::new(),
+        })
+        .collect();
+    out.sort_by(|a, b| b.time.cmp(&a.time).then(b.id.cmp(&a.id)));
+    let Some(newest) = out.first().map(|v| v.time) else {
+        return out;
+    };
+    for (i, v) in out.iter_mut().enumerate() {
+        if i == 0 {
+            v.reasons.push("latest".into());
+        }
+        if (i as u64) < u64::from(policy.last) {
+            v.reasons.push(format!("last {}", i + 1));
+        }
+        if let Some(w) = policy.within {
+            if v.time >= w.before(newest) {
+                v.reasons.push(format!("within {w}"));
+            }
+        }
+    }
+    let buckets: [(u32, &str, fn(&DateTime<Tz>) -> String); 4] = [
+        (policy.daily, "daily", |t| t.format("%Y-%m-%d").to_string()),
+        (policy.weekly, "weekly", |t| {
+            let w = t.iso_week();
+            format!("{}-W{:02}", w.year(), w.week())
+        }),
+        (policy.monthly, "monthly", |t| t.format("%Y-%m").to_string()),
+        (policy.yearly, "yearly", |t| t.format("%Y").to_string()),
+    ];
+    for (count, label, bucket_of) in buckets {
+        let mut last: Option<String> = None;
+        let mut kept = 0;
+        for v in out.iter_mut() {
+            if kept >= count {
+                break;
+            }
+            let b = bucket_of(&v.time.with_timezone(tz));
+            if last.as_ref() != Some(&b) {
+                v.reasons.push(format!("{label} {b}"));
+                kept += 1;
+                last = Some(b);
+            }
+        }
+    }
+    out
+}
+
+/// Applies `policy` to every group (source name) of `snaps`: name → verdicts, newest first.
+pub fn apply_grouped<Tz: TimeZone>(
+    snaps: &[(Id, String, DateTime<FixedOffset>)],
+    policy: &Policy,
+    tz: &Tz,
+) -> BTreeMap<String, Vec<Verdict>>
+where
+    Tz::Offset: std::fmt::Display,
+{
+    let mut groups: BTreeMap<String, Vec<(Id, DateTime<FixedOffset>)>> = BTreeMap::new();
+    for (id, name, time) in snaps {
+        groups.entry(name.clone()).or_default().push((*id, *time));
+    }
+    groups
+        .into_iter()
+        .map(|(name, s)| {
+            let v = apply(&s, policy, tz);
+            (name, v)
+        })
+        .collect()
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredPolicy {
+    time: DateTime<chrono::Utc>,
+    policy: Policy,
+}
+
+/// The policy stored in the repository, if any (the newest when several are).
+///
+/// # Errors
+/// A damaged policy object; backend errors.
+pub fn load_policy(backend: &dyn Backend, keys: &Keys) -> Result<Option<Policy>> {
+    let mut best: Option<StoredPolicy> = None;
+    for o in backend.list("policy/")? {
+        let bytes = match backend.read(&o.path) {
+            Ok(b) => b,
+            Err(Error::NotFound { .. }) => continue,
+            Err(e) => return Err(e),
+        };
+        let json = keys.open(&bytes, AAD, &|| o.path.clone())?;
+        let p: StoredPolicy =
+            serde_json::from_slice(&json).map_err(|e| Error::corrupt(&o.path, e.to_string()))?;
+        if best.as_ref().is_none_or(|b| p.time > b.time) {
+            best = Some(p);
+        }
+    }
+    Ok(best.map(|b| b.policy))
+}
+
+/// Stores `policy` as the repository's default (then removes older ones).
+///
+/// # Errors
+/// Backend errors.
+pub fn save_policy(backend: &dyn Backend, keys: &Keys, policy: &Policy) -> Result<()> {
+    let old = backend.list("policy/")?;
+    let stored = StoredPolicy {
+        time: chrono::Utc::now(),
+        policy: *policy,
+    };
+    let json = serde_json::to_vec(&stored).map_err(|e| Error::Invalid(e.to_string()))?;
+    let sealed = keys.seal(&json, AAD)?;
+    let path = format!("policy/{}", Id::hash_of(&sealed));
+    backend.create(&path, &sealed)?;
+    for o in old {
+        if o.path != path {
+            backend.remove(&o.path)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<FixedOffset> {
+        DateTime::parse_from_rfc3339(s).expect("time")
+    }
+
+    #[test]
+    fn spans_parse_and_print() {
+        let s = Span::parse("1y6mo2d3h4min5s").expect("parse");
+        assert_eq!(s.months, 18);
+        assert_eq!(s.seconds, 2 * 86400 + 3 * 3600 + 4 * 60 + 5);
+        assert_eq!(s.to_string(), "1y6mo2d3h4min5s");
+        assert_eq!(Span::parse("2w").expect("w").to_string(), "14d");
+        for bad in ["", "5", "m", "3m", "3x", "d3"] {
+            let e = Span::parse(bad).expect_err(bad).to_string();
+            assert!(e.contains("invalid duration"), "{e}");
+        }
+        assert!(Span::parse("3m")
+            .expect_err("m")
+            .to_string()
+            .contains("ambiguous"));
+        // Calendar months: one month before March 31 is February's end.
+        let one = Span::parse("1mo").expect("mo");
+        assert_eq!(
+            one.before(t("2024-03-31T12:00:00+00:00")),
+            t("2024-02-29T12:00:00+00:00")
+        );
+    }
+
+    #[test]
+    fn newest_per_bucket_latest_always_kept() {
+        let id = |n: u8| Id([n; 32]);
+        let snaps = vec![
+            (id(1), t("2026-11-20T01:00:00+00:00")),
+            (id(2), t("2026-11-20T23:00:00+00:00")),
+            (id(3), t("2026-11-21T02:00:00+00:00")),
+            (id(4), t("2026-11-23T02:00:00+00:00")),
+        ];
+        let p = Policy {
+            daily: 2,
+            ..Default::default()
+        };
+        let v = apply(&snaps, &p, &chrono::Utc);
+        let kept: Vec<(u8, Vec<String>)> =
+            v.iter().map(|v| (v.id.0[0], v.reasons.clone())).collect();
+        assert_eq!(
+            kept,
+            vec![
+                (4, vec!["latest".into(), "daily 2026-11-23".into()]),
+                (3, vec!["daily 2026-11-21".into()]),
+                (2, vec![]),
+                (1, vec![]),
+            ]
+        );
+        let w = apply(&snaps, &Policy::default(), &chrono::Utc);
+        assert_eq!(w.iter().filter(|v| !v.reasons.is_empty()).count(), 1);
+    }
+}
