@@ -117,6 +117,7 @@ impl Repository {
         let (tx, rx) = sync_channel(2);
         let failure = Arc::new(Mutex::new(None));
         let ctx = WorkerCtx {
+            lock: self.lock_handle("a backup")?,
             keys: self.keys().clone(),
             backend: self.backend().clone(),
             index,

@@ -13,11 +13,13 @@
 //! So no lock ever needs removing by hand.
 //!
 //! Taking over a lock whose holder is only stalled (suspended, cut off from storage) is safe
-//! because a holder checks its lock with [`Lock::ensure_held`] before every step that commits
-//! something (a snapshot, a prune deletion): it must still exist and have been refreshed
-//! within a third of the limit, so a taker-over (who waits the whole limit) and the stalled
-//! holder never both act. Clocks of hosts sharing a repository are assumed to agree within
-//! a few minutes.
+//! because a holder checks its lock with [`LockHandle::ensure_held`] before every step that
+//! commits something (an index file, a snapshot, a prune deletion): it must still exist and
+//! have been refreshed within a third of the limit; and a holder that finds it missed its
+//! refreshes for half the limit gives the lock up instead of refreshing it. A taker-over
+//! needs the whole limit to pass without a refresh, so it and a stalled holder never both
+//! act. Clocks of hosts sharing a repository are assumed to agree within a few minutes;
+//! both the monotonic and the wall clock count (a suspended laptop's monotonic clock stops).
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -164,8 +166,20 @@ struct State {
     path: String,
     info: LockInfo,
     last_refresh: Instant,
+    last_refresh_wall: DateTime<Utc>,
     lost: Option<String>,
     stop: bool,
+}
+
+impl State {
+    /// Time since the last successful refresh, by whichever clock says longer.
+    fn since_refresh(&self) -> Duration {
+        let wall = Utc::now()
+            .signed_duration_since(self.last_refresh_wall)
+            .to_std()
+            .unwrap_or_default();
+        self.last_refresh.elapsed().max(wall)
+    }
 }
 
 struct Shared {
@@ -182,6 +196,10 @@ pub struct Lock {
     shared: Arc<Shared>,
     refresher: Option<JoinHandle<()>>,
 }
+
+/// A cheap handle for checking, from any thread, that a [`Lock`] is still held.
+#[derive(Clone)]
+pub struct LockHandle(Arc<Shared>);
 
 impl Lock {
     /// Takes a lock, waiting up to `opts.wait` for conflicting holders to go and taking
@@ -247,6 +265,7 @@ impl Lock {
                 path,
                 info,
                 last_refresh: Instant::now(),
+                last_refresh_wall: Utc::now(),
                 lost: None,
                 stop: false,
             }),
@@ -269,25 +288,41 @@ impl Lock {
         self.kind
     }
 
+    /// A handle for [`LockHandle::ensure_held`] from other threads.
+    pub fn handle(&self) -> LockHandle {
+        LockHandle(self.shared.clone())
+    }
+
+    /// See [`LockHandle::ensure_held`].
+    ///
+    /// # Errors
+    /// [`Error::LockLost`] when it was taken over or could not be refreshed.
+    pub fn ensure_held(&self) -> Result<()> {
+        self.handle().ensure_held()
+    }
+}
+
+impl LockHandle {
     /// Checks that the lock is still ours: its object exists and it was refreshed within
     /// a third of the staleness limit. Call it right before committing anything.
     ///
     /// # Errors
     /// [`Error::LockLost`] when it was taken over or could not be refreshed.
     pub fn ensure_held(&self) -> Result<()> {
-        let st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        let sh = &self.0;
+        let st = sh.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(why) = &st.lost {
             return Err(Error::LockLost {
                 reason: why.clone(),
             });
         }
-        let since = st.last_refresh.elapsed();
-        if since > self.shared.stale_after / 3 {
+        let since = st.since_refresh();
+        if since > sh.stale_after / 3 {
             return Err(Error::LockLost {
                 reason: format!("it was not refreshed for {} s", since.as_secs()),
             });
         }
-        match self.shared.backend.size(&st.path) {
+        match sh.backend.size(&st.path) {
             Ok(_) => Ok(()),
             Err(Error::NotFound { .. }) => Err(Error::LockLost {
                 reason: "another process took it over while this one was stalled".into(),
@@ -369,6 +404,16 @@ fn refresh_loop(sh: &Shared) {
         if st.stop || st.lost.is_some() {
             return;
         }
+        let gap = st.since_refresh();
+        if gap > sh.stale_after / 2 {
+            // Stalled so long that another process may already count the lock as stale:
+            // give it up rather than race a taker-over.
+            st.lost = Some(format!(
+                "this process was stalled for {} s without refreshing it",
+                gap.as_secs()
+            ));
+            return;
+        }
         let old = st.path.clone();
         let mut info = st.info.clone();
         drop(st);
@@ -379,6 +424,7 @@ fn refresh_loop(sh: &Shared) {
                 st.path = path;
                 st.info = info;
                 st.last_refresh = Instant::now();
+                st.last_refresh_wall = Utc::now();
             }
             Ok(None) => {
                 st.lost = Some("another process took it over while this one was stalled".into())
@@ -398,6 +444,18 @@ fn refresh_once(sh: &Shared, old: &str, info: &mut LockInfo) -> Result<Option<St
     }
     info.refreshed = Utc::now();
     let path = write_lock(sh.backend.as_ref(), &sh.keys, info)?;
+    // Taken over while the new one was written? Then the new one must not stand.
+    match sh.backend.size(old) {
+        Ok(_) => {}
+        Err(Error::NotFound { .. }) => {
+            sh.backend.remove(&path)?;
+            return Ok(None);
+        }
+        Err(e) => {
+            let _ = sh.backend.remove(&path);
+            return Err(e);
+        }
+    }
     sh.backend.remove(old)?;
     Ok(Some(path))
 }

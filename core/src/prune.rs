@@ -231,18 +231,16 @@ pub fn prune(
 
     // New index: the kept packs of the rewritten files, then the new packs.
     repo.ensure_lock(LockKind::Exclusive, "prune")?;
-    let mut kept: HashMap<usize, Vec<PackEntry>> = HashMap::new();
+    // By pack id: a pack named by two files (an interrupted prune) is written once.
+    let mut kept: HashMap<Id, Vec<PackEntry>> = HashMap::new();
     for pos in 0..index.blob_count() {
         let (e, rec) = index.entry_at(pos);
         let (pack, file) = index.pack_record(rec);
         if fate.get(&pack) == Some(&Fate::Keep) && rewrite.contains(&file) {
-            kept.entry(rec).or_default().push(e);
+            kept.entry(pack).or_default().push(e);
         }
     }
-    let mut content: Vec<(Id, Vec<PackEntry>)> = kept
-        .into_iter()
-        .map(|(rec, entries)| (index.pack_record(rec).0, entries))
-        .collect();
+    let mut content: Vec<(Id, Vec<PackEntry>)> = kept.into_iter().collect();
     content.extend(written.into_iter().map(|(id, entries, _)| (id, entries)));
     for group in content.chunks(PACKS_PER_INDEX) {
         let (id, bytes) = encode_file(repo.keys(), group)?;
@@ -262,6 +260,9 @@ pub fn prune(
         repo.backend().remove(&index_path(f))?;
     }
 
+    for prefix in ["data/", "index/", "snapshots/"] {
+        repo.backend().remove_incomplete(prefix)?;
+    }
     let doomed: Vec<Id> = fate
         .iter()
         .filter(|(id, f)| **f != Fate::Keep && packs[*id].size.is_some())

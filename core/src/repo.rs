@@ -9,7 +9,7 @@ use crate::chunker::ChunkerParams;
 use crate::crypto::Keys;
 use crate::index::Index;
 use crate::keyfile::{self, KdfParams};
-use crate::lock::{Lock, LockKind, LockOptions};
+use crate::lock::{Lock, LockHandle, LockKind, LockOptions};
 use crate::pack::DEFAULT_PACK_TARGET;
 use crate::snapshot::{snapshot_path, Snapshot};
 use crate::{Error, Id, Result};
@@ -295,6 +295,22 @@ impl Repository {
         // Whatever was cached before may predate a prune.
         self.invalidate_index();
         Ok(())
+    }
+
+    /// A handle to check the held lock from another thread (the backup's writer checks it
+    /// before each index file).
+    ///
+    /// # Errors
+    /// [`Error::NotLocked`].
+    pub fn lock_handle(&self, operation: &str) -> Result<LockHandle> {
+        let guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        guard
+            .as_ref()
+            .map(Lock::handle)
+            .ok_or_else(|| Error::NotLocked {
+                operation: operation.to_string(),
+                kind: "a shared".into(),
+            })
     }
 
     /// Releases the lock held, if any.

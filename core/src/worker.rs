@@ -14,6 +14,7 @@ use crate::crypto::Keys;
 use crate::delta::{seal_chunk, ParentPart};
 use crate::hash::AlignedHasher;
 use crate::index::{encode_file, index_path, Index};
+use crate::lock::LockHandle;
 use crate::pack::{pack_path, BlobKind, PackBuilder, PackEntry};
 use crate::restore::{tree_levels, Blobs};
 use crate::snapshot::Part;
@@ -55,6 +56,9 @@ pub(crate) struct WorkerOut {
 }
 
 pub(crate) struct WorkerCtx {
+    /// Checked before each index file: a stalled backup whose lock a prune took over must
+    /// not index packs the prune may have deleted.
+    pub lock: LockHandle,
     pub keys: Keys,
     pub backend: Arc<dyn Backend>,
     pub index: Arc<Index>,
@@ -91,10 +95,10 @@ struct Worker {
 pub(crate) fn run_worker(rx: Receiver<Job>, ctx: WorkerCtx) -> Result<WorkerOut> {
     // Rendezvous: at most one pack being built and one being written.
     let (ptx, prx) = sync_channel::<PackBuilder>(0);
-    let (backend, keys) = (ctx.backend.clone(), ctx.keys.clone());
+    let (backend, keys, lock) = (ctx.backend.clone(), ctx.keys.clone(), ctx.lock.clone());
     let writer = std::thread::Builder::new()
         .name("dbvault-write".into())
-        .spawn(move || run_writer(prx, backend.as_ref(), &keys))
+        .spawn(move || run_writer(prx, backend.as_ref(), &keys, &lock))
         .map_err(|e| Error::Invalid(format!("cannot start a thread: {e}")))?;
     let pack = PackBuilder::with_capacity(ctx.pack_target + (1 << 20));
     let mut w = Worker {
@@ -314,18 +318,25 @@ impl Worker {
 fn write_index(
     backend: &dyn Backend,
     keys: &Keys,
+    lock: &LockHandle,
     packs: &mut Vec<(Id, Vec<PackEntry>)>,
 ) -> Result<u64> {
     if packs.is_empty() {
         return Ok(0);
     }
+    lock.ensure_held()?;
     let (id, bytes) = encode_file(keys, packs)?;
     backend.create(&index_path(&id), &bytes)?;
     packs.clear();
     Ok(bytes.len() as u64)
 }
 
-fn run_writer(rx: Receiver<PackBuilder>, backend: &dyn Backend, keys: &Keys) -> Result<(u64, u64)> {
+fn run_writer(
+    rx: Receiver<PackBuilder>,
+    backend: &dyn Backend,
+    keys: &Keys,
+    lock: &LockHandle,
+) -> Result<(u64, u64)> {
     let mut written = Vec::new();
     let (mut bytes, mut packs) = (0u64, 0u64);
     for pb in rx {
@@ -335,9 +346,9 @@ fn run_writer(rx: Receiver<PackBuilder>, backend: &dyn Backend, keys: &Keys) -> 
         packs += 1;
         written.push((id, entries));
         if written.len() >= PACKS_PER_INDEX {
-            bytes += write_index(backend, keys, &mut written)?;
+            bytes += write_index(backend, keys, lock, &mut written)?;
         }
     }
-    bytes += write_index(backend, keys, &mut written)?;
+    bytes += write_index(backend, keys, lock, &mut written)?;
     Ok((bytes, packs))
 }

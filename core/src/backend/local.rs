@@ -151,6 +151,32 @@ impl Backend for LocalBackend {
         Ok(out)
     }
 
+    fn remove_incomplete(&self, prefix: &str) -> Result<usize> {
+        let mut removed = 0;
+        let mut stack = vec![self.full(prefix.trim_end_matches('/'))];
+        while let Some(dir) = stack.pop() {
+            let rd = match fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(dir.display().to_string(), e)),
+            };
+            for entry in rd {
+                let entry = entry.map_err(|e| Error::io(dir.display().to_string(), e))?;
+                let p = entry.path();
+                if entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+                    match fs::remove_file(&p) {
+                        Ok(()) => removed += 1,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(Error::io(p.display().to_string(), e)),
+                    }
+                } else if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(p);
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     fn remove(&self, path: &str) -> Result<()> {
         match fs::remove_file(self.full(path)) {
             Ok(()) => Ok(()),
@@ -190,5 +216,8 @@ mod tests {
                 size: 1
             }]
         );
+        assert_eq!(b.remove_incomplete("data/").unwrap(), 1);
+        assert!(!dir.path().join("data/ab/.tmp-dead").exists());
+        assert_eq!(b.list("data/").unwrap().len(), 1);
     }
 }

@@ -16,6 +16,9 @@
 //!   order; never a temporary or partial object.
 //! - [`Backend::remove`]: delete an object; removing a missing object is not an error
 //!   (removal is idempotent, so an interrupted prune can simply run again).
+//! - [`Backend::remove_incomplete`]: delete what interrupted writes left under a prefix
+//!   (temporary files, unfinished uploads); never a complete object. Called by prune under
+//!   its exclusive lock, when no writer can be live.
 //!
 //! The conformance suite in [`conformance`] checks these points; every backend runs it.
 
@@ -71,6 +74,12 @@ pub trait Backend: Send + Sync {
     /// # Errors
     /// [`crate::Error::Io`] when the store cannot be listed.
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
+
+    /// Removes the left-overs of interrupted writes under `prefix`; returns how many.
+    ///
+    /// # Errors
+    /// [`crate::Error::Io`] when the store refuses.
+    fn remove_incomplete(&self, prefix: &str) -> Result<usize>;
 
     /// Removes an object; a missing object is not an error.
     ///
