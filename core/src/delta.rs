@@ -9,8 +9,8 @@
 
 use std::collections::HashMap;
 
-use crate::crypto::{seal_blob, seal_delta};
-use crate::pack::BlobKind;
+use crate::crypto::{delta_base, seal_blob, seal_delta};
+use crate::pack::{pack_path, BlobKind};
 use crate::restore::Blobs;
 use crate::{Id, Result};
 
@@ -55,11 +55,17 @@ pub fn seal_chunk(
     let Some(mut base_id) = base else {
         return Ok((BlobKind::Data, full, None));
     };
-    if !blobs.index.contains(&base_id) {
+    let Some(loc) = blobs.index.get(&base_id) else {
         return Ok((BlobKind::Data, full, None));
-    }
-    if let Some(b2) = blobs.index.delta_base(&base_id) {
-        // Deltas stay one level deep: use the base's own (full) base.
+    };
+    if loc.delta {
+        // Deltas stay one level deep: use the base's own (full) base, named inside it (the
+        // in-memory index does not keep bases: 48 bytes per blob).
+        let path = pack_path(&loc.pack);
+        let sealed = blobs
+            .backend
+            .read_range(&path, u64::from(loc.offset), u64::from(loc.len))?;
+        let (b2, _) = delta_base(blobs.keys, &base_id, &sealed, &|| format!("pack {path}"))?;
         match blobs.index.get(&b2) {
             Some(l2) if !l2.delta => base_id = b2,
             _ => return Ok((BlobKind::Data, full, None)),

@@ -55,9 +55,10 @@ pub struct Index {
     pack_file: Vec<u32>,
     entries: Vec<Entry>,
     files: Vec<Id>,
-    /// (delta, base) for every delta blob, sorted: what a delta needs without reading it.
-    bases: Vec<(Id, Id)>,
 }
+
+/// Index files decoded at once while loading: bounds the transient memory.
+const LOAD_BATCH: usize = 16;
 
 /// The packs one index file describes.
 pub type IndexContent = Vec<(Id, Vec<PackEntry>)>;
@@ -105,6 +106,24 @@ pub fn decode_file(keys: &Keys, sealed: &[u8], name: &str) -> Result<IndexConten
     Ok(out)
 }
 
+/// Reads and decodes one index file.
+///
+/// # Errors
+/// [`Error::Corrupt`] naming the file; backend errors.
+pub fn read_file(backend: &dyn Backend, keys: &Keys, path: &str) -> Result<IndexContent> {
+    let bytes = backend.read(path)?;
+    decode_file(keys, &bytes, path)
+}
+
+/// The id of an index file from its path.
+///
+/// # Errors
+/// [`Error::Corrupt`] for a foreign name.
+pub fn file_id(path: &str) -> Result<Id> {
+    Id::from_hex(path.trim_start_matches("index/"))
+        .map_err(|_| Error::corrupt(path, "unexpected name"))
+}
+
 /// The object path of an index file.
 pub fn index_path(id: &Id) -> String {
     format!("index/{id}")
@@ -118,28 +137,24 @@ impl Index {
     /// The first damaged or unreadable index file.
     pub fn load(backend: &dyn Backend, keys: &Keys) -> Result<Index> {
         let files = backend.list("index/")?;
-        let decoded: Vec<(Id, IndexContent)> = files
-            .par_iter()
-            .map(|f| {
-                let name = f.path.trim_start_matches("index/");
-                let id =
-                    Id::from_hex(name).map_err(|_| Error::corrupt(&f.path, "unexpected name"))?;
-                let bytes = backend.read(&f.path)?;
-                Ok((id, decode_file(keys, &bytes, &f.path)?))
-            })
-            .collect::<Result<_>>()?;
         let mut idx = Index::default();
-        let total: usize = decoded
-            .iter()
-            .flat_map(|(_, c)| c.iter().map(|(_, e)| e.len()))
-            .sum();
-        idx.entries.reserve_exact(total);
-        for (file, content) in decoded {
-            let f = idx.files.len() as u32;
-            idx.files.push(file);
-            for (pack, entries) in content {
-                idx.pack_file.push(f);
-                idx.add_pack(pack, &entries);
+        // Every entry stores a 32-byte random id, which does not compress: the files' size
+        // over 32 bounds the entry count, so one allocation suffices (no doubling).
+        let bound = files.iter().map(|f| f.size).sum::<u64>() / 32;
+        idx.entries
+            .reserve_exact(usize::try_from(bound).unwrap_or(usize::MAX));
+        for batch in files.chunks(LOAD_BATCH) {
+            let decoded: Vec<(Id, IndexContent)> = batch
+                .par_iter()
+                .map(|f| Ok((file_id(&f.path)?, read_file(backend, keys, &f.path)?)))
+                .collect::<Result<_>>()?;
+            for (file, content) in decoded {
+                let f = idx.files.len() as u32;
+                idx.files.push(file);
+                for (pack, entries) in content {
+                    idx.pack_file.push(f);
+                    idx.add_pack(pack, &entries);
+                }
             }
         }
         idx.finalize();
@@ -161,8 +176,6 @@ impl Index {
                     BlobKind::Data => 0,
                 },
         }));
-        self.bases
-            .extend(entries.iter().filter_map(|e| Some((e.id, e.base?))));
     }
 
     fn finalize(&mut self) {
@@ -170,9 +183,6 @@ impl Index {
         // The same blob may sit in two packs (two backups racing); one copy is enough.
         self.entries.dedup_by(|a, b| a.id == b.id);
         self.entries.shrink_to_fit();
-        self.bases.sort_unstable();
-        self.bases.dedup_by(|a, b| a.0 == b.0);
-        self.bases.shrink_to_fit();
     }
 
     /// Finds a blob.
@@ -188,44 +198,27 @@ impl Index {
         })
     }
 
-    /// The base of a delta blob (`None` for a full blob or an unknown id).
-    pub fn delta_base(&self, id: &Id) -> Option<Id> {
-        let i = self.bases.binary_search_by(|(d, _)| d.cmp(id)).ok()?;
-        Some(self.bases[i].1)
-    }
-
     /// Position of a blob among the index's distinct blobs (`0..blob_count()`): lets a
     /// caller keep one bit per blob instead of a set of ids.
     pub fn position(&self, id: &Id) -> Option<usize> {
         self.entries.binary_search_by(|e| e.id.cmp(id)).ok()
     }
 
-    /// The blob at `position`: its full entry and its pack record (`0..pack_records()`).
+    /// The blob at `position`: its id, location and pack record (`0..pack_records()`).
+    /// (Delta bases are not kept in memory; the index files and pack trailers name them.)
     ///
     /// # Panics
     /// If `position >= blob_count()`.
-    pub fn entry_at(&self, position: usize) -> (PackEntry, usize) {
+    pub fn entry_at(&self, position: usize) -> (Id, BlobLoc, usize) {
         let e = self.entries[position];
-        let kind = if e.raw_len & DELTA_BIT != 0 {
-            BlobKind::Delta
-        } else if e.raw_len & LIST_BIT != 0 {
-            BlobKind::List
-        } else {
-            BlobKind::Data
-        };
-        let entry = PackEntry {
-            kind,
-            id: e.id,
+        let loc = BlobLoc {
+            pack: self.packs[e.pack as usize],
             offset: e.offset,
             len: e.len,
             raw_len: e.raw_len & !KIND_BITS,
-            base: if kind == BlobKind::Delta {
-                self.delta_base(&e.id)
-            } else {
-                None
-            },
+            delta: e.raw_len & DELTA_BIT != 0,
         };
-        (entry, e.pack as usize)
+        (e.id, loc, e.pack as usize)
     }
 
     /// Number of pack records read (a pack named by two index files counts twice).

@@ -264,8 +264,24 @@ mod tests {
             let sealed = crate::crypto::seal_blob(&keys, &id, &plain, 3).unwrap();
             b.add(BlobKind::Data, id, &sealed, 1000, None);
         }
+        // A delta entry carries its base through the trailer and index files.
+        let base = keys.blob_id(&[4u8; 1000]);
+        let plain = b"a delta's payload".to_vec();
+        let did = keys.blob_id(&plain);
+        let sealed = crate::crypto::seal_blob(&keys, &did, &plain, 3).unwrap();
+        b.add(
+            BlobKind::Delta,
+            did,
+            &sealed,
+            plain.len() as u32,
+            Some(base),
+        );
         let (id, bytes, entries) = b.finish(&keys).unwrap();
         assert_eq!(id, Id::hash_of(&bytes));
+        assert_eq!(entries[10].base, Some(base));
+        let (_, ix) = crate::index::encode_file(&keys, &[(id, entries.clone())]).unwrap();
+        let back = crate::index::decode_file(&keys, &ix, "i").unwrap();
+        assert_eq!(back, vec![(id, entries.clone())]);
         let parsed = parse_trailer(&keys, &bytes, bytes.len() as u64, "p").unwrap();
         assert_eq!(parsed, entries);
         let e = entries[4];

@@ -102,8 +102,10 @@ fn wait_for_lock(repo: &Repo, child: &mut Child) {
 }
 
 fn signal(child: &Child, sig: &str) {
-    let st = Command::new("kill")
-        .args([sig, &child.id().to_string()])
+    // The shell's built-in kill: no dependency on procps.
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill {sig} {}", child.id()))
         .status()
         .expect("kill");
     assert!(st.success());

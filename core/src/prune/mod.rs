@@ -4,15 +4,16 @@
 //! whose order makes a crash at any instant harmless:
 //!
 //! 1. **Mark.** Walk every snapshot's chunk trees and set one bit per indexed blob that is
-//!    needed (with the base of every needed delta). Memory: the index (48 bytes per blob),
-//!    one bit per blob, a few numbers per pack. A blob a snapshot needs but the index lacks
-//!    stops the prune before anything changes.
+//!    needed, then (streaming the index files) the base of every needed delta. Memory: the
+//!    index (48 bytes per blob), one bit per blob, a few numbers per pack, a few decoded
+//!    index files at a time. A blob a snapshot needs but the index lacks stops the prune
+//!    before anything changes.
 //! 2. **Plan.** Per pack: unused (delete), mostly unused (repack: copy the needed blobs to new
 //!    packs), or keep. Packs on storage that no index names are left-overs of interrupted
 //!    backups or prunes (delete).
 //! 3. **Repack.** Write new packs. A crash leaves unindexed packs: garbage for the next prune.
-//! 4. **Index.** Write new index files for what the changed index files described, minus the
-//!    deleted packs, plus the new packs; then remove the old files. A crash in between leaves
+//! 4. **Index.** Write new index files holding the changed files' records of kept packs
+//!    (copied as they are) and the new packs; then remove the old files. A crash in between leaves
 //!    both, which describe the same blobs: harmless duplicates.
 //! 5. **Delete** the packs no index names any more.
 //!
@@ -24,11 +25,15 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::index::{encode_file, index_path, Index};
+mod mark;
+mod repack;
+
+use crate::index::{encode_file, index_path, read_file};
 use crate::lock::LockKind;
-use crate::pack::{pack_path, PackBuilder, PackEntry};
-use crate::restore::Blobs;
+use crate::pack::{pack_path, PackEntry};
 use crate::{Error, Id, Repository, Result};
+use mark::mark;
+use repack::repack;
 
 const PACKS_PER_INDEX: usize = 64;
 
@@ -104,7 +109,7 @@ struct PackStat {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Fate {
+pub(crate) enum Fate {
     Keep,
     Repack,
     Delete,
@@ -152,12 +157,12 @@ pub fn prune(
         packs.entry(index.pack_record(r).0).or_default().indexed = true;
     }
     for pos in 0..index.blob_count() {
-        let (e, rec) = index.entry_at(pos);
-        let st = packs.entry(index.pack_record(rec).0).or_default();
+        let (_, loc, _) = index.entry_at(pos);
+        let st = packs.entry(loc.pack).or_default();
         if used.get(pos) {
-            st.used_bytes += u64::from(e.len);
+            st.used_bytes += u64::from(loc.len);
         } else {
-            st.unused_bytes += u64::from(e.len);
+            st.unused_bytes += u64::from(loc.len);
         }
     }
     let mut fate: HashMap<Id, Fate> = HashMap::new();
@@ -231,25 +236,23 @@ pub fn prune(
 
     // New index: the kept packs of the rewritten files, then the new packs.
     repo.ensure_lock(LockKind::Exclusive, "prune")?;
-    // By pack id: a pack named by two files (an interrupted prune) is written once.
-    let mut kept: HashMap<Id, Vec<PackEntry>> = HashMap::new();
-    for pos in 0..index.blob_count() {
-        let (e, rec) = index.entry_at(pos);
-        let (pack, file) = index.pack_record(rec);
-        if fate.get(&pack) == Some(&Fate::Keep) && rewrite.contains(&file) {
-            kept.entry(pack).or_default().push(e);
+    // The kept packs' records are copied as they are (with their delta bases), once each
+    // even when two files name a pack (an interrupted prune), one file in memory at a time.
+    let mut content: Vec<(Id, Vec<PackEntry>)> = Vec::new();
+    let mut copied: HashSet<Id> = HashSet::new();
+    for file in &rewrite {
+        let path = index_path(file);
+        for (pack, entries) in read_file(repo.backend().as_ref(), repo.keys(), &path)? {
+            if fate.get(&pack) == Some(&Fate::Keep) && copied.insert(pack) {
+                content.push((pack, entries));
+            }
+        }
+        if content.len() >= PACKS_PER_INDEX {
+            report.index_files_written += write_index(repo, &mut content)?;
         }
     }
-    let mut content: Vec<(Id, Vec<PackEntry>)> = kept.into_iter().collect();
     content.extend(written.into_iter().map(|(id, entries, _)| (id, entries)));
-    for group in content.chunks(PACKS_PER_INDEX) {
-        let (id, bytes) = encode_file(repo.keys(), group)?;
-        match repo.backend().create(&index_path(&id), &bytes) {
-            Ok(()) | Err(Error::AlreadyExists { .. }) => {}
-            Err(e) => return Err(e),
-        }
-        report.index_files_written += 1;
-    }
+    report.index_files_written += write_index(repo, &mut content)?;
     progress(&format!(
         "wrote {} index files; removing {} old ones",
         report.index_files_written,
@@ -281,141 +284,21 @@ pub fn prune(
     Ok(report)
 }
 
-fn refuse(reason: String) -> Error {
+/// Writes `content` as index files of up to [`PACKS_PER_INDEX`] packs; returns how many.
+fn write_index(repo: &Repository, content: &mut Vec<(Id, Vec<PackEntry>)>) -> Result<usize> {
+    let mut n = 0;
+    for group in content.chunks(PACKS_PER_INDEX) {
+        let (id, bytes) = encode_file(repo.keys(), group)?;
+        match repo.backend().create(&index_path(&id), &bytes) {
+            Ok(()) | Err(Error::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        n += 1;
+    }
+    content.clear();
+    Ok(n)
+}
+
+pub(crate) fn refuse(reason: String) -> Error {
     Error::Invalid(format!("prune stopped, nothing was deleted: {reason}"))
-}
-
-/// One bit per indexed blob.
-struct Bits(Vec<u64>);
-
-impl Bits {
-    fn get(&self, i: usize) -> bool {
-        self.0[i / 64] & (1 << (i % 64)) != 0
-    }
-    /// Sets bit `i`; true if it was clear.
-    fn set(&mut self, i: usize) -> bool {
-        let was = self.get(i);
-        self.0[i / 64] |= 1 << (i % 64);
-        !was
-    }
-    fn count(&self) -> usize {
-        self.0.iter().map(|w| w.count_ones() as usize).sum()
-    }
-}
-
-/// Marks every blob the snapshots need: chunks, the lists above them, delta bases.
-fn mark(repo: &Repository, index: &Index, snaps: &[(Id, crate::Snapshot)]) -> Result<Bits> {
-    let mut bits = Bits(vec![0; index.blob_count().div_ceil(64)]);
-    let blobs = Blobs {
-        backend: repo.backend().as_ref(),
-        keys: repo.keys(),
-        index,
-    };
-    for (sid, snap) in snaps {
-        for part in &snap.parts {
-            let missing = |id: &Id| {
-                refuse(format!(
-                    "snapshot {} part {:?} needs blob {} which no index names (run `dbvault check`)",
-                    sid.short(),
-                    part.name,
-                    id.short()
-                ))
-            };
-            // (blob, levels above the chunks): lists are read only when first marked, so
-            // the trees shared by many snapshots are walked once.
-            let mut stack: Vec<(Id, u32)> = part.lists.iter().map(|id| (*id, part.depth)).collect();
-            while let Some((id, level)) = stack.pop() {
-                let pos = index.position(&id).ok_or_else(|| missing(&id))?;
-                if !bits.set(pos) {
-                    continue;
-                }
-                if let Some(base) = index.delta_base(&id) {
-                    let bpos = index.position(&base).ok_or_else(|| missing(&base))?;
-                    bits.set(bpos);
-                }
-                if level > 0 {
-                    let bytes = blobs.read(&id)?;
-                    if bytes.len() % 32 != 0 {
-                        return Err(Error::corrupt(
-                            format!("chunk list of part {}", part.name),
-                            "bad length",
-                        ));
-                    }
-                    stack.extend(bytes.chunks_exact(32).map(|c| {
-                        let mut a = [0u8; 32];
-                        a.copy_from_slice(c);
-                        (Id(a), level - 1)
-                    }));
-                }
-            }
-        }
-    }
-    Ok(bits)
-}
-
-/// Copies the needed blobs of the packs to repack into new packs (sealed bytes as they
-/// are, after authenticating them). Returns the new packs: id, entries, size.
-fn repack(
-    repo: &Repository,
-    index: &Index,
-    used: &Bits,
-    fate: &HashMap<Id, Fate>,
-    progress: &dyn Fn(&str),
-) -> Result<Vec<(Id, Vec<PackEntry>, u64)>> {
-    let mut by_pack: HashMap<Id, Vec<PackEntry>> = HashMap::new();
-    for pos in 0..index.blob_count() {
-        if !used.get(pos) {
-            continue;
-        }
-        let (e, rec) = index.entry_at(pos);
-        let pack = index.pack_record(rec).0;
-        if fate.get(&pack) == Some(&Fate::Repack) {
-            by_pack.entry(pack).or_default().push(e);
-        }
-    }
-    if by_pack.is_empty() {
-        return Ok(Vec::new());
-    }
-    progress(&format!("repacking {} packs", by_pack.len()));
-    let target = repo.config().pack_target as usize;
-    let mut out = Vec::new();
-    let mut builder = PackBuilder::with_capacity(target + (1 << 20));
-    let mut order: Vec<Id> = by_pack.keys().copied().collect();
-    order.sort_unstable();
-    for pack in order {
-        let path = pack_path(&pack);
-        let bytes = repo.backend().read(&path)?;
-        let mut entries = by_pack.remove(&pack).unwrap_or_default();
-        entries.sort_by_key(|e| e.offset);
-        for e in entries {
-            let (start, end) = (e.offset as usize, e.offset as usize + e.len as usize);
-            let sealed = bytes.get(start..end).ok_or_else(|| {
-                refuse(format!(
-                    "pack {} is shorter than its index says",
-                    pack.short()
-                ))
-            })?;
-            // Authenticate before copying: damage must not be laundered into a new pack.
-            repo.keys()
-                .open(sealed, &e.id.0, &|| format!("pack {path}"))
-                .map_err(|err| refuse(err.to_string()))?;
-            builder.add(e.kind, e.id, sealed, e.raw_len, e.base);
-            if builder.len() >= target {
-                out.push(store(repo, std::mem::take(&mut builder))?);
-            }
-        }
-    }
-    if !builder.is_empty() {
-        out.push(store(repo, builder)?);
-    }
-    Ok(out)
-}
-
-fn store(repo: &Repository, builder: PackBuilder) -> Result<(Id, Vec<PackEntry>, u64)> {
-    let (id, bytes, entries) = builder.finish(repo.keys())?;
-    match repo.backend().create(&pack_path(&id), &bytes) {
-        Ok(()) | Err(Error::AlreadyExists { .. }) => {}
-        Err(e) => return Err(e),
-    }
-    Ok((id, entries, bytes.len() as u64))
 }
