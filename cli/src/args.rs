@@ -61,6 +61,10 @@ pub enum Command {
     Prune(PruneArgs),
     /// Show or set the retention policy stored in the repository.
     Policy(PolicyArgs),
+    /// Verify the repository: structure, and with --read-data the data itself (exit 3 on damage).
+    Check(CheckArgs),
+    /// Restore a snapshot into a scratch database, check it, drop it, store a report (exit 3 on failure).
+    RestoreTest(RestoreTestArgs),
     /// Show repository statistics.
     Stats,
 }
@@ -209,4 +213,31 @@ pub struct RestoreArgs {
     /// Replace an existing table of the same name (otherwise restoring onto it is refused).
     #[arg(long)]
     pub clean: bool,
+}
+
+/// `check` options.
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Also read, decrypt and re-hash every blob.
+    #[arg(long, conflicts_with = "read_data_subset")]
+    pub read_data: bool,
+    /// Read only part of the data: a percentage of the packs (`10` or `10%`, random each
+    /// run) or slice `N/M` (run 1/12 … 12/12 monthly and a year covers everything).
+    #[arg(long, value_name = "PERCENT|N/M")]
+    pub read_data_subset: Option<String>,
+}
+
+/// `restore-test` options.
+#[derive(Args, Debug)]
+pub struct RestoreTestArgs {
+    /// Snapshot: id, unique id prefix, or `latest`.
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshot: String,
+    /// With `latest`: the source name to pick from.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// PostgreSQL server for the scratch database (a URL naming a database to connect to,
+    /// e.g. postgres://user@host/postgres; default: the PG* environment).
+    #[arg(long, value_name = "URL")]
+    pub scratch: Option<String>,
 }

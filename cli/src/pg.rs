@@ -71,6 +71,15 @@ impl PgUrl {
         })
     }
 
+    /// The same server and credentials, another database.
+    pub fn with_database(&self, db: &str) -> PgUrl {
+        PgUrl {
+            public: replace_database(&self.public, db),
+            password: self.password.clone(),
+            full: replace_database(&self.full, db),
+        }
+    }
+
     /// The connection for the COPY protocol (password included, never shown).
     pub fn source(&self) -> Result<dbvault_formats::pgdirect::PgSource> {
         Ok(dbvault_formats::pgdirect::PgSource::parse(&self.full)?)
@@ -160,6 +169,16 @@ impl PgUrl {
     }
 }
 
+/// `scheme://authority/db?query` with `db` replaced (added when absent).
+fn replace_database(url: &str, db: &str) -> String {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[start..];
+    let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let after = &rest[auth_end..];
+    let query = after.find('?').map_or("", |i| &after[i..]);
+    format!("{}{}/{db}{query}", &url[..start], &rest[..auth_end])
+}
+
 fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -209,6 +228,20 @@ fn summarize_psql_error(stderr: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn database_is_replaced() {
+        assert_eq!(
+            replace_database("postgres://u:p@h:5/db?sslmode=disable", "x"),
+            "postgres://u:p@h:5/x?sslmode=disable"
+        );
+        assert_eq!(replace_database("postgresql:///postgres", "x"), "postgresql:///x");
+        assert_eq!(replace_database("postgres://h", "x"), "postgres://h/x");
+        assert_eq!(
+            replace_database("postgresql://@/db?host=/run/pg&port=5432", "x"),
+            "postgresql://@/x?host=/run/pg&port=5432"
+        );
+    }
 
     #[test]
     fn password_is_split_off() {

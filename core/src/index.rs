@@ -136,19 +136,55 @@ impl Index {
     /// # Errors
     /// The first damaged or unreadable index file.
     pub fn load(backend: &dyn Backend, keys: &Keys) -> Result<Index> {
+        let (idx, mut damaged) = Index::load_inner(backend, keys, false)?;
+        match damaged.pop() {
+            Some((_, e)) => Err(e),
+            None => Ok(idx),
+        }
+    }
+
+    /// Like [`Index::load`], but skips damaged or unreadable index files and returns them
+    /// (path, error) beside the index of the others: what `check` needs.
+    ///
+    /// # Errors
+    /// Only when the index files cannot be listed.
+    pub fn load_lenient(backend: &dyn Backend, keys: &Keys) -> Result<(Index, Vec<(String, Error)>)> {
+        Index::load_inner(backend, keys, true)
+    }
+
+    fn load_inner(
+        backend: &dyn Backend,
+        keys: &Keys,
+        lenient: bool,
+    ) -> Result<(Index, Vec<(String, Error)>)> {
         let files = backend.list("index/")?;
         let mut idx = Index::default();
+        let mut damaged = Vec::new();
         // Every entry stores a 32-byte random id, which does not compress: the files' size
         // over 32 bounds the entry count, so one allocation suffices (no doubling).
         let bound = files.iter().map(|f| f.size).sum::<u64>() / 32;
         idx.entries
             .reserve_exact(usize::try_from(bound).unwrap_or(usize::MAX));
         for batch in files.chunks(LOAD_BATCH) {
-            let decoded: Vec<(Id, IndexContent)> = batch
+            let decoded: Vec<(String, Result<(Id, IndexContent)>)> = batch
                 .par_iter()
-                .map(|f| Ok((file_id(&f.path)?, read_file(backend, keys, &f.path)?)))
-                .collect::<Result<_>>()?;
-            for (file, content) in decoded {
+                .map(|f| {
+                    let r = file_id(&f.path)
+                        .and_then(|id| Ok((id, read_file(backend, keys, &f.path)?)));
+                    (f.path.clone(), r)
+                })
+                .collect();
+            for (path, r) in decoded {
+                let (file, content) = match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        damaged.push((path, e));
+                        if lenient {
+                            continue;
+                        }
+                        return Ok((idx, damaged));
+                    }
+                };
                 let f = idx.files.len() as u32;
                 idx.files.push(file);
                 for (pack, entries) in content {
@@ -158,7 +194,7 @@ impl Index {
             }
         }
         idx.finalize();
-        Ok(idx)
+        Ok((idx, damaged))
     }
 
     fn add_pack(&mut self, pack: Id, entries: &[PackEntry]) {

@@ -11,6 +11,7 @@
 
 pub mod backend;
 pub mod backup;
+pub mod check;
 pub mod chunker;
 pub mod crypto;
 pub mod delta;
@@ -23,6 +24,7 @@ pub mod lock;
 pub mod pack;
 pub mod prune;
 pub mod repo;
+pub mod report;
 pub mod restore;
 pub mod retention;
 pub mod snapshot;

@@ -58,6 +58,63 @@ impl Loader {
     where
         E: std::fmt::Display,
     {
+        Ok(self.load_inner(table, copy, freeze, false, fill)?.0)
+    }
+
+    /// Like [`Loader::load`], and also returns the BLAKE3 (hex) of the row text sent, to
+    /// compare with what the server gives back ([`Loader::copy_out_hash`]).
+    ///
+    /// # Errors
+    /// As [`Loader::load`].
+    pub fn load_hashed<E>(
+        &self,
+        table: &str,
+        copy: &str,
+        freeze: Option<&str>,
+        fill: impl FnOnce(&mut (dyn Write + Send)) -> std::result::Result<(), E>,
+    ) -> Result<(u64, String)>
+    where
+        E: std::fmt::Display,
+    {
+        let (rows, hash) = self.load_inner(table, copy, freeze, true, fill)?;
+        Ok((rows, hash.unwrap_or_default()))
+    }
+
+    /// Rows and BLAKE3 (hex) of `COPY … TO STDOUT` (`stmt`), as the server sends it.
+    ///
+    /// # Errors
+    /// The server's error, with `what` as context.
+    pub fn copy_out_hash(&self, what: &str, stmt: &str) -> Result<(u64, String)> {
+        use futures_util::StreamExt;
+        self.rt.block_on(async {
+            let stream = self
+                .client
+                .copy_out(stmt)
+                .await
+                .map_err(|e| pg_err(what, e))?;
+            let mut stream = Box::pin(stream);
+            let mut h = blake3::Hasher::new();
+            let mut rows = 0u64;
+            while let Some(b) = stream.next().await {
+                let b = b.map_err(|e| pg_err(what, e))?;
+                rows += memchr::memchr_iter(b'\n', &b).count() as u64;
+                h.update(&b);
+            }
+            Ok((rows, h.finalize().to_hex().to_string()))
+        })
+    }
+
+    fn load_inner<E>(
+        &self,
+        table: &str,
+        copy: &str,
+        freeze: Option<&str>,
+        hash: bool,
+        fill: impl FnOnce(&mut (dyn Write + Send)) -> std::result::Result<(), E>,
+    ) -> Result<(u64, Option<String>)>
+    where
+        E: std::fmt::Display,
+    {
         let what = |e: String| FormatError::Sqlite {
             context: format!("loading table {table}"),
             message: e,
@@ -86,6 +143,7 @@ impl Loader {
             buf: Vec::with_capacity(FLUSH * 2),
             in_data: false,
             error: None,
+            hasher: hash.then(blake3::Hasher::new),
         };
         let filled = fill(&mut w);
         if let Some(e) = w.error.take() {
@@ -96,13 +154,13 @@ impl Loader {
             let _ = self.rt.block_on(self.client.batch_execute("ROLLBACK"));
             return Err(what(e.to_string()));
         }
-        let rows = w
+        let (rows, hash) = w
             .finish()
             .map_err(|e| pg_err(&format!("loading table {table}"), e))?;
         self.rt
             .block_on(self.client.batch_execute("COMMIT"))
             .map_err(|e| pg_err("COMMIT", e))?;
-        Ok(rows)
+        Ok((rows, hash))
     }
 }
 
@@ -114,6 +172,8 @@ struct CopyWriter<'a> {
     buf: Vec<u8>,
     in_data: bool,
     error: Option<tokio_postgres::Error>,
+    /// Hashes the rows sent, when verifying.
+    hasher: Option<blake3::Hasher>,
 }
 
 impl CopyWriter<'_> {
@@ -123,12 +183,15 @@ impl CopyWriter<'_> {
         }
         let rest = self.buf.split_off(self.buf.len() - keep);
         let chunk = bytes::Bytes::from(std::mem::replace(&mut self.buf, rest));
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(&chunk);
+        }
         if let Err(e) = self.rt.block_on(self.sink.as_mut().send(chunk)) {
             self.error = Some(e);
         }
     }
 
-    fn finish(mut self) -> std::result::Result<u64, tokio_postgres::Error> {
+    fn finish(mut self) -> std::result::Result<(u64, Option<String>), tokio_postgres::Error> {
         // The part ends with "\.\n" and blank lines: everything after the last row.
         while self.buf.last() == Some(&b'\n') && !self.buf.ends_with(b"\\.\n") {
             self.buf.pop();
@@ -141,7 +204,8 @@ impl CopyWriter<'_> {
         if let Some(e) = self.error.take() {
             return Err(e);
         }
-        self.rt.block_on(self.sink.as_mut().finish())
+        let rows = self.rt.block_on(self.sink.as_mut().finish())?;
+        Ok((rows, self.hasher.map(|h| h.finalize().to_hex().to_string())))
     }
 }
 

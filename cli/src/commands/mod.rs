@@ -1,6 +1,7 @@
 //! One module per subcommand; each is a plain function over the parsed arguments.
 
 mod backup;
+mod check;
 mod forget;
 mod init;
 mod policy;
@@ -8,6 +9,7 @@ mod prune;
 mod restore;
 mod restore_pg;
 mod restore_pg_db;
+mod restore_test;
 mod snapshots;
 mod stats;
 
@@ -21,6 +23,8 @@ use crate::args::{Cli, Command};
 /// check found damage).
 pub fn run(cli: &Cli) -> Result<ExitCode> {
     match &cli.command {
+        Command::Check(a) => return check::run(cli, a),
+        Command::RestoreTest(a) => return restore_test::run(cli, a),
         Command::Init(a) => init::run(cli, a),
         Command::Backup(a) => backup::run(cli, a),
         Command::Snapshots(a) => snapshots::run(cli, a),

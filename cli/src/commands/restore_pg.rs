@@ -244,7 +244,7 @@ pub fn restore(
                 }
                 Ok(())
             }
-            PgTarget::Database(url) => super::restore_pg_db::restore_database(repo, snap, a, &url),
+            PgTarget::Database(url) => super::restore_pg_db::restore_database(repo, snap, a, &url, None),
         };
     }
     let pre_text = pre

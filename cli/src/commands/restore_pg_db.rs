@@ -135,11 +135,16 @@ fn preamble_sql(preamble: &str) -> String {
 /// Whole database: pre-data; then table data on parallel connections, each table's keys
 /// and indexes built as soon as its rows are in (while other tables still load); then the
 /// remaining keys, foreign keys, and the rest of post-data.
+/// Rows and BLAKE3 of the row text sent per table (restore-test compares them with what
+/// the server gives back).
+pub(super) type Sent = std::sync::Mutex<std::collections::BTreeMap<String, (u64, String)>>;
+
 pub(super) fn restore_database(
     repo: &Repository,
     snap: &Snapshot,
     a: &RestoreArgs,
     url: &PgUrl,
+    sent: Option<&Sent>,
 ) -> Result<()> {
     let pre =
         section(snap, "pre-data").ok_or_else(|| anyhow!("the snapshot has no pre-data section"))?;
@@ -184,7 +189,7 @@ pub(super) fn restore_database(
                             else {
                                 return Ok(());
                             };
-                            load_table(repo, part, a, url, &loader, &preamble, &epilogue)?;
+                            load_table(repo, part, a, url, &loader, &preamble, &epilogue, sent)?;
                             for sql in per_table.get(&part.name).into_iter().flatten() {
                                 let first = sql
                                     .lines()
@@ -262,6 +267,7 @@ pub(super) fn restore_database(
 
 /// Loads one table's rows: over the COPY protocol, or through psql for a dump made with
 /// `--inserts`.
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
 fn load_table(
     repo: &Repository,
     part: &Part,
@@ -270,14 +276,24 @@ fn load_table(
     loader: &Loader,
     preamble: &str,
     epilogue: &str,
+    sent: Option<&Sent>,
 ) -> Result<()> {
     let copy = meta_str(part, "copy");
     if !copy.is_empty() {
         let freeze =
             (!a.data_only).then(|| qualified(meta_str(part, "schema"), meta_str(part, "table")));
-        loader.load(&part.name, copy, freeze.as_deref(), |w| {
-            write_part(repo, part, w).map_err(|e| format!("{e:#}"))
-        })?;
+        let fill = |w: &mut (dyn Write + Send)| write_part(repo, part, w).map_err(|e| format!("{e:#}"));
+        match sent {
+            Some(m) => {
+                let r = loader.load_hashed(&part.name, copy, freeze.as_deref(), fill)?;
+                m.lock()
+                    .map_err(|_| anyhow!("lock"))?
+                    .insert(part.name.clone(), r);
+            }
+            None => {
+                loader.load(&part.name, copy, freeze.as_deref(), fill)?;
+            }
+        }
         return Ok(());
     }
     url.psql(&format!("loading table {}", part.name), true, |w| {

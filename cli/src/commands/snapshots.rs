@@ -1,6 +1,9 @@
 //! `dbvault snapshots`
 
+use std::collections::HashMap;
+
 use anyhow::Result;
+use dbvault_core::Id;
 
 use crate::args::{Cli, SnapshotsArgs};
 use crate::{output, repo_access};
@@ -15,6 +18,19 @@ pub fn run(cli: &Cli, a: &SnapshotsArgs) -> Result<()> {
         .into_iter()
         .filter(|(_, s)| a.name.as_deref().is_none_or(|n| s.name == n))
         .collect();
+    // The latest restore-test of each snapshot, and when it last passed.
+    let mut tested: HashMap<Id, (Option<String>, Option<String>, bool)> = HashMap::new();
+    for r in repo.reports()? {
+        let Some(sid) = r.snapshot.filter(|_| r.kind == "restore-test") else {
+            continue;
+        };
+        let e = tested.entry(sid).or_insert((None, None, false));
+        e.0 = Some(output::time(&r.time));
+        e.2 = r.ok;
+        if r.ok {
+            e.1 = Some(output::time(&r.time));
+        }
+    }
     if cli.json {
         let v: Vec<_> = snaps
             .iter()
@@ -29,6 +45,11 @@ pub fn run(cli: &Cli, a: &SnapshotsArgs) -> Result<()> {
                     "bytes_in": s.bytes_in,
                     "bytes_added": s.bytes_added,
                     "parts": s.parts.iter().map(output::part_json).collect::<Vec<_>>(),
+                    "restore_test": tested.get(id).map(|(last, passed, ok)| serde_json::json!({
+                        "last": last,
+                        "last_ok": ok,
+                        "last_passed": passed,
+                    })),
                 })
             })
             .collect();
@@ -40,21 +61,29 @@ pub fn run(cli: &Cli, a: &SnapshotsArgs) -> Result<()> {
         return Ok(());
     }
     crate::outln!(
-        "{:<10} {:<25} {:<16} {:>10} {:>6}  tags",
+        "{:<10} {:<25} {:<16} {:>10} {:>6}  {:<27} tags",
         "id",
         "time",
         "name",
         "size",
-        "parts"
+        "parts",
+        "restore-test"
     );
     for (id, s) in &snaps {
+        let rt = match tested.get(id) {
+            None => "never".to_string(),
+            Some((_, Some(p), true)) => format!("passed {}", &p[..p.len().min(19)]),
+            Some((Some(l), _, false)) => format!("FAILED {}", &l[..l.len().min(19)]),
+            Some(_) => "?".into(),
+        };
         crate::outln!(
-            "{:<10} {:<25} {:<16} {:>10} {:>6}  {}",
+            "{:<10} {:<25} {:<16} {:>10} {:>6}  {:<27} {}",
             id.short(),
             output::time(&s.time),
             s.name,
             output::bytes(s.bytes_in),
             s.parts.len(),
+            rt,
             s.tags.join(",")
         );
     }

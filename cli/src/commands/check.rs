@@ -1,0 +1,100 @@
+//! `dbvault check`: verify the repository; exit 3 on damage.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use dbvault_core::check::{check, CheckReport, Problem, ReadData};
+use dbvault_core::lock::LockKind;
+use dbvault_core::report::Report;
+
+use crate::args::{CheckArgs, Cli};
+use crate::output::bytes;
+use crate::repo_access;
+
+pub fn run(cli: &Cli, a: &CheckArgs) -> Result<ExitCode> {
+    let read = match (&a.read_data_subset, a.read_data) {
+        (Some(s), _) => ReadData::parse_subset(s)?,
+        (None, true) => ReadData::All,
+        (None, false) => ReadData::None,
+    };
+    let repo = repo_access::open_locked(cli, LockKind::Shared, "check")?;
+    let quiet = cli.json;
+    let r = check(&repo, read, &move |m| {
+        if !quiet {
+            eprintln!("dbvault: check: {m}");
+        }
+    })?;
+    let body = serde_json::to_value(&r)?;
+    let stored = repo.save_report(&Report {
+        kind: "check".into(),
+        time: chrono::Local::now().fixed_offset(),
+        host: gethostname::gethostname().to_string_lossy().into_owned(),
+        ok: r.ok,
+        snapshot: None,
+        seconds: r.seconds,
+        body: body.clone(),
+    });
+    if let Err(e) = &stored {
+        eprintln!("dbvault: warning: the report could not be stored: {e}");
+    }
+    if cli.json {
+        crate::output::json(&body);
+    } else {
+        print(&r);
+    }
+    Ok(if r.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}
+
+/// One line naming where a problem is.
+pub fn describe(p: &Problem) -> String {
+    let mut at = Vec::new();
+    if let Some(s) = &p.snapshot {
+        at.push(format!("snapshot {}", &s[..s.len().min(8)]));
+    }
+    if let Some(t) = &p.part {
+        at.push(format!("part {t}"));
+    }
+    if let Some(k) = &p.pack {
+        at.push(format!("pack {}", &k[..k.len().min(8)]));
+    }
+    if at.is_empty() {
+        format!("{}: {}", p.kind, p.detail)
+    } else {
+        format!("{}: {}", at.join(", "), p.detail)
+    }
+}
+
+fn print(r: &CheckReport) {
+    crate::outln!(
+        "checked {} snapshots, {} index files, {} packs{} in {:.1} s",
+        r.snapshots,
+        r.index_files,
+        r.packs,
+        if r.packs_read > 0 {
+            format!(
+                "; read {} packs, {}, {} blobs",
+                r.packs_read,
+                bytes(r.bytes_read),
+                r.blobs_read
+            )
+        } else {
+            String::new()
+        },
+        r.seconds
+    );
+    for w in &r.warnings {
+        crate::outln!("warning: {}", describe(w));
+    }
+    for p in &r.problems {
+        crate::outln!("damage: {}", describe(p));
+    }
+    if r.ok {
+        crate::outln!("no damage found");
+    } else {
+        crate::outln!("{} problem(s) found", r.problems.len());
+    }
+}

@@ -1,0 +1,298 @@
+//! `dbvault restore-test SNAPSHOT`: restore into a scratch copy, run the database's own
+//! checks, drop the copy, store and print a report; exit 3 when anything is wrong.
+//!
+//! PostgreSQL: a fresh database on the `--scratch` server, named
+//! `dbvault_restore_test_<snapshot>_<random>` (no real database is named like that), is
+//! created, restored like `restore --to`, and per table the rows the server gives back
+//! (`COPY … TO STDOUT`) are hashed and compared with the rows sent, with the hash recorded
+//! at backup time (direct backups) and with the row count recorded; then it is dropped,
+//! whatever happened. SQLite: a temporary file, `PRAGMA integrity_check` and
+//! `foreign_key_check`, and every table's row count against the one recorded.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use dbvault_core::check::Problem;
+use dbvault_core::lock::LockKind;
+use dbvault_core::report::Report;
+use dbvault_core::restore::restore_part;
+use dbvault_core::{Id, Part, Repository, Snapshot};
+use dbvault_formats::pgload::Loader;
+use dbvault_formats::sqlite;
+use serde::Serialize;
+
+use super::restore_pg::{meta_str, tables};
+use super::restore_pg_db::{restore_database, Sent};
+use crate::args::{Cli, RestoreArgs, RestoreTestArgs};
+use crate::pg::PgUrl;
+use crate::repo_access;
+
+/// One table's verdict.
+#[derive(Serialize)]
+struct TableResult {
+    name: String,
+    ok: bool,
+    rows_recorded: Option<u64>,
+    rows_restored: Option<u64>,
+    detail: String,
+}
+
+#[derive(Default)]
+struct Outcome {
+    scratch: String,
+    tables: Vec<TableResult>,
+    problems: Vec<Problem>,
+}
+
+pub fn run(cli: &Cli, a: &RestoreTestArgs) -> Result<ExitCode> {
+    let repo = repo_access::open_locked(cli, LockKind::Shared, "restore-test")?;
+    let (id, snap) = repo.find_snapshot(&a.snapshot, a.name.as_deref())?;
+    let started = Instant::now();
+    let out = match snap.source.format.as_str() {
+        "pg_dump" => pg_test(&repo, &id, &snap, a)?,
+        "sqlite" => sqlite_test(&repo, &id, &snap)?,
+        _ => bail!(
+            "snapshot {} is a raw stream ({}): restore-test needs a PostgreSQL or SQLite snapshot",
+            id.short(),
+            snap.source.kind
+        ),
+    };
+    let ok = out.problems.is_empty();
+    let seconds = started.elapsed().as_secs_f64();
+    let body = serde_json::json!({
+        "ok": ok,
+        "snapshot": id.to_hex(),
+        "name": snap.name,
+        "snapshot_time": crate::output::time(&snap.time),
+        "scratch": out.scratch,
+        "seconds": (seconds * 1000.0).round() / 1000.0,
+        "tables": out.tables,
+        "problems": out.problems,
+    });
+    let stored = repo.save_report(&Report {
+        kind: "restore-test".into(),
+        time: chrono::Local::now().fixed_offset(),
+        host: gethostname::gethostname().to_string_lossy().into_owned(),
+        ok,
+        snapshot: Some(id),
+        seconds,
+        body: body.clone(),
+    });
+    if let Err(e) = &stored {
+        eprintln!("dbvault: warning: the report could not be stored: {e}");
+    }
+    if cli.json {
+        crate::output::json(&body);
+    } else {
+        crate::outln!(
+            "restore-test of snapshot {} ({}, {}) into {}",
+            id.short(),
+            snap.name,
+            crate::output::time(&snap.time),
+            out.scratch
+        );
+        for t in &out.tables {
+            let rows = t.rows_restored.map(|r| format!("{r} rows")).unwrap_or_default();
+            crate::outln!(
+                "  {:<30} {:>14}  {}",
+                t.name,
+                rows,
+                if t.ok { "ok".to_string() } else { format!("FAILED: {}", t.detail) }
+            );
+        }
+        let listed = |p: &Problem| out.tables.iter().any(|t| Some(&t.name) == p.part.as_ref());
+        for p in out.problems.iter().filter(|p| !listed(p)) {
+            match &p.part {
+                Some(part) => crate::outln!("  {part}: FAILED: {}", p.detail),
+                None => crate::outln!("  FAILED: {}", p.detail),
+            }
+        }
+        crate::outln!(
+            "{} in {:.1} s{}",
+            if ok { "PASSED" } else { "FAILED" },
+            seconds,
+            if stored.is_ok() { " (report stored in the repository)" } else { "" }
+        );
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(3) })
+}
+
+/// The pack a damage message names (`pack data/ab/ab12…`), if any.
+fn pack_in(msg: &str) -> Option<String> {
+    let i = msg.find("data/")?;
+    let hex: String = msg[i..]
+        .split('/')
+        .nth(2)?
+        .chars()
+        .take_while(char::is_ascii_hexdigit)
+        .collect();
+    (hex.len() == 64).then_some(hex)
+}
+
+fn problem(id: &Id, part: Option<&str>, detail: String) -> Problem {
+    Problem {
+        kind: "restore-test".into(),
+        snapshot: Some(id.to_hex()),
+        part: part.map(str::to_string),
+        pack: pack_in(&detail),
+        detail,
+    }
+}
+
+/// Reads every part through its hash check: which ones are damaged, and how.
+fn damaged_parts(repo: &Repository, snap: &Snapshot) -> Vec<(String, String)> {
+    snap.parts
+        .iter()
+        .filter_map(|p: &Part| {
+            restore_part(repo, p, &mut std::io::sink())
+                .err()
+                .map(|e| (p.name.clone(), e.to_string()))
+        })
+        .collect()
+}
+
+/// Drops the scratch database whatever happens.
+struct Scratch {
+    server: PgUrl,
+    db: String,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.db);
+        if let Err(e) = self.server.query(&sql) {
+            eprintln!(
+                "dbvault: warning: could not drop the scratch database {}: {e:#}",
+                self.db
+            );
+        }
+    }
+}
+
+fn pg_test(repo: &Repository, id: &Id, snap: &Snapshot, a: &RestoreTestArgs) -> Result<Outcome> {
+    let server = PgUrl::parse(a.scratch.as_deref().unwrap_or("postgresql:///postgres"))?;
+    let mut rnd = [0u8; 4];
+    dbvault_core::crypto::fill_random(&mut rnd)?;
+    let db = format!("dbvault_restore_test_{}_{}", id.short(), hex::encode(rnd));
+    server
+        .query(&format!("CREATE DATABASE \"{db}\""))
+        .map_err(|e| anyhow::anyhow!("cannot create the scratch database on {}: {e:#}", server.public))?;
+    let scratch = Scratch { server, db };
+    let target = scratch.server.with_database(&scratch.db);
+    let mut out = Outcome {
+        scratch: format!("scratch database {} on {}", scratch.db, scratch.server.public),
+        ..Outcome::default()
+    };
+    let args = RestoreArgs {
+        snapshot: id.to_hex(),
+        to: target.public.clone(),
+        name: None,
+        tables: Vec::new(),
+        rename_table: None,
+        schema_only: false,
+        data_only: false,
+        force: false,
+        clean: false,
+    };
+    let sent = Sent::default();
+    if let Err(e) = restore_database(repo, snap, &args, &target, Some(&sent)) {
+        let damaged = damaged_parts(repo, snap);
+        if damaged.is_empty() {
+            out.problems.push(problem(id, None, format!("the restore failed: {e:#}")));
+        }
+        for (part, why) in damaged {
+            out.tables.push(TableResult {
+                name: part.clone(),
+                ok: false,
+                rows_recorded: None,
+                rows_restored: None,
+                detail: why.clone(),
+            });
+            out.problems.push(problem(id, Some(&part), why));
+        }
+        return Ok(out);
+    }
+    let sent = sent.into_inner().unwrap_or_default();
+    let loader = Loader::connect(&target.source()?)?;
+    for part in tables(snap) {
+        let copy = meta_str(part, "copy");
+        let mut t = TableResult {
+            name: part.name.clone(),
+            ok: true,
+            rows_recorded: part.rows,
+            rows_restored: None,
+            detail: String::new(),
+        };
+        let Some((_, sent_hash)) = sent.get(&part.name) else {
+            t.detail = "not compared (an INSERT-format dump)".into();
+            out.tables.push(t);
+            continue;
+        };
+        let stmt = copy.trim_end().trim_end_matches(';').replace(" FROM stdin", " TO STDOUT");
+        let (rows, hash) = loader.copy_out_hash(&format!("reading back {}", part.name), &stmt)?;
+        t.rows_restored = Some(rows);
+        let recorded = part.meta.get("copy_blake3").and_then(|v| v.as_str());
+        t.detail = if &hash != sent_hash {
+            "the rows read back differ from the rows restored".into()
+        } else if recorded.is_some_and(|r| r != hash) {
+            "the rows differ from the hash recorded at backup time".into()
+        } else if part.rows.is_some_and(|r| r != rows) {
+            format!("{rows} rows, {} recorded at backup time", part.rows.unwrap_or(0))
+        } else {
+            String::new()
+        };
+        if !t.detail.is_empty() {
+            t.ok = false;
+            out.problems.push(problem(id, Some(&part.name), t.detail.clone()));
+        }
+        out.tables.push(t);
+    }
+    Ok(out)
+}
+
+fn sqlite_test(repo: &Repository, id: &Id, snap: &Snapshot) -> Result<Outcome> {
+    let Some(part) = snap.parts.iter().find(|p| p.kind == "sqlite-db") else {
+        bail!("the snapshot has no database part");
+    };
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("restore-test.db");
+    let mut out = Outcome {
+        scratch: format!("temporary file {}", path.display()),
+        ..Outcome::default()
+    };
+    let written = sqlite::write_new_file(&path, false, |f| {
+        restore_part(repo, part, f)
+            .map(|_| ())
+            .map_err(dbvault_formats::FormatError::Core)
+    });
+    if let Err(e) = written {
+        out.problems.push(problem(id, Some(&part.name), e.to_string()));
+        return Ok(out);
+    }
+    for p in sqlite::check(&path)? {
+        out.problems.push(problem(id, Some(&part.name), p));
+    }
+    let info = sqlite::inspect(&path)?;
+    let recorded = part.meta.get("tables").and_then(|t| t.as_object());
+    for (name, rows) in &info.tables {
+        let want = recorded.and_then(|r| r.get(name)).and_then(serde_json::Value::as_u64);
+        let ok = want.is_none_or(|w| w == *rows);
+        let detail = if ok {
+            String::new()
+        } else {
+            format!("{rows} rows, {} recorded at backup time", want.unwrap_or(0))
+        };
+        if !ok {
+            out.problems.push(problem(id, Some(name), detail.clone()));
+        }
+        out.tables.push(TableResult {
+            name: name.clone(),
+            ok,
+            rows_recorded: want,
+            rows_restored: Some(*rows),
+            detail,
+        });
+    }
+    Ok(out)
+}
