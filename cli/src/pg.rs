@@ -235,7 +235,10 @@ mod tests {
             replace_database("postgres://u:p@h:5/db?sslmode=disable", "x"),
             "postgres://u:p@h:5/x?sslmode=disable"
         );
-        assert_eq!(replace_database("postgresql:///postgres", "x"), "postgresql:///x");
+        assert_eq!(
+            replace_database("postgresql:///postgres", "x"),
+            "postgresql:///x"
+        );
         assert_eq!(replace_database("postgres://h", "x"), "postgres://h/x");
         assert_eq!(
             replace_database("postgresql://@/db?host=/run/pg&port=5432", "x"),

@@ -148,7 +148,10 @@ impl Index {
     ///
     /// # Errors
     /// Only when the index files cannot be listed.
-    pub fn load_lenient(backend: &dyn Backend, keys: &Keys) -> Result<(Index, Vec<(String, Error)>)> {
+    pub fn load_lenient(
+        backend: &dyn Backend,
+        keys: &Keys,
+    ) -> Result<(Index, Vec<(String, Error)>)> {
         Index::load_inner(backend, keys, true)
     }
 

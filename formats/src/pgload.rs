@@ -146,11 +146,15 @@ impl Loader {
             hasher: hash.then(blake3::Hasher::new),
         };
         let filled = fill(&mut w);
+        // On failure the COPY is aborted by dropping its sink (CopyFail) before the
+        // rollback: a ROLLBACK sent while the COPY is open would wait for ever.
         if let Some(e) = w.error.take() {
+            drop(w);
             let _ = self.rt.block_on(self.client.batch_execute("ROLLBACK"));
             return Err(pg_err(&format!("loading table {table}"), e));
         }
         if let Err(e) = filled {
+            drop(w);
             let _ = self.rt.block_on(self.client.batch_execute("ROLLBACK"));
             return Err(what(e.to_string()));
         }

@@ -244,7 +244,15 @@ pub fn restore(
                 }
                 Ok(())
             }
-            PgTarget::Database(url) => super::restore_pg_db::restore_database(repo, snap, a, &url, None),
+            PgTarget::Database(url) => super::restore_pg_db::restore_database(
+                repo, snap, a, &url, None,
+            )
+            .map_err(|e| match damaged_elsewhere(repo, snap, &[]) {
+                Some(list) => e.context(format!(
+                    "the snapshot is damaged ({list}); intact tables can still be restored one by one with --table"
+                )),
+                None => e,
+            }),
         };
     }
     let pre_text = pre
@@ -302,7 +310,40 @@ pub fn restore(
             }
         }
     }
+    let restored: Vec<&str> = chosen_names(snap, a);
+    if let Some(list) = damaged_elsewhere(repo, snap, &restored) {
+        eprintln!(
+            "dbvault: warning: snapshot is damaged elsewhere ({list}); what was restored is intact: it was read whole and checked against its recorded hash (run `dbvault check`)"
+        );
+    }
     Ok(())
+}
+
+fn chosen_names<'a>(snap: &'a Snapshot, a: &RestoreArgs) -> Vec<&'a str> {
+    let mut v: Vec<&str> = a
+        .tables
+        .iter()
+        .filter_map(|t| find_table(snap, t).ok())
+        .map(|p| p.name.as_str())
+        .collect();
+    v.extend(["pre-data", "post-data"]);
+    v
+}
+
+/// The parts other than `skip` that lack data (a missing pack), as one line; `None` when
+/// all is there or it cannot be told.
+fn damaged_elsewhere(repo: &Repository, snap: &Snapshot, skip: &[&str]) -> Option<String> {
+    let found = dbvault_core::check::parts_missing_data(repo, snap).ok()?;
+    let mut names: Vec<String> = found
+        .into_iter()
+        .filter(|(part, _, _)| !skip.contains(&part.as_str()))
+        .map(|(part, pack, _)| match pack {
+            Some(p) => format!("{part} needs missing pack {}", p.short()),
+            None => format!("{part} needs blobs no index names"),
+        })
+        .collect();
+    names.dedup();
+    (!names.is_empty()).then(|| names.join(", "))
 }
 
 #[cfg(test)]

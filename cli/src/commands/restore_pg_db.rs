@@ -282,7 +282,8 @@ fn load_table(
     if !copy.is_empty() {
         let freeze =
             (!a.data_only).then(|| qualified(meta_str(part, "schema"), meta_str(part, "table")));
-        let fill = |w: &mut (dyn Write + Send)| write_part(repo, part, w).map_err(|e| format!("{e:#}"));
+        let fill =
+            |w: &mut (dyn Write + Send)| write_part(repo, part, w).map_err(|e| format!("{e:#}"));
         match sent {
             Some(m) => {
                 let r = loader.load_hashed(&part.name, copy, freeze.as_deref(), fill)?;

@@ -93,12 +93,19 @@ pub fn run(cli: &Cli, a: &RestoreTestArgs) -> Result<ExitCode> {
             out.scratch
         );
         for t in &out.tables {
-            let rows = t.rows_restored.map(|r| format!("{r} rows")).unwrap_or_default();
+            let rows = t
+                .rows_restored
+                .map(|r| format!("{r} rows"))
+                .unwrap_or_default();
             crate::outln!(
                 "  {:<30} {:>14}  {}",
                 t.name,
                 rows,
-                if t.ok { "ok".to_string() } else { format!("FAILED: {}", t.detail) }
+                if t.ok {
+                    "ok".to_string()
+                } else {
+                    format!("FAILED: {}", t.detail)
+                }
             );
         }
         let listed = |p: &Problem| out.tables.iter().any(|t| Some(&t.name) == p.part.as_ref());
@@ -112,10 +119,18 @@ pub fn run(cli: &Cli, a: &RestoreTestArgs) -> Result<ExitCode> {
             "{} in {:.1} s{}",
             if ok { "PASSED" } else { "FAILED" },
             seconds,
-            if stored.is_ok() { " (report stored in the repository)" } else { "" }
+            if stored.is_ok() {
+                " (report stored in the repository)"
+            } else {
+                ""
+            }
         );
     }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(3) })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
 }
 
 /// The pack a damage message names (`pack data/ab/ab12…`), if any.
@@ -177,11 +192,19 @@ fn pg_test(repo: &Repository, id: &Id, snap: &Snapshot, a: &RestoreTestArgs) -> 
     let db = format!("dbvault_restore_test_{}_{}", id.short(), hex::encode(rnd));
     server
         .query(&format!("CREATE DATABASE \"{db}\""))
-        .map_err(|e| anyhow::anyhow!("cannot create the scratch database on {}: {e:#}", server.public))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot create the scratch database on {}: {e:#}",
+                server.public
+            )
+        })?;
     let scratch = Scratch { server, db };
     let target = scratch.server.with_database(&scratch.db);
     let mut out = Outcome {
-        scratch: format!("scratch database {} on {}", scratch.db, scratch.server.public),
+        scratch: format!(
+            "scratch database {} on {}",
+            scratch.db, scratch.server.public
+        ),
         ..Outcome::default()
     };
     let args = RestoreArgs {
@@ -199,7 +222,8 @@ fn pg_test(repo: &Repository, id: &Id, snap: &Snapshot, a: &RestoreTestArgs) -> 
     if let Err(e) = restore_database(repo, snap, &args, &target, Some(&sent)) {
         let damaged = damaged_parts(repo, snap);
         if damaged.is_empty() {
-            out.problems.push(problem(id, None, format!("the restore failed: {e:#}")));
+            out.problems
+                .push(problem(id, None, format!("the restore failed: {e:#}")));
         }
         for (part, why) in damaged {
             out.tables.push(TableResult {
@@ -229,7 +253,10 @@ fn pg_test(repo: &Repository, id: &Id, snap: &Snapshot, a: &RestoreTestArgs) -> 
             out.tables.push(t);
             continue;
         };
-        let stmt = copy.trim_end().trim_end_matches(';').replace(" FROM stdin", " TO STDOUT");
+        let stmt = copy
+            .trim_end()
+            .trim_end_matches(';')
+            .replace(" FROM stdin", " TO STDOUT");
         let (rows, hash) = loader.copy_out_hash(&format!("reading back {}", part.name), &stmt)?;
         t.rows_restored = Some(rows);
         let recorded = part.meta.get("copy_blake3").and_then(|v| v.as_str());
@@ -238,13 +265,17 @@ fn pg_test(repo: &Repository, id: &Id, snap: &Snapshot, a: &RestoreTestArgs) -> 
         } else if recorded.is_some_and(|r| r != hash) {
             "the rows differ from the hash recorded at backup time".into()
         } else if part.rows.is_some_and(|r| r != rows) {
-            format!("{rows} rows, {} recorded at backup time", part.rows.unwrap_or(0))
+            format!(
+                "{rows} rows, {} recorded at backup time",
+                part.rows.unwrap_or(0)
+            )
         } else {
             String::new()
         };
         if !t.detail.is_empty() {
             t.ok = false;
-            out.problems.push(problem(id, Some(&part.name), t.detail.clone()));
+            out.problems
+                .push(problem(id, Some(&part.name), t.detail.clone()));
         }
         out.tables.push(t);
     }
@@ -267,7 +298,8 @@ fn sqlite_test(repo: &Repository, id: &Id, snap: &Snapshot) -> Result<Outcome> {
             .map_err(dbvault_formats::FormatError::Core)
     });
     if let Err(e) = written {
-        out.problems.push(problem(id, Some(&part.name), e.to_string()));
+        out.problems
+            .push(problem(id, Some(&part.name), e.to_string()));
         return Ok(out);
     }
     for p in sqlite::check(&path)? {
@@ -276,7 +308,9 @@ fn sqlite_test(repo: &Repository, id: &Id, snap: &Snapshot) -> Result<Outcome> {
     let info = sqlite::inspect(&path)?;
     let recorded = part.meta.get("tables").and_then(|t| t.as_object());
     for (name, rows) in &info.tables {
-        let want = recorded.and_then(|r| r.get(name)).and_then(serde_json::Value::as_u64);
+        let want = recorded
+            .and_then(|r| r.get(name))
+            .and_then(serde_json::Value::as_u64);
         let ok = want.is_none_or(|w| w == *rows);
         let detail = if ok {
             String::new()

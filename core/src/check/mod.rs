@@ -162,6 +162,34 @@ pub fn check(repo: &Repository, read: ReadData, progress: &dyn Fn(&str)) -> Resu
     Ok(report)
 }
 
+/// The parts of `snap` that need data whose pack is gone from storage or that no index
+/// names: cheap (chunk lists are read, data is not), for a warning after restoring some
+/// parts of a snapshot that is damaged elsewhere. Returns (part, pack, detail).
+///
+/// # Errors
+/// The index or the pack list cannot be read.
+pub fn parts_missing_data(
+    repo: &Repository,
+    snap: &crate::Snapshot,
+) -> Result<Vec<(String, Option<Id>, String)>> {
+    let index = repo.index()?;
+    let stored: HashSet<Id> = repo
+        .backend()
+        .list("data/")?
+        .iter()
+        .filter_map(|o| Id::from_hex(o.path.rsplit('/').next().unwrap_or_default()).ok())
+        .collect();
+    let mut bad = Bad::default();
+    for pos in 0..index.blob_count() {
+        let (id, loc, _) = index.entry_at(pos);
+        if !stored.contains(&loc.pack) {
+            bad.blobs
+                .insert(id, (loc.pack, "its pack is missing".into()));
+        }
+    }
+    Ok(walk::Walker::new(repo, &index, &bad).damaged_parts(snap))
+}
+
 /// The short snapshot id a damage message names (`snapshot 1a2b3c4d is damaged: …`).
 fn snapshot_named(msg: &str) -> Option<String> {
     msg.strip_prefix("snapshot ")
@@ -184,9 +212,18 @@ mod tests {
 
     #[test]
     fn subsets_parse() {
-        assert_eq!(ReadData::parse_subset("10%").ok(), Some(ReadData::Percent(10.0)));
-        assert_eq!(ReadData::parse_subset("2.5").ok(), Some(ReadData::Percent(2.5)));
-        assert_eq!(ReadData::parse_subset("3/12").ok(), Some(ReadData::Slice(3, 12)));
+        assert_eq!(
+            ReadData::parse_subset("10%").ok(),
+            Some(ReadData::Percent(10.0))
+        );
+        assert_eq!(
+            ReadData::parse_subset("2.5").ok(),
+            Some(ReadData::Percent(2.5))
+        );
+        assert_eq!(
+            ReadData::parse_subset("3/12").ok(),
+            Some(ReadData::Slice(3, 12))
+        );
         for bad in ["0", "101", "0/3", "4/3", "x", "1/0", ""] {
             assert!(ReadData::parse_subset(bad).is_err(), "{bad}");
         }

@@ -74,7 +74,14 @@ pub(crate) fn check_packs(
     let outcomes: Vec<PackOutcome> = packs
         .par_iter()
         .map(|(id, positions)| {
-            check_one(repo, index, id, positions, sizes.get(*id).copied(), chosen(id))
+            check_one(
+                repo,
+                index,
+                id,
+                positions,
+                sizes.get(*id).copied(),
+                chosen(id),
+            )
         })
         .collect();
     let mut bad = Bad::default();
@@ -92,7 +99,10 @@ pub(crate) fn check_packs(
         }
     }
     // Packs on storage that no index names.
-    let unindexed: Vec<(&Id, &u64)> = sizes.iter().filter(|(id, _)| !by_pack.contains_key(*id)).collect();
+    let unindexed: Vec<(&Id, &u64)> = sizes
+        .iter()
+        .filter(|(id, _)| !by_pack.contains_key(*id))
+        .collect();
     let verdicts: Vec<Result<()>> = unindexed
         .par_iter()
         .map(|(id, size)| read_trailer(backend, repo.keys(), id, **size).map(|_| ()))
@@ -129,20 +139,31 @@ fn check_one(
         ));
         o.bad = positions
             .iter()
-            .map(|&p| (index.entry_at(p as usize).0, "its pack is missing".to_string()))
+            .map(|&p| {
+                (
+                    index.entry_at(p as usize).0,
+                    "its pack is missing".to_string(),
+                )
+            })
             .collect();
         return o;
     };
     for &p in positions {
         let (blob, loc, _) = index.entry_at(p as usize);
         if u64::from(loc.offset) + u64::from(loc.len) > size {
-            o.bad.push((blob, format!("lies past the end of the pack ({size} bytes)")));
+            o.bad.push((
+                blob,
+                format!("lies past the end of the pack ({size} bytes)"),
+            ));
         }
     }
     if !o.bad.is_empty() {
         o.problems.push(pack_problem(
             id,
-            format!("is truncated: {} indexed blobs lie past its end ({size} bytes)", o.bad.len()),
+            format!(
+                "is truncated: {} indexed blobs lie past its end ({size} bytes)",
+                o.bad.len()
+            ),
         ));
     }
     match read_trailer(repo.backend().as_ref(), repo.keys(), id, size) {
@@ -174,11 +195,19 @@ fn check_one(
 }
 
 /// Reads a pack whole and opens every indexed blob in it.
-fn read_data(repo: &Repository, index: &Index, id: &Id, path: &str, positions: &[u32], o: &mut PackOutcome) {
+fn read_data(
+    repo: &Repository,
+    index: &Index,
+    id: &Id,
+    path: &str,
+    positions: &[u32],
+    o: &mut PackOutcome,
+) {
     let bytes = match repo.backend().read(path) {
         Ok(b) => b,
         Err(e) => {
-            o.problems.push(pack_problem(id, format!("cannot be read: {e}")));
+            o.problems
+                .push(pack_problem(id, format!("cannot be read: {e}")));
             return;
         }
     };
@@ -230,8 +259,13 @@ fn mark_bad_deltas(repo: &Repository, index: &Index, bad: &mut Bad) -> Result<()
                     continue;
                 }
                 let why = match (index.get(&base), bad.blobs.get(&base)) {
-                    (None, _) => Some((pack, format!("its delta base {} is not indexed", base.short()))),
-                    (Some(_), Some((bp, w))) => Some((*bp, format!("its delta base {}: {w}", base.short()))),
+                    (None, _) => Some((
+                        pack,
+                        format!("its delta base {} is not indexed", base.short()),
+                    )),
+                    (Some(_), Some((bp, w))) => {
+                        Some((*bp, format!("its delta base {}: {w}", base.short())))
+                    }
                     _ => None,
                 };
                 if let Some(w) = why {
@@ -242,4 +276,3 @@ fn mark_bad_deltas(repo: &Repository, index: &Index, bad: &mut Bad) -> Result<()
     }
     Ok(())
 }
-

@@ -11,7 +11,7 @@ use crate::{Id, Repository, Result, Snapshot};
 /// Damage below a tree node: pack named (None: not indexed at all) -> (blobs, first detail).
 type Summary = BTreeMap<Option<Id>, (u64, String)>;
 
-struct Walker<'a> {
+pub(crate) struct Walker<'a> {
     blobs: Blobs<'a>,
     bad: &'a Bad,
     /// Lists already walked (many snapshots share them): their damage summary.
@@ -87,31 +87,50 @@ pub(crate) fn walk(
     bad: &Bad,
     report: &mut CheckReport,
 ) -> Result<()> {
-    let mut w = Walker {
-        blobs: Blobs {
-            backend: repo.backend().as_ref(),
-            keys: repo.keys(),
-            index,
-        },
-        bad,
-        memo: HashMap::new(),
-    };
+    let mut w = Walker::new(repo, index, bad);
     for (sid, snap) in snaps {
-        for part in &snap.parts {
-            let mut s = Summary::new();
-            for id in &part.lists {
-                merge(&mut s, &w.subtree(id, part.depth));
-            }
-            for (pack, (n, why)) in s {
-                report.problems.push(Problem {
-                    kind: "part".into(),
-                    snapshot: Some(sid.to_hex()),
-                    part: Some(part.name.clone()),
-                    pack: pack.map(|p| p.to_hex()),
-                    detail: format!("{n} blob(s) it needs are damaged or missing: {why}"),
-                });
-            }
+        for (part, pack, detail) in w.damaged_parts(snap) {
+            report.problems.push(Problem {
+                kind: "part".into(),
+                snapshot: Some(sid.to_hex()),
+                part: Some(part),
+                pack: pack.map(|p| p.to_hex()),
+                detail,
+            });
         }
     }
     Ok(())
+}
+
+impl<'a> Walker<'a> {
+    pub(crate) fn new(repo: &'a Repository, index: &'a Index, bad: &'a Bad) -> Walker<'a> {
+        Walker {
+            blobs: Blobs {
+                backend: repo.backend().as_ref(),
+                keys: repo.keys(),
+                index,
+            },
+            bad,
+            memo: HashMap::new(),
+        }
+    }
+
+    /// (part, pack, detail) for every part of `snap` that lacks something.
+    pub(crate) fn damaged_parts(&mut self, snap: &Snapshot) -> Vec<(String, Option<Id>, String)> {
+        let mut out = Vec::new();
+        for part in &snap.parts {
+            let mut s = Summary::new();
+            for id in &part.lists {
+                merge(&mut s, &self.subtree(id, part.depth));
+            }
+            for (pack, (n, why)) in s {
+                out.push((
+                    part.name.clone(),
+                    pack,
+                    format!("{n} blob(s) it needs are damaged or missing: {why}"),
+                ));
+            }
+        }
+        out
+    }
 }
