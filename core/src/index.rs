@@ -218,8 +218,14 @@ impl Index {
     }
 
     fn finalize(&mut self) {
-        self.entries.sort_unstable_by(|a, b| a.id.cmp(&b.id));
-        // The same blob may sit in two packs (two backups racing); one copy is enough.
+        // The same blob may sit in two packs (two backups racing, an interrupted prune);
+        // one copy is enough: the one in the lowest pack id, so every process picks the
+        // same copy whatever order the index files were listed in.
+        let packs = &self.packs;
+        self.entries.sort_unstable_by(|a, b| {
+            a.id.cmp(&b.id)
+                .then_with(|| packs[a.pack as usize].cmp(&packs[b.pack as usize]))
+        });
         self.entries.dedup_by(|a, b| a.id == b.id);
         self.entries.shrink_to_fit();
     }

@@ -77,6 +77,27 @@ pub fn wrap(master: &[u8; 32], passphrase: &[u8], params: KdfParams) -> Result<V
     serde_json::to_vec_pretty(&kf).map_err(|e| Error::Invalid(e.to_string()))
 }
 
+/// Checks a key file's structure without a passphrase (for `check`: other people's keys
+/// cannot be opened, but they can be seen to be whole): it parses, names a known KDF, and
+/// its salt and sealed secret have the right sizes.
+///
+/// # Errors
+/// [`Error::Corrupt`] naming the file.
+pub fn validate(bytes: &[u8], name: &str) -> Result<()> {
+    let bad = |d: String| Error::corrupt(format!("key file {name}"), d);
+    let kf: KeyFile = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+    if kf.kdf != "argon2id" {
+        return Err(bad(format!("unknown kdf {:?}", kf.kdf)));
+    }
+    let salt = hex::decode(&kf.salt).map_err(|e| bad(e.to_string()))?;
+    let sealed = hex::decode(&kf.data).map_err(|e| bad(e.to_string()))?;
+    // 24-byte nonce, 32-byte secret, 16-byte tag.
+    if salt.len() != 32 || sealed.len() != 24 + 32 + 16 {
+        return Err(bad("salt or sealed secret has the wrong size".into()));
+    }
+    Ok(())
+}
+
 /// Unwraps a key file. `Ok(None)` means the passphrase does not open it.
 ///
 /// # Errors
@@ -115,6 +136,10 @@ mod tests {
         let kf = wrap(&[9u8; 32], b"pw", p).unwrap();
         assert_eq!(unwrap(&kf, b"pw", "k").unwrap(), Some([9u8; 32]));
         assert_eq!(unwrap(&kf, b"wrong", "k").unwrap(), None);
+        validate(&kf, "k").unwrap();
+        let mut broken = kf.clone();
+        broken.truncate(kf.len() - 20);
+        assert!(validate(&broken, "k").is_err());
         let text = String::from_utf8(kf).unwrap();
         assert!(!text.contains("pw\""));
     }

@@ -283,6 +283,12 @@ fn killed_prune_loses_nothing_and_the_next_one_cleans_up() {
         let out = repo.run(&["prune", "--json"], None);
         assert_eq!(out.code, Some(0), "{ctx}: {}", out.stderr);
         assert_all_restore(&repo, &data, &ctx);
+        // Blobs copied by an interrupted repack exist twice until one copy's pack goes:
+        // that may take one more prune, never more.
+        if prune_json(&repo)["packs_deleted"] != 0 {
+            eprintln!("{ctx}: a further prune removed duplicate copies");
+            assert_all_restore(&repo, &data, &ctx);
+        }
         assert_nothing_to_do(&repo);
         let dry = repo
             .run(&["prune", "--dry-run", "--json"], None)

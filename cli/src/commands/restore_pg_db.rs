@@ -14,7 +14,7 @@ use super::restore_pg::{meta_str, part_bytes, section, tables, write_part};
 use crate::args::RestoreArgs;
 use crate::pg::PgUrl;
 
-fn jobs() -> usize {
+pub(super) fn jobs() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)

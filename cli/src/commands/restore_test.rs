@@ -23,7 +23,7 @@ use dbvault_formats::sqlite;
 use serde::Serialize;
 
 use super::restore_pg::{meta_str, tables};
-use super::restore_pg_db::{restore_database, Sent};
+use super::restore_pg_db::{jobs, restore_database, Sent};
 use crate::args::{Cli, RestoreArgs, RestoreTestArgs};
 use crate::pg::PgUrl;
 use crate::repo_access;
@@ -238,48 +238,85 @@ fn pg_test(repo: &Repository, id: &Id, snap: &Snapshot, a: &RestoreTestArgs) -> 
         return Ok(out);
     }
     let sent = sent.into_inner().unwrap_or_default();
-    let loader = Loader::connect(&target.source()?)?;
-    for part in tables(snap) {
-        let copy = meta_str(part, "copy");
-        let mut t = TableResult {
-            name: part.name.clone(),
-            ok: true,
-            rows_recorded: part.rows,
-            rows_restored: None,
-            detail: String::new(),
-        };
-        let Some((_, sent_hash)) = sent.get(&part.name) else {
-            t.detail = "not compared (an INSERT-format dump)".into();
-            out.tables.push(t);
-            continue;
-        };
-        let stmt = copy
-            .trim_end()
-            .trim_end_matches(';')
-            .replace(" FROM stdin", " TO STDOUT");
-        let (rows, hash) = loader.copy_out_hash(&format!("reading back {}", part.name), &stmt)?;
-        t.rows_restored = Some(rows);
-        let recorded = part.meta.get("copy_blake3").and_then(|v| v.as_str());
-        t.detail = if &hash != sent_hash {
-            "the rows read back differ from the rows restored".into()
-        } else if recorded.is_some_and(|r| r != hash) {
-            "the rows differ from the hash recorded at backup time".into()
-        } else if part.rows.is_some_and(|r| r != rows) {
-            format!(
-                "{rows} rows, {} recorded at backup time",
-                part.rows.unwrap_or(0)
-            )
-        } else {
-            String::new()
-        };
-        if !t.detail.is_empty() {
-            t.ok = false;
+    // Read the tables back on parallel connections, largest first.
+    let mut order: Vec<&Part> = tables(snap).collect();
+    order.sort_by_key(|p| p.size);
+    let queue = std::sync::Mutex::new(order);
+    let source = target.source()?;
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| -> Result<()> {
+        let workers: Vec<_> = (0..jobs())
+            .map(|_| {
+                s.spawn(|| -> Result<()> {
+                    let loader = Loader::connect(&source)?;
+                    loop {
+                        let Some(part) = queue.lock().map_err(|_| anyhow::anyhow!("lock"))?.pop()
+                        else {
+                            return Ok(());
+                        };
+                        let t = compare_table(&loader, part, sent.get(&part.name))?;
+                        results.lock().map_err(|_| anyhow::anyhow!("lock"))?.push(t);
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join()
+                .map_err(|_| anyhow::anyhow!("a worker panicked"))??;
+        }
+        Ok(())
+    })?;
+    let mut results = results.into_inner().unwrap_or_default();
+    results.sort_by(|a, b| a.name.cmp(&b.name));
+    for t in results {
+        if !t.ok {
             out.problems
-                .push(problem(id, Some(&part.name), t.detail.clone()));
+                .push(problem(id, Some(&t.name), t.detail.clone()));
         }
         out.tables.push(t);
     }
     Ok(out)
+}
+
+/// Reads one restored table back and compares it with what was sent and recorded.
+fn compare_table(
+    loader: &Loader,
+    part: &Part,
+    sent: Option<&(u64, String)>,
+) -> Result<TableResult> {
+    let mut t = TableResult {
+        name: part.name.clone(),
+        ok: true,
+        rows_recorded: part.rows,
+        rows_restored: None,
+        detail: String::new(),
+    };
+    let Some((_, sent_hash)) = sent else {
+        t.detail = "not compared (an INSERT-format dump)".into();
+        return Ok(t);
+    };
+    let copy = meta_str(part, "copy");
+    let stmt = copy
+        .trim_end()
+        .trim_end_matches(';')
+        .replace(" FROM stdin", " TO STDOUT");
+    let (rows, hash) = loader.copy_out_hash(&format!("reading back {}", part.name), &stmt)?;
+    t.rows_restored = Some(rows);
+    let recorded = part.meta.get("copy_blake3").and_then(|v| v.as_str());
+    t.detail = if &hash != sent_hash {
+        "the rows read back differ from the rows restored".into()
+    } else if recorded.is_some_and(|r| r != hash) {
+        "the rows differ from the hash recorded at backup time".into()
+    } else if part.rows.is_some_and(|r| r != rows) {
+        format!(
+            "{rows} rows, {} recorded at backup time",
+            part.rows.unwrap_or(0)
+        )
+    } else {
+        String::new()
+    };
+    t.ok = t.detail.is_empty();
+    Ok(t)
 }
 
 fn sqlite_test(repo: &Repository, id: &Id, snap: &Snapshot) -> Result<Outcome> {

@@ -1,5 +1,7 @@
 //! `check`: is every object readable and does every snapshot have all it needs?
 //!
+//! 0. Key files: each is whole (the one that opened the repository decrypted; others'
+//!    passphrases are unknown, but their structure and name are checked).
 //! 1. Index files, one by one: a damaged one is named and the others still count.
 //! 2. Snapshot manifests: a damaged one is named.
 //! 3. Packs: every pack the index names exists and its trailer decrypts and agrees with the
@@ -129,6 +131,22 @@ pub struct CheckReport {
 pub fn check(repo: &Repository, read: ReadData, progress: &dyn Fn(&str)) -> Result<CheckReport> {
     let started = Instant::now();
     let mut report = CheckReport::default();
+    for k in repo.backend().list("keys/")? {
+        let name = k.path.trim_start_matches("keys/");
+        let verdict = repo.backend().read(&k.path).and_then(|b| {
+            crate::keyfile::validate(&b, name)?;
+            if Id::hash_of(&b).to_hex() != name {
+                return Err(crate::Error::corrupt(
+                    format!("key file {name}"),
+                    "content does not match its name",
+                ));
+            }
+            Ok(())
+        });
+        if let Err(e) = verdict {
+            report.problems.push(Problem::new("key", e.to_string()));
+        }
+    }
     let (index, damaged) = Index::load_lenient(repo.backend().as_ref(), repo.keys())?;
     report.index_files = index.files().len() + damaged.len();
     for (path, e) in damaged {
