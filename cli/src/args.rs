@@ -36,7 +36,8 @@ pub struct Cli {
     /// before giving up; units y, mo, w, d, h, min, s. Default 30min.
     #[arg(long, global = true, value_name = "DURATION")]
     pub lock_wait: Option<String>,
-    /// Configuration file.
+    /// Configuration file for `run` and `status` (default /etc/dbvault/dbvault.toml, then
+    /// $XDG_CONFIG_HOME/dbvault/dbvault.toml).
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// What to do.
@@ -65,8 +66,21 @@ pub enum Command {
     Check(CheckArgs),
     /// Restore a snapshot into a scratch database, check it, drop it, store a report (exit 3 on failure).
     RestoreTest(RestoreTestArgs),
+    /// Back up every source of the configuration file, then apply retention, prune and
+    /// check on the schedules it gives; one summary; exit 1 if anything failed.
+    Run(RunArgs),
+    /// Which configured sources missed their backup, and when each last passed a restore-test.
+    Status,
     /// Show repository statistics.
     Stats,
+}
+
+/// `run` options.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Only this source (by name).
+    #[arg(value_name = "JOB")]
+    pub job: Option<String>,
 }
 
 /// Retention rules (`--keep-…`).

@@ -2,6 +2,7 @@
 
 mod args;
 mod commands;
+mod config;
 mod output;
 mod pg;
 mod repo_access;

@@ -19,6 +19,11 @@ pub fn backend(cli: &Cli) -> Result<Arc<dyn Backend>> {
         .repo
         .as_deref()
         .ok_or_else(|| anyhow!("no repository given: use --repo URL or set DBVAULT_REPO"))?;
+    backend_for(url)
+}
+
+/// The backend of a repository URL.
+pub fn backend_for(url: &str) -> Result<Arc<dyn Backend>> {
     if url.starts_with("s3://") {
         bail!("S3 repositories are not supported by this build yet: use a local path");
     }
@@ -84,6 +89,12 @@ pub fn open(cli: &Cli) -> Result<Repository> {
 /// up to `--lock-wait` for a conflicting holder, saying so on stderr.
 pub fn open_locked(cli: &Cli, kind: LockKind, command: &str) -> Result<Repository> {
     let repo = open(cli)?;
+    lock(cli, &repo, kind, command)?;
+    Ok(repo)
+}
+
+/// Takes a lock on an open repository, as [`open_locked`] does.
+pub fn lock(cli: &Cli, repo: &Repository, kind: LockKind, command: &str) -> Result<()> {
     let wait = match &cli.lock_wait {
         Some(w) => Span::parse(w).context("--lock-wait")?.approx_seconds(),
         None => 30 * 60,
@@ -98,5 +109,5 @@ pub fn open_locked(cli: &Cli, kind: LockKind, command: &str) -> Result<Repositor
     }
     opts.notify = Arc::new(|m| eprintln!("dbvault: {m}"));
     repo.lock(kind, &opts)?;
-    Ok(repo)
+    Ok(())
 }

@@ -95,8 +95,22 @@ pub fn run(cli: &Cli, a: &BackupArgs) -> Result<()> {
         None => None,
     };
     let time = snapshot_time(a)?;
-    let inp = input(a)?;
+    input(a)?;
     let repo = repo_access::open_locked(cli, LockKind::Shared, "backup")?;
+    let summary = backup_into(cli, &repo, a, format, time)?;
+    report(cli, &summary);
+    Ok(())
+}
+
+/// Backs `a`'s source up into an open, locked repository.
+pub fn backup_into(
+    cli: &Cli,
+    repo: &Repository,
+    a: &BackupArgs,
+    format: Option<StreamFormat>,
+    time: chrono::DateTime<chrono::FixedOffset>,
+) -> Result<BackupSummary> {
+    let inp = input(a)?;
     let meta = |name: String, source| SnapshotMeta {
         time,
         name,
@@ -104,11 +118,11 @@ pub fn run(cli: &Cli, a: &BackupArgs) -> Result<()> {
         source,
     };
     let summary = match inp {
-        Input::Command(cmd) => backup_command(cli, &repo, a, cmd, format, meta)?,
+        Input::Command(cmd) => backup_command(cli, repo, a, cmd, format, meta)?,
         Input::Postgres(url) => {
             let pg = PgSource::parse(url)?;
             let name = a.name.clone().unwrap_or_else(|| pg.dbname().to_string());
-            let b = start(&repo, &name)?;
+            let b = start(repo, &name)?;
             let progress = Progress::start(
                 &format!("backing up {}", pg.dbname()),
                 b.progress(),
@@ -141,7 +155,7 @@ pub fn run(cli: &Cli, a: &BackupArgs) -> Result<()> {
             let identity = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
             backup_sqlite_copy(
                 cli,
-                &repo,
+                repo,
                 &copy,
                 meta(
                     name,
@@ -157,12 +171,12 @@ pub fn run(cli: &Cli, a: &BackupArgs) -> Result<()> {
                 let copy = stdin_to_sqlite_file(reader)?;
                 backup_sqlite_copy(
                     cli,
-                    &repo,
+                    repo,
                     &copy,
                     meta(name, sqlite_source("-".into(), &copy.info)),
                 )?
             } else {
-                let b = start(&repo, &name)?;
+                let b = start(repo, &name)?;
                 let progress = Progress::start("backing up stdin", b.progress(), cli.json);
                 let r = stream_parts(&b, fmt, reader);
                 progress.finish();
@@ -177,8 +191,7 @@ pub fn run(cli: &Cli, a: &BackupArgs) -> Result<()> {
             }
         }
     };
-    report(cli, &summary);
-    Ok(())
+    Ok(summary)
 }
 
 /// Starts a backup with the latest snapshot of the same name as the base for deltas.

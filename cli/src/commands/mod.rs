@@ -10,8 +10,10 @@ mod restore;
 mod restore_pg;
 mod restore_pg_db;
 mod restore_test;
+mod run;
 mod snapshots;
 mod stats;
+mod status;
 
 use std::process::ExitCode;
 
@@ -25,6 +27,8 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
     match &cli.command {
         Command::Check(a) => return check::run(cli, a),
         Command::RestoreTest(a) => return restore_test::run(cli, a),
+        Command::Run(a) => return run::run(cli, a),
+        Command::Status => return status::run(cli),
         Command::Init(a) => init::run(cli, a),
         Command::Backup(a) => backup::run(cli, a),
         Command::Snapshots(a) => snapshots::run(cli, a),

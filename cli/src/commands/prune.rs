@@ -28,14 +28,30 @@ pub fn run_on(cli: &Cli, repo: &Repository, dry_run: bool, repack: u8) -> Result
             eprintln!("dbvault: prune: {m}");
         }
     };
-    Ok(prune(
+    let r = prune(
         repo,
         PruneOptions {
             dry_run,
             repack_unused_percent: repack,
         },
         &progress,
-    )?)
+    )?;
+    if !dry_run {
+        // `run` schedules prunes by the last one's report.
+        let stored = repo.save_report(&dbvault_core::report::Report {
+            kind: "prune".into(),
+            time: chrono::Local::now().fixed_offset(),
+            host: gethostname::gethostname().to_string_lossy().into_owned(),
+            ok: true,
+            snapshot: None,
+            seconds: r.seconds,
+            body: serde_json::to_value(&r)?,
+        });
+        if let Err(e) = stored {
+            eprintln!("dbvault: warning: the prune report could not be stored: {e}");
+        }
+    }
+    Ok(r)
 }
 
 /// Human summary of a prune.

@@ -1,0 +1,383 @@
+//! `dbvault run [JOB]`: the nightly job of the configuration file. Every source is tried
+//! even when an earlier one failed; then retention per source, prune and check on their
+//! schedules; one summary; metrics; exit 1 if anything failed.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use dbvault_core::check::{check, ReadData};
+use dbvault_core::lock::LockKind;
+use dbvault_core::retention::{self, Span};
+use dbvault_core::Repository;
+use serde::Serialize;
+
+use crate::args::{BackupArgs, Cli, RunArgs};
+use crate::config::{self, Config, Source};
+use crate::repo_access;
+
+/// One source's outcome.
+#[derive(Serialize)]
+struct SourceResult {
+    name: String,
+    repository: String,
+    ok: bool,
+    snapshot_id: Option<String>,
+    bytes_in: u64,
+    bytes_added: u64,
+    seconds: f64,
+    forgotten: usize,
+    /// Newest snapshot time (unix seconds), for the metrics.
+    last_success: Option<i64>,
+    error: Option<String>,
+}
+
+/// One maintenance step's outcome.
+#[derive(Serialize)]
+struct Step {
+    repository: String,
+    step: String,
+    ok: bool,
+    detail: String,
+}
+
+pub fn run(cli: &Cli, a: &RunArgs) -> Result<ExitCode> {
+    let path = config::locate(cli.config.as_deref())?;
+    let cfg = config::load(&path)?;
+    if let Some(j) = &a.job {
+        if !cfg.source.iter().any(|s| &s.name == j) {
+            bail!("{}: no source named {j:?}", path.display());
+        }
+    }
+    let started = Instant::now();
+    let mut results = Vec::new();
+    let mut steps = Vec::new();
+    for (rname, rc) in &cfg.repository {
+        let sources: Vec<&Source> = cfg
+            .source
+            .iter()
+            .filter(|s| cfg.repo_of(s).is_ok_and(|r| r == rname))
+            .filter(|s| a.job.as_ref().is_none_or(|j| &s.name == j))
+            .collect();
+        if sources.is_empty() && a.job.is_some() {
+            continue;
+        }
+        let opened = (|| -> Result<Repository> {
+            let pass = config::passphrase(rname, rc)?;
+            let repo = Repository::open(repo_access::backend_for(&rc.url)?, pass.as_bytes())?;
+            repo_access::lock(cli, &repo, LockKind::Shared, "run")?;
+            Ok(repo)
+        })();
+        let repo = match opened {
+            Ok(r) => r,
+            Err(e) => {
+                for s in &sources {
+                    results.push(failed(s, rname, format!("repository {rname}: {e:#}")));
+                }
+                steps.push(step(rname, "open", Err(format!("{e:#}"))));
+                continue;
+            }
+        };
+        for s in &sources {
+            results.push(back_up(cli, &repo, &cfg, s, rname));
+        }
+        if a.job.is_none() {
+            maintain(cli, &repo, &cfg, rname, &mut steps);
+        }
+    }
+    if let Some(m) = &cfg.metrics {
+        if let Err(e) = write_metrics(&m.textfile, &results) {
+            steps.push(step("-", "metrics", Err(format!("{e:#}"))));
+        }
+    }
+    let ok = results.iter().all(|r| r.ok) && steps.iter().all(|s| s.ok);
+    if cli.json {
+        crate::output::json(&serde_json::json!({
+            "ok": ok,
+            "config": path.display().to_string(),
+            "seconds": started.elapsed().as_secs_f64(),
+            "sources": results,
+            "maintenance": steps,
+        }));
+    } else {
+        crate::outln!("dbvault run ({})", path.display());
+        for r in &results {
+            match &r.error {
+                None => crate::outln!(
+                    "  ok      {:<20} snapshot {} {} read, {} added, {:.1} s{}",
+                    r.name,
+                    r.snapshot_id.as_deref().map_or("", |s| &s[..8]),
+                    crate::output::bytes(r.bytes_in),
+                    crate::output::bytes(r.bytes_added),
+                    r.seconds,
+                    if r.forgotten > 0 {
+                        format!(", {} old snapshot(s) forgotten", r.forgotten)
+                    } else {
+                        String::new()
+                    }
+                ),
+                Some(e) => crate::outln!("  FAILED  {:<20} {e}", r.name),
+            }
+        }
+        for s in &steps {
+            crate::outln!(
+                "  {:<7} {} on {}: {}",
+                if s.ok { "ok" } else { "FAILED" },
+                s.step,
+                s.repository,
+                s.detail
+            );
+        }
+        let bad = results.iter().filter(|r| !r.ok).count();
+        crate::outln!(
+            "{} of {} sources backed up in {:.1} s{}",
+            results.len() - bad,
+            results.len(),
+            started.elapsed().as_secs_f64(),
+            if ok { "" } else { "; FAILURES above" }
+        );
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn failed(s: &Source, repo: &str, error: String) -> SourceResult {
+    SourceResult {
+        name: s.name.clone(),
+        repository: repo.to_string(),
+        ok: false,
+        snapshot_id: None,
+        bytes_in: 0,
+        bytes_added: 0,
+        seconds: 0.0,
+        forgotten: 0,
+        last_success: None,
+        error: Some(error),
+    }
+}
+
+fn step(repo: &str, what: &str, r: std::result::Result<String, String>) -> Step {
+    let (ok, detail) = match r {
+        Ok(d) => (true, d),
+        Err(e) => (false, e),
+    };
+    Step {
+        repository: repo.to_string(),
+        step: what.to_string(),
+        ok,
+        detail,
+    }
+}
+
+/// Backs one source up, then applies its retention.
+fn back_up(cli: &Cli, repo: &Repository, cfg: &Config, s: &Source, rname: &str) -> SourceResult {
+    let t0 = Instant::now();
+    let outcome = (|| -> Result<(String, u64, u64)> {
+        let (source, command) = s.target()?;
+        let args = BackupArgs {
+            source,
+            command,
+            name: Some(s.name.clone()),
+            tags: s.tags.clone(),
+            time: None,
+            jobs: None,
+            format: None,
+        };
+        let now = chrono::Local::now().fixed_offset();
+        let sum = super::backup::backup_into(cli, repo, &args, None, now)?;
+        Ok((
+            sum.id.to_hex(),
+            sum.snapshot.bytes_in,
+            sum.snapshot.bytes_added,
+        ))
+    })();
+    let mut r = match outcome {
+        Ok((id, bytes_in, bytes_added)) => SourceResult {
+            name: s.name.clone(),
+            repository: rname.to_string(),
+            ok: true,
+            snapshot_id: Some(id),
+            bytes_in,
+            bytes_added,
+            seconds: t0.elapsed().as_secs_f64(),
+            forgotten: 0,
+            last_success: None,
+            error: None,
+        },
+        Err(e) => failed(s, rname, format!("{e:#}")),
+    };
+    // Retention runs even when tonight's backup failed: the latest snapshot is never
+    // forgotten, so a failing source keeps its history.
+    match forget_source(repo, cfg, s) {
+        Ok(n) => r.forgotten = n,
+        Err(e) if r.ok => {
+            r.ok = false;
+            r.error = Some(format!("retention: {e:#}"));
+        }
+        Err(_) => {}
+    }
+    r.last_success = repo
+        .find_snapshot("latest", Some(&s.name))
+        .ok()
+        .map(|(_, snap)| snap.time.timestamp());
+    r
+}
+
+fn forget_source(repo: &Repository, cfg: &Config, s: &Source) -> Result<usize> {
+    let policy = match cfg.policy_of(s)? {
+        Some(p) => p,
+        None => match retention::load_policy(repo.backend().as_ref(), repo.keys())? {
+            Some(p) => p,
+            None => return Ok(0),
+        },
+    };
+    if policy.is_empty() {
+        return Ok(0);
+    }
+    let (snaps, _) = repo.readable_snapshots()?;
+    let list: Vec<_> = snaps
+        .iter()
+        .filter(|(_, x)| x.name == s.name)
+        .map(|(id, x)| (*id, x.name.clone(), x.time))
+        .collect();
+    let doomed: Vec<_> = retention::apply_grouped(&list, &policy, &chrono::Local)
+        .into_values()
+        .flatten()
+        .filter(|v| v.reasons.is_empty())
+        .map(|v| v.id)
+        .collect();
+    repo.forget_snapshots(&doomed)?;
+    Ok(doomed.len())
+}
+
+/// True when no report of `kind` is younger than `every` (no `every`: always).
+fn due(repo: &Repository, kind: &str, every: Option<&str>) -> Result<bool> {
+    let Some(every) = every else { return Ok(true) };
+    let secs = Span::parse(every)?.approx_seconds();
+    let last = repo
+        .reports()?
+        .into_iter()
+        .filter(|r| r.kind == kind)
+        .map(|r| r.time)
+        .max();
+    Ok(last
+        .is_none_or(|t| chrono::Local::now().signed_duration_since(t).num_seconds() >= secs as i64))
+}
+
+/// Prune and check, when their schedules say so.
+fn maintain(cli: &Cli, repo: &Repository, cfg: &Config, rname: &str, steps: &mut Vec<Step>) {
+    if let Some(p) = &cfg.prune {
+        let r = (|| -> Result<Option<String>> {
+            if !due(repo, "prune", p.every.as_deref())? {
+                return Ok(None);
+            }
+            repo.unlock();
+            repo_access::lock(cli, repo, LockKind::Exclusive, "prune")?;
+            let r = super::prune::run_on(cli, repo, false, 50)?;
+            repo_access::lock(cli, repo, LockKind::Shared, "run")?;
+            Ok(Some(format!(
+                "{} packs deleted, {} repacked, {} freed",
+                r.packs_deleted,
+                r.packs_repacked,
+                crate::output::bytes(r.bytes_freed)
+            )))
+        })();
+        match r {
+            Ok(None) => {}
+            Ok(Some(d)) => steps.push(step(rname, "prune", Ok(d))),
+            Err(e) => steps.push(step(rname, "prune", Err(format!("{e:#}")))),
+        }
+    }
+    if let Some(c) = &cfg.check {
+        let r = (|| -> Result<Option<(bool, String)>> {
+            if !due(repo, "check", c.every.as_deref())? {
+                return Ok(None);
+            }
+            let read = match &c.read_data_subset {
+                Some(s) => ReadData::parse_subset(s)?,
+                None => ReadData::None,
+            };
+            let r = check(repo, read, &|_| {})?;
+            repo.save_report(&dbvault_core::report::Report {
+                kind: "check".into(),
+                time: chrono::Local::now().fixed_offset(),
+                host: gethostname::gethostname().to_string_lossy().into_owned(),
+                ok: r.ok,
+                snapshot: None,
+                seconds: r.seconds,
+                body: serde_json::to_value(&r)?,
+            })?;
+            let first = r.problems.first().map(super::check::describe);
+            Ok(Some((
+                r.ok,
+                match first {
+                    None => format!("no damage ({} packs read)", r.packs_read),
+                    Some(p) => format!("{} problem(s), first: {p}", r.problems.len()),
+                },
+            )))
+        })();
+        match r {
+            Ok(None) => {}
+            Ok(Some((true, d))) => steps.push(step(rname, "check", Ok(d))),
+            Ok(Some((false, d))) => steps.push(step(rname, "check", Err(d))),
+            Err(e) => steps.push(step(rname, "check", Err(format!("{e:#}")))),
+        }
+    }
+}
+
+/// Prometheus textfile-collector metrics, written atomically.
+fn write_metrics(path: &std::path::Path, results: &[SourceResult]) -> Result<()> {
+    let mut out = String::new();
+    let label = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+    let mut metric = |name: &str, help: &str, values: Vec<(String, f64)>| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        for (src, v) in values {
+            out.push_str(&format!("{name}{{source=\"{}\"}} {v}\n", label(&src)));
+        }
+    };
+    let per = |f: &dyn Fn(&SourceResult) -> Option<f64>| -> Vec<(String, f64)> {
+        results
+            .iter()
+            .filter_map(|r| f(r).map(|v| (r.name.clone(), v)))
+            .collect()
+    };
+    metric(
+        "dbvault_backup_success",
+        "1 if the last run backed this source up, else 0.",
+        per(&|r| Some(if r.ok { 1.0 } else { 0.0 })),
+    );
+    metric(
+        "dbvault_last_success_timestamp_seconds",
+        "Time of the newest snapshot of this source.",
+        per(&|r| r.last_success.map(|t| t as f64)),
+    );
+    metric(
+        "dbvault_backup_duration_seconds",
+        "Wall time of the last backup.",
+        per(&|r| r.ok.then_some(r.seconds)),
+    );
+    metric(
+        "dbvault_backup_bytes_in",
+        "Bytes read by the last backup.",
+        per(&|r| r.ok.then_some(r.bytes_in as f64)),
+    );
+    metric(
+        "dbvault_backup_bytes_added",
+        "Bytes the last backup added to the repository.",
+        per(&|r| r.ok.then_some(r.bytes_added as f64)),
+    );
+    metric(
+        "dbvault_dedup_ratio",
+        "Bytes read over bytes added by the last backup.",
+        per(&|r| (r.ok && r.bytes_added > 0).then(|| r.bytes_in as f64 / r.bytes_added as f64)),
+    );
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut tmp, out.as_bytes())?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path)?;
+    Ok(())
+}

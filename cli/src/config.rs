@@ -1,0 +1,358 @@
+//! The configuration file: repositories, sources, retention and schedules for `run` and
+//! `status`. TOML; unknown keys are errors naming the line.
+//!
+//! ```toml
+//! [repository.main]
+//! url = "/backups/repo"
+//! password_file = "/etc/dbvault/pw"        # or password_command = "pass show dbvault"
+//!
+//! [retention]                               # default for every source
+//! keep_daily = 7
+//! keep_weekly = 4
+//! keep_monthly = 12
+//!
+//! [prune]
+//! every = "7d"                              # prune when the last prune is older
+//!
+//! [check]
+//! every = "1d"
+//! read_data_subset = "5%"
+//!
+//! [metrics]
+//! textfile = "/var/lib/prometheus/node-exporter/dbvault.prom"
+//!
+//! [[source]]
+//! name = "shop"
+//! postgres = "postgresql:///shop"
+//! max_age = "26h"                           # status: older than this is a missed backup
+//!
+//! [[source]]
+//! name = "app"
+//! sqlite = "/var/lib/app/app.db"
+//! retention = { keep_daily = 14 }
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use dbvault_core::retention::{Policy, Span};
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Repositories by name.
+    #[serde(default)]
+    pub repository: BTreeMap<String, RepoConfig>,
+    /// Default retention.
+    #[serde(default)]
+    pub retention: Option<Retention>,
+    /// Prune schedule.
+    #[serde(default)]
+    pub prune: Option<Schedule>,
+    /// Check schedule.
+    #[serde(default)]
+    pub check: Option<Schedule>,
+    /// Prometheus textfile output.
+    #[serde(default)]
+    pub metrics: Option<Metrics>,
+    /// Sources, in the order they are backed up.
+    #[serde(default)]
+    pub source: Vec<Source>,
+}
+
+/// One repository.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoConfig {
+    /// Local path or URL.
+    pub url: String,
+    /// Passphrase from the first line of this file.
+    pub password_file: Option<toml::Spanned<PathBuf>>,
+    /// Passphrase from this command's first output line (`sh -c`).
+    pub password_command: Option<String>,
+    /// Inline passphrase: refused unless `allow_inline_password = true`.
+    pub password: Option<String>,
+    /// The user insists on an inline passphrase.
+    #[serde(default)]
+    pub allow_inline_password: bool,
+}
+
+/// Retention rules, as `--keep-…` options.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    keep_last: Option<u32>,
+    keep_daily: Option<u32>,
+    keep_weekly: Option<u32>,
+    keep_monthly: Option<u32>,
+    keep_yearly: Option<u32>,
+    keep_within: Option<String>,
+}
+
+impl Retention {
+    /// As a policy.
+    pub fn policy(&self) -> Result<Policy> {
+        Ok(Policy {
+            last: self.keep_last.unwrap_or(0),
+            daily: self.keep_daily.unwrap_or(0),
+            weekly: self.keep_weekly.unwrap_or(0),
+            monthly: self.keep_monthly.unwrap_or(0),
+            yearly: self.keep_yearly.unwrap_or(0),
+            within: self.keep_within.as_deref().map(Span::parse).transpose()?,
+        })
+    }
+}
+
+/// How often a maintenance step runs during `run`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    /// Run when the last one is older than this (e.g. `7d`); default: every `run`.
+    pub every: Option<String>,
+    /// For `check`: `--read-data-subset`.
+    pub read_data_subset: Option<String>,
+}
+
+/// Metrics output.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// Prometheus textfile collector file, written atomically after `run`.
+    pub textfile: PathBuf,
+}
+
+/// One source.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    /// Source name (snapshot group).
+    pub name: String,
+    /// A PostgreSQL database URL.
+    pub postgres: Option<String>,
+    /// An SQLite database file.
+    pub sqlite: Option<PathBuf>,
+    /// A command whose output is backed up.
+    pub command: Option<String>,
+    /// Repository name (default: the only one).
+    pub repository: Option<toml::Spanned<String>>,
+    /// Retention for this source (default: the file's).
+    pub retention: Option<Retention>,
+    /// `status`: a newest snapshot older than this is a missed backup (default 26h).
+    pub max_age: Option<String>,
+    /// Tags for its snapshots.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+impl Source {
+    /// The `backup` SOURCE argument, or the command.
+    pub fn target(&self) -> Result<(Option<String>, Option<String>)> {
+        match (&self.postgres, &self.sqlite, &self.command) {
+            (Some(u), None, None) => Ok((Some(u.clone()), None)),
+            (None, Some(p), None) => Ok((Some(format!("sqlite:{}", p.display())), None)),
+            (None, None, Some(c)) => Ok((None, Some(c.clone()))),
+            _ => bail!(
+                "source {:?} needs exactly one of postgres, sqlite or command",
+                self.name
+            ),
+        }
+    }
+
+    /// `max_age` in seconds.
+    pub fn max_age_secs(&self) -> Result<u64> {
+        Ok(match &self.max_age {
+            Some(s) => Span::parse(s)?.approx_seconds(),
+            None => 26 * 3600,
+        })
+    }
+}
+
+/// Where the configuration is: `--config`, else `/etc/dbvault/dbvault.toml`, else
+/// `$XDG_CONFIG_HOME/dbvault/dbvault.toml` (or `~/.config/…`).
+pub fn locate(given: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = given {
+        return Ok(p.to_path_buf());
+    }
+    let system = PathBuf::from("/etc/dbvault/dbvault.toml");
+    if system.exists() {
+        return Ok(system);
+    }
+    let xdg = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
+    if let Some(d) = xdg {
+        let p = d.join("dbvault/dbvault.toml");
+        if p.exists() {
+            return Ok(p);
+        }
+    }
+    bail!("no configuration file: give --config FILE, or create /etc/dbvault/dbvault.toml")
+}
+
+/// Reads and validates a configuration file. Errors are one line naming file and line.
+pub fn load(path: &Path) -> Result<Config> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the configuration file {}", path.display()))?;
+    let cfg: Config = toml::from_str(&text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        let msg = e.message().replace('\n', " ");
+        match line {
+            Some(l) => anyhow!("{}:{l}: {msg}", path.display()),
+            None => anyhow!("{}: {msg}", path.display()),
+        }
+    })?;
+    let at = |what: String| anyhow!("{}: {what}", path.display());
+    let line_of =
+        |span: std::ops::Range<usize>| text[..span.start.min(text.len())].matches('\n').count() + 1;
+    let at_line = |span: std::ops::Range<usize>, what: String| {
+        anyhow!("{}:{}: {what}", path.display(), line_of(span))
+    };
+    if cfg.repository.is_empty() {
+        return Err(at(
+            "no [repository.NAME] section: name at least one repository".into(),
+        ));
+    }
+    for (name, r) in &cfg.repository {
+        let sources = [
+            r.password_file.is_some(),
+            r.password_command.is_some(),
+            r.password.is_some(),
+        ];
+        if sources.iter().filter(|x| **x).count() > 1 {
+            return Err(at(format!(
+                "repository {name}: give one of password_file, password_command, password"
+            )));
+        }
+        if let Some(f) = &r.password_file {
+            if let Err(e) = std::fs::File::open(f.get_ref()) {
+                return Err(at_line(
+                    f.span(),
+                    format!(
+                        "repository {name}: cannot read the password file {}: {e}",
+                        f.get_ref().display()
+                    ),
+                ));
+            }
+        }
+        if r.password.is_some() && !r.allow_inline_password {
+            return Err(at(format!(
+                "repository {name}: an inline password is refused (it ends up in backups of /etc and in ps-visible copies); use password_file, or set allow_inline_password = true"
+            )));
+        }
+    }
+    for s in &cfg.source {
+        s.target().map_err(|e| at(e.to_string()))?;
+        s.max_age_secs()
+            .map_err(|e| at(format!("source {}: max_age: {e}", s.name)))?;
+        if let Some(r) = &s.retention {
+            r.policy()
+                .map_err(|e| at(format!("source {}: {e}", s.name)))?;
+        }
+        if let Err(e) = cfg.repo_of(s) {
+            return Err(match &s.repository {
+                Some(r) => at_line(r.span(), e.to_string()),
+                None => at(e.to_string()),
+            });
+        }
+    }
+    if let Some(r) = &cfg.retention {
+        r.policy().map_err(|e| at(e.to_string()))?;
+    }
+    for (what, sch) in [("prune", &cfg.prune), ("check", &cfg.check)] {
+        if let Some(e) = sch.as_ref().and_then(|s| s.every.as_deref()) {
+            Span::parse(e).map_err(|err| at(format!("[{what}] every: {err}")))?;
+        }
+    }
+    Ok(cfg)
+}
+
+impl Config {
+    /// The repository a source goes to.
+    pub fn repo_of(&self, s: &Source) -> Result<&str> {
+        match s.repository.as_ref().map(|r| r.get_ref()) {
+            Some(r) => match self.repository.get_key_value(r) {
+                Some((k, _)) => Ok(k),
+                None => bail!("source {}: no repository named {r:?}", s.name),
+            },
+            None if self.repository.len() == 1 => {
+                Ok(self.repository.keys().next().map(String::as_str).unwrap_or_default())
+            }
+            None => bail!(
+                "source {}: several repositories are configured; say which with repository = \"NAME\"",
+                s.name
+            ),
+        }
+    }
+
+    /// The retention policy of a source, if any.
+    pub fn policy_of(&self, s: &Source) -> Result<Option<Policy>> {
+        s.retention
+            .as_ref()
+            .or(self.retention.as_ref())
+            .map(Retention::policy)
+            .transpose()
+    }
+}
+
+/// Reads the passphrase a repository's configuration names.
+pub fn passphrase(name: &str, r: &RepoConfig) -> Result<String> {
+    if let Some(f) = r.password_file.as_ref().map(|f| f.get_ref()) {
+        let s = std::fs::read_to_string(f).with_context(|| {
+            format!(
+                "repository {name}: cannot read the password file {}",
+                f.display()
+            )
+        })?;
+        let first = s.lines().next().unwrap_or("").to_string();
+        if first.is_empty() {
+            bail!(
+                "repository {name}: the password file {} is empty",
+                f.display()
+            );
+        }
+        return Ok(first);
+    }
+    if let Some(c) = &r.password_command {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(c)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .with_context(|| format!("repository {name}: cannot run password_command"))?;
+        let first = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string();
+        if !out.status.success() || first.is_empty() {
+            bail!("repository {name}: password_command failed or printed nothing");
+        }
+        return Ok(first);
+    }
+    if let Some(p) = &r.password {
+        return Ok(p.clone());
+    }
+    bail!("repository {name}: no passphrase source: set password_file or password_command")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_parses() {
+        let cfg: Config =
+            toml::from_str(include_str!("../../contrib/dbvault.toml")).expect("parse");
+        assert_eq!(cfg.source.len(), 2);
+        assert!(cfg
+            .policy_of(&cfg.source[1])
+            .expect("policy")
+            .is_some_and(|p| p.daily == 14));
+        assert_eq!(cfg.repo_of(&cfg.source[0]).expect("repo"), "main");
+    }
+}
