@@ -180,6 +180,10 @@ pub struct BackupArgs {
     /// Record this time instead of now (RFC 3339, e.g. 2026-11-20T02:00:00+01:00).
     #[arg(long, value_name = "RFC3339")]
     pub time: Option<String>,
+    /// With a postgres:// SOURCE: every database of that server (and its roles and
+    /// tablespaces, from `pg_dumpall --globals-only`) in one snapshot.
+    #[arg(long)]
+    pub all_databases: bool,
     /// Parallel COPY connections for a postgres:// source (default: the number of cores).
     #[arg(long, value_name = "N")]
     pub jobs: Option<usize>,
@@ -209,6 +213,10 @@ pub struct RestoreArgs {
     /// With `latest`: the source name to pick from.
     #[arg(long)]
     pub name: Option<String>,
+    /// From a whole-server snapshot: the database to restore (its roles come along; it is
+    /// created on the target server when missing).
+    #[arg(long, value_name = "NAME")]
+    pub database: Option<String>,
     /// Restore only this table (repeatable).
     #[arg(long = "table", value_name = "NAME")]
     pub tables: Vec<String>,

@@ -132,6 +132,8 @@ pub struct Source {
     pub name: String,
     /// A PostgreSQL database URL.
     pub postgres: Option<String>,
+    /// A PostgreSQL server URL: every database, with roles and tablespaces.
+    pub postgres_server: Option<String>,
     /// An SQLite database file.
     pub sqlite: Option<PathBuf>,
     /// A command whose output is backed up.
@@ -148,14 +150,22 @@ pub struct Source {
 }
 
 impl Source {
-    /// The `backup` SOURCE argument, or the command.
-    pub fn target(&self) -> Result<(Option<String>, Option<String>)> {
-        match (&self.postgres, &self.sqlite, &self.command) {
-            (Some(u), None, None) => Ok((Some(u.clone()), None)),
-            (None, Some(p), None) => Ok((Some(format!("sqlite:{}", p.display())), None)),
-            (None, None, Some(c)) => Ok((None, Some(c.clone()))),
+    /// The `backup` SOURCE argument or the command, and whether it is a whole server.
+    pub fn target(&self) -> Result<(Option<String>, Option<String>, bool)> {
+        match (
+            &self.postgres,
+            &self.postgres_server,
+            &self.sqlite,
+            &self.command,
+        ) {
+            (Some(u), None, None, None) => Ok((Some(u.clone()), None, false)),
+            (None, Some(u), None, None) => Ok((Some(u.clone()), None, true)),
+            (None, None, Some(p), None) => {
+                Ok((Some(format!("sqlite:{}", p.display())), None, false))
+            }
+            (None, None, None, Some(c)) => Ok((None, Some(c.clone()), false)),
             _ => bail!(
-                "source {:?} needs exactly one of postgres, sqlite or command",
+                "source {:?} needs exactly one of postgres, postgres_server, sqlite or command",
                 self.name
             ),
         }

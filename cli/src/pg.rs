@@ -71,6 +71,16 @@ impl PgUrl {
         })
     }
 
+    /// The database the URL names, if any.
+    pub fn database(&self) -> Option<String> {
+        let url = &self.public;
+        let start = url.find("://").map_or(0, |i| i + 3);
+        let rest = &url[start..];
+        let path = &rest[rest.find(['/', '?']).unwrap_or(rest.len())..];
+        let db = path.strip_prefix('/')?.split('?').next()?;
+        (!db.is_empty()).then(|| percent_decode(db))
+    }
+
     /// The same server and credentials, another database.
     pub fn with_database(&self, db: &str) -> PgUrl {
         PgUrl {

@@ -93,6 +93,9 @@ pub struct Backup<'r> {
     next_part: AtomicU32,
     progress: Arc<AtomicU64>,
     started: Instant,
+    /// Prepended to the names of parts added from now on (e.g. `shop/` when one snapshot
+    /// holds several databases).
+    prefix: Mutex<String>,
 }
 
 impl Repository {
@@ -153,11 +156,17 @@ impl Repository {
             next_part: AtomicU32::new(0),
             progress: Arc::new(AtomicU64::new(0)),
             started: Instant::now(),
+            prefix: Mutex::new(String::new()),
         })
     }
 }
 
 impl Backup<'_> {
+    /// Prefixes the names of the parts added from now on (`shop/` gives `shop/pre-data`).
+    pub fn set_part_prefix(&self, prefix: &str) {
+        *self.prefix.lock().unwrap_or_else(|p| p.into_inner()) = prefix.to_string();
+    }
+
     /// Bytes read so far over all parts (for progress display).
     pub fn progress(&self) -> Arc<AtomicU64> {
         self.progress.clone()
@@ -199,9 +208,13 @@ impl Backup<'_> {
         describe: impl FnOnce() -> PartInput,
     ) -> Result<u64> {
         let part = self.next_part.fetch_add(1, Ordering::Relaxed);
+        let full_name = format!(
+            "{}{name}",
+            self.prefix.lock().unwrap_or_else(|p| p.into_inner())
+        );
         self.send(Job::Begin {
             part,
-            name: name.to_string(),
+            name: full_name.clone(),
         })?;
         let repo_cfg = self.repo.config();
         let mut size = 0u64;
@@ -257,11 +270,9 @@ impl Backup<'_> {
                 chunks: batch,
             })?;
         }
-        self.send(Job::EndPart {
-            part,
-            input: describe(),
-            size,
-        })?;
+        let mut input = describe();
+        input.name = full_name;
+        self.send(Job::EndPart { part, input, size })?;
         Ok(size)
     }
 

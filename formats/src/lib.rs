@@ -10,6 +10,7 @@ pub mod pgdirect;
 pub mod pgdump;
 pub mod pgload;
 pub mod pgscript;
+pub mod pgserver;
 pub mod sqlite;
 pub mod sqlite_sql;
 

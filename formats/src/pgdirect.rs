@@ -116,7 +116,14 @@ impl PgSource {
 
     /// A command for a libpq tool (pg_dump) with the connection in its environment, so
     /// no password ever appears in an argument list.
-    fn tool(&self, program: &str) -> Command {
+    /// The same server and credentials, another database.
+    pub fn for_database(&self, db: &str) -> PgSource {
+        let mut config = self.config.clone();
+        config.dbname(db);
+        PgSource { config }
+    }
+
+    pub(crate) fn tool(&self, program: &str) -> Command {
         let mut c = Command::new(program);
         match self.config.get_hosts().first() {
             Some(Host::Tcp(h)) => c.env("PGHOST", h),
@@ -153,7 +160,11 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
         .map_err(|e| FormatError::io("tokio runtime", e))
 }
 
-fn rows(rt: &tokio::runtime::Runtime, c: &Client, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
+pub(crate) fn rows(
+    rt: &tokio::runtime::Runtime,
+    c: &Client,
+    sql: &str,
+) -> Result<Vec<Vec<Option<String>>>> {
     let msgs = rt
         .block_on(c.simple_query(sql))
         .map_err(|e| pg_err(sql, e))?;

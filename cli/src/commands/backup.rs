@@ -111,6 +111,9 @@ pub fn backup_into(
     time: chrono::DateTime<chrono::FixedOffset>,
 ) -> Result<BackupSummary> {
     let inp = input(a)?;
+    if a.all_databases && !matches!(inp, Input::Postgres(_)) {
+        bail!("--all-databases needs a postgres:// source (the server to back up)");
+    }
     let meta = |name: String, source| SnapshotMeta {
         time,
         name,
@@ -121,7 +124,13 @@ pub fn backup_into(
         Input::Command(cmd) => backup_command(cli, repo, a, cmd, format, meta)?,
         Input::Postgres(url) => {
             let pg = PgSource::parse(url)?;
-            let name = a.name.clone().unwrap_or_else(|| pg.dbname().to_string());
+            let name = a.name.clone().unwrap_or_else(|| {
+                if a.all_databases {
+                    "postgres-server".into()
+                } else {
+                    pg.dbname().to_string()
+                }
+            });
             let b = start(repo, &name)?;
             let progress = Progress::start(
                 &format!("backing up {}", pg.dbname()),
@@ -136,7 +145,11 @@ pub fn backup_into(
                         .unwrap_or(2)
                 })
                 .clamp(1, 16);
-            let r = pgdirect::backup(&b, &pg, jobs);
+            let r = if a.all_databases {
+                dbvault_formats::pgserver::backup_server(&b, &pg, jobs)
+            } else {
+                pgdirect::backup(&b, &pg, jobs)
+            };
             progress.finish();
             match r {
                 Ok(source) => b.finish(meta(name, source))?,

@@ -9,6 +9,7 @@ mod prune;
 mod restore;
 mod restore_pg;
 mod restore_pg_db;
+mod restore_pg_server;
 mod restore_test;
 mod run;
 mod snapshots;

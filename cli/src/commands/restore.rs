@@ -54,6 +54,15 @@ pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<()> {
     }
     let repo = repo_access::open_locked(cli, LockKind::Shared, "restore")?;
     let (id, snap) = repo.find_snapshot(&a.snapshot, a.name.as_deref())?;
+    if snap.source.kind == dbvault_formats::pgserver::KIND {
+        return super::restore_pg_server::restore(&repo, &id, &snap, a);
+    }
+    if let Some(d) = &a.database {
+        bail!(
+            "--database {d:?}: snapshot {} is of one database, not of a whole server",
+            id.short()
+        );
+    }
     match snap.source.format.as_str() {
         "sqlite" => restore_sqlite(&repo, &snap, a, tgt),
         "pg_dump" => {

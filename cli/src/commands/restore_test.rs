@@ -50,6 +50,24 @@ pub fn run(cli: &Cli, a: &RestoreTestArgs) -> Result<ExitCode> {
     let (id, snap) = repo.find_snapshot(&a.snapshot, a.name.as_deref())?;
     let started = Instant::now();
     let out = match snap.source.format.as_str() {
+        "pg_dump" if snap.source.kind == dbvault_formats::pgserver::KIND => {
+            // Every database of a whole-server snapshot, one scratch database each.
+            let mut all = Outcome::default();
+            for db in super::restore_pg_server::databases(&snap).keys() {
+                let sub = super::restore_pg_server::sub_snapshot(&snap, db);
+                let mut o = pg_test(&repo, &id, &sub, a)?;
+                for t in &mut o.tables {
+                    t.name = format!("{db}/{}", t.name);
+                }
+                for p in &mut o.problems {
+                    p.part = p.part.take().map(|n| format!("{db}/{n}"));
+                }
+                all.scratch = o.scratch;
+                all.tables.extend(o.tables);
+                all.problems.extend(o.problems);
+            }
+            all
+        }
         "pg_dump" => pg_test(&repo, &id, &snap, a)?,
         "sqlite" => sqlite_test(&repo, &id, &snap)?,
         _ => bail!(
@@ -211,6 +229,7 @@ fn pg_test(repo: &Repository, id: &Id, snap: &Snapshot, a: &RestoreTestArgs) -> 
         snapshot: id.to_hex(),
         to: target.public.clone(),
         name: None,
+        database: None,
         tables: Vec::new(),
         rename_table: None,
         schema_only: false,

@@ -176,10 +176,11 @@ fn step(repo: &str, what: &str, r: std::result::Result<String, String>) -> Step 
 fn back_up(cli: &Cli, repo: &Repository, cfg: &Config, s: &Source, rname: &str) -> SourceResult {
     let t0 = Instant::now();
     let outcome = (|| -> Result<(String, u64, u64)> {
-        let (source, command) = s.target()?;
+        let (source, command, all_databases) = s.target()?;
         let args = BackupArgs {
             source,
             command,
+            all_databases,
             name: Some(s.name.clone()),
             tags: s.tags.clone(),
             time: None,
