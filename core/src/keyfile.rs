@@ -77,13 +77,8 @@ pub fn wrap(master: &[u8; 32], passphrase: &[u8], params: KdfParams) -> Result<V
     serde_json::to_vec_pretty(&kf).map_err(|e| Error::Invalid(e.to_string()))
 }
 
-/// Checks a key file's structure without a passphrase (for `check`: other people's keys
-/// cannot be opened, but they can be seen to be whole): it parses, names a known KDF, and
-/// its salt and sealed secret have the right sizes.
-///
-/// # Errors
-/// [`Error::Corrupt`] naming the file.
-pub fn validate(bytes: &[u8], name: &str) -> Result<()> {
+/// Parses a key file: its KDF parameters, salt and sealed secret.
+fn parse(bytes: &[u8], name: &str) -> Result<(KdfParams, Vec<u8>, Vec<u8>)> {
     let bad = |d: String| Error::corrupt(format!("key file {name}"), d);
     let kf: KeyFile = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
     if kf.kdf != "argon2id" {
@@ -91,9 +86,23 @@ pub fn validate(bytes: &[u8], name: &str) -> Result<()> {
     }
     let salt = hex::decode(&kf.salt).map_err(|e| bad(e.to_string()))?;
     let sealed = hex::decode(&kf.data).map_err(|e| bad(e.to_string()))?;
+    Ok((kf.params, salt, sealed))
+}
+
+/// Checks a key file's structure without a passphrase (for `check`: other people's keys
+/// cannot be opened, but they can be seen to be whole): it parses, names a known KDF, and
+/// its salt and sealed secret have the right sizes.
+///
+/// # Errors
+/// [`Error::Corrupt`] naming the file.
+pub fn validate(bytes: &[u8], name: &str) -> Result<()> {
+    let (_, salt, sealed) = parse(bytes, name)?;
     // 24-byte nonce, 32-byte secret, 16-byte tag.
     if salt.len() != 32 || sealed.len() != 24 + 32 + 16 {
-        return Err(bad("salt or sealed secret has the wrong size".into()));
+        return Err(Error::corrupt(
+            format!("key file {name}"),
+            "salt or sealed secret has the wrong size",
+        ));
     }
     Ok(())
 }
@@ -103,21 +112,18 @@ pub fn validate(bytes: &[u8], name: &str) -> Result<()> {
 /// # Errors
 /// [`Error::Corrupt`] when the file does not parse.
 pub fn unwrap(bytes: &[u8], passphrase: &[u8], name: &str) -> Result<Option<[u8; 32]>> {
-    let bad = |d: String| Error::corrupt(format!("key file {name}"), d);
-    let kf: KeyFile = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
-    if kf.kdf != "argon2id" {
-        return Err(bad(format!("unknown kdf {:?}", kf.kdf)));
-    }
-    let salt = hex::decode(&kf.salt).map_err(|e| bad(e.to_string()))?;
-    let sealed = hex::decode(&kf.data).map_err(|e| bad(e.to_string()))?;
-    let kek = derive(passphrase, &salt, kf.params)?;
+    let (params, salt, sealed) = parse(bytes, name)?;
+    let kek = derive(passphrase, &salt, params)?;
     match kek.open(&sealed, AAD, &|| String::new()) {
         Ok(m) if m.len() == 32 => {
             let mut out = [0u8; 32];
             out.copy_from_slice(&m);
             Ok(Some(out))
         }
-        Ok(_) => Err(bad("master secret has the wrong length".into())),
+        Ok(_) => Err(Error::corrupt(
+            format!("key file {name}"),
+            "master secret has the wrong length",
+        )),
         Err(_) => Ok(None),
     }
 }

@@ -29,6 +29,27 @@ pub struct Report {
     pub body: serde_json::Value,
 }
 
+impl Report {
+    /// A report of `kind` made now on this host.
+    pub fn now(
+        kind: &str,
+        ok: bool,
+        snapshot: Option<Id>,
+        seconds: f64,
+        body: serde_json::Value,
+    ) -> Report {
+        Report {
+            kind: kind.to_string(),
+            time: chrono::Local::now().fixed_offset(),
+            host: gethostname::gethostname().to_string_lossy().into_owned(),
+            ok,
+            snapshot,
+            seconds,
+            body,
+        }
+    }
+}
+
 impl Repository {
     /// Stores a report (needs a lock: a stalled process must not write after a prune).
     ///

@@ -25,15 +25,7 @@ pub fn run(cli: &Cli, a: &CheckArgs) -> Result<ExitCode> {
         }
     })?;
     let body = serde_json::to_value(&r)?;
-    let stored = repo.save_report(&Report {
-        kind: "check".into(),
-        time: chrono::Local::now().fixed_offset(),
-        host: gethostname::gethostname().to_string_lossy().into_owned(),
-        ok: r.ok,
-        snapshot: None,
-        seconds: r.seconds,
-        body: body.clone(),
-    });
+    let stored = repo.save_report(&Report::now("check", r.ok, None, r.seconds, body.clone()));
     if let Err(e) = &stored {
         eprintln!("dbvault: warning: the report could not be stored: {e}");
     }

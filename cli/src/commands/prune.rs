@@ -38,15 +38,13 @@ pub fn run_on(cli: &Cli, repo: &Repository, dry_run: bool, repack: u8) -> Result
     )?;
     if !dry_run {
         // `run` schedules prunes by the last one's report.
-        let stored = repo.save_report(&dbvault_core::report::Report {
-            kind: "prune".into(),
-            time: chrono::Local::now().fixed_offset(),
-            host: gethostname::gethostname().to_string_lossy().into_owned(),
-            ok: true,
-            snapshot: None,
-            seconds: r.seconds,
-            body: serde_json::to_value(&r)?,
-        });
+        let stored = repo.save_report(&dbvault_core::report::Report::now(
+            "prune",
+            true,
+            None,
+            r.seconds,
+            serde_json::to_value(&r)?,
+        ));
         if let Err(e) = stored {
             eprintln!("dbvault: warning: the prune report could not be stored: {e}");
         }

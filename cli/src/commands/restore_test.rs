@@ -88,15 +88,13 @@ pub fn run(cli: &Cli, a: &RestoreTestArgs) -> Result<ExitCode> {
         "tables": out.tables,
         "problems": out.problems,
     });
-    let stored = repo.save_report(&Report {
-        kind: "restore-test".into(),
-        time: chrono::Local::now().fixed_offset(),
-        host: gethostname::gethostname().to_string_lossy().into_owned(),
+    let stored = repo.save_report(&Report::now(
+        "restore-test",
         ok,
-        snapshot: Some(id),
+        Some(id),
         seconds,
-        body: body.clone(),
-    });
+        body.clone(),
+    ));
     if let Err(e) = &stored {
         eprintln!("dbvault: warning: the report could not be stored: {e}");
     }

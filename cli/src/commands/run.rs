@@ -302,15 +302,13 @@ fn maintain(cli: &Cli, repo: &Repository, cfg: &Config, rname: &str, steps: &mut
                 None => ReadData::None,
             };
             let r = check(repo, read, &|_| {})?;
-            repo.save_report(&dbvault_core::report::Report {
-                kind: "check".into(),
-                time: chrono::Local::now().fixed_offset(),
-                host: gethostname::gethostname().to_string_lossy().into_owned(),
-                ok: r.ok,
-                snapshot: None,
-                seconds: r.seconds,
-                body: serde_json::to_value(&r)?,
-            })?;
+            repo.save_report(&dbvault_core::report::Report::now(
+                "check",
+                r.ok,
+                None,
+                r.seconds,
+                serde_json::to_value(&r)?,
+            ))?;
             let first = r.problems.first().map(super::check::describe);
             Ok(Some((
                 r.ok,
