@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use dbvault_core::backend::local::LocalBackend;
+use dbvault_core::backend::s3::{S3Backend, S3Options};
 use dbvault_core::backend::Backend;
 use dbvault_core::lock::{LockKind, LockOptions};
 use dbvault_core::retention::Span;
@@ -19,13 +20,23 @@ pub fn backend(cli: &Cli) -> Result<Arc<dyn Backend>> {
         .repo
         .as_deref()
         .ok_or_else(|| anyhow!("no repository given: use --repo URL or set DBVAULT_REPO"))?;
-    backend_for(url)
+    backend_for(url, &s3_options(cli))
+}
+
+/// `--s3-endpoint`, `--s3-region`, `--s3-path-style` (the AWS variables fill what is absent).
+pub fn s3_options(cli: &Cli) -> S3Options {
+    S3Options {
+        endpoint: cli.s3_endpoint.clone(),
+        region: cli.s3_region.clone(),
+        path_style: cli.s3_path_style,
+        credentials: None,
+    }
 }
 
 /// The backend of a repository URL.
-pub fn backend_for(url: &str) -> Result<Arc<dyn Backend>> {
+pub fn backend_for(url: &str, s3: &S3Options) -> Result<Arc<dyn Backend>> {
     if url.starts_with("s3://") {
-        bail!("S3 repositories are not supported by this build yet: use a local path");
+        return Ok(Arc::new(S3Backend::new(url, s3)?));
     }
     let path = url.strip_prefix("file://").unwrap_or(url);
     if path.is_empty() {

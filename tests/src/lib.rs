@@ -9,6 +9,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+pub mod garage;
+
 /// The passphrase every test repository uses; the harness checks it never appears in any
 /// output.
 pub const PASSWORD: &str = "correct horse battery staple 8c1f";

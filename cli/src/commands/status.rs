@@ -33,7 +33,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
     for (rname, rc) in &cfg.repository {
         let opened = config::passphrase(rname, rc).and_then(|p| {
             Ok(Repository::open(
-                repo_access::backend_for(&rc.url)?,
+                repo_access::backend_for(&rc.url, &repo_access::s3_options(cli))?,
                 p.as_bytes(),
             )?)
         });

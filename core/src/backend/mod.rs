@@ -24,6 +24,7 @@
 
 pub mod conformance;
 pub mod local;
+pub mod s3;
 
 #[allow(unused_imports)] // named by the docs
 use crate::Error;

@@ -1,0 +1,474 @@
+//! An S3-compatible object store as a [`Backend`] (aws-sdk-s3).
+//!
+//! Objects live under `prefix/` in one bucket, with the same paths as on disk. The contract
+//! of [`Backend`] maps onto S3 as follows:
+//!
+//! - `create`: one `PutObject` with `If-None-Match: *` (a store that refuses the header gets a
+//!   `HeadObject` first: safe for dbvault because every object but locks is named by the hash
+//!   of its content, and lock names are random), or a multipart upload (completed with the
+//!   same condition) above [`MULTIPART_ABOVE`]. S3 shows an object only once its PUT or
+//!   multipart completion succeeded, so a reader never sees a partial object.
+//! - `read_range`: a ranged `GetObject`, checked to return exactly the bytes asked for.
+//! - `list`: `ListObjectsV2`, every page.
+//! - `remove`: `DeleteObject` (deleting a missing key succeeds on S3).
+//! - `remove_incomplete`: aborts the multipart uploads under the prefix.
+//!
+//! Throttling, 5xx answers, timeouts and dropped connections are retried by the SDK's
+//! standard retry strategy (exponential backoff with jitter, [`MAX_ATTEMPTS`] attempts), then
+//! reported as one [`Error::Io`] naming the object and the cause.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{BehaviorVersion, Region};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::Client;
+
+use super::{Backend, ObjectInfo};
+use crate::{Error, Result};
+
+/// Objects larger than this are uploaded in parts.
+pub const MULTIPART_ABOVE: usize = 32 << 20;
+const PART_SIZE: usize = 16 << 20;
+/// Attempts per request before giving up.
+pub const MAX_ATTEMPTS: u32 = 6;
+
+/// Where and how to reach the store.
+#[derive(Clone, Debug, Default)]
+pub struct S3Options {
+    /// Endpoint URL (else `AWS_ENDPOINT_URL` or AWS itself).
+    pub endpoint: Option<String>,
+    /// Region (else `AWS_REGION` / the profile; `us-east-1` when none is set).
+    pub region: Option<String>,
+    /// Path-style addressing (most S3-compatible stores need it).
+    pub path_style: bool,
+    /// Access key id and secret (else the standard AWS chain: environment, profile, …).
+    pub credentials: Option<(String, String)>,
+}
+
+/// An S3 bucket and prefix.
+pub struct S3Backend {
+    rt: tokio::runtime::Runtime,
+    client: Client,
+    bucket: String,
+    prefix: String,
+    requests: AtomicU64,
+    conditional: std::sync::atomic::AtomicBool,
+}
+
+fn io(path: &str, msg: impl Into<String>) -> Error {
+    Error::io(path, std::io::Error::other(msg.into()))
+}
+
+/// One line for an SDK error: the service's code and message, or what failed on the way.
+fn describe<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
+    e: &SdkError<E, R>,
+) -> String {
+    match e {
+        SdkError::ServiceError(s) => {
+            let err = s.err();
+            match (err.code(), err.message()) {
+                (Some("NoSuchBucket"), _) => "the bucket does not exist".into(),
+                (Some("InvalidAccessKeyId"), _) => {
+                    "the access key is not known to the store (check the credentials)".into()
+                }
+                (Some("SignatureDoesNotMatch"), _) => {
+                    "the secret key is wrong (check the credentials)".into()
+                }
+                (Some("AccessDenied"), m) => {
+                    format!(
+                        "access denied{}",
+                        m.map(|m| format!(": {m}")).unwrap_or_default()
+                    )
+                }
+                (Some(c), Some(m)) => format!("{c}: {m}"),
+                (Some(c), None) => c.to_string(),
+                _ => format!("{err:?}"),
+            }
+        }
+        SdkError::TimeoutError(_) => "the store did not answer in time (after retries)".into(),
+        SdkError::DispatchFailure(d) => {
+            if d.is_io() || d.is_timeout() {
+                "cannot reach the S3 endpoint (after retries)".into()
+            } else {
+                format!("cannot send the request: {d:?}")
+            }
+        }
+        SdkError::ResponseError(_) => "the store's answer could not be read".into(),
+        SdkError::ConstructionFailure(_) => "the request could not be built".into(),
+        _ => format!("{e:?}"),
+    }
+}
+
+fn status<E, R: HttpStatus>(e: &SdkError<E, R>) -> Option<u16> {
+    e.raw_response().map(HttpStatus::code)
+}
+
+/// The HTTP status of a raw response.
+trait HttpStatus {
+    fn code(&self) -> u16;
+}
+
+impl HttpStatus for aws_sdk_s3::config::http::HttpResponse {
+    fn code(&self) -> u16 {
+        self.status().as_u16()
+    }
+}
+
+impl S3Backend {
+    /// Connects to `s3://bucket/prefix` (credentials from the standard AWS chain).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a malformed URL or a missing runtime.
+    pub fn new(url: &str, opts: &S3Options) -> Result<S3Backend> {
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| Error::Invalid(format!("not an s3:// URL: {url}")))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(Error::Invalid(format!("{url}: no bucket")));
+        }
+        let prefix = prefix.trim_matches('/');
+        let prefix = if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{prefix}/")
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Invalid(format!("cannot start the S3 runtime: {e}")))?;
+        let shared = rt.block_on(aws_config::defaults(BehaviorVersion::latest()).load());
+        let mut b = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(opts.path_style)
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(MAX_ATTEMPTS)
+                    .with_initial_backoff(Duration::from_millis(200)),
+            )
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .operation_attempt_timeout(Duration::from_secs(120))
+                    .build(),
+            );
+        if let Some(e) = &opts.endpoint {
+            b = b.endpoint_url(e);
+        }
+        if let Some((id, secret)) = &opts.credentials {
+            b = b.credentials_provider(aws_sdk_s3::config::Credentials::new(
+                id, secret, None, None, "dbvault",
+            ));
+        }
+        match &opts.region {
+            Some(r) => b = b.region(Region::new(r.clone())),
+            None if shared.region().is_none() => b = b.region(Region::new("us-east-1")),
+            None => {}
+        }
+        Ok(S3Backend {
+            rt,
+            client: Client::from_conf(b.build()),
+            bucket: bucket.to_string(),
+            prefix,
+            requests: AtomicU64::new(0),
+            conditional: std::sync::atomic::AtomicBool::new(true),
+        })
+    }
+
+    fn key(&self, path: &str) -> String {
+        format!("{}{path}", self.prefix)
+    }
+
+    fn count(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests sent so far (retries not counted).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    fn put(&self, path: &str, data: &[u8]) -> Result<()> {
+        let key = self.key(path);
+        if data.len() > MULTIPART_ABOVE {
+            return self.put_multipart(path, &key, data);
+        }
+        loop {
+            let conditional = self.conditional.load(Ordering::Relaxed);
+            if !conditional {
+                match self.size(path) {
+                    Ok(_) => {
+                        return Err(Error::AlreadyExists {
+                            path: path.to_string(),
+                        })
+                    }
+                    Err(Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            self.count();
+            let mut req = self
+                .client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(&key)
+                .body(ByteStream::from(data.to_vec()));
+            if conditional {
+                req = req.if_none_match("*");
+            }
+            match self.rt.block_on(req.send()) {
+                Ok(_) => return Ok(()),
+                Err(e) if status(&e) == Some(412) => {
+                    return Err(Error::AlreadyExists {
+                        path: path.to_string(),
+                    })
+                }
+                Err(e) if conditional && status(&e) == Some(501) => {
+                    // The store does not do conditional writes: check, then write.
+                    self.conditional.store(false, Ordering::Relaxed);
+                }
+                Err(e) => return Err(io(path, describe(&e))),
+            }
+        }
+    }
+
+    fn put_multipart(&self, path: &str, key: &str, data: &[u8]) -> Result<()> {
+        self.count();
+        let up = self
+            .rt
+            .block_on(
+                self.client
+                    .create_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .send(),
+            )
+            .map_err(|e| io(path, describe(&e)))?;
+        let id = up
+            .upload_id()
+            .ok_or_else(|| io(path, "the store gave no upload id"))?
+            .to_string();
+        let result = (|| -> Result<()> {
+            let mut parts = Vec::new();
+            for (i, chunk) in data.chunks(PART_SIZE).enumerate() {
+                let n = i32::try_from(i + 1).map_err(|_| io(path, "too many parts"))?;
+                self.count();
+                let r = self
+                    .rt
+                    .block_on(
+                        self.client
+                            .upload_part()
+                            .bucket(&self.bucket)
+                            .key(key)
+                            .upload_id(&id)
+                            .part_number(n)
+                            .body(ByteStream::from(chunk.to_vec()))
+                            .send(),
+                    )
+                    .map_err(|e| io(path, describe(&e)))?;
+                parts.push(
+                    CompletedPart::builder()
+                        .part_number(n)
+                        .set_e_tag(r.e_tag().map(str::to_string))
+                        .build(),
+                );
+            }
+            self.count();
+            let mut req = self
+                .client
+                .complete_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(&id)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                );
+            if self.conditional.load(Ordering::Relaxed) {
+                req = req.if_none_match("*");
+            }
+            match self.rt.block_on(req.send()) {
+                Ok(_) => Ok(()),
+                Err(e) if status(&e) == Some(412) => Err(Error::AlreadyExists {
+                    path: path.to_string(),
+                }),
+                Err(e) => Err(io(path, describe(&e))),
+            }
+        })();
+        if result.is_err() {
+            self.count();
+            let _ = self.rt.block_on(
+                self.client
+                    .abort_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(&id)
+                    .send(),
+            );
+        }
+        result
+    }
+
+    fn get(&self, path: &str, range: Option<(u64, u64)>) -> Result<Vec<u8>> {
+        self.count();
+        let mut req = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.key(path));
+        if let Some((off, len)) = range {
+            if len == 0 {
+                return Ok(Vec::new());
+            }
+            req = req.range(format!("bytes={off}-{}", off + len - 1));
+        }
+        let out = self.rt.block_on(async {
+            let r = req.send().await;
+            match r {
+                Ok(o) => o
+                    .body
+                    .collect()
+                    .await
+                    .map(|b| b.into_bytes().to_vec())
+                    .map_err(|e| io(path, format!("reading the object failed: {e}"))),
+                Err(e) if status(&e) == Some(404) => Err(Error::NotFound {
+                    path: path.to_string(),
+                }),
+                Err(e) if status(&e) == Some(416) => {
+                    Err(Error::corrupt(path, "a read runs past its end".to_string()))
+                }
+                Err(e) => Err(io(path, describe(&e))),
+            }
+        })?;
+        if let Some((_, len)) = range {
+            if out.len() as u64 != len {
+                return Err(Error::corrupt(
+                    path,
+                    format!("a read of {len} bytes returned {}", out.len()),
+                ));
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Backend for S3Backend {
+    fn location(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.prefix)
+    }
+
+    fn create(&self, path: &str, data: &[u8]) -> Result<()> {
+        self.put(path, data)
+    }
+
+    fn read(&self, path: &str) -> Result<Vec<u8>> {
+        self.get(path, None)
+    }
+
+    fn read_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        self.get(path, Some((offset, len)))
+    }
+
+    fn size(&self, path: &str) -> Result<u64> {
+        self.count();
+        let r = self.rt.block_on(
+            self.client
+                .head_object()
+                .bucket(&self.bucket)
+                .key(self.key(path))
+                .send(),
+        );
+        match r {
+            Ok(o) => Ok(u64::try_from(o.content_length().unwrap_or(0)).unwrap_or(0)),
+            Err(e) if status(&e) == Some(404) => Err(Error::NotFound {
+                path: path.to_string(),
+            }),
+            Err(e) => Err(io(path, describe(&e))),
+        }
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let full = self.key(prefix);
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            self.count();
+            let r = self
+                .rt
+                .block_on(
+                    self.client
+                        .list_objects_v2()
+                        .bucket(&self.bucket)
+                        .prefix(&full)
+                        .set_continuation_token(token.clone())
+                        .send(),
+                )
+                .map_err(|e| io(prefix, describe(&e)))?;
+            for o in r.contents() {
+                if let Some(k) = o.key().and_then(|k| k.strip_prefix(&self.prefix)) {
+                    out.push(ObjectInfo {
+                        path: k.to_string(),
+                        size: u64::try_from(o.size().unwrap_or(0)).unwrap_or(0),
+                    });
+                }
+            }
+            match r.next_continuation_token() {
+                Some(t) if r.is_truncated() == Some(true) => token = Some(t.to_string()),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    fn remove_incomplete(&self, prefix: &str) -> Result<usize> {
+        self.count();
+        let r = self
+            .rt
+            .block_on(
+                self.client
+                    .list_multipart_uploads()
+                    .bucket(&self.bucket)
+                    .prefix(self.key(prefix))
+                    .send(),
+            )
+            .map_err(|e| io(prefix, describe(&e)))?;
+        let mut n = 0;
+        for u in r.uploads() {
+            let (Some(k), Some(id)) = (u.key(), u.upload_id()) else {
+                continue;
+            };
+            self.count();
+            self.rt
+                .block_on(
+                    self.client
+                        .abort_multipart_upload()
+                        .bucket(&self.bucket)
+                        .key(k)
+                        .upload_id(id)
+                        .send(),
+                )
+                .map_err(|e| io(prefix, describe(&e)))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn remove(&self, path: &str) -> Result<()> {
+        self.count();
+        self.rt
+            .block_on(
+                self.client
+                    .delete_object()
+                    .bucket(&self.bucket)
+                    .key(self.key(path))
+                    .send(),
+            )
+            .map(|_| ())
+            .map_err(|e| io(path, describe(&e)))
+    }
+}
