@@ -180,6 +180,11 @@ impl S3Backend {
         })
     }
 
+    /// `s3://bucket/prefix/path`, for messages.
+    fn url_of(&self, path: &str) -> String {
+        format!("s3://{}/{}{path}", self.bucket, self.prefix)
+    }
+
     fn key(&self, path: &str) -> String {
         format!("{}{path}", self.prefix)
     }
@@ -232,7 +237,7 @@ impl S3Backend {
                     // The store does not do conditional writes: check, then write.
                     self.conditional.store(false, Ordering::Relaxed);
                 }
-                Err(e) => return Err(io(path, describe(&e))),
+                Err(e) => return Err(io(&self.url_of(path), describe(&e))),
             }
         }
     }
@@ -248,15 +253,16 @@ impl S3Backend {
                     .key(key)
                     .send(),
             )
-            .map_err(|e| io(path, describe(&e)))?;
+            .map_err(|e| io(&self.url_of(path), describe(&e)))?;
         let id = up
             .upload_id()
-            .ok_or_else(|| io(path, "the store gave no upload id"))?
+            .ok_or_else(|| io(&self.url_of(path), "the store gave no upload id"))?
             .to_string();
         let result = (|| -> Result<()> {
             let mut parts = Vec::new();
             for (i, chunk) in data.chunks(PART_SIZE).enumerate() {
-                let n = i32::try_from(i + 1).map_err(|_| io(path, "too many parts"))?;
+                let n =
+                    i32::try_from(i + 1).map_err(|_| io(&self.url_of(path), "too many parts"))?;
                 self.count();
                 let r = self
                     .rt
@@ -270,7 +276,7 @@ impl S3Backend {
                             .body(ByteStream::from(chunk.to_vec()))
                             .send(),
                     )
-                    .map_err(|e| io(path, describe(&e)))?;
+                    .map_err(|e| io(&self.url_of(path), describe(&e)))?;
                 parts.push(
                     CompletedPart::builder()
                         .part_number(n)
@@ -298,7 +304,7 @@ impl S3Backend {
                 Err(e) if status(&e) == Some(412) => Err(Error::AlreadyExists {
                     path: path.to_string(),
                 }),
-                Err(e) => Err(io(path, describe(&e))),
+                Err(e) => Err(io(&self.url_of(path), describe(&e))),
             }
         })();
         if result.is_err() {
@@ -336,14 +342,19 @@ impl S3Backend {
                     .collect()
                     .await
                     .map(|b| b.into_bytes().to_vec())
-                    .map_err(|e| io(path, format!("reading the object failed: {e}"))),
+                    .map_err(|e| {
+                        io(
+                            &self.url_of(path),
+                            format!("reading the object failed: {e}"),
+                        )
+                    }),
                 Err(e) if status(&e) == Some(404) => Err(Error::NotFound {
                     path: path.to_string(),
                 }),
                 Err(e) if status(&e) == Some(416) => {
                     Err(Error::corrupt(path, "a read runs past its end".to_string()))
                 }
-                Err(e) => Err(io(path, describe(&e))),
+                Err(e) => Err(io(&self.url_of(path), describe(&e))),
             }
         })?;
         if let Some((_, len)) = range {
@@ -389,7 +400,7 @@ impl Backend for S3Backend {
             Err(e) if status(&e) == Some(404) => Err(Error::NotFound {
                 path: path.to_string(),
             }),
-            Err(e) => Err(io(path, describe(&e))),
+            Err(e) => Err(io(&self.url_of(path), describe(&e))),
         }
     }
 
@@ -409,7 +420,7 @@ impl Backend for S3Backend {
                         .set_continuation_token(token.clone())
                         .send(),
                 )
-                .map_err(|e| io(prefix, describe(&e)))?;
+                .map_err(|e| io(&self.url_of(prefix), describe(&e)))?;
             for o in r.contents() {
                 if let Some(k) = o.key().and_then(|k| k.strip_prefix(&self.prefix)) {
                     out.push(ObjectInfo {
@@ -436,7 +447,7 @@ impl Backend for S3Backend {
                     .prefix(self.key(prefix))
                     .send(),
             )
-            .map_err(|e| io(prefix, describe(&e)))?;
+            .map_err(|e| io(&self.url_of(prefix), describe(&e)))?;
         let mut n = 0;
         for u in r.uploads() {
             let (Some(k), Some(id)) = (u.key(), u.upload_id()) else {
@@ -452,7 +463,7 @@ impl Backend for S3Backend {
                         .upload_id(id)
                         .send(),
                 )
-                .map_err(|e| io(prefix, describe(&e)))?;
+                .map_err(|e| io(&self.url_of(prefix), describe(&e)))?;
             n += 1;
         }
         Ok(n)
@@ -469,6 +480,6 @@ impl Backend for S3Backend {
                     .send(),
             )
             .map(|_| ())
-            .map_err(|e| io(path, describe(&e)))
+            .map_err(|e| io(&self.url_of(path), describe(&e)))
     }
 }
