@@ -3,10 +3,12 @@
 //! Objects live under `prefix/` in one bucket, with the same paths as on disk. The contract
 //! of [`Backend`] maps onto S3 as follows:
 //!
-//! - `create`: one `PutObject` with `If-None-Match: *` (a store that refuses the header gets a
-//!   `HeadObject` first: safe for dbvault because every object but locks is named by the hash
-//!   of its content, and lock names are random), or a multipart upload (completed with the
-//!   same condition) above [`MULTIPART_ABOVE`]. S3 shows an object only once its PUT or
+//! - `create`: a `HeadObject` (some stores, Garage among them, accept `If-None-Match` but do
+//!   not enforce it), then one `PutObject` with `If-None-Match: *` (dropped for stores that
+//!   refuse the header), or a multipart upload completed with the same condition above
+//!   [`MULTIPART_ABOVE`]. Between the two a racing writer could slip in; for dbvault that is
+//!   harmless: every object but locks is named by the hash of its content, and lock names
+//!   are random. S3 shows an object only once its PUT or
 //!   multipart completion succeeded, so a reader never sees a partial object.
 //! - `read_range`: a ranged `GetObject`, checked to return exactly the bytes asked for.
 //! - `list`: `ListObjectsV2`, every page.
@@ -200,22 +202,23 @@ impl S3Backend {
 
     fn put(&self, path: &str, data: &[u8]) -> Result<()> {
         let key = self.key(path);
+        // Some stores (Garage) accept If-None-Match but do not enforce it: look first. The
+        // header still closes the race on stores that do; for dbvault the race is harmless
+        // anyway (names are content hashes, or random for locks).
+        match self.size(path) {
+            Ok(_) => {
+                return Err(Error::AlreadyExists {
+                    path: path.to_string(),
+                })
+            }
+            Err(Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
         if data.len() > MULTIPART_ABOVE {
             return self.put_multipart(path, &key, data);
         }
         loop {
             let conditional = self.conditional.load(Ordering::Relaxed);
-            if !conditional {
-                match self.size(path) {
-                    Ok(_) => {
-                        return Err(Error::AlreadyExists {
-                            path: path.to_string(),
-                        })
-                    }
-                    Err(Error::NotFound { .. }) => {}
-                    Err(e) => return Err(e),
-                }
-            }
             self.count();
             let mut req = self
                 .client
