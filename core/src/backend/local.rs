@@ -22,6 +22,32 @@ pub struct LocalBackend {
 }
 
 impl LocalBackend {
+    /// Calls `f` with every file (not directory) under `prefix`, depth first; a missing
+    /// directory is empty (a repository's directories appear as objects are written).
+    fn walk(
+        &self,
+        prefix: &str,
+        f: &mut dyn FnMut(&fs::DirEntry, &str) -> Result<()>,
+    ) -> Result<()> {
+        let mut stack = vec![self.full(prefix.trim_end_matches('/'))];
+        while let Some(dir) = stack.pop() {
+            let rd = match fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(dir.display().to_string(), e)),
+            };
+            for entry in rd {
+                let entry = entry.map_err(|e| Error::io(dir.display().to_string(), e))?;
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(entry.path());
+                } else {
+                    f(&entry, &entry.file_name().to_string_lossy())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// A backend rooted at `root` (which need not exist yet).
     pub fn new(root: impl Into<PathBuf>) -> Self {
         LocalBackend { root: root.into() }
@@ -120,60 +146,37 @@ impl Backend for LocalBackend {
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         let mut out = Vec::new();
-        let start = self.full(prefix.trim_end_matches('/'));
-        let mut stack = vec![start];
-        while let Some(dir) = stack.pop() {
-            let rd = match fs::read_dir(&dir) {
-                Ok(rd) => rd,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io(dir.display().to_string(), e)),
-            };
-            for entry in rd {
-                let entry = entry.map_err(|e| Error::io(dir.display().to_string(), e))?;
-                let name = entry.file_name();
-                let name = name.to_string_lossy();
-                if name.starts_with(TMP_PREFIX) {
-                    continue;
-                }
-                let meta = entry
-                    .metadata()
-                    .map_err(|e| Error::io(dir.display().to_string(), e))?;
-                if meta.is_dir() {
-                    stack.push(entry.path());
-                } else if let Ok(rel) = entry.path().strip_prefix(&self.root) {
-                    out.push(ObjectInfo {
-                        path: rel.to_string_lossy().into_owned(),
-                        size: meta.len(),
-                    });
-                }
+        self.walk(prefix, &mut |entry, name| {
+            if name.starts_with(TMP_PREFIX) {
+                return Ok(());
             }
-        }
+            let meta = entry
+                .metadata()
+                .map_err(|e| Error::io(entry.path().display().to_string(), e))?;
+            if let Ok(rel) = entry.path().strip_prefix(&self.root) {
+                out.push(ObjectInfo {
+                    path: rel.to_string_lossy().into_owned(),
+                    size: meta.len(),
+                });
+            }
+            Ok(())
+        })?;
         Ok(out)
     }
 
     fn remove_incomplete(&self, prefix: &str) -> Result<usize> {
         let mut removed = 0;
-        let mut stack = vec![self.full(prefix.trim_end_matches('/'))];
-        while let Some(dir) = stack.pop() {
-            let rd = match fs::read_dir(&dir) {
-                Ok(rd) => rd,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io(dir.display().to_string(), e)),
-            };
-            for entry in rd {
-                let entry = entry.map_err(|e| Error::io(dir.display().to_string(), e))?;
+        self.walk(prefix, &mut |entry, name| {
+            if name.starts_with(TMP_PREFIX) {
                 let p = entry.path();
-                if entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
-                    match fs::remove_file(&p) {
-                        Ok(()) => removed += 1,
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(Error::io(p.display().to_string(), e)),
-                    }
-                } else if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    stack.push(p);
+                match fs::remove_file(&p) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io(p.display().to_string(), e)),
                 }
             }
-        }
+            Ok(())
+        })?;
         Ok(removed)
     }
 

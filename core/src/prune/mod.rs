@@ -263,7 +263,8 @@ pub fn prune(
         repo.backend().remove(&index_path(f))?;
     }
 
-    for prefix in ["data/", "index/", "snapshots/"] {
+    // Everything but locks/: another process may be writing its lock file right now.
+    for prefix in ["data/", "index/", "snapshots/", "reports/", "policy/", "keys/"] {
         repo.backend().remove_incomplete(prefix)?;
     }
     let doomed: Vec<Id> = fate
