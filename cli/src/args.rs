@@ -32,6 +32,13 @@ pub struct Cli {
     /// Use path-style S3 addressing (most S3-compatible stores need it).
     #[arg(long, global = true)]
     pub s3_path_style: bool,
+    /// Seconds one S3 request may take before it is retried (default 120).
+    #[arg(long, global = true, env = "DBVAULT_S3_TIMEOUT", value_name = "SECONDS")]
+    pub s3_timeout: Option<u64>,
+    /// Do not use the local cache of keys, index and snapshots of S3 repositories (kept in
+    /// $DBVAULT_CACHE_DIR, else $XDG_CACHE_HOME/dbvault, else ~/.cache/dbvault).
+    #[arg(long, global = true)]
+    pub no_cache: bool,
     /// How long to wait for another process's conflicting repository lock (e.g. a prune)
     /// before giving up; units y, mo, w, d, h, min, s. Default 30min.
     #[arg(long, global = true, value_name = "DURATION")]

@@ -78,6 +78,13 @@ pub struct RepoConfig {
     /// The user insists on an inline passphrase.
     #[serde(default)]
     pub allow_inline_password: bool,
+    /// S3 endpoint URL (`--s3-endpoint` overrides it).
+    pub s3_endpoint: Option<String>,
+    /// S3 region (`--s3-region` overrides it).
+    pub s3_region: Option<String>,
+    /// Path-style S3 addressing.
+    #[serde(default)]
+    pub s3_path_style: bool,
 }
 
 /// Retention rules, as `--keep-…` options.

@@ -30,6 +30,7 @@ pub fn s3_options(cli: &Cli) -> S3Options {
         region: cli.s3_region.clone(),
         path_style: cli.s3_path_style,
         credentials: None,
+        attempt_timeout: cli.s3_timeout.map(std::time::Duration::from_secs),
     }
 }
 
@@ -93,7 +94,42 @@ pub fn passphrase(cli: &Cli, confirm: bool) -> Result<String> {
 pub fn open(cli: &Cli) -> Result<Repository> {
     let backend = backend(cli)?;
     let pass = passphrase(cli, false)?;
-    Ok(Repository::open(backend, pass.as_bytes())?)
+    open_with(cli, backend, &pass)
+}
+
+/// Opens the repository in `backend`, with the local cache for a remote store unless
+/// `--no-cache`.
+pub fn open_with(cli: &Cli, backend: Arc<dyn Backend>, pass: &str) -> Result<Repository> {
+    let cache = (backend.requests().is_some() && !cli.no_cache)
+        .then(cache_dir)
+        .flatten();
+    Ok(Repository::open_cached(
+        backend,
+        pass.as_bytes(),
+        cache.as_deref(),
+    )?)
+}
+
+/// Where caches of remote repositories live: `$DBVAULT_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/dbvault`, else `~/.cache/dbvault` (none without a home).
+fn cache_dir() -> Option<std::path::PathBuf> {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    if let Some(d) = var("DBVAULT_CACHE_DIR") {
+        return Some(d.into());
+    }
+    if let Some(d) = var("XDG_CACHE_HOME") {
+        return Some(Path::new(&d).join("dbvault"));
+    }
+    var("HOME").map(|h| Path::new(&h).join(".cache/dbvault"))
+}
+
+/// S3 options for a configured repository: its own settings, command-line flags first.
+pub fn s3_options_for(cli: &Cli, rc: &crate::config::RepoConfig) -> S3Options {
+    let mut o = s3_options(cli);
+    o.endpoint = o.endpoint.or_else(|| rc.s3_endpoint.clone());
+    o.region = o.region.or_else(|| rc.s3_region.clone());
+    o.path_style |= rc.s3_path_style;
+    o
 }
 
 /// Opens the repository and takes a lock (`command` names it in others' messages). Waits

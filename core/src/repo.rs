@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use crate::backend::cache::CachedBackend;
 use crate::backend::Backend;
 use crate::chunker::ChunkerParams;
 use crate::crypto::Keys;
@@ -99,6 +100,19 @@ impl Repository {
     /// [`Error::RepoNotFound`], [`Error::WrongPassphrase`], [`Error::UnsupportedVersion`],
     /// [`Error::Corrupt`] for a damaged `config` or key file; backend errors.
     pub fn open(backend: Arc<dyn Backend>, passphrase: &[u8]) -> Result<Repository> {
+        Self::open_cached(backend, passphrase, None)
+    }
+
+    /// Like [`Repository::open`], with keys, index files and snapshots cached under
+    /// `cache/<repository id>` when `cache` is given (see [`crate::backend::cache`]).
+    ///
+    /// # Errors
+    /// As [`Repository::open`].
+    pub fn open_cached(
+        backend: Arc<dyn Backend>,
+        passphrase: &[u8],
+        cache: Option<&std::path::Path>,
+    ) -> Result<Repository> {
         let raw = match backend.read("config") {
             Ok(b) => b,
             Err(Error::NotFound { .. }) => {
@@ -117,6 +131,13 @@ impl Repository {
             });
         }
         config.chunker.validate()?;
+        let backend: Arc<dyn Backend> = match cache {
+            Some(dir) => Arc::new(CachedBackend::new(
+                backend,
+                dir.join(config.id.to_string()),
+            )),
+            None => backend,
+        };
         let keys = backend.list("keys/")?;
         for k in &keys {
             let bytes = backend.read(&k.path)?;

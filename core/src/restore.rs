@@ -50,6 +50,29 @@ impl Blobs<'_> {
         self.open_at(id, &loc, &sealed, &path)
     }
 
+    /// Reads a chunk list, which later commands read again (the next backup's parent):
+    /// through [`crate::backend::Backend::read_range_hot`], falling back to the store when a
+    /// kept copy does not open.
+    ///
+    /// # Errors
+    /// As [`Blobs::read`].
+    pub fn read_list(&self, id: &Id) -> Result<Vec<u8>> {
+        let loc = self
+            .index
+            .get(id)
+            .ok_or_else(|| Error::MissingBlob { id: id.to_hex() })?;
+        let path = pack_path(&loc.pack);
+        let (off, len) = (u64::from(loc.offset), u64::from(loc.len));
+        let sealed = self.backend.read_range_hot(&path, off, len)?;
+        match self.open_at(id, &loc, &sealed, &path) {
+            Ok(b) => Ok(b),
+            Err(_) => {
+                self.backend.forget_range(&path, off, len);
+                self.read(id)
+            }
+        }
+    }
+
     /// Opens a sealed blob (full, or a delta whose base is read and checked too).
     ///
     /// # Errors
@@ -120,7 +143,7 @@ pub fn tree_levels(blobs: Blobs<'_>, part: &Part) -> Result<Vec<Vec<Id>>> {
         let upper = levels.last().map(Vec::as_slice).unwrap_or_default();
         let mut below = Vec::with_capacity(upper.len() * 64);
         for list in upper {
-            let bytes = blobs.read(list)?;
+            let bytes = blobs.read_list(list)?;
             if bytes.len() % 32 != 0 {
                 return Err(Error::corrupt(
                     format!("chunk list of part {}", part.name),

@@ -3,8 +3,8 @@
 //! thread that stores packs and then the index files naming them.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::Arc;
+use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
@@ -331,24 +331,69 @@ fn write_index(
     Ok(bytes.len() as u64)
 }
 
+/// One pack ready to store: id, sealed bytes, entries.
+type Sealed = (Id, Vec<u8>, Vec<PackEntry>);
+
+/// Stores packs as they come, `backend.uploads()` at a time, and after every
+/// `PACKS_PER_INDEX` stored packs an index file naming them. An index file only ever names
+/// packs whose upload has returned, so an interrupted backup leaves unindexed packs (prune
+/// removes them), never an index entry without its pack. Memory: one pack per upload in
+/// flight plus the one being handed over.
 fn run_writer(
     rx: Receiver<PackBuilder>,
     backend: &dyn Backend,
     keys: &Keys,
     lock: &LockHandle,
 ) -> Result<(u64, u64)> {
-    let mut written = Vec::new();
-    let (mut bytes, mut packs) = (0u64, 0u64);
-    for pb in rx {
-        let (id, data, entries) = pb.finish(keys)?;
-        backend.create(&pack_path(&id), &data)?;
-        bytes += data.len() as u64;
-        packs += 1;
-        written.push((id, entries));
-        if written.len() >= PACKS_PER_INDEX {
-            bytes += write_index(backend, keys, lock, &mut written)?;
+    let (jobs, job_rx) = sync_channel::<Sealed>(0);
+    let job_rx = Mutex::new(job_rx);
+    let job_rx = &job_rx;
+    std::thread::scope(move |s| {
+        let (done_tx, done) = channel::<Result<(Id, Vec<PackEntry>, u64)>>();
+        for _ in 0..backend.uploads().max(1) {
+            let done_tx = done_tx.clone();
+            s.spawn(move || loop {
+                let next = job_rx.lock().map(|r| r.recv());
+                let Ok(Ok((id, data, entries))) = next else {
+                    break;
+                };
+                let r = backend
+                    .create(&pack_path(&id), &data)
+                    .map(|()| (id, entries, data.len() as u64));
+                let failed = r.is_err();
+                if done_tx.send(r).is_err() || failed {
+                    break;
+                }
+            });
         }
-    }
-    bytes += write_index(backend, keys, lock, &mut written)?;
-    Ok((bytes, packs))
+        drop(done_tx);
+        let mut written = Vec::new();
+        let (mut bytes, mut packs) = (0u64, 0u64);
+        let mut stored = |r: Result<(Id, Vec<PackEntry>, u64)>| -> Result<()> {
+            let (id, entries, len) = r?;
+            bytes += len;
+            packs += 1;
+            written.push((id, entries));
+            if written.len() >= PACKS_PER_INDEX {
+                bytes += write_index(backend, keys, lock, &mut written)?;
+            }
+            Ok(())
+        };
+        for pb in rx {
+            let sealed = pb.finish(keys)?;
+            if jobs.send(sealed).is_err() {
+                break; // every uploader stopped on an error, reported below
+            }
+            while let Ok(r) = done.try_recv() {
+                stored(r)?;
+            }
+        }
+        drop(jobs);
+        for r in done {
+            stored(r)?;
+        }
+        drop(stored);
+        bytes += write_index(backend, keys, lock, &mut written)?;
+        Ok((bytes, packs))
+    })
 }

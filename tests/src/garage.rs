@@ -40,6 +40,22 @@ fn garage_bin() -> PathBuf {
     panic!("Garage (an S3-compatible server) is missing: install it with `cargo install garage --locked` (.ci/run does), or set GARAGE_BIN");
 }
 
+fn spawn(bin: &std::path::Path, dir: &std::path::Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("garage.log"))
+        .expect("log");
+    Command::new(bin)
+        .arg("-c")
+        .arg(dir.join("garage.toml"))
+        .arg("server")
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start garage")
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -71,15 +87,7 @@ impl Garage {
             ),
         )
         .expect("garage.toml");
-        let log = std::fs::File::create(dir.path().join("garage.log")).expect("log");
-        let child = Command::new(&bin)
-            .arg("-c")
-            .arg(&conf)
-            .arg("server")
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start garage");
+        let child = spawn(&bin, dir.path());
         let mut g = Garage {
             dir,
             child,
@@ -132,6 +140,27 @@ impl Garage {
         g
     }
 
+    /// Kills the server (as a crash would).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the stopped server again on the same data, ports and keys; returns once the
+    /// bucket answers.
+    pub fn restart(&mut self) {
+        self.child = spawn(&self.bin, self.dir.path());
+        let t = Instant::now();
+        while !self.cli(&["bucket", "info", &self.bucket]).status.success() {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "garage did not come back: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn cli(&self, args: &[&str]) -> std::process::Output {
         Command::new(&self.bin)
             .arg("-c")
@@ -166,6 +195,28 @@ impl Garage {
             ("AWS_REGION".into(), "garage".into()),
             ("AWS_ENDPOINT_URL".into(), self.endpoint.clone()),
         ]
+    }
+
+    /// A dbvault command on repository `s3://bucket/prefix` reached through `endpoint`
+    /// (the server's own, or a proxy's), with this server's credentials, the test
+    /// passphrase and a cache directory of its own.
+    pub fn dbvault(&self, endpoint: &str, prefix: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(crate::bin());
+        c.arg("--s3-path-style")
+            .args(args)
+            .env("DBVAULT_REPO", self.url(prefix))
+            .env("DBVAULT_PASSWORD", crate::PASSWORD)
+            .env("DBVAULT_CACHE_DIR", self.dir.path().join("cache"));
+        for (k, v) in self.env() {
+            c.env(k, v);
+        }
+        c.env("AWS_ENDPOINT_URL", endpoint);
+        c
+    }
+
+    /// The client cache directory [`Garage::dbvault`] commands use.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.dir.path().join("cache")
     }
 
     /// `s3://bucket/prefix`.

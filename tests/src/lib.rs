@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 pub mod garage;
+pub mod proxy;
 
 /// The passphrase every test repository uses; the harness checks it never appears in any
 /// output.

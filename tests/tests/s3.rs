@@ -3,7 +3,9 @@
 
 use dbvault_core::backend::s3::{S3Backend, S3Options};
 use dbvault_tests::garage::Garage;
-use dbvault_tests::{bin, dump_like, run_cmd, PASSWORD};
+use std::path::Path;
+
+use dbvault_tests::{dump_like, run_cmd, sqlite3_dump, PgDb};
 
 fn options(g: &Garage) -> S3Options {
     S3Options {
@@ -11,6 +13,7 @@ fn options(g: &Garage) -> S3Options {
         region: Some("garage".into()),
         path_style: true,
         credentials: Some((g.key_id.clone(), g.secret.clone())),
+        attempt_timeout: None,
     }
 }
 
@@ -28,20 +31,109 @@ fn the_backend_contract_holds_on_garage() {
 #[test]
 fn backup_and_restore_through_s3_are_byte_identical() {
     let g = Garage::start();
-    let cmd = |args: &[&str]| {
-        let mut c = std::process::Command::new(bin());
-        c.args(["--repo", &g.url("repo"), "--s3-path-style"])
-            .args(args);
-        c.env("DBVAULT_PASSWORD", PASSWORD);
-        for (k, v) in g.env() {
-            c.env(k, v);
-        }
-        c
-    };
+    let cmd = |args: &[&str]| g.dbvault(&g.endpoint, "repo", args);
     run_cmd(cmd(&["init"]), None).ok();
     let data = dump_like(12 << 20, 5);
     run_cmd(cmd(&["backup", "-", "--name", "s"]), Some(&data)).ok();
     let out = run_cmd(cmd(&["restore", "latest", "--to", "-"]), None).ok();
     assert!(out.stdout == data, "restore through S3 differs");
+    // Again with an empty cache: everything comes from the store.
+    let cold = run_cmd(cmd(&["--no-cache", "restore", "latest", "--to", "-"]), None).ok();
+    assert!(cold.stdout == data, "restore without the cache differs");
     run_cmd(cmd(&["check", "--read-data"]), None).ok();
+}
+
+fn make_sqlite(path: &Path, rows: i64) {
+    let c = rusqlite::Connection::open(path).expect("open");
+    c.execute_batch(
+        "CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, name TEXT, blob BLOB);\
+         CREATE INDEX IF NOT EXISTS t_name ON t(name);",
+    )
+    .expect("schema");
+    let tx = c.unchecked_transaction().expect("tx");
+    for i in 0..rows {
+        tx.execute(
+            "INSERT INTO t (name, blob) VALUES (?1, ?2)",
+            rusqlite::params![format!("row {i} ünïcödé"), vec![(i % 251) as u8; (i % 700) as usize]],
+        )
+        .expect("insert");
+    }
+    tx.commit().expect("commit");
+}
+
+#[test]
+fn databases_round_trip_through_s3_and_an_unchanged_one_costs_few_requests() {
+    let g = Garage::start();
+    let cmd = |args: &[&str]| g.dbvault(&g.endpoint, "db", args);
+    run_cmd(cmd(&["init"]), None).ok();
+
+    // PostgreSQL, read directly, into a new database.
+    let src = PgDb::new("s3src");
+    src.load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/hard.sql"));
+    run_cmd(cmd(&["backup", &src.url(), "--name", "pg"]), None).ok();
+    let dst = PgDb::new("s3dst");
+    run_cmd(
+        cmd(&["restore", "latest", "--name", "pg", "--to", &dst.url()]),
+        None,
+    )
+    .ok();
+    assert_eq!(dst.fingerprint(), src.fingerprint());
+    assert_eq!(dst.schema(), src.schema());
+
+    // SQLite.
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("app.db");
+    make_sqlite(&db, 20_000);
+    let first = run_cmd(
+        cmd(&["backup", &format!("sqlite:{}", db.display()), "--json"]),
+        None,
+    )
+    .ok()
+    .json();
+    let out = dir.path().join("restored.db");
+    run_cmd(
+        cmd(&[
+            "restore",
+            "latest",
+            "--name",
+            "app",
+            "--to",
+            &format!("sqlite:{}", out.display()),
+        ]),
+        None,
+    )
+    .ok();
+    assert_eq!(sqlite3_dump(&out), sqlite3_dump(&db));
+
+    // The nightly backup of an unchanged database: almost nothing goes up, and the keys,
+    // index and snapshots come from the cache.
+    let mut traced = cmd(&["backup", &format!("sqlite:{}", db.display()), "--json"]);
+    traced.env("DBVAULT_TRACE_S3", "1");
+    let again = run_cmd(traced, None).ok();
+    let trace = again.stderr.clone();
+    let again = again.json();
+    let (reqs, added) = (
+        again["requests"].as_u64().expect("requests"),
+        again["bytes_added"].as_u64().expect("bytes_added"),
+    );
+    eprintln!(
+        "first SQLite backup: {} requests, {} bytes added; unchanged: {reqs} requests, {added} bytes added",
+        first["requests"], first["bytes_added"]
+    );
+    assert!(reqs <= 16, "{reqs} requests for an unchanged database:\n{trace}");
+    assert!(added < 64 << 10, "{added} bytes added for an unchanged database");
+    let uncached = run_cmd(
+        cmd(&["--no-cache", "backup", &format!("sqlite:{}", db.display()), "--json"]),
+        None,
+    )
+    .ok()
+    .json();
+    eprintln!("unchanged, no cache: {} requests", uncached["requests"]);
+    assert!(uncached["requests"].as_u64().expect("requests") > reqs);
+    let stats = run_cmd(cmd(&["stats", "--json"]), None).ok().json();
+    assert!(stats["requests"].as_u64().expect("requests") > 0, "{stats}");
+    // The cache is private.
+    let cache = g.cache_dir();
+    let mode = std::fs::metadata(&cache).expect("cache dir").permissions();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o077, 0);
 }

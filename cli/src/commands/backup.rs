@@ -98,7 +98,9 @@ pub fn run(cli: &Cli, a: &BackupArgs) -> Result<()> {
     input(a)?;
     let repo = repo_access::open_locked(cli, LockKind::Shared, "backup")?;
     let summary = backup_into(cli, &repo, a, format, time)?;
-    report(cli, &summary);
+    // Counted after the lock is gone: its removal is a request too.
+    repo.unlock();
+    report(cli, &summary, repo.backend().requests());
     Ok(())
 }
 
@@ -389,10 +391,11 @@ fn backup_command(
     Ok(b.finish(meta(name, source))?)
 }
 
-fn report(cli: &Cli, s: &BackupSummary) {
+fn report(cli: &Cli, s: &BackupSummary, requests: Option<u64>) {
     let snap = &s.snapshot;
     if cli.json {
         output::json(&serde_json::json!({
+            "requests": requests,
             "snapshot_id": s.id.to_hex(),
             "name": snap.name,
             "time": output::time(&snap.time),
@@ -412,5 +415,8 @@ fn report(cli: &Cli, s: &BackupSummary) {
             output::bytes(snap.bytes_added),
             snap.seconds
         );
+        if let Some(n) = requests {
+            crate::outln!("{n} requests to the object store");
+        }
     }
 }

@@ -5,7 +5,6 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use dbvault_core::Repository;
 use serde::Serialize;
 
 use crate::args::Cli;
@@ -32,10 +31,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
     let mut out = Vec::new();
     for (rname, rc) in &cfg.repository {
         let opened = config::passphrase(rname, rc).and_then(|p| {
-            Ok(Repository::open(
-                repo_access::backend_for(&rc.url, &repo_access::s3_options(cli))?,
-                p.as_bytes(),
-            )?)
+            Ok(repo_access::open_with(cli, repo_access::backend_for(&rc.url, &repo_access::s3_options_for(cli, rc))?, &p)?)
         });
         let sources = cfg
             .source

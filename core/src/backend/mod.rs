@@ -22,6 +22,7 @@
 //!
 //! The conformance suite in [`conformance`] checks these points; every backend runs it.
 
+pub mod cache;
 pub mod conformance;
 pub mod local;
 pub mod s3;
@@ -87,4 +88,29 @@ pub trait Backend: Send + Sync {
     /// # Errors
     /// [`crate::Error::Io`] when the store refuses.
     fn remove(&self, path: &str) -> Result<()>;
+
+    /// Like [`Backend::read_range`], for a range that later commands will read again
+    /// (chunk lists: every backup reads its parent's). A caching wrapper keeps a copy; the
+    /// caller must verify what it gets and, when it is damaged, call
+    /// [`Backend::forget_range`] and read again with [`Backend::read_range`].
+    ///
+    /// # Errors
+    /// As [`Backend::read_range`].
+    fn read_range_hot(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        self.read_range(path, offset, len)
+    }
+
+    /// Drops a kept copy of a range that [`Backend::read_range_hot`] returned damaged.
+    fn forget_range(&self, _path: &str, _offset: u64, _len: u64) {}
+
+    /// Requests made to a remote store so far (`None` for local storage).
+    fn requests(&self) -> Option<u64> {
+        None
+    }
+
+    /// How many pack uploads a backup keeps in flight: 1 for a local disk (the disk is
+    /// the limit), more for a remote store (latency is).
+    fn uploads(&self) -> usize {
+        1
+    }
 }

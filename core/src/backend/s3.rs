@@ -36,6 +36,9 @@ use crate::{Error, Result};
 /// Objects larger than this are uploaded in parts.
 pub const MULTIPART_ABOVE: usize = 32 << 20;
 const PART_SIZE: usize = 16 << 20;
+/// Pack uploads a backup keeps in flight: enough to hide a round trip per pack, few enough
+/// that memory stays bounded (each holds one pack).
+const UPLOADS: usize = 4;
 /// Attempts per request before giving up.
 pub const MAX_ATTEMPTS: u32 = 6;
 
@@ -50,6 +53,9 @@ pub struct S3Options {
     pub path_style: bool,
     /// Access key id and secret (else the standard AWS chain: environment, profile, …).
     pub credentials: Option<(String, String)>,
+    /// How long one attempt of a request may take before it is retried (default 120 s:
+    /// a 16 MiB pack over a slow link).
+    pub attempt_timeout: Option<Duration>,
 }
 
 /// An S3 bucket and prefix.
@@ -59,6 +65,7 @@ pub struct S3Backend {
     bucket: String,
     prefix: String,
     requests: AtomicU64,
+    trace: bool,
     conditional: std::sync::atomic::AtomicBool,
 }
 
@@ -156,7 +163,9 @@ impl S3Backend {
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(10))
-                    .operation_attempt_timeout(Duration::from_secs(120))
+                    .operation_attempt_timeout(
+                        opts.attempt_timeout.unwrap_or(Duration::from_secs(120)),
+                    )
                     .build(),
             );
         if let Some(e) = &opts.endpoint {
@@ -178,6 +187,7 @@ impl S3Backend {
             bucket: bucket.to_string(),
             prefix,
             requests: AtomicU64::new(0),
+            trace: std::env::var_os("DBVAULT_TRACE_S3").is_some(),
             conditional: std::sync::atomic::AtomicBool::new(true),
         })
     }
@@ -191,13 +201,12 @@ impl S3Backend {
         format!("{}{path}", self.prefix)
     }
 
-    fn count(&self) {
+    /// Counts a request; with `DBVAULT_TRACE_S3` set, also names it on stderr.
+    fn count(&self, op: &str, path: &str) {
         self.requests.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Requests sent so far (retries not counted).
-    pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
+        if self.trace {
+            eprintln!("s3 request: {op} {path}");
+        }
     }
 
     fn put(&self, path: &str, data: &[u8]) -> Result<()> {
@@ -219,7 +228,7 @@ impl S3Backend {
         }
         loop {
             let conditional = self.conditional.load(Ordering::Relaxed);
-            self.count();
+            self.count("put_object", path);
             let mut req = self
                 .client
                 .put_object()
@@ -246,7 +255,7 @@ impl S3Backend {
     }
 
     fn put_multipart(&self, path: &str, key: &str, data: &[u8]) -> Result<()> {
-        self.count();
+        self.count("create_multipart_upload", path);
         let up = self
             .rt
             .block_on(
@@ -266,7 +275,7 @@ impl S3Backend {
             for (i, chunk) in data.chunks(PART_SIZE).enumerate() {
                 let n =
                     i32::try_from(i + 1).map_err(|_| io(&self.url_of(path), "too many parts"))?;
-                self.count();
+                self.count("upload_part", path);
                 let r = self
                     .rt
                     .block_on(
@@ -287,7 +296,7 @@ impl S3Backend {
                         .build(),
                 );
             }
-            self.count();
+            self.count("complete_multipart_upload", path);
             let mut req = self
                 .client
                 .complete_multipart_upload()
@@ -311,7 +320,7 @@ impl S3Backend {
             }
         })();
         if result.is_err() {
-            self.count();
+            self.count("abort_multipart_upload", path);
             let _ = self.rt.block_on(
                 self.client
                     .abort_multipart_upload()
@@ -325,7 +334,7 @@ impl S3Backend {
     }
 
     fn get(&self, path: &str, range: Option<(u64, u64)>) -> Result<Vec<u8>> {
-        self.count();
+        self.count("get_object", path);
         let mut req = self
             .client
             .get_object()
@@ -377,6 +386,15 @@ impl Backend for S3Backend {
         format!("s3://{}/{}", self.bucket, self.prefix)
     }
 
+    /// Requests sent so far (an operation the SDK retried counts once).
+    fn requests(&self) -> Option<u64> {
+        Some(self.requests.load(Ordering::Relaxed))
+    }
+
+    fn uploads(&self) -> usize {
+        UPLOADS
+    }
+
     fn create(&self, path: &str, data: &[u8]) -> Result<()> {
         self.put(path, data)
     }
@@ -390,7 +408,7 @@ impl Backend for S3Backend {
     }
 
     fn size(&self, path: &str) -> Result<u64> {
-        self.count();
+        self.count("head_object", path);
         let r = self.rt.block_on(
             self.client
                 .head_object()
@@ -412,7 +430,7 @@ impl Backend for S3Backend {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            self.count();
+            self.count("list_objects_v2", prefix);
             let r = self
                 .rt
                 .block_on(
@@ -440,7 +458,7 @@ impl Backend for S3Backend {
     }
 
     fn remove_incomplete(&self, prefix: &str) -> Result<usize> {
-        self.count();
+        self.count("list_multipart_uploads", prefix);
         let r = self
             .rt
             .block_on(
@@ -456,7 +474,7 @@ impl Backend for S3Backend {
             let (Some(k), Some(id)) = (u.key(), u.upload_id()) else {
                 continue;
             };
-            self.count();
+            self.count("abort_multipart_upload", k);
             self.rt
                 .block_on(
                     self.client
@@ -473,7 +491,7 @@ impl Backend for S3Backend {
     }
 
     fn remove(&self, path: &str) -> Result<()> {
-        self.count();
+        self.count("delete_object", path);
         self.rt
             .block_on(
                 self.client
