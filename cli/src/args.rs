@@ -33,7 +33,12 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub s3_path_style: bool,
     /// Seconds one S3 request may take before it is retried (default 120).
-    #[arg(long, global = true, env = "DBVAULT_S3_TIMEOUT", value_name = "SECONDS")]
+    #[arg(
+        long,
+        global = true,
+        env = "DBVAULT_S3_TIMEOUT",
+        value_name = "SECONDS"
+    )]
     pub s3_timeout: Option<u64>,
     /// Do not use the local cache of keys, index and snapshots of S3 repositories (kept in
     /// $DBVAULT_CACHE_DIR, else $XDG_CACHE_HOME/dbvault, else ~/.cache/dbvault).

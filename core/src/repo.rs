@@ -132,10 +132,7 @@ impl Repository {
         }
         config.chunker.validate()?;
         let backend: Arc<dyn Backend> = match cache {
-            Some(dir) => Arc::new(CachedBackend::new(
-                backend,
-                dir.join(config.id.to_string()),
-            )),
+            Some(dir) => Arc::new(CachedBackend::new(backend, dir.join(config.id.to_string()))),
             None => backend,
         };
         let keys = backend.list("keys/")?;

@@ -345,13 +345,14 @@ fn run_writer(
     keys: &Keys,
     lock: &LockHandle,
 ) -> Result<(u64, u64)> {
-    let (jobs, job_rx) = sync_channel::<Sealed>(0);
-    let job_rx = Mutex::new(job_rx);
-    let job_rx = &job_rx;
-    std::thread::scope(move |s| {
+    std::thread::scope(|s| {
+        let (jobs, job_rx) = sync_channel::<Sealed>(0);
+        // Shared by the uploaders only: when the last one stops (on an error), sending
+        // fails instead of blocking.
+        let job_rx = Arc::new(Mutex::new(job_rx));
         let (done_tx, done) = channel::<Result<(Id, Vec<PackEntry>, u64)>>();
         for _ in 0..backend.uploads().max(1) {
-            let done_tx = done_tx.clone();
+            let (done_tx, job_rx) = (done_tx.clone(), job_rx.clone());
             s.spawn(move || loop {
                 let next = job_rx.lock().map(|r| r.recv());
                 let Ok(Ok((id, data, entries))) = next else {
@@ -366,7 +367,7 @@ fn run_writer(
                 }
             });
         }
-        drop(done_tx);
+        drop((done_tx, job_rx));
         let mut written = Vec::new();
         let (mut bytes, mut packs) = (0u64, 0u64);
         let mut stored = |r: Result<(Id, Vec<PackEntry>, u64)>| -> Result<()> {

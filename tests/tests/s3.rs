@@ -54,7 +54,10 @@ fn make_sqlite(path: &Path, rows: i64) {
     for i in 0..rows {
         tx.execute(
             "INSERT INTO t (name, blob) VALUES (?1, ?2)",
-            rusqlite::params![format!("row {i} ünïcödé"), vec![(i % 251) as u8; (i % 700) as usize]],
+            rusqlite::params![
+                format!("row {i} ünïcödé"),
+                vec![(i % 251) as u8; (i % 700) as usize]
+            ],
         )
         .expect("insert");
     }
@@ -120,10 +123,21 @@ fn databases_round_trip_through_s3_and_an_unchanged_one_costs_few_requests() {
         "first SQLite backup: {} requests, {} bytes added; unchanged: {reqs} requests, {added} bytes added",
         first["requests"], first["bytes_added"]
     );
-    assert!(reqs <= 16, "{reqs} requests for an unchanged database:\n{trace}");
-    assert!(added < 64 << 10, "{added} bytes added for an unchanged database");
+    assert!(
+        reqs <= 16,
+        "{reqs} requests for an unchanged database:\n{trace}"
+    );
+    assert!(
+        added < 64 << 10,
+        "{added} bytes added for an unchanged database"
+    );
     let uncached = run_cmd(
-        cmd(&["--no-cache", "backup", &format!("sqlite:{}", db.display()), "--json"]),
+        cmd(&[
+            "--no-cache",
+            "backup",
+            &format!("sqlite:{}", db.display()),
+            "--json",
+        ]),
         None,
     )
     .ok()

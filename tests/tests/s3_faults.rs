@@ -49,7 +49,10 @@ fn answers_of_500_and_503_and_stalls_are_retried() {
     let data = dump_like(24 << 20, 11);
     run_cmd(cmd(&["backup", "-", "--name", "s"]), Some(&data)).ok();
     let out = run_cmd(cmd(&["--no-cache", "restore", "latest", "--to", "-"]), None).ok();
-    assert!(out.stdout == data, "restore through the faulty proxy differs");
+    assert!(
+        out.stdout == data,
+        "restore through the faulty proxy differs"
+    );
     run_cmd(cmd(&["check", "--read-data"]), None).ok();
     let (requests, errors, stalls) = proxy.counts();
     eprintln!("{requests} requests, {errors} answered 500/503, {stalls} stalled");
@@ -181,5 +184,9 @@ fn bad_credentials_a_missing_bucket_and_no_server_each_give_one_line() {
     let c = g.dbvault(&format!("http://127.0.0.1:{port}"), "ok", &["snapshots"]);
     let err = one_line(&run_cmd(c, None));
     assert!(err.contains("cannot reach"), "{err}");
-    assert!(t.elapsed() < Duration::from_secs(60), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        t.elapsed()
+    );
 }

@@ -64,7 +64,11 @@ pub fn run(cli: &Cli, a: &RunArgs) -> Result<ExitCode> {
         }
         let opened = (|| -> Result<Repository> {
             let pass = config::passphrase(rname, rc)?;
-            let repo = repo_access::open_with(cli, repo_access::backend_for(&rc.url, &repo_access::s3_options_for(cli, rc))?, &pass)?;
+            let repo = repo_access::open_with(
+                cli,
+                repo_access::backend_for(&rc.url, &repo_access::s3_options_for(cli, rc))?,
+                &pass,
+            )?;
             repo_access::lock(cli, &repo, LockKind::Shared, "run")?;
             Ok(repo)
         })();

@@ -31,7 +31,11 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
     let mut out = Vec::new();
     for (rname, rc) in &cfg.repository {
         let opened = config::passphrase(rname, rc).and_then(|p| {
-            Ok(repo_access::open_with(cli, repo_access::backend_for(&rc.url, &repo_access::s3_options_for(cli, rc))?, &p)?)
+            Ok(repo_access::open_with(
+                cli,
+                repo_access::backend_for(&rc.url, &repo_access::s3_options_for(cli, rc))?,
+                &p,
+            )?)
         });
         let sources = cfg
             .source

@@ -27,7 +27,10 @@ const RANGES: &str = "ranges/";
 /// The cache path of a range of a pack (`data/ab/<id>`); none for other objects.
 fn range_key(path: &str, offset: u64, len: u64) -> Option<String> {
     let pack = path.strip_prefix("data/")?.rsplit('/').next()?;
-    Some(format!("{RANGES}{}/{pack}/{offset}-{len}", &pack[..pack.len().min(2)]))
+    Some(format!(
+        "{RANGES}{}/{pack}/{offset}-{len}",
+        &pack[..pack.len().min(2)]
+    ))
 }
 
 fn cacheable(path: &str) -> bool {

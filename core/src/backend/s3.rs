@@ -88,6 +88,15 @@ fn describe<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
                 (Some("SignatureDoesNotMatch"), _) => {
                     "the secret key is wrong (check the credentials)".into()
                 }
+                // Garage says AccessDenied where AWS says SignatureDoesNotMatch.
+                (Some("AccessDenied"), Some(m)) if m.to_ascii_lowercase().contains("signature") => {
+                    format!("the secret key is wrong (check the credentials): {m}")
+                }
+                (Some("AccessDenied"), Some(m))
+                    if m.to_ascii_lowercase().contains("no such key") =>
+                {
+                    format!("the access key is not known to the store (check the credentials): {m}")
+                }
                 (Some("AccessDenied"), m) => {
                     format!(
                         "access denied{}",
@@ -360,9 +369,12 @@ impl S3Backend {
                             format!("reading the object failed: {e}"),
                         )
                     }),
-                Err(e) if status(&e) == Some(404) => Err(Error::NotFound {
-                    path: path.to_string(),
-                }),
+                // A missing bucket is a 404 too, but not a missing object.
+                Err(e) if status(&e) == Some(404) && e.code() != Some("NoSuchBucket") => {
+                    Err(Error::NotFound {
+                        path: path.to_string(),
+                    })
+                }
                 Err(e) if status(&e) == Some(416) => {
                     Err(Error::corrupt(path, "a read runs past its end".to_string()))
                 }

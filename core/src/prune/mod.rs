@@ -264,7 +264,14 @@ pub fn prune(
     }
 
     // Everything but locks/: another process may be writing its lock file right now.
-    for prefix in ["data/", "index/", "snapshots/", "reports/", "policy/", "keys/"] {
+    for prefix in [
+        "data/",
+        "index/",
+        "snapshots/",
+        "reports/",
+        "policy/",
+        "keys/",
+    ] {
         repo.backend().remove_incomplete(prefix)?;
     }
     let doomed: Vec<Id> = fate
