@@ -40,7 +40,7 @@ impl ParentPart {
 }
 
 /// Seals a new chunk: as a delta against `base` when that is at most 70% of the full
-/// blob, else full. Returns the kind, the sealed bytes and the base a delta needs.
+/// blob, else full. `read` holds bases already read (by [`Blobs::read_many`]). Returns the kind, the sealed bytes and the base a delta needs.
 ///
 /// # Errors
 /// Compression, random-source or storage errors reading the base.
@@ -50,6 +50,7 @@ pub fn seal_chunk(
     plain: &[u8],
     base: Option<Id>,
     level: i32,
+    read: &HashMap<Id, Vec<u8>>,
 ) -> Result<(BlobKind, Vec<u8>, Option<Id>)> {
     let full = seal_blob(blobs.keys, id, plain, level)?;
     let Some(mut base_id) = base else {
@@ -71,8 +72,15 @@ pub fn seal_chunk(
             _ => return Ok((BlobKind::Data, full, None)),
         }
     }
-    let base_plain = blobs.read(&base_id)?;
-    let delta = seal_delta(blobs.keys, id, plain, &base_id, &base_plain, level)?;
+    let fetched;
+    let base_plain = match read.get(&base_id) {
+        Some(b) => b,
+        None => {
+            fetched = blobs.read(&base_id)?;
+            &fetched
+        }
+    };
+    let delta = seal_delta(blobs.keys, id, plain, &base_id, base_plain, level)?;
     if delta.len() * 10 <= full.len() * 7 {
         Ok((BlobKind::Delta, delta, Some(base_id)))
     } else {

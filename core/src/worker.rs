@@ -203,9 +203,22 @@ impl Worker {
             keys,
             index: &self.ctx.index,
         };
+        // The bases these chunks are compared with, read together: one request per run of
+        // neighbouring blobs instead of one per chunk (it matters on an object store).
+        // (A base that is itself a delta gives way to its own base: read that one alone.)
+        let wanted: Vec<Id> = fresh
+            .iter()
+            .filter_map(|(_, b)| *b)
+            .filter(|b| self.ctx.index.get(b).is_some_and(|l| !l.delta))
+            .collect();
+        let bases = if wanted.is_empty() {
+            HashMap::new()
+        } else {
+            blobs.read_many(&wanted)?
+        };
         let sealed: Vec<(BlobKind, Vec<u8>, Option<Id>)> = fresh
             .par_iter()
-            .map(|&(i, base)| seal_chunk(blobs, &ids[i], &chunks[i], base, level))
+            .map(|&(i, base)| seal_chunk(blobs, &ids[i], &chunks[i], base, level, &bases))
             .collect::<Result<_>>()?;
         for (&(i, _), (kind, s, base)) in fresh.iter().zip(&sealed) {
             self.add_sealed(*kind, ids[i], s, chunks[i].len(), *base)?;
@@ -264,7 +277,15 @@ impl Worker {
         let bytes: Vec<u8> = ids.iter().flat_map(|id| id.0).collect();
         let id = self.ctx.keys.blob_id(&bytes);
         if !self.ctx.index.contains(&id) && self.pending.insert(id) {
-            let (kind, sealed, base) = seal_chunk(self.blobs(), &id, &bytes, base, self.ctx.level)?;
+            // The base list was read when the part began: take it from the cache.
+            let mut known = HashMap::new();
+            if let Some(b) = base.filter(|b| self.ctx.index.get(b).is_some_and(|l| !l.delta)) {
+                if let Ok(bytes) = self.blobs().read_list(&b) {
+                    known.insert(b, bytes);
+                }
+            }
+            let (kind, sealed, base) =
+                seal_chunk(self.blobs(), &id, &bytes, base, self.ctx.level, &known)?;
             let kind = if kind == BlobKind::Data {
                 BlobKind::List
             } else {

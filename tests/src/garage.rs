@@ -111,7 +111,20 @@ impl Garage {
             );
             std::thread::sleep(Duration::from_millis(100));
         };
-        g.ok(&["layout", "assign", "-z", "dc1", "-c", "1G", &node]);
+        // `node id` reads the key from disk: the server may not listen yet.
+        loop {
+            let out = g.cli(&["layout", "assign", "-z", "dc1", "-c", "1G", &node]);
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "garage layout assign: {}{}",
+                String::from_utf8_lossy(&out.stderr),
+                g.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
         g.ok(&["layout", "apply", "--version", "1"]);
         g.ok(&["bucket", "create", "dbvault-test"]);
         let key = g.ok(&["key", "create", "dbvault-test-key"]);
