@@ -366,7 +366,7 @@ impl Repository {
     pub fn save_snapshot(&self, snap: &Snapshot) -> Result<(Id, u64)> {
         self.ensure_lock(LockKind::Shared, "writing a snapshot")?;
         let (id, bytes) = snap.encode(&self.keys)?;
-        self.backend.create(&snapshot_path(&id), &bytes)?;
+        self.backend.create_unique(&snapshot_path(&id), &bytes)?;
         Ok((id, bytes.len() as u64))
     }
 

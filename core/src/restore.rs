@@ -24,6 +24,9 @@ const BATCH_RAW_BYTES: u64 = 8 << 20;
 const MAX_RUN: u64 = 2 << 20;
 /// Longest range read from an object store, where requests cost more than bytes.
 const REMOTE_MAX_RUN: u64 = 16 << 20;
+/// The same for an object store. A request's latency (20-50 ms to first byte on S3) is
+/// worth 2-5 MiB of transfer at 100 MB/s, so spans this far apart are read as one.
+const REMOTE_MAX_GAP: u64 = 2 << 20;
 /// Unwanted bytes a range read may span to save a request.
 const MAX_GAP: u64 = 128 << 10;
 
@@ -56,8 +59,7 @@ impl Blobs<'_> {
     }
 
     /// Reads a chunk list, which later commands read again (the next backup's parent):
-    /// through [`crate::backend::Backend::read_range_hot`], falling back to the store when a
-    /// kept copy does not open.
+    /// a copy kept by the backend's cache when it has one, else from the store (and kept).
     ///
     /// # Errors
     /// As [`Blobs::read`].
@@ -68,14 +70,54 @@ impl Blobs<'_> {
             .ok_or_else(|| Error::MissingBlob { id: id.to_hex() })?;
         let path = pack_path(&loc.pack);
         let (off, len) = (u64::from(loc.offset), u64::from(loc.len));
-        let sealed = self.backend.read_range_hot(&path, off, len)?;
-        match self.open_at(id, &loc, &sealed, &path) {
-            Ok(b) => Ok(b),
-            Err(_) => {
-                self.backend.forget_range(&path, off, len);
-                self.read(id)
+        if let Some(sealed) = self.backend.cached_range(&path, off, len) {
+            match self.open_at(id, &loc, &sealed, &path) {
+                Ok(b) => return Ok(b),
+                Err(_) => self.backend.forget_range(&path, off, len),
             }
         }
+        let sealed = self.backend.read_range(&path, off, len)?;
+        let plain = self.open_at(id, &loc, &sealed, &path)?;
+        self.backend.keep_range(&path, off, &sealed);
+        Ok(plain)
+    }
+
+    /// [`Blobs::read_list`] for many lists: those not kept locally are read together.
+    ///
+    /// # Errors
+    /// As [`Blobs::read`].
+    pub fn read_lists(&self, ids: &[Id]) -> Result<Vec<Vec<u8>>> {
+        let mut out: Vec<Option<Vec<u8>>> = vec![None; ids.len()];
+        let mut missing = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            let Some(loc) = self.index.get(id) else {
+                return Err(Error::MissingBlob { id: id.to_hex() });
+            };
+            let path = pack_path(&loc.pack);
+            let (off, len) = (u64::from(loc.offset), u64::from(loc.len));
+            match self.backend.cached_range(&path, off, len) {
+                Some(sealed) => match self.open_at(id, &loc, &sealed, &path) {
+                    Ok(b) => out[i] = Some(b),
+                    Err(_) => {
+                        self.backend.forget_range(&path, off, len);
+                        missing.push(*id);
+                    }
+                },
+                None => missing.push(*id),
+            }
+        }
+        let got = if missing.is_empty() {
+            HashMap::new()
+        } else {
+            self.read_many(&missing)?
+        };
+        ids.iter()
+            .zip(out)
+            .map(|(id, b)| match b.or_else(|| got.get(id).cloned()) {
+                Some(b) => Ok(b),
+                None => self.read(id),
+            })
+            .collect()
     }
 
     /// Opens a sealed blob (full, or a delta whose base is read and checked too).
@@ -136,12 +178,12 @@ impl Blobs<'_> {
             .collect();
         locs.sort_by_key(|(id, l)| (l.pack, l.offset, *id));
         locs.dedup_by_key(|(id, _)| *id);
-        let max_run = if self.backend.requests().is_some() {
-            REMOTE_MAX_RUN
+        let (max_run, max_gap) = if self.backend.requests().is_some() {
+            (REMOTE_MAX_RUN, REMOTE_MAX_GAP)
         } else {
-            MAX_RUN
+            (MAX_RUN, MAX_GAP)
         };
-        let runs = group(locs, max_run);
+        let runs = group(locs, max_run, max_gap);
         let opened: Vec<Vec<Vec<u8>>> = runs
             .par_iter()
             .map(|r| fetch(*self, r))
@@ -199,8 +241,7 @@ pub fn tree_levels(blobs: Blobs<'_>, part: &Part) -> Result<Vec<Vec<Id>>> {
     for _ in 0..part.depth {
         let upper = levels.last().map(Vec::as_slice).unwrap_or_default();
         let mut below = Vec::with_capacity(upper.len() * 64);
-        for list in upper {
-            let bytes = blobs.read_list(list)?;
+        for bytes in blobs.read_lists(upper)? {
             if bytes.len() % 32 != 0 {
                 return Err(Error::corrupt(
                     format!("chunk list of part {}", part.name),
@@ -248,13 +289,13 @@ fn plan(index: &Index, ids: &[Id]) -> Result<Vec<Run>> {
                 .ok_or_else(|| Error::MissingBlob { id: id.to_hex() })
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(group(locs, MAX_RUN))
+    Ok(group(locs, MAX_RUN, MAX_GAP))
 }
 
 /// Groups blobs, in the given order, into runs: one range read each, over blobs of one
 /// pack that follow each other with gaps of at most `MAX_GAP` (reading a gap costs less
 /// than a request to an object store).
-fn group(locs: Vec<(Id, BlobLoc)>, max_run: u64) -> Vec<Run> {
+fn group(locs: Vec<(Id, BlobLoc)>, max_run: u64, max_gap: u64) -> Vec<Run> {
     let mut runs: Vec<Run> = Vec::new();
     for (id, loc) in locs {
         let (off, len) = (u64::from(loc.offset), u64::from(loc.len));
@@ -262,7 +303,7 @@ fn group(locs: Vec<(Id, BlobLoc)>, max_run: u64) -> Vec<Run> {
             let end = r.offset + r.len;
             if r.pack == loc.pack
                 && off >= end
-                && off - end <= MAX_GAP
+                && off - end <= max_gap
                 && off + len - r.offset <= max_run
             {
                 r.len = off + len - r.offset;

@@ -21,6 +21,9 @@ use crate::snapshot::Part;
 use crate::{Error, Id, Result};
 
 const PACKS_PER_INDEX: usize = 64;
+/// New chunk bytes put aside before sealing on an object store, so that their delta bases
+/// are read with few requests.
+const DEFER_REMOTE: usize = 32 << 20;
 
 /// A list blob ends after an id whose first two bytes are 0 modulo this: lists are
 /// content-defined (64 ids on average), so a changed chunk rewrites one small list, not a
@@ -90,6 +93,11 @@ struct Worker {
     parts: HashMap<u32, PartState>,
     done: Vec<(u32, Part)>,
     new_blobs: u64,
+    /// New chunks not sealed yet (id, bytes, delta base), and their size.
+    deferred: Vec<(Id, Vec<u8>, Option<Id>)>,
+    deferred_bytes: usize,
+    /// Seal once this many bytes are put aside (0: at once).
+    defer_limit: usize,
 }
 
 pub(crate) fn run_worker(rx: Receiver<Job>, ctx: WorkerCtx) -> Result<WorkerOut> {
@@ -100,6 +108,7 @@ pub(crate) fn run_worker(rx: Receiver<Job>, ctx: WorkerCtx) -> Result<WorkerOut>
         .name("dbvault-write".into())
         .spawn(move || run_writer(prx, backend.as_ref(), &keys, &lock))
         .map_err(|e| Error::Invalid(format!("cannot start a thread: {e}")))?;
+    let backend_remote = ctx.backend.requests().is_some();
     let pack = PackBuilder::with_capacity(ctx.pack_target + (1 << 20));
     let mut w = Worker {
         ctx,
@@ -109,6 +118,9 @@ pub(crate) fn run_worker(rx: Receiver<Job>, ctx: WorkerCtx) -> Result<WorkerOut>
         parts: HashMap::new(),
         done: Vec::new(),
         new_blobs: 0,
+        deferred: Vec::new(),
+        deferred_bytes: 0,
+        defer_limit: if backend_remote { DEFER_REMOTE } else { 0 },
     };
     let result = (|| {
         for job in rx {
@@ -118,6 +130,7 @@ pub(crate) fn run_worker(rx: Receiver<Job>, ctx: WorkerCtx) -> Result<WorkerOut>
                 Job::EndPart { part, input, size } => w.end_part(part, input, size)?,
             }
         }
+        w.seal_deferred()?;
         w.flush_pack()
     })();
     let Worker {
@@ -197,18 +210,37 @@ impl Worker {
                 fresh.push((i, base));
             }
         }
+        let mut chunks = chunks;
+        for &(i, base) in &fresh {
+            let c = std::mem::take(&mut chunks[i]);
+            self.deferred_bytes += c.len();
+            self.deferred.push((ids[i], c, base));
+        }
+        if self.deferred_bytes >= self.defer_limit {
+            self.seal_deferred()?;
+        }
+        self.parts.entry(part).or_default().chunks += ids.len() as u64;
+        for id in ids {
+            self.push_id(part, 0, id)?;
+        }
+        Ok(())
+    }
+
+    /// Seals the new chunks put aside, reading their bases together: one request per span
+    /// of neighbouring blobs instead of one per chunk (it matters on an object store, where
+    /// more chunks are put aside for it).
+    fn seal_deferred(&mut self) -> Result<()> {
+        if self.deferred.is_empty() {
+            return Ok(());
+        }
+        let todo = std::mem::take(&mut self.deferred);
+        self.deferred_bytes = 0;
         let level = self.ctx.level;
-        let blobs = Blobs {
-            backend: self.ctx.backend.as_ref(),
-            keys,
-            index: &self.ctx.index,
-        };
-        // The bases these chunks are compared with, read together: one request per run of
-        // neighbouring blobs instead of one per chunk (it matters on an object store).
-        // (A base that is itself a delta gives way to its own base: read that one alone.)
-        let wanted: Vec<Id> = fresh
+        let blobs = self.blobs();
+        // A base that is itself a delta gives way to its own base: read that one alone.
+        let wanted: Vec<Id> = todo
             .iter()
-            .filter_map(|(_, b)| *b)
+            .filter_map(|(_, _, b)| *b)
             .filter(|b| self.ctx.index.get(b).is_some_and(|l| !l.delta))
             .collect();
         let bases = if wanted.is_empty() {
@@ -216,16 +248,12 @@ impl Worker {
         } else {
             blobs.read_many(&wanted)?
         };
-        let sealed: Vec<(BlobKind, Vec<u8>, Option<Id>)> = fresh
+        let sealed: Vec<(BlobKind, Vec<u8>, Option<Id>)> = todo
             .par_iter()
-            .map(|&(i, base)| seal_chunk(blobs, &ids[i], &chunks[i], base, level, &bases))
+            .map(|(id, c, base)| seal_chunk(blobs, id, c, *base, level, &bases))
             .collect::<Result<_>>()?;
-        for (&(i, _), (kind, s, base)) in fresh.iter().zip(&sealed) {
-            self.add_sealed(*kind, ids[i], s, chunks[i].len(), *base)?;
-        }
-        self.parts.entry(part).or_default().chunks += ids.len() as u64;
-        for id in ids {
-            self.push_id(part, 0, id)?;
+        for ((id, c, _), (kind, s, base)) in todo.iter().zip(&sealed) {
+            self.add_sealed(*kind, *id, s, c.len(), *base)?;
         }
         Ok(())
     }
@@ -347,7 +375,7 @@ fn write_index(
     }
     lock.ensure_held()?;
     let (id, bytes) = encode_file(keys, packs)?;
-    backend.create(&index_path(&id), &bytes)?;
+    backend.create_unique(&index_path(&id), &bytes)?;
     packs.clear();
     Ok(bytes.len() as u64)
 }
@@ -379,9 +407,17 @@ fn run_writer(
                 let Ok(Ok((id, data, entries))) = next else {
                     break;
                 };
-                let r = backend
-                    .create(&pack_path(&id), &data)
-                    .map(|()| (id, entries, data.len() as u64));
+                let path = pack_path(&id);
+                let r = backend.create_unique(&path, &data);
+                if r.is_ok() {
+                    // Lists (and deltas, which are small) are read by the next backup and
+                    // by restores: a caching backend keeps them now.
+                    for e in entries.iter().filter(|e| e.kind != BlobKind::Data) {
+                        let (off, len) = (e.offset as usize, e.len as usize);
+                        backend.keep_range(&path, off as u64, &data[off..off + len]);
+                    }
+                }
+                let r = r.map(|()| (id, entries, data.len() as u64));
                 let failed = r.is_err();
                 if done_tx.send(r).is_err() || failed {
                     break;

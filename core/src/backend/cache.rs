@@ -89,6 +89,14 @@ impl Backend for CachedBackend {
         Ok(())
     }
 
+    fn create_unique(&self, path: &str, data: &[u8]) -> Result<()> {
+        self.inner.create_unique(path, data)?;
+        if cacheable(path) && matches_name(path, data) {
+            self.keep(path, data);
+        }
+        Ok(())
+    }
+
     fn read(&self, path: &str) -> Result<Vec<u8>> {
         if !cacheable(path) {
             return self.inner.read(path);
@@ -110,18 +118,15 @@ impl Backend for CachedBackend {
         self.inner.read_range(path, offset, len)
     }
 
-    fn read_range_hot(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
-        let Some(key) = range_key(path, offset, len) else {
-            return self.inner.read_range(path, offset, len);
-        };
-        if let Ok(bytes) = self.cache.read(&key) {
-            if bytes.len() as u64 == len {
-                return Ok(bytes);
-            }
+    fn cached_range(&self, path: &str, offset: u64, len: u64) -> Option<Vec<u8>> {
+        let bytes = self.cache.read(&range_key(path, offset, len)?).ok()?;
+        (bytes.len() as u64 == len).then_some(bytes)
+    }
+
+    fn keep_range(&self, path: &str, offset: u64, data: &[u8]) {
+        if let Some(key) = range_key(path, offset, data.len() as u64) {
+            self.keep(&key, data);
         }
-        let bytes = self.inner.read_range(path, offset, len)?;
-        self.keep(&key, &bytes);
-        Ok(bytes)
     }
 
     fn forget_range(&self, path: &str, offset: u64, len: u64) {

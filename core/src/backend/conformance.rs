@@ -30,6 +30,14 @@ pub fn run(b: &dyn Backend) -> Result<()> {
     if b.read("data/ab/obj1")? != data {
         return Err(fail("failed create changed the existing object".into()));
     }
+    // create_unique: a second store of the same bytes is success
+    let unique = b"named by its bytes".to_vec();
+    b.create_unique("index/uniq", &unique)?;
+    b.create_unique("index/uniq", &unique)?;
+    if b.read("index/uniq")? != unique {
+        return Err(fail("create_unique stored other bytes".into()));
+    }
+    b.remove("index/uniq")?;
     // ranges
     if b.read_range("data/ab/obj1", 1000, 50)? != data[1000..1050] {
         return Err(fail("read_range returned other bytes".into()));

@@ -9,6 +9,8 @@
 //!   reader ever sees a partial object) and durably (once `Ok` is returned, a crash or power
 //!   loss does not lose it). An occupied path gives [`Error::AlreadyExists`] and leaves the
 //!   existing object untouched.
+//! - [`Backend::create_unique`]: the same for a name unique to the bytes (a content hash or
+//!   a random id): an object already there is success, and the backend need not look first.
 //! - [`Backend::read`] / [`Backend::read_range`]: return exactly the stored bytes, or
 //!   [`Error::NotFound`]. A range past the end is an error, never a short read.
 //! - [`Backend::size`]: the size of a complete object, or [`Error::NotFound`].
@@ -27,7 +29,6 @@ pub mod conformance;
 pub mod local;
 pub mod s3;
 
-#[allow(unused_imports)] // named by the docs
 use crate::Error;
 use crate::Result;
 
@@ -50,6 +51,21 @@ pub trait Backend: Send + Sync {
     /// # Errors
     /// [`crate::Error::AlreadyExists`] if the path is taken; [`crate::Error::Io`] otherwise.
     fn create(&self, path: &str, data: &[u8]) -> Result<()>;
+
+    /// Stores an object whose name is unique to its bytes: a hash of them, or a random id.
+    /// An object already at `path` can only hold these very bytes, so finding one is
+    /// success, and a backend may skip the look [`Backend::create`] makes first (one
+    /// request less on a store that ignores `If-None-Match`). Atomic and durable like
+    /// `create`.
+    ///
+    /// # Errors
+    /// [`crate::Error::Io`].
+    fn create_unique(&self, path: &str, data: &[u8]) -> Result<()> {
+        match self.create(path, data) {
+            Err(Error::AlreadyExists { .. }) => Ok(()),
+            r => r,
+        }
+    }
 
     /// Reads a whole object.
     ///
@@ -89,18 +105,17 @@ pub trait Backend: Send + Sync {
     /// [`crate::Error::Io`] when the store refuses.
     fn remove(&self, path: &str) -> Result<()>;
 
-    /// Like [`Backend::read_range`], for a range that later commands will read again
-    /// (chunk lists: every backup reads its parent's). A caching wrapper keeps a copy; the
-    /// caller must verify what it gets and, when it is damaged, call
-    /// [`Backend::forget_range`] and read again with [`Backend::read_range`].
-    ///
-    /// # Errors
-    /// As [`Backend::read_range`].
-    fn read_range_hot(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
-        self.read_range(path, offset, len)
+    /// A kept copy of a range of a pack (chunk lists: every backup reads its parent's),
+    /// from a caching wrapper; `None` without one. The caller verifies it and, when it is
+    /// damaged, calls [`Backend::forget_range`].
+    fn cached_range(&self, _path: &str, _offset: u64, _len: u64) -> Option<Vec<u8>> {
+        None
     }
 
-    /// Drops a kept copy of a range that [`Backend::read_range_hot`] returned damaged.
+    /// Asks a caching wrapper to keep a copy of a range of a pack (best effort).
+    fn keep_range(&self, _path: &str, _offset: u64, _data: &[u8]) {}
+
+    /// Drops a kept copy of a range found damaged.
     fn forget_range(&self, _path: &str, _offset: u64, _len: u64) {}
 
     /// Requests made to a remote store so far (`None` for local storage).

@@ -218,19 +218,21 @@ impl S3Backend {
         }
     }
 
-    fn put(&self, path: &str, data: &[u8]) -> Result<()> {
+    /// Writes an object; `look` first checks that the path is free (see `create`).
+    fn put(&self, path: &str, data: &[u8], look: bool) -> Result<()> {
         let key = self.key(path);
         // Some stores (Garage) accept If-None-Match but do not enforce it: look first. The
-        // header still closes the race on stores that do; for dbvault the race is harmless
-        // anyway (names are content hashes, or random for locks).
-        match self.size(path) {
-            Ok(_) => {
-                return Err(Error::AlreadyExists {
-                    path: path.to_string(),
-                })
+        // header still closes the race on stores that do.
+        if look {
+            match self.size(path) {
+                Ok(_) => {
+                    return Err(Error::AlreadyExists {
+                        path: path.to_string(),
+                    })
+                }
+                Err(Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
             }
-            Err(Error::NotFound { .. }) => {}
-            Err(e) => return Err(e),
         }
         if data.len() > MULTIPART_ABOVE {
             return self.put_multipart(path, &key, data);
@@ -343,7 +345,10 @@ impl S3Backend {
     }
 
     fn get(&self, path: &str, range: Option<(u64, u64)>) -> Result<Vec<u8>> {
-        self.count("get_object", path);
+        match range {
+            Some((off, len)) => self.count("get_object", &format!("{path} {off}+{len}")),
+            None => self.count("get_object", path),
+        }
         let mut req = self
             .client
             .get_object()
@@ -408,7 +413,15 @@ impl Backend for S3Backend {
     }
 
     fn create(&self, path: &str, data: &[u8]) -> Result<()> {
-        self.put(path, data)
+        self.put(path, data, true)
+    }
+
+    /// No look before the write: an object already there holds these very bytes.
+    fn create_unique(&self, path: &str, data: &[u8]) -> Result<()> {
+        match self.put(path, data, false) {
+            Err(Error::AlreadyExists { .. }) => Ok(()),
+            r => r,
+        }
     }
 
     fn read(&self, path: &str) -> Result<Vec<u8>> {

@@ -297,7 +297,7 @@ fn write_index(repo: &Repository, content: &mut Vec<(Id, Vec<PackEntry>)>) -> Re
     let mut n = 0;
     for group in content.chunks(PACKS_PER_INDEX) {
         let (id, bytes) = encode_file(repo.keys(), group)?;
-        match repo.backend().create(&index_path(&id), &bytes) {
+        match repo.backend().create_unique(&index_path(&id), &bytes) {
             Ok(()) | Err(Error::AlreadyExists { .. }) => {}
             Err(e) => return Err(e),
         }

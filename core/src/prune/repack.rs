@@ -80,7 +80,7 @@ pub(crate) fn repack(
 
 fn store(repo: &Repository, builder: PackBuilder) -> Result<(Id, Vec<PackEntry>, u64)> {
     let (id, bytes, entries) = builder.finish(repo.keys())?;
-    match repo.backend().create(&pack_path(&id), &bytes) {
+    match repo.backend().create_unique(&pack_path(&id), &bytes) {
         Ok(()) | Err(Error::AlreadyExists { .. }) => {}
         Err(e) => return Err(e),
     }
