@@ -325,10 +325,10 @@ impl LockHandle {
                 reason: format!("it was not refreshed for {} s", since.as_secs()),
             });
         }
-        // Another process removes our lock only once it looks stale (`stale_after` since
-        // its last refresh), and it was refreshed within a third of that: seen in place a
-        // moment ago (a minute at most), it is still ours. Saves a request per commit.
-        if st.seen.elapsed() < (sh.stale_after / 30).min(Duration::from_secs(60)) {
+        // Seen in place within the last second (written, refreshed or looked at), it is
+        // still ours: a look now would leave the same race open between it and the commit
+        // that follows. Saves a request per commit in short backups.
+        if st.seen.elapsed() < (sh.stale_after / 30).min(Duration::from_secs(1)) {
             return Ok(());
         }
         let path = st.path.clone();
@@ -533,12 +533,14 @@ mod tests {
         std::thread::sleep(Duration::from_millis(900));
         l.ensure_held().expect("refreshed in the background");
         drop(l);
-        o.stale_after = Duration::from_secs(60);
+        o.stale_after = Duration::from_secs(3);
         let l = Lock::acquire(b.clone(), k.clone(), LockKind::Shared, &o).expect("lock");
-        // Someone removes it (a taker-over): the holder notices before committing.
+        // Someone removes it (a taker-over): the holder notices before committing, once it
+        // last saw it longer ago than stale/30 (100 ms here; before that it cannot be stale).
         for f in b.list("locks/").expect("list") {
             b.remove(&f.path).expect("rm");
         }
+        std::thread::sleep(Duration::from_millis(150));
         let e = l.ensure_held().expect_err("lost");
         assert!(e.to_string().contains("lost the repository lock"), "{e}");
     }

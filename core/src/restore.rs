@@ -42,20 +42,41 @@ pub struct Blobs<'a> {
 }
 
 impl Blobs<'_> {
+    fn locate(&self, id: &Id) -> Result<(BlobLoc, String)> {
+        let loc = self
+            .index
+            .get(id)
+            .ok_or_else(|| Error::MissingBlob { id: id.to_hex() })?;
+        Ok((loc, pack_path(&loc.pack)))
+    }
+
     /// Reads, opens and verifies one blob.
     ///
     /// # Errors
     /// [`Error::MissingBlob`], [`Error::Corrupt`], backend errors.
     pub fn read(&self, id: &Id) -> Result<Vec<u8>> {
-        let loc = self
-            .index
-            .get(id)
-            .ok_or_else(|| Error::MissingBlob { id: id.to_hex() })?;
-        let path = pack_path(&loc.pack);
+        let (loc, path) = self.locate(id)?;
         let sealed = self
             .backend
             .read_range(&path, u64::from(loc.offset), u64::from(loc.len))?;
         self.open_at(id, &loc, &sealed, &path)
+    }
+
+    /// The blob from a copy the backend's cache kept, when it has one that opens (a
+    /// damaged copy is dropped).
+    fn kept(&self, id: &Id) -> Result<Option<Vec<u8>>> {
+        let (loc, path) = self.locate(id)?;
+        let (off, len) = (u64::from(loc.offset), u64::from(loc.len));
+        let Some(sealed) = self.backend.cached_range(&path, off, len) else {
+            return Ok(None);
+        };
+        match self.open_at(id, &loc, &sealed, &path) {
+            Ok(b) => Ok(Some(b)),
+            Err(_) => {
+                self.backend.forget_range(&path, off, len);
+                Ok(None)
+            }
+        }
     }
 
     /// Reads a chunk list, which later commands read again (the next backup's parent):
@@ -64,19 +85,12 @@ impl Blobs<'_> {
     /// # Errors
     /// As [`Blobs::read`].
     pub fn read_list(&self, id: &Id) -> Result<Vec<u8>> {
-        let loc = self
-            .index
-            .get(id)
-            .ok_or_else(|| Error::MissingBlob { id: id.to_hex() })?;
-        let path = pack_path(&loc.pack);
-        let (off, len) = (u64::from(loc.offset), u64::from(loc.len));
-        if let Some(sealed) = self.backend.cached_range(&path, off, len) {
-            match self.open_at(id, &loc, &sealed, &path) {
-                Ok(b) => return Ok(b),
-                Err(_) => self.backend.forget_range(&path, off, len),
-            }
+        if let Some(b) = self.kept(id)? {
+            return Ok(b);
         }
-        let sealed = self.backend.read_range(&path, off, len)?;
+        let (loc, path) = self.locate(id)?;
+        let off = u64::from(loc.offset);
+        let sealed = self.backend.read_range(&path, off, u64::from(loc.len))?;
         let plain = self.open_at(id, &loc, &sealed, &path)?;
         self.backend.keep_range(&path, off, &sealed);
         Ok(plain)
@@ -87,24 +101,14 @@ impl Blobs<'_> {
     /// # Errors
     /// As [`Blobs::read`].
     pub fn read_lists(&self, ids: &[Id]) -> Result<Vec<Vec<u8>>> {
-        let mut out: Vec<Option<Vec<u8>>> = vec![None; ids.len()];
+        let mut out: Vec<Option<Vec<u8>>> = Vec::with_capacity(ids.len());
         let mut missing = Vec::new();
-        for (i, id) in ids.iter().enumerate() {
-            let Some(loc) = self.index.get(id) else {
-                return Err(Error::MissingBlob { id: id.to_hex() });
-            };
-            let path = pack_path(&loc.pack);
-            let (off, len) = (u64::from(loc.offset), u64::from(loc.len));
-            match self.backend.cached_range(&path, off, len) {
-                Some(sealed) => match self.open_at(id, &loc, &sealed, &path) {
-                    Ok(b) => out[i] = Some(b),
-                    Err(_) => {
-                        self.backend.forget_range(&path, off, len);
-                        missing.push(*id);
-                    }
-                },
-                None => missing.push(*id),
+        for id in ids {
+            let b = self.kept(id)?;
+            if b.is_none() {
+                missing.push(*id);
             }
+            out.push(b);
         }
         let got = if missing.is_empty() {
             HashMap::new()
