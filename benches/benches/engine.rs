@@ -3,17 +3,12 @@
 //! row-aligned chunking, keyed hashing, compress+seal on one and two threads, and the whole
 //! backup pipeline.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use dbvault_core::backend::local::LocalBackend;
+use dbvault_benches::bench_repo;
 use dbvault_core::backup::{PartInput, SnapshotMeta};
 use dbvault_core::chunker::{chunks, ChunkerParams, LineChunks, LineParams};
 use dbvault_core::crypto::{seal_blob, Keys};
-use dbvault_core::keyfile::KdfParams;
-use dbvault_core::lock::{LockKind, LockOptions};
-use dbvault_core::{RepoConfig, Repository, SourceInfo};
+use dbvault_core::SourceInfo;
 use dbvault_tests::dump_like;
 use rayon::prelude::*;
 
@@ -106,20 +101,7 @@ fn pipeline(c: &mut Criterion) {
     g.bench_function("first_backup", |b| {
         b.iter(|| {
             let dir = tempfile::tempdir().expect("tempdir");
-            let backend = Arc::new(LocalBackend::new(dir.path().join("r")));
-            let repo = Repository::init(
-                backend,
-                b"pw",
-                KdfParams {
-                    m_kib: 64,
-                    t: 1,
-                    p: 1,
-                },
-                RepoConfig::default(),
-            )
-            .expect("init");
-            repo.lock(LockKind::Shared, &LockOptions::new("bench", Duration::ZERO))
-                .expect("lock");
+            let repo = bench_repo(&dir.path().join("r"));
             let bk = repo.start_backup().expect("start");
             bk.add_part(
                 PartInput {

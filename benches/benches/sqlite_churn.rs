@@ -10,15 +10,12 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use dbvault_core::backend::local::LocalBackend;
+use dbvault_benches::bench_repo;
 use dbvault_core::backup::{Chunking, PartInput, SnapshotMeta};
-use dbvault_core::keyfile::KdfParams;
-use dbvault_core::lock::{LockKind, LockOptions};
 use dbvault_core::restore::restore_part;
-use dbvault_core::{RepoConfig, Repository, SourceInfo};
+use dbvault_core::{Repository, SourceInfo};
 use rusqlite::Connection;
 
 fn du(p: &Path) -> u64 {
@@ -122,23 +119,7 @@ fn main() {
         .iter()
         .map(|(n, _)| {
             let p = dir.path().join(n.replace(' ', "_"));
-            let b = Arc::new(LocalBackend::new(&p));
-            (p.display().to_string(), {
-                let r = Repository::init(
-                    b,
-                    b"pw",
-                    KdfParams {
-                        m_kib: 64,
-                        t: 1,
-                        p: 1,
-                    },
-                    RepoConfig::default(),
-                )
-                .expect("init");
-                r.lock(LockKind::Shared, &LockOptions::new("bench", Duration::ZERO))
-                    .expect("lock");
-                r
-            })
+            (p.display().to_string(), bench_repo(&p))
         })
         .collect();
     let (have_restic, have_borg, have_zstd) = (

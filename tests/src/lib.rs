@@ -106,6 +106,19 @@ impl Repo {
         Repo { dir, path }
     }
 
+    /// A copy of this repository (`cp -a`), in a temp dir of its own.
+    pub fn copy(&self) -> Repo {
+        let c = Repo::uninit();
+        let st = Command::new("cp")
+            .arg("-a")
+            .arg(&self.path)
+            .arg(&c.path)
+            .status()
+            .expect("cp");
+        assert!(st.success(), "copying {}", self.path.display());
+        c
+    }
+
     /// A command with `--repo` and the passphrase set.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(bin());

@@ -3,7 +3,6 @@
 //! database; an intact table restores when another table's pack is gone.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use dbvault_tests::{dump_like, psql, random_bytes, PgDb, Repo, Run};
 
@@ -18,18 +17,6 @@ fn template() -> Repo {
         repo.backup(&random_bytes(400_000, 50 + k as u64), &["--name", "blob"]);
     }
     repo
-}
-
-fn copy(r: &Repo) -> Repo {
-    let c = Repo::uninit();
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(&r.path)
-        .arg(&c.path)
-        .status()
-        .expect("cp");
-    assert!(st.success());
-    c
 }
 
 /// Pack files, oldest first (the order they were written).
@@ -127,7 +114,7 @@ fn each_kind_of_damage_is_found_and_named() {
     let mid = |r: &Repo| packs(r)[packs(r).len() / 2].clone();
 
     // A flipped bit inside a blob: found by reading the data, named by pack and part.
-    let r = copy(&good);
+    let r = good.copy();
     let p = mid(&r);
     flip(&p, 100);
     let (run, v) = check(&r, &["--read-data"]);
@@ -135,7 +122,7 @@ fn each_kind_of_damage_is_found_and_named() {
     assert_named(&v, "data", &name_of(&p), "flipped bit");
 
     // Two damaged packs: both named (one does not stop the check of the other).
-    let r = copy(&good);
+    let r = good.copy();
     let ps = packs(&r);
     let (a, b) = (ps[1].clone(), ps[ps.len() - 2].clone());
     flip(&a, 200);
@@ -145,7 +132,7 @@ fn each_kind_of_damage_is_found_and_named() {
     assert_named(&v, "data", &name_of(&b), "second of two");
 
     // A truncated pack: found without reading data.
-    let r = copy(&good);
+    let r = good.copy();
     let p = mid(&r);
     let len = std::fs::metadata(&p).expect("m").len();
     std::fs::OpenOptions::new()
@@ -159,7 +146,7 @@ fn each_kind_of_damage_is_found_and_named() {
     assert_named(&v, "pack", &name_of(&p), "truncated");
 
     // A deleted pack.
-    let r = copy(&good);
+    let r = good.copy();
     let p = mid(&r);
     std::fs::remove_file(&p).expect("rm");
     let (run, v) = check(&r, &[]);
@@ -170,7 +157,7 @@ fn each_kind_of_damage_is_found_and_named() {
         .any(|x| x["detail"].as_str().unwrap_or("").contains("is missing")));
 
     // A deleted index file: its packs are unknown (warnings), snapshots lack blobs.
-    let r = copy(&good);
+    let r = good.copy();
     let idx = dbvault_tests::tree(&r.path.join("index"))
         .into_keys()
         .next()
@@ -198,7 +185,7 @@ fn each_kind_of_damage_is_found_and_named() {
     );
 
     // An altered index file.
-    let r = copy(&good);
+    let r = good.copy();
     let idx = dbvault_tests::tree(&r.path.join("index"))
         .into_keys()
         .next()
@@ -215,7 +202,7 @@ fn each_kind_of_damage_is_found_and_named() {
     );
 
     // An altered snapshot.
-    let r = copy(&good);
+    let r = good.copy();
     let ids = r.snapshot_ids();
     let snap = r.path.join("snapshots").join(&ids[2]);
     flip(&snap, 30);
@@ -229,7 +216,7 @@ fn each_kind_of_damage_is_found_and_named() {
     );
 
     // A pack the index does not know (and that is no pack at all).
-    let r = copy(&good);
+    let r = good.copy();
     let stray = format!("{:0>64}", "ab");
     let dir = r.path.join("data").join(&stray[..2]);
     std::fs::create_dir_all(&dir).expect("dir");

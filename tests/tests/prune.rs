@@ -177,20 +177,9 @@ fn killed_prune_loses_nothing_and_the_next_one_cleans_up() {
     let data = versions(12, 8 << 20, 9);
     let template = repo_with(&data, "64KiB");
     template.run(&["forget", "--keep-last", "3"], None).ok();
-    let copy = |round: usize| -> Repo {
-        let r = Repo::uninit();
-        let st = Command::new("cp")
-            .args(["-a"])
-            .arg(&template.path)
-            .arg(&r.path)
-            .status()
-            .expect("cp");
-        assert!(st.success(), "round {round}: copy");
-        r
-    };
     // When a prune here takes its lock and when it ends, to spread the kills over the
     // time it works (Argon2 and start-up come first).
-    let probe = copy(99);
+    let probe = template.copy();
     let t = Instant::now();
     let mut child = spawn(&probe, &["prune"], &[]);
     wait_for_lock(&probe, &mut child);
@@ -212,7 +201,7 @@ fn killed_prune_loses_nothing_and_the_next_one_cleans_up() {
         files(&probe.path.join("index")),
     );
     for round in 0..7 {
-        let repo = copy(round);
+        let repo = template.copy();
         let frac = f64::from(r[round]) / 255.0;
         let mut child = spawn(&repo, &["prune"], &[]);
         // Rounds 0-2 kill at a random time (0: from the start; 1, 2: once it holds its
