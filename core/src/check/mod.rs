@@ -205,7 +205,7 @@ pub fn parts_missing_data(
                 .insert(id, (loc.pack, "its pack is missing".into()));
         }
     }
-    Ok(walk::Walker::new(repo, &index, &bad).damaged_parts(snap))
+    Ok(walk::Walker::new(repo, &index, &bad, true).damaged_parts(snap))
 }
 
 /// The short snapshot id a damage message names (`snapshot 1a2b3c4d is damaged: …`).

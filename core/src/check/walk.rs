@@ -16,6 +16,9 @@ pub(crate) struct Walker<'a> {
     bad: &'a Bad,
     /// Lists already walked (many snapshots share them): their damage summary.
     memo: HashMap<Id, Arc<Summary>>,
+    /// Read lists through the backend's cache (a hint for a restore), rather than from
+    /// the store (`check`, which verifies what is stored).
+    cached: bool,
 }
 
 impl Walker<'_> {
@@ -46,7 +49,12 @@ impl Walker<'_> {
         let summary = if !own.is_empty() {
             own
         } else {
-            match self.blobs.read(id) {
+            let read = if self.cached {
+                self.blobs.read_list(id)
+            } else {
+                self.blobs.read(id)
+            };
+            match read {
                 Err(e) => {
                     let pack = self.blobs.index.get(id).map(|l| l.pack);
                     Summary::from([(pack, (1, format!("a chunk list does not read back: {e}")))])
@@ -87,7 +95,7 @@ pub(crate) fn walk(
     bad: &Bad,
     report: &mut CheckReport,
 ) -> Result<()> {
-    let mut w = Walker::new(repo, index, bad);
+    let mut w = Walker::new(repo, index, bad, false);
     for (sid, snap) in snaps {
         for (part, pack, detail) in w.damaged_parts(snap) {
             report.problems.push(Problem {
@@ -103,7 +111,12 @@ pub(crate) fn walk(
 }
 
 impl<'a> Walker<'a> {
-    pub(crate) fn new(repo: &'a Repository, index: &'a Index, bad: &'a Bad) -> Walker<'a> {
+    pub(crate) fn new(
+        repo: &'a Repository,
+        index: &'a Index,
+        bad: &'a Bad,
+        cached: bool,
+    ) -> Walker<'a> {
         Walker {
             blobs: Blobs {
                 backend: repo.backend().as_ref(),
@@ -112,6 +125,7 @@ impl<'a> Walker<'a> {
             },
             bad,
             memo: HashMap::new(),
+            cached,
         }
     }
 
