@@ -100,7 +100,7 @@ pub fn open(cli: &Cli) -> Result<Repository> {
 /// Opens the repository in `backend`, with the local cache for a remote store unless
 /// `--no-cache`.
 pub fn open_with(cli: &Cli, backend: Arc<dyn Backend>, pass: &str) -> Result<Repository> {
-    let cache = (backend.requests().is_some() && !cli.no_cache)
+    let cache = (backend.remote() && !cli.no_cache)
         .then(cache_dir)
         .flatten();
     Ok(Repository::open_cached(

@@ -149,7 +149,22 @@ impl Blobs<'_> {
             return open_blob(self.keys, id, sealed, loc.raw_len as usize, &what);
         }
         let (base_id, payload) = delta_base(self.keys, id, sealed, &what)?;
-        let base_loc = self.index.get(&base_id).ok_or_else(|| Error::MissingBlob {
+        self.finish_delta(id, loc, &base_id, &payload, path, bases)
+    }
+
+    /// The rest of opening a delta whose header [`delta_base`] read: its base (from `bases`
+    /// or the store), checked to be a full blob, then the delta applied and verified.
+    fn finish_delta(
+        &self,
+        id: &Id,
+        loc: &BlobLoc,
+        base_id: &Id,
+        payload: &[u8],
+        path: &str,
+        bases: &HashMap<Id, Vec<u8>>,
+    ) -> Result<Vec<u8>> {
+        let what = || format!("pack {path}");
+        let base_loc = self.index.get(base_id).ok_or_else(|| Error::MissingBlob {
             id: base_id.to_hex(),
         })?;
         if base_loc.delta {
@@ -159,14 +174,14 @@ impl Blobs<'_> {
             ));
         }
         let read;
-        let base = match bases.get(&base_id) {
+        let base = match bases.get(base_id) {
             Some(b) => b,
             None => {
-                read = self.read(&base_id)?;
+                read = self.read(base_id)?;
                 &read
             }
         };
-        finish_delta(self.keys, id, &payload, loc.raw_len as usize, base, &what)
+        finish_delta(self.keys, id, payload, loc.raw_len as usize, base, &what)
     }
 
     /// Reads many blobs with few requests: sorted by place, blobs of one pack at most
@@ -182,7 +197,7 @@ impl Blobs<'_> {
             .collect();
         locs.sort_by_key(|(id, l)| (l.pack, l.offset, *id));
         locs.dedup_by_key(|(id, _)| *id);
-        let (max_run, max_gap) = if self.backend.requests().is_some() {
+        let (max_run, max_gap) = if self.backend.remote() {
             (REMOTE_MAX_RUN, REMOTE_MAX_GAP)
         } else {
             (MAX_RUN, MAX_GAP)
@@ -246,17 +261,7 @@ pub fn tree_levels(blobs: Blobs<'_>, part: &Part) -> Result<Vec<Vec<Id>>> {
         let upper = levels.last().map(Vec::as_slice).unwrap_or_default();
         let mut below = Vec::with_capacity(upper.len() * 64);
         for bytes in blobs.read_lists(upper)? {
-            if bytes.len() % 32 != 0 {
-                return Err(Error::corrupt(
-                    format!("chunk list of part {}", part.name),
-                    "bad length",
-                ));
-            }
-            below.extend(bytes.chunks_exact(32).map(|c| {
-                let mut a = [0u8; 32];
-                a.copy_from_slice(c);
-                Id(a)
-            }));
+            below.extend(list_ids(&bytes, part)?);
         }
         levels.push(below);
     }
@@ -272,6 +277,24 @@ pub fn tree_levels(blobs: Blobs<'_>, part: &Part) -> Result<Vec<Vec<Id>>> {
         ));
     }
     Ok(levels)
+}
+
+/// The ids in a chunk list blob of `part`.
+///
+/// # Errors
+/// [`Error::Corrupt`] when its length is not a whole number of ids.
+pub(crate) fn list_ids<'b>(bytes: &'b [u8], part: &Part) -> Result<impl Iterator<Item = Id> + 'b> {
+    if bytes.len() % 32 != 0 {
+        return Err(Error::corrupt(
+            format!("chunk list of part {}", part.name),
+            "bad length",
+        ));
+    }
+    Ok(bytes.chunks_exact(32).map(|c| {
+        let mut a = [0u8; 32];
+        a.copy_from_slice(c);
+        Id(a)
+    }))
 }
 
 /// A run of blobs adjacent in one pack: one range read.
@@ -334,12 +357,18 @@ fn fetch(blobs: Blobs<'_>, run: &Run) -> Result<Vec<Vec<u8>>> {
         let start = (u64::from(loc.offset) - run.offset) as usize;
         &data[start..start + loc.len as usize]
     };
-    // Deltas' bases, read together rather than one request each.
-    let mut wanted = Vec::new();
-    for (id, loc) in run.blobs.iter().filter(|(_, l)| l.delta) {
-        let (base, _) = delta_base(blobs.keys, id, sealed(loc), &|| format!("pack {path}"))?;
-        wanted.push(base);
-    }
+    // Deltas are opened once, here, to learn their bases, which are then read together
+    // rather than one request each.
+    let heads: Vec<Option<(Id, Vec<u8>)>> = run
+        .blobs
+        .par_iter()
+        .map(|(id, loc)| {
+            loc.delta
+                .then(|| delta_base(blobs.keys, id, sealed(loc), &|| format!("pack {path}")))
+                .transpose()
+        })
+        .collect::<Result<_>>()?;
+    let wanted: Vec<Id> = heads.iter().flatten().map(|(base, _)| *base).collect();
     let bases = if wanted.is_empty() {
         HashMap::new()
     } else {
@@ -347,7 +376,11 @@ fn fetch(blobs: Blobs<'_>, run: &Run) -> Result<Vec<Vec<u8>>> {
     };
     run.blobs
         .par_iter()
-        .map(|(id, loc)| blobs.open_with(id, loc, sealed(loc), &path, &bases))
+        .zip(&heads)
+        .map(|((id, loc), head)| match head {
+            Some((base, payload)) => blobs.finish_delta(id, loc, base, payload, &path, &bases),
+            None => blobs.open_with(id, loc, sealed(loc), &path, &bases),
+        })
         .collect()
 }
 
@@ -364,7 +397,7 @@ pub struct PartReport {
 /// restored bytes (the index located them and each blob was verified), but it must not go
 /// unnoticed.
 fn check_trailers(repo: &Repository, runs: &[Run]) -> Vec<String> {
-    if repo.backend().requests().is_some() {
+    if repo.backend().remote() {
         // On an object store this costs three requests per pack; `check` covers it.
         return Vec::new();
     }
@@ -433,7 +466,7 @@ pub fn restore_part(
             out.flush().map_err(Error::Output)?;
             Ok((n, h.finalize()))
         });
-        let remote = repo.backend().requests().is_some();
+        let remote = repo.backend().remote();
         let batch_raw = if remote {
             4 * BATCH_RAW_BYTES
         } else {

@@ -108,7 +108,7 @@ pub(crate) fn run_worker(rx: Receiver<Job>, ctx: WorkerCtx) -> Result<WorkerOut>
         .name("dbvault-write".into())
         .spawn(move || run_writer(prx, backend.as_ref(), &keys, &lock))
         .map_err(|e| Error::Invalid(format!("cannot start a thread: {e}")))?;
-    let backend_remote = ctx.backend.requests().is_some();
+    let backend_remote = ctx.backend.remote();
     let pack = PackBuilder::with_capacity(ctx.pack_target + (1 << 20));
     let mut w = Worker {
         ctx,

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use super::local::LocalBackend;
 use super::{Backend, ObjectInfo};
-use crate::{Error, Id, Result};
+use crate::{Id, Result};
 
 /// Prefixes whose objects are content-addressed and cached.
 const CACHED: [&str; 3] = ["keys/", "index/", "snapshots/"];
@@ -68,11 +68,9 @@ impl CachedBackend {
     }
 
     fn keep(&self, path: &str, data: &[u8]) {
-        // Best effort: a full or read-only cache directory costs requests, not correctness.
-        match self.cache.create(path, data) {
-            Ok(()) | Err(Error::AlreadyExists { .. }) => {}
-            Err(_) => {}
-        }
+        // Best effort: a full or read-only cache directory (or a copy already there) costs
+        // requests, not correctness.
+        let _ = self.cache.create(path, data);
     }
 }
 

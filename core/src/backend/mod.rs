@@ -123,6 +123,12 @@ pub trait Backend: Send + Sync {
         None
     }
 
+    /// Whether this is a remote store, where a request costs more than the bytes it moves
+    /// (so reads are batched and metadata is cached).
+    fn remote(&self) -> bool {
+        self.requests().is_some()
+    }
+
     /// How many pack uploads a backup keeps in flight: 1 for a local disk (the disk is
     /// the limit), more for a remote store (latency is).
     fn uploads(&self) -> usize {

@@ -4,8 +4,8 @@ use rayon::prelude::*;
 
 use super::refuse;
 use crate::index::{read_file, Index};
-use crate::restore::Blobs;
-use crate::{Error, Id, Repository, Result, Snapshot};
+use crate::restore::{list_ids, Blobs};
+use crate::{Id, Repository, Result, Snapshot};
 
 /// One bit per indexed blob (by [`Index::position`]).
 pub(crate) struct Bits(Vec<u64>);
@@ -59,17 +59,7 @@ pub(crate) fn mark(repo: &Repository, index: &Index, snaps: &[(Id, Snapshot)]) -
                     continue;
                 }
                 let bytes = blobs.read(&id)?;
-                if bytes.len() % 32 != 0 {
-                    return Err(Error::corrupt(
-                        format!("chunk list of part {}", part.name),
-                        "bad length",
-                    ));
-                }
-                stack.extend(bytes.chunks_exact(32).map(|c| {
-                    let mut a = [0u8; 32];
-                    a.copy_from_slice(c);
-                    (Id(a), level - 1)
-                }));
+                stack.extend(list_ids(&bytes, part)?.map(|c| (c, level - 1)));
             }
         }
     }
