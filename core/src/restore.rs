@@ -20,8 +20,12 @@ use crate::snapshot::Part;
 use crate::{Error, Id, Repository, Result};
 
 /// Plaintext bytes per parallel batch: bounds memory whatever the compression ratio.
-const BATCH_RAW_BYTES: u64 = 8 << 20;
+const BATCH_RAW_BYTES: u64 = 4 << 20;
 const MAX_RUN: u64 = 2 << 20;
+/// Plaintext bytes one run of a restore may open at once. A run of small deltas holds the
+/// bases they need as well (each base is a whole chunk), so without this cap 2 MiB of
+/// deltas could hold tens of MiB of bases.
+const MAX_RUN_RAW: u64 = 2 << 20;
 /// Longest range read from an object store, where requests cost more than bytes.
 const REMOTE_MAX_RUN: u64 = 16 << 20;
 /// The same for an object store. A request's latency (20-50 ms to first byte on S3) is
@@ -202,7 +206,7 @@ impl Blobs<'_> {
         } else {
             (MAX_RUN, MAX_GAP)
         };
-        let runs = group(locs, max_run, max_gap);
+        let runs = group(locs, max_run, max_gap, u64::MAX);
         let opened: Vec<Vec<Vec<u8>>> = runs
             .par_iter()
             .map(|r| fetch(*self, r))
@@ -316,13 +320,13 @@ fn plan(index: &Index, ids: &[Id]) -> Result<Vec<Run>> {
                 .ok_or_else(|| Error::MissingBlob { id: id.to_hex() })
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(group(locs, MAX_RUN, MAX_GAP))
+    Ok(group(locs, MAX_RUN, MAX_GAP, MAX_RUN_RAW))
 }
 
 /// Groups blobs, in the given order, into runs: one range read each, over blobs of one
 /// pack that follow each other with gaps of at most `MAX_GAP` (reading a gap costs less
-/// than a request to an object store).
-fn group(locs: Vec<(Id, BlobLoc)>, max_run: u64, max_gap: u64) -> Vec<Run> {
+/// than a request to an object store), and of at most `max_raw` plaintext bytes.
+fn group(locs: Vec<(Id, BlobLoc)>, max_run: u64, max_gap: u64, max_raw: u64) -> Vec<Run> {
     let mut runs: Vec<Run> = Vec::new();
     for (id, loc) in locs {
         let (off, len) = (u64::from(loc.offset), u64::from(loc.len));
@@ -332,6 +336,7 @@ fn group(locs: Vec<(Id, BlobLoc)>, max_run: u64, max_gap: u64) -> Vec<Run> {
                 && off >= end
                 && off - end <= max_gap
                 && off + len - r.offset <= max_run
+                && r.raw + u64::from(loc.raw_len) <= max_raw
             {
                 r.len = off + len - r.offset;
                 r.raw += u64::from(loc.raw_len);
@@ -451,7 +456,9 @@ pub fn restore_part(
     };
     let ids = part_chunk_ids(repo, &index, part).map_err(in_part)?;
     let runs = plan(&index, &ids).map_err(in_part)?;
-    let (tx, rx) = sync_channel::<Vec<Vec<Vec<u8>>>>(1);
+    // A rendezvous: one batch being opened, one being written. Restores into a database
+    // run a part per connection, so every batch held here is held three times over.
+    let (tx, rx) = sync_channel::<Vec<Vec<Vec<u8>>>>(0);
     std::thread::scope(|s| {
         let writer = s.spawn(move || -> Result<(u64, blake3::Hash)> {
             let mut h = blake3::Hasher::new();
