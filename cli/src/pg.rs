@@ -97,7 +97,7 @@ impl PgUrl {
 
     /// A command with the connection's password in its environment (never in argv).
     pub fn command(&self, program: &str) -> Command {
-        let mut c = Command::new(program);
+        let mut c = Command::new(dbvault_formats::pgtools::program(program));
         if let Some(pw) = &self.password {
             c.env("PGPASSWORD", pw);
         }

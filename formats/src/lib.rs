@@ -11,6 +11,7 @@ pub mod pgdump;
 pub mod pgload;
 pub mod pgscript;
 pub mod pgserver;
+pub mod pgtools;
 pub mod sqlite;
 pub mod sqlite_sql;
 

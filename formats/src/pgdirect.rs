@@ -124,7 +124,7 @@ impl PgSource {
     }
 
     pub(crate) fn tool(&self, program: &str) -> Command {
-        let mut c = Command::new(program);
+        let mut c = Command::new(crate::pgtools::program(program));
         match self.config.get_hosts().first() {
             Some(Host::Tcp(h)) => c.env("PGHOST", h),
             Some(Host::Unix(p)) => c.env("PGHOST", p),
