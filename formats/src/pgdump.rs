@@ -288,15 +288,16 @@ impl<R: BufRead> PartReader<'_, R> {
 
 impl<R: BufRead> Read for PartReader<'_, R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.pos == self.line.len() {
-            let k = self.copy_bulk(out)?;
-            if k > 0 {
-                return Ok(k);
-            }
-        }
         let mut n = 0;
         while n < out.len() {
             if self.pos == self.line.len() {
+                // Back to the fast path after every line taken the slow way (e.g. the
+                // one the read buffer cut in two), not only at the next call.
+                let k = self.copy_bulk(&mut out[n..])?;
+                if k > 0 {
+                    n += k;
+                    continue;
+                }
                 match self.sp.part_line()? {
                     Some(l) => {
                         self.line = l;
