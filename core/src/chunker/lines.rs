@@ -177,7 +177,10 @@ fn find_mark(
         }
         base += LANES * LANE;
     }
-    (base < limit).then(|| scan(base, limit).map(|i| base + i))?
+    if base >= limit {
+        return None;
+    }
+    scan(base, limit).map(|i| base + i)
 }
 
 #[cfg(test)]
@@ -242,14 +245,9 @@ mod line_tests {
         assert!(chunks.iter().all(|c| c.len() <= 1024));
         assert_eq!(LineChunks::new(&b""[..], p, 1).count(), 0);
     }
-}
-
-#[cfg(test)]
-mod golden {
-    use super::*;
 
     /// Dump-like rows: ids, words, numbers and dates from a seeded generator.
-    pub(super) fn dump_rows(len: usize, mut state: u64) -> Vec<u8> {
+    fn dump_rows(len: usize, mut state: u64) -> Vec<u8> {
         let mut next = || {
             state ^= state >> 12;
             state ^= state << 25;
