@@ -21,6 +21,9 @@ use crate::{Error, Id, Repository, Result};
 
 /// Plaintext bytes per parallel batch: bounds memory whatever the compression ratio.
 const BATCH_RAW_BYTES: u64 = 4 << 20;
+/// The same from an object store: one batch is read with one request per pack span, so
+/// larger batches save requests.
+const REMOTE_BATCH_RAW_BYTES: u64 = 16 << 20;
 const MAX_RUN: u64 = 2 << 20;
 /// Plaintext bytes one run of a restore may open at once. A run of small deltas holds the
 /// bases they need as well (each base is a whole chunk), so without this cap 2 MiB of
@@ -457,7 +460,7 @@ pub fn restore_part(
     let ids = part_chunk_ids(repo, &index, part).map_err(in_part)?;
     let runs = plan(&index, &ids).map_err(in_part)?;
     // A rendezvous: one batch being opened, one being written. Restores into a database
-    // run a part per connection, so every batch held here is held three times over.
+    // run a part per connection, so every batch held here is held once per connection.
     let (tx, rx) = sync_channel::<Vec<Vec<Vec<u8>>>>(0);
     std::thread::scope(|s| {
         let writer = s.spawn(move || -> Result<(u64, blake3::Hash)> {
@@ -475,7 +478,7 @@ pub fn restore_part(
         });
         let remote = repo.backend().remote();
         let batch_raw = if remote {
-            4 * BATCH_RAW_BYTES
+            REMOTE_BATCH_RAW_BYTES
         } else {
             BATCH_RAW_BYTES
         };

@@ -156,13 +156,11 @@ fn find_mark(
     };
     let mut base = first;
     while limit.saturating_sub(base) >= LANES * LANE {
-        let mut h = [0u64; LANES];
-        let mut lanes = [&[0u8; LANE]; LANES];
-        for l in 0..LANES {
-            h[l] = warm(base + l * LANE);
+        let mut h: [u64; LANES] = std::array::from_fn(|l| warm(base + l * LANE));
+        let lanes: [&[u8; LANE]; LANES] = std::array::from_fn(|l| {
             let s = base + l * LANE;
-            lanes[l] = data[s..s + LANE].try_into().expect("a lane is LANE bytes");
-        }
+            data[s..s + LANE].try_into().expect("a lane is LANE bytes")
+        });
         let mut hit = [false; LANES];
         for i in 0..LANE {
             for l in 0..LANES {
