@@ -172,6 +172,22 @@ fn forget_prune_keeps_every_kept_snapshot_exact() {
     assert_eq!(lock_files(&repo), 0, "a lock was left behind");
 }
 
+/// A process killed while writing its report leaves `reports/.tmp-…`; the next prune must
+/// remove it even when there is no garbage to collect.
+#[test]
+fn a_prune_with_nothing_to_do_still_removes_temporary_files() {
+    let data = versions(2, 1_000_000, 11);
+    let repo = repo_with(&data, "64KiB");
+    repo.run(&["prune"], None).ok();
+    let reports = repo.path.join("reports");
+    std::fs::create_dir_all(&reports).expect("reports/");
+    let stray = reports.join(".tmp-0123456789abcdef");
+    std::fs::write(&stray, b"half a report").expect("stray temp file");
+    assert_nothing_to_do(&repo);
+    assert!(!stray.exists(), "{} is still there", stray.display());
+    assert_all_restore(&repo, &data, "after removing a temporary file");
+}
+
 #[test]
 fn killed_prune_loses_nothing_and_the_next_one_cleans_up() {
     let data = versions(12, 8 << 20, 9);

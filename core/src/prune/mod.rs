@@ -15,7 +15,8 @@
 //! 4. **Index.** Write new index files holding the changed files' records of kept packs
 //!    (copied as they are) and the new packs; then remove the old files. A crash in between leaves
 //!    both, which describe the same blobs: harmless duplicates.
-//! 5. **Delete** the packs no index names any more.
+//! 5. **Delete** the packs no index names any more, and the temporary files of interrupted
+//!    writes (also when there was nothing else to do).
 //!
 //! Before phases 3 to 5 (and every 64 deletions) the lock is checked to still be ours: if a
 //! stalled prune's lock was taken over by a backup, it stops before deleting anything.
@@ -223,6 +224,10 @@ pub fn prune(
         return Ok(report);
     }
     if report.nothing_to_do() {
+        // A process killed while writing (a report, say) left its temporary file even when
+        // there is nothing else to collect.
+        repo.ensure_lock(LockKind::Exclusive, "prune")?;
+        remove_temp_files(repo)?;
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
     }
@@ -263,17 +268,7 @@ pub fn prune(
         repo.backend().remove(&index_path(f))?;
     }
 
-    // Everything but locks/: another process may be writing its lock file right now.
-    for prefix in [
-        "data/",
-        "index/",
-        "snapshots/",
-        "reports/",
-        "policy/",
-        "keys/",
-    ] {
-        repo.backend().remove_incomplete(prefix)?;
-    }
+    remove_temp_files(repo)?;
     let doomed: Vec<Id> = fate
         .iter()
         .filter(|(id, f)| **f != Fate::Keep && packs[*id].size.is_some())
@@ -290,6 +285,22 @@ pub fn prune(
     report.bytes_freed = report.bytes_before.saturating_sub(report.bytes_after);
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Removes the temporary files of interrupted writes (and unfinished multipart uploads)
+/// everywhere but locks/, where another process may be writing its lock right now.
+fn remove_temp_files(repo: &Repository) -> Result<()> {
+    for prefix in [
+        "data/",
+        "index/",
+        "snapshots/",
+        "reports/",
+        "policy/",
+        "keys/",
+    ] {
+        repo.backend().remove_incomplete(prefix)?;
+    }
+    Ok(())
 }
 
 /// Writes `content` as index files of up to [`PACKS_PER_INDEX`] packs; returns how many.
