@@ -196,6 +196,11 @@ pub struct BackupArgs {
     /// tablespaces, from `pg_dumpall --globals-only`) in one snapshot.
     #[arg(long)]
     pub all_databases: bool,
+    /// With a postgres:// SOURCE: store only the rows row-level security lets the role
+    /// see, as `pg_dump --enable-row-security` does (the snapshot says so). Without it, a
+    /// table whose rows the role would not all see stops the backup.
+    #[arg(long)]
+    pub enable_row_security: bool,
     /// Parallel COPY connections for a postgres:// source (default: the number of cores).
     #[arg(long, value_name = "N")]
     pub jobs: Option<usize>,

@@ -154,6 +154,10 @@ pub struct Source {
     /// Tags for its snapshots.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// PostgreSQL: store only the rows row-level security lets the role see
+    /// (`backup --enable-row-security`).
+    #[serde(default)]
+    pub enable_row_security: bool,
 }
 
 impl Source {

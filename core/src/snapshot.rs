@@ -28,6 +28,10 @@ pub struct SourceInfo {
     /// Server version, where there is a server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_version: Option<String>,
+    /// Caveats about what the snapshot holds, in words for people (e.g. that rows were
+    /// filtered by row-level security because the backup was asked to).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// One named stream of a snapshot (a table's data, a schema section, a database file).

@@ -2,6 +2,7 @@
 
 /// What can go wrong reading or writing a database format.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum FormatError {
     /// SQLite reported an error.
     #[error("{context}: {message}")]
@@ -10,6 +11,23 @@ pub enum FormatError {
         context: String,
         /// SQLite's message.
         message: String,
+    },
+    /// PostgreSQL (the server, or one of its client programs) reported an error.
+    #[error("{context}: {message}")]
+    Postgres {
+        /// What we were doing.
+        context: String,
+        /// The server's or the program's message (never a password).
+        message: String,
+    },
+    /// A table's rows would be filtered by row-level security: a backup would hold less
+    /// than the table, so it stops instead (as `pg_dump` does).
+    #[error("table {table} has row-level security and role {role:?} does not bypass it, so a backup would silently miss the rows the role cannot see: back up as the table's owner, a superuser or a role with BYPASSRLS (ALTER ROLE {role} BYPASSRLS), or pass --enable-row-security to store only the rows {role:?} can see (the snapshot then says so)")]
+    RowSecurity {
+        /// The table (qualified, quoted as SQL).
+        table: String,
+        /// The role the backup connected as.
+        role: String,
     },
     /// The input is not an SQLite database.
     #[error("{0} is not an SQLite database")]

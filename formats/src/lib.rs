@@ -6,8 +6,11 @@
 use std::fmt;
 
 pub mod error;
+pub mod pgbackup;
+pub mod pgdata;
 pub mod pgdirect;
 pub mod pgdump;
+pub mod pglobs;
 pub mod pgload;
 pub mod pgscript;
 pub mod pgserver;

@@ -30,6 +30,43 @@ impl Loader {
         Ok(Loader { rt, client })
     }
 
+    /// Connects with pg_dump's session settings and the client encoding the dump
+    /// `script` declares, so `COPY … TO STDOUT` gives the text a backup would have stored
+    /// (e.g. schema-qualified regclass values).
+    ///
+    /// # Errors
+    /// Connection failures.
+    pub fn connect_like_pg_dump(src: &PgSource, script: &str) -> Result<Loader> {
+        let l = Loader::connect(src)?;
+        let sql = crate::pgbackup::session_sql(&crate::pgbackup::script_encoding(script), false);
+        l.execute("setting up the session as pg_dump does", &sql)?;
+        Ok(l)
+    }
+
+    /// The filters of the extension configuration tables of this database, by qualified
+    /// table name: a backup holds only the rows that match (as pg_dump's does), so a
+    /// read-back compares only those.
+    ///
+    /// # Errors
+    /// The server's error.
+    pub fn config_table_filters(&self) -> Result<std::collections::HashMap<String, String>> {
+        let sql = "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), \
+                   coalesce(e.extcondition[u.i], '') \
+                   FROM pg_extension e CROSS JOIN LATERAL unnest(e.extconfig) WITH ORDINALITY AS u(reloid, i) \
+                   JOIN pg_class c ON c.oid = u.reloid JOIN pg_namespace n ON n.oid = c.relnamespace \
+                   WHERE c.relkind = 'r'";
+        let rows = self
+            .rt
+            .block_on(self.client.query(sql, &[]))
+            .map_err(|e| pg_err("listing extension configuration tables", e))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// The runtime and the connection, for queries of this crate's own.
+    pub(crate) fn parts(&self) -> (&tokio::runtime::Runtime, &Client) {
+        (&self.rt, &self.client)
+    }
+
     /// Runs SQL statements (no psql meta-commands) on this connection.
     ///
     /// # Errors
@@ -115,7 +152,7 @@ impl Loader {
     where
         E: std::fmt::Display,
     {
-        let what = |e: String| FormatError::Sqlite {
+        let what = |e: String| FormatError::Postgres {
             context: format!("loading table {table}"),
             message: e,
         };
@@ -123,7 +160,20 @@ impl Loader {
             .block_on(self.client.batch_execute("BEGIN"))
             .map_err(|e| pg_err("BEGIN", e))?;
         let mut stmt = copy.trim_end().trim_end_matches(';').to_string();
-        if let Some(q) = freeze {
+        // A table that has rows already (an extension's configuration table, filled by
+        // CREATE EXTENSION) is appended to, never emptied.
+        let empty = match freeze {
+            Some(q) => self
+                .rt
+                .block_on(
+                    self.client
+                        .query_one(&format!("SELECT NOT EXISTS (SELECT 1 FROM ONLY {q})"), &[]),
+                )
+                .map_err(|e| pg_err(&format!("loading table {table}"), e))?
+                .get::<_, bool>(0),
+            None => false,
+        };
+        if let Some(q) = freeze.filter(|_| empty) {
             // Into a table made empty in this transaction, rows can be written frozen: the
             // index builds and key checks that follow then do not rewrite every page to
             // set hint bits.
@@ -166,6 +216,26 @@ impl Loader {
             .map_err(|e| pg_err("COMMIT", e))?;
         Ok((rows, hash))
     }
+}
+
+/// The statement that reads a restored table back as its part holds it: `copy` is the
+/// part's `COPY t (cols) FROM stdin;` line; an extension configuration table is read
+/// through its `filter`, as pg_dump reads it.
+pub fn read_back_statement(copy: &str, filter: Option<&str>) -> String {
+    let stmt = copy.trim_end().trim_end_matches(';');
+    let Some(filter) = filter else {
+        return stmt.replace(" FROM stdin", " TO STDOUT");
+    };
+    let target = stmt
+        .strip_prefix("COPY ")
+        .and_then(|s| s.strip_suffix(" FROM stdin"))
+        .unwrap_or(stmt);
+    // `t (a, b)`: the column list is the last parenthesised group.
+    let (table, cols) = match target.rfind(" (") {
+        Some(i) if target.ends_with(')') => (&target[..i], &target[i + 2..target.len() - 1]),
+        _ => (target, "*"),
+    };
+    format!("COPY (SELECT {cols} FROM {table} {filter}) TO STDOUT")
 }
 
 /// Strips the part's header (up to the COPY line) and its `\.` terminator, and sends the
@@ -237,5 +307,26 @@ impl Write for CopyWriter<'_> {
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_back_statement;
+
+    #[test]
+    fn read_back_statements() {
+        assert_eq!(
+            read_back_statement("COPY public.t (a, b) FROM stdin;", None),
+            "COPY public.t (a, b) TO STDOUT"
+        );
+        assert_eq!(
+            read_back_statement("COPY public.t (a, b) FROM stdin;", Some("WHERE NOT x")),
+            "COPY (SELECT a, b FROM public.t WHERE NOT x) TO STDOUT"
+        );
+        assert_eq!(
+            read_back_statement("COPY \"S (x)\".t FROM stdin;", Some("")),
+            "COPY (SELECT * FROM \"S (x)\".t ) TO STDOUT"
+        );
     }
 }

@@ -11,7 +11,8 @@ use dbvault_core::backup::{Chunking, PartInput};
 use dbvault_core::{Backup, SourceInfo};
 
 use crate::error::{FormatError, Result};
-use crate::pgdirect::{backup, rows, runtime, PgSource};
+use crate::pgbackup::{backup, DirectOptions};
+use crate::pgdirect::{rows, runtime, PgSource};
 use crate::pgdump::SCHEMA_CHUNKS;
 
 /// Source kind of a whole-server snapshot.
@@ -21,7 +22,7 @@ pub const KIND: &str = "postgres-server";
 ///
 /// # Errors
 /// Connection, query, `pg_dumpall` or per-database backup failures (no snapshot then).
-pub fn backup_server(b: &Backup<'_>, src: &PgSource, jobs: usize) -> Result<SourceInfo> {
+pub fn backup_server(b: &Backup<'_>, src: &PgSource, opts: &DirectOptions) -> Result<SourceInfo> {
     let rt = runtime()?;
     let c = src.connect(&rt)?;
     let dbs = rows(
@@ -42,7 +43,7 @@ pub fn backup_server(b: &Backup<'_>, src: &PgSource, jobs: usize) -> Result<Sour
         .output()
         .map_err(|e| FormatError::io("pg_dumpall (apt-get install postgresql-client)", e))?;
     if !out.status.success() {
-        return Err(FormatError::Sqlite {
+        return Err(FormatError::Postgres {
             context: "pg_dumpall --globals-only".into(),
             message: String::from_utf8_lossy(&out.stderr)
                 .lines()
@@ -75,7 +76,7 @@ pub fn backup_server(b: &Backup<'_>, src: &PgSource, jobs: usize) -> Result<Sour
     .map_err(FormatError::Core)?;
     for db in databases.keys() {
         b.set_part_prefix(&format!("{db}/"));
-        let r = backup(b, &src.for_database(db), jobs);
+        let r = backup(b, &src.for_database(db), opts);
         b.set_part_prefix("");
         r?;
     }
@@ -84,5 +85,10 @@ pub fn backup_server(b: &Backup<'_>, src: &PgSource, jobs: usize) -> Result<Sour
         identity: src.describe(),
         format: "pg_dump".into(),
         server_version: version,
+        notes: if opts.enable_row_security {
+            vec!["backed up with --enable-row-security: tables with row-level security hold only the rows the backup's role could see".into()]
+        } else {
+            Vec::new()
+        },
     })
 }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 pub mod garage;
+pub mod pgfixture;
 pub mod proxy;
 
 /// The passphrase every test repository uses; the harness checks it never appears in any
@@ -270,7 +271,7 @@ pub struct PgDb {
     pub name: String,
 }
 
-fn pg_host() -> String {
+pub(crate) fn pg_host() -> String {
     std::env::var("PGHOST").unwrap_or_else(|_| "/var/run/postgresql".into())
 }
 

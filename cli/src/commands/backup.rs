@@ -8,7 +8,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use dbvault_core::backup::{Backup, BackupSummary, Chunking, PartInput, SnapshotMeta};
 use dbvault_core::lock::LockKind;
 use dbvault_core::{Repository, SourceInfo};
-use dbvault_formats::pgdirect::{self, PgSource};
+use dbvault_formats::pgbackup::{self, DirectOptions};
+use dbvault_formats::pgdirect::PgSource;
 use dbvault_formats::pgdump::{PartKind, Splitter, SCHEMA_CHUNKS, TABLE_CHUNKS};
 use dbvault_formats::sqlite;
 use dbvault_formats::StreamFormat;
@@ -139,18 +140,21 @@ pub fn backup_into(
                 b.progress(),
                 cli.json,
             );
-            let jobs = a
-                .jobs
-                .unwrap_or_else(|| {
-                    std::thread::available_parallelism()
-                        .map(|n| n.get())
-                        .unwrap_or(2)
-                })
-                .clamp(1, 16);
+            let opts = DirectOptions {
+                jobs: a
+                    .jobs
+                    .unwrap_or_else(|| {
+                        std::thread::available_parallelism()
+                            .map(|n| n.get())
+                            .unwrap_or(2)
+                    })
+                    .clamp(1, 16),
+                enable_row_security: a.enable_row_security,
+            };
             let r = if a.all_databases {
-                dbvault_formats::pgserver::backup_server(&b, &pg, jobs)
+                dbvault_formats::pgserver::backup_server(&b, &pg, &opts)
             } else {
-                pgdirect::backup(&b, &pg, jobs)
+                pgbackup::backup(&b, &pg, &opts)
             };
             progress.finish();
             match r {
@@ -201,6 +205,7 @@ pub fn backup_into(
                     identity: "-".into(),
                     format: fmt.name().into(),
                     server_version,
+                    notes: Vec::new(),
                 };
                 b.finish(meta(name, source))?
             }
@@ -230,6 +235,7 @@ fn sqlite_source(identity: String, info: &sqlite::DbInfo) -> SourceInfo {
         identity,
         format: "sqlite".into(),
         server_version: Some(format!("SQLite {}", info.sqlite_version)),
+        notes: Vec::new(),
     }
 }
 
@@ -387,6 +393,7 @@ fn backup_command(
         identity: cmd.to_string(),
         format: fmt.name().into(),
         server_version,
+        notes: Vec::new(),
     };
     Ok(b.finish(meta(name, source))?)
 }

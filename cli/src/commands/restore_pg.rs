@@ -6,6 +6,7 @@ use anyhow::{bail, Result};
 use dbvault_core::restore::restore_part;
 use dbvault_core::{Part, Repository, Snapshot};
 
+use dbvault_formats::pglobs;
 use dbvault_formats::pgscript::{table_script, TableScript};
 
 use crate::args::RestoreArgs;
@@ -236,7 +237,7 @@ pub fn restore(
             PgTarget::Stdout => {
                 let mut out = BufWriter::with_capacity(1 << 20, std::io::stdout());
                 for p in &snap.parts {
-                    let schema = p.kind != "table-data";
+                    let schema = p.kind != "table-data" && p.kind != pglobs::PART;
                     if (a.schema_only && !schema) || (a.data_only && schema) {
                         continue;
                     }

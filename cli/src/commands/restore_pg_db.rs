@@ -8,6 +8,7 @@ use std::io::{BufWriter, Write};
 use anyhow::{anyhow, Result};
 use dbvault_core::{Part, Repository, Snapshot};
 use dbvault_formats::pgload::Loader;
+use dbvault_formats::pglobs;
 use dbvault_formats::pgscript::{qualified, table_script};
 
 use super::restore_pg::{meta_str, part_bytes, section, tables, write_part};
@@ -210,6 +211,17 @@ pub(super) fn restore_database(
             }
             Ok(())
         })?;
+        if let Some(lo) = section(snap, pglobs::PART) {
+            url.psql("restoring large objects", false, |w| {
+                w.write_all(preamble.as_bytes())?;
+                w.write_all(b"\n")?;
+                let mut bw = BufWriter::with_capacity(1 << 20, w);
+                write_part(repo, lo, &mut bw)?;
+                bw.write_all(epilogue.as_bytes())?;
+                bw.flush()?;
+                Ok(())
+            })?;
+        }
     }
     let jobs = jobs();
     if a.data_only {

@@ -19,6 +19,7 @@ use dbvault_core::report::Report;
 use dbvault_core::restore::restore_part;
 use dbvault_core::{Id, Part, Repository, Snapshot};
 use dbvault_formats::pgload::Loader;
+use dbvault_formats::pglobs;
 use dbvault_formats::sqlite;
 use serde::Serialize;
 
@@ -260,18 +261,24 @@ fn pg_test(repo: &Repository, id: &Id, snap: &Snapshot, a: &RestoreTestArgs) -> 
     order.sort_by_key(|p| p.size);
     let queue = std::sync::Mutex::new(order);
     let source = target.source()?;
+    let pre_text = match snap.parts.iter().find(|p| p.kind == "pre-data") {
+        Some(p) => super::restore_pg::part_bytes(repo, p)?,
+        None => Vec::new(),
+    };
+    let pre_text = String::from_utf8_lossy(&pre_text);
+    let filters = Loader::connect(&source)?.config_table_filters()?;
     let results = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|s| -> Result<()> {
         let workers: Vec<_> = (0..jobs())
             .map(|_| {
                 s.spawn(|| -> Result<()> {
-                    let loader = Loader::connect(&source)?;
+                    let loader = Loader::connect_like_pg_dump(&source, &pre_text)?;
                     loop {
                         let Some(part) = queue.lock().map_err(|_| anyhow::anyhow!("lock"))?.pop()
                         else {
                             return Ok(());
                         };
-                        let t = compare_table(&loader, part, sent.get(&part.name))?;
+                        let t = compare_table(&loader, part, sent.get(&part.name), &filters)?;
                         results.lock().map_err(|_| anyhow::anyhow!("lock"))?.push(t);
                     }
                 })
@@ -285,6 +292,9 @@ fn pg_test(repo: &Repository, id: &Id, snap: &Snapshot, a: &RestoreTestArgs) -> 
     })?;
     let mut results = results.into_inner().unwrap_or_default();
     results.sort_by(|a, b| a.name.cmp(&b.name));
+    if let Some(t) = compare_large_objects(repo, snap, &source)? {
+        results.push(t);
+    }
     for t in results {
         if !t.ok {
             out.problems
@@ -300,6 +310,7 @@ fn compare_table(
     loader: &Loader,
     part: &Part,
     sent: Option<&(u64, String)>,
+    filters: &std::collections::HashMap<String, String>,
 ) -> Result<TableResult> {
     let mut t = TableResult {
         name: part.name.clone(),
@@ -312,11 +323,11 @@ fn compare_table(
         t.detail = "not compared (an INSERT-format dump)".into();
         return Ok(t);
     };
-    let copy = meta_str(part, "copy");
-    let stmt = copy
-        .trim_end()
-        .trim_end_matches(';')
-        .replace(" FROM stdin", " TO STDOUT");
+    let q = dbvault_formats::pgscript::qualified(meta_str(part, "schema"), meta_str(part, "table"));
+    let stmt = dbvault_formats::pgload::read_back_statement(
+        meta_str(part, "copy"),
+        filters.get(&q).map(String::as_str),
+    );
     let (rows, hash) = loader.copy_out_hash(&format!("reading back {}", part.name), &stmt)?;
     t.rows_restored = Some(rows);
     let recorded = part.meta.get("copy_blake3").and_then(|v| v.as_str());
@@ -334,6 +345,51 @@ fn compare_table(
     };
     t.ok = t.detail.is_empty();
     Ok(t)
+}
+
+/// Compares the restored large objects (count and fingerprint) with what the snapshot
+/// holds: recorded in a large-objects part, or computed from a piped dump's post-data.
+/// `None` when there are none on either side.
+fn compare_large_objects(
+    repo: &Repository,
+    snap: &Snapshot,
+    source: &dbvault_formats::pgdirect::PgSource,
+) -> Result<Option<TableResult>> {
+    let expected = match snap.parts.iter().find(|p| p.kind == pglobs::PART) {
+        Some(p) => pglobs::LargeObjects::recorded(p),
+        None => match snap.parts.iter().find(|p| p.kind == "post-data") {
+            Some(post) => {
+                let mut fp = pglobs::TextFingerprint::default();
+                restore_part(repo, post, &mut fp)?;
+                Some(fp.finish())
+            }
+            None => None,
+        },
+    };
+    let found = pglobs::fingerprint_database(&Loader::connect(source)?)?;
+    let want = expected.clone().unwrap_or_default();
+    if found.count == 0 && want.count == 0 {
+        return Ok(None);
+    }
+    let detail = if expected.is_none() {
+        "not compared (nothing recorded at backup time)".to_string()
+    } else if found.count != want.count {
+        format!(
+            "{} large objects, {} in the snapshot",
+            found.count, want.count
+        )
+    } else if found.fingerprint != want.fingerprint {
+        "the large objects read back differ from the snapshot's".to_string()
+    } else {
+        String::new()
+    };
+    Ok(Some(TableResult {
+        name: "large objects".into(),
+        ok: detail.is_empty() || expected.is_none(),
+        rows_recorded: expected.map(|e| e.count),
+        rows_restored: Some(found.count),
+        detail,
+    }))
 }
 
 fn sqlite_test(repo: &Repository, id: &Id, snap: &Snapshot) -> Result<Outcome> {

@@ -190,6 +190,7 @@ fn back_up(cli: &Cli, repo: &Repository, cfg: &Config, s: &Source, rname: &str) 
             time: None,
             jobs: None,
             format: None,
+            enable_row_security: s.enable_row_security,
         };
         let now = chrono::Local::now().fixed_offset();
         let sum = super::backup::backup_into(cli, repo, &args, None, now)?;

@@ -86,6 +86,9 @@ pub fn run(cli: &Cli, a: &SnapshotsArgs) -> Result<()> {
             rt,
             s.tags.join(",")
         );
+        for n in &s.source.notes {
+            crate::outln!("{:<10} note: {n}", "");
+        }
     }
     crate::outln!("{} snapshot(s)", snaps.len());
     Ok(())
