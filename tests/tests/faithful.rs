@@ -102,6 +102,22 @@ fn a_direct_snapshot_restores_to_what_pg_dump_restores() {
     );
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert!(!r.text().contains("lowrite"));
+
+    // The next night, one more small large object: the 3 MB ones are not stored again.
+    src.sql("SELECT lo_from_bytea(0, 'one more')");
+    let next = repo
+        .run(&["backup", &src.url(), "--json"], None)
+        .ok()
+        .json();
+    let added = next["bytes_added"].as_u64().expect("bytes_added");
+    assert!(added < 100_000, "{added} bytes added for one small large object");
+    let lo = next["parts"]
+        .as_array()
+        .expect("parts")
+        .iter()
+        .find(|p| p["name"] == "large-objects")
+        .expect("large-objects");
+    assert_eq!(lo["rows"], 5);
 }
 
 #[test]
