@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use crate::crypto::{delta_base, seal_blob, seal_delta};
 use crate::pack::{pack_path, BlobKind};
-use crate::restore::Blobs;
+use crate::blobs::Blobs;
 use crate::{Id, Result};
 
 /// The chunk order of a part in the previous snapshot, to find a base for each new chunk.

@@ -1,13 +1,61 @@
 //! The one public error type of the engine.
+//!
+//! Rules, so that the binary can tell the user what really happened:
+//! - An error keeps its kind up to the binary. A storage failure stays
+//!   [`Error::Storage`] with its [`StorageKind`]: a timeout is never reported as damage,
+//!   and damage ([`Error::Corrupt`], [`Error::MissingBlob`], a missing object) is never
+//!   reported as a passing failure to retry.
+//! - Wrapping adds context (which part, which pack) without changing the kind; a caller
+//!   that must decide reads [`Error::is_damage`] and [`Error::damaged_pack`], never the
+//!   message text.
+//! - Messages are one line, name the cause, and never contain a passphrase or a secret.
 
 use std::io;
+
+use crate::Id;
+
+/// What kind of storage failure an [`Error::Storage`] is: whether trying again may help,
+/// and what the user should look at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StorageKind {
+    /// Timeouts, dropped connections, throttling, server errors: may work next time.
+    Transient,
+    /// The store or file system refused: credentials, permissions, a read-only mount.
+    Permission,
+    /// A container (a bucket, a directory) is not there.
+    NotFound,
+    /// Anything else (a full disk, an unexpected answer).
+    Other,
+}
+
+impl StorageKind {
+    /// The kind of a local I/O error.
+    pub fn of(e: &io::Error) -> StorageKind {
+        use io::ErrorKind as K;
+        match e.kind() {
+            K::TimedOut
+            | K::Interrupted
+            | K::WouldBlock
+            | K::ConnectionReset
+            | K::ConnectionAborted
+            | K::ConnectionRefused
+            | K::NotConnected
+            | K::BrokenPipe
+            | K::UnexpectedEof => StorageKind::Transient,
+            K::PermissionDenied | K::ReadOnlyFilesystem => StorageKind::Permission,
+            K::NotFound => StorageKind::NotFound,
+            _ => StorageKind::Other,
+        }
+    }
+}
 
 /// Result alias used throughout the engine.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Everything that can go wrong in the engine. Messages are one line, name the cause, and
-/// never contain a passphrase.
+/// Everything that can go wrong in the engine (see the rules above).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// No repository (no `config` object) at the location.
     #[error("no repository at {location} (create one with `dbvault init`)")]
@@ -41,19 +89,24 @@ pub enum Error {
     },
     /// A storage operation failed.
     #[error("{path}: {cause}")]
-    Io {
+    Storage {
         /// Object path (or location) the operation was on.
         path: String,
-        /// The underlying error (in the message, so not also a `source`).
+        /// What kind of failure.
+        kind: StorageKind,
+        /// The underlying error (also in the message: one line whoever prints it).
+        #[source]
         cause: io::Error,
     },
     /// An object failed authentication or does not parse.
     #[error("{what} is damaged: {detail}")]
     Corrupt {
-        /// Which object (e.g. `pack data/ab/ab12…`).
+        /// Which object (e.g. `pack data/ab/ab12…`, `part "public.orders"`).
         what: String,
         /// What was wrong.
         detail: String,
+        /// The pack the damage is in, when it is in one.
+        pack: Option<Id>,
     },
     /// The repository was written by a newer dbvault.
     #[error("repository format version {found} is not supported (this dbvault reads version {supported})")]
@@ -130,11 +183,21 @@ pub enum Error {
 }
 
 impl Error {
-    /// Wraps an I/O error with the object path it concerns.
+    /// Wraps an I/O error with the object path it concerns (its kind from the error).
     pub fn io(path: impl Into<String>, source: io::Error) -> Self {
-        Error::Io {
+        Error::Storage {
             path: path.into(),
+            kind: StorageKind::of(&source),
             cause: source,
+        }
+    }
+
+    /// A storage error of a given kind, with a message.
+    pub fn storage(path: impl Into<String>, kind: StorageKind, message: impl Into<String>) -> Self {
+        Error::Storage {
+            path: path.into(),
+            kind,
+            cause: io::Error::other(message.into()),
         }
     }
 
@@ -143,6 +206,54 @@ impl Error {
         Error::Corrupt {
             what: what.into(),
             detail: detail.into(),
+            pack: None,
+        }
+    }
+
+    /// The same error, saying which pack it concerns when it is damage that does not say
+    /// yet (an object missing from the store is damage too).
+    pub fn in_pack(self, id: Id) -> Self {
+        match self {
+            Error::Corrupt {
+                what,
+                detail,
+                pack: None,
+            } => Error::Corrupt {
+                what,
+                detail,
+                pack: Some(id),
+            },
+            Error::NotFound { path } => Error::Corrupt {
+                what: path,
+                detail: "the pack is missing".into(),
+                pack: Some(id),
+            },
+            other => other,
+        }
+    }
+
+    /// Whether this is damage to the repository (as opposed to a failure to reach it, a
+    /// lock, or bad input).
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            Error::Corrupt { .. } | Error::MissingBlob { .. } | Error::NotFound { .. }
+        )
+    }
+
+    /// The damaged pack, when the damage is known to be in one.
+    pub fn damaged_pack(&self) -> Option<Id> {
+        match self {
+            Error::Corrupt { pack, .. } => *pack,
+            _ => None,
+        }
+    }
+
+    /// The storage kind, for a storage error.
+    pub fn storage_kind(&self) -> Option<StorageKind> {
+        match self {
+            Error::Storage { kind, .. } => Some(*kind),
+            _ => None,
         }
     }
 }

@@ -10,6 +10,7 @@
 //! unreferenced data behind.
 
 pub mod backend;
+pub mod blobs;
 pub mod backup;
 pub mod check;
 pub mod chunker;

@@ -16,7 +16,7 @@ use crate::hash::AlignedHasher;
 use crate::index::{encode_file, index_path, Index};
 use crate::lock::LockHandle;
 use crate::pack::{pack_path, BlobKind, PackBuilder, PackEntry};
-use crate::restore::{tree_levels, Blobs};
+use crate::blobs::{tree_levels, Blobs};
 use crate::snapshot::Part;
 use crate::{Error, Id, Result};
 

@@ -23,6 +23,8 @@ pub struct Faults {
     pub stall_every: u64,
     /// How long a stalled request hangs before the proxy drops it.
     pub stall: Duration,
+    /// Stall every read of a pack (`GET …/data/…`), whatever the period.
+    pub stall_pack_reads: bool,
 }
 
 #[derive(Default)]
@@ -145,7 +147,9 @@ fn serve(mut c: TcpStream, upstream: &str, sh: &Shared) {
         sh.errors.fetch_add(1, Ordering::SeqCst);
         return answer(&mut c, 500);
     }
-    if f.stall_every > 3 && n % f.stall_every == 3 {
+    let pack_read = head.starts_with("GET ")
+        && head.lines().next().is_some_and(|l| l.contains("/data/"));
+    if (f.stall_pack_reads && pack_read) || (f.stall_every > 3 && n % f.stall_every == 3) {
         sh.stalls.fetch_add(1, Ordering::SeqCst);
         std::thread::sleep(f.stall);
         return;

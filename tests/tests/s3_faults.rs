@@ -38,6 +38,7 @@ fn answers_of_500_and_503_and_stalls_are_retried() {
             error_every: 5,
             stall_every: 13,
             stall: Duration::from_secs(6),
+            stall_pack_reads: false,
         },
     );
     let cmd = |args: &[&str]| {
@@ -189,4 +190,37 @@ fn bad_credentials_a_missing_bucket_and_no_server_each_give_one_line() {
         "took {:?}",
         t.elapsed()
     );
+}
+
+#[test]
+fn a_store_that_times_out_during_a_restore_is_not_reported_as_damage() {
+    let g = Garage::start();
+    let proxy = FaultProxy::start(&g.endpoint, Faults::default());
+    let cmd = |args: &[&str]| {
+        let mut c = g.dbvault(&proxy.endpoint, "slow", args);
+        c.env("DBVAULT_S3_TIMEOUT", "1");
+        c
+    };
+    run_cmd(cmd(&["init"]), None).ok();
+    let data = dump_like(2 << 20, 31);
+    run_cmd(cmd(&["backup", "-", "--name", "s"]), Some(&data)).ok();
+    // Every read of a pack hangs past the timeout, retries and all.
+    proxy.set(Faults {
+        stall: Duration::from_secs(30),
+        stall_pack_reads: true,
+        ..Faults::default()
+    });
+    let r = run_cmd(cmd(&["restore", "latest", "--to", "-"]), None);
+    let err = one_line(&r);
+    assert!(
+        err.contains("did not answer in time") || err.contains("cannot reach"),
+        "not a transport error: {err}"
+    );
+    assert!(!err.contains("damaged"), "a timeout reported as damage: {err}");
+    assert!(r.stdout.is_empty() || data.starts_with(&r.stdout));
+    let (_, _, stalls) = proxy.counts();
+    assert!(stalls >= 1, "no pack read was stalled");
+    // And nothing was lost: with the store answering again, it restores.
+    proxy.set(Faults::default());
+    restores(&g, "slow", "latest", &data);
 }

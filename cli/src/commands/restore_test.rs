@@ -150,38 +150,29 @@ pub fn run(cli: &Cli, a: &RestoreTestArgs) -> Result<ExitCode> {
     })
 }
 
-/// The pack a damage message names (`pack data/ab/ab12…`), if any.
-fn pack_in(msg: &str) -> Option<String> {
-    let i = msg.find("data/")?;
-    let hex: String = msg[i..]
-        .split('/')
-        .nth(2)?
-        .chars()
-        .take_while(char::is_ascii_hexdigit)
-        .collect();
-    (hex.len() == 64).then_some(hex)
-}
-
-fn problem(id: &Id, part: Option<&str>, detail: String) -> Problem {
+fn problem(id: &Id, part: Option<&str>, detail: String, pack: Option<Id>) -> Problem {
     Problem {
         kind: "restore-test".into(),
         snapshot: Some(id.to_hex()),
         part: part.map(str::to_string),
-        pack: pack_in(&detail),
+        pack: pack.map(|p| p.to_hex()),
         detail,
     }
 }
 
-/// Reads every part through its hash check: which ones are damaged, and how.
-fn damaged_parts(repo: &Repository, snap: &Snapshot) -> Vec<(String, String)> {
-    snap.parts
-        .iter()
-        .filter_map(|p: &Part| {
-            restore_part(repo, p, &mut std::io::sink())
-                .err()
-                .map(|e| (p.name.clone(), e.to_string()))
-        })
-        .collect()
+/// Reads every part through its hash check: which ones are damaged, and how. A part that
+/// cannot be read for another reason (the store does not answer) is that error: the
+/// restore-test could not be done, which is not damage.
+fn damaged_parts(repo: &Repository, snap: &Snapshot) -> Result<Vec<(String, dbvault_core::Error)>> {
+    let mut out = Vec::new();
+    for p in &snap.parts {
+        match restore_part(repo, p, &mut std::io::sink()) {
+            Ok(_) => {}
+            Err(e) if e.is_damage() => out.push((p.name.clone(), e)),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(out)
 }
 
 /// Drops the scratch database whatever happens.
@@ -238,10 +229,17 @@ fn pg_test(repo: &Repository, id: &Id, snap: &Snapshot, a: &RestoreTestArgs) -> 
     };
     let sent = Sent::default();
     if let Err(e) = restore_database(repo, snap, &args, &target, Some(&sent)) {
-        let damaged = damaged_parts(repo, snap);
+        let unreachable = e.chain().any(|c| {
+            c.downcast_ref::<dbvault_core::Error>()
+                .is_some_and(|ce| ce.storage_kind().is_some())
+        });
+        if unreachable {
+            return Err(e.context("the restore-test could not read the snapshot"));
+        }
+        let damaged = damaged_parts(repo, snap)?;
         if damaged.is_empty() {
             out.problems
-                .push(problem(id, None, format!("the restore failed: {e:#}")));
+                .push(problem(id, None, format!("the restore failed: {e:#}"), None));
         }
         for (part, why) in damaged {
             out.tables.push(TableResult {
@@ -249,9 +247,10 @@ fn pg_test(repo: &Repository, id: &Id, snap: &Snapshot, a: &RestoreTestArgs) -> 
                 ok: false,
                 rows_recorded: None,
                 rows_restored: None,
-                detail: why.clone(),
+                detail: why.to_string(),
             });
-            out.problems.push(problem(id, Some(&part), why));
+            out.problems
+                .push(problem(id, Some(&part), why.to_string(), why.damaged_pack()));
         }
         return Ok(out);
     }
@@ -298,7 +297,7 @@ fn pg_test(repo: &Repository, id: &Id, snap: &Snapshot, a: &RestoreTestArgs) -> 
     for t in results {
         if !t.ok {
             out.problems
-                .push(problem(id, Some(&t.name), t.detail.clone()));
+                .push(problem(id, Some(&t.name), t.detail.clone(), None));
         }
         out.tables.push(t);
     }
@@ -408,12 +407,16 @@ fn sqlite_test(repo: &Repository, id: &Id, snap: &Snapshot) -> Result<Outcome> {
             .map_err(dbvault_formats::FormatError::Core)
     });
     if let Err(e) = written {
+        let pack = match &e {
+            dbvault_formats::FormatError::Core(c) => c.damaged_pack(),
+            _ => None,
+        };
         out.problems
-            .push(problem(id, Some(&part.name), e.to_string()));
+            .push(problem(id, Some(&part.name), e.to_string(), pack));
         return Ok(out);
     }
     for p in sqlite::check(&path)? {
-        out.problems.push(problem(id, Some(&part.name), p));
+        out.problems.push(problem(id, Some(&part.name), p, None));
     }
     let info = sqlite::inspect(&path)?;
     let recorded = part.meta.get("tables").and_then(|t| t.as_object());
@@ -428,7 +431,7 @@ fn sqlite_test(repo: &Repository, id: &Id, snap: &Snapshot) -> Result<Outcome> {
             format!("{rows} rows, {} recorded at backup time", want.unwrap_or(0))
         };
         if !ok {
-            out.problems.push(problem(id, Some(name), detail.clone()));
+            out.problems.push(problem(id, Some(name), detail.clone(), None));
         }
         out.tables.push(TableResult {
             name: name.clone(),

@@ -49,7 +49,7 @@ pub trait Backend: Send + Sync {
     /// Stores a new object at `path`, atomically and durably, only if `path` is free.
     ///
     /// # Errors
-    /// [`crate::Error::AlreadyExists`] if the path is taken; [`crate::Error::Io`] otherwise.
+    /// [`crate::Error::AlreadyExists`] if the path is taken; [`crate::Error::Storage`] otherwise.
     fn create(&self, path: &str, data: &[u8]) -> Result<()>;
 
     /// Stores an object whose name is unique to its bytes: a hash of them, or a random id.
@@ -59,7 +59,7 @@ pub trait Backend: Send + Sync {
     /// `create`.
     ///
     /// # Errors
-    /// [`crate::Error::Io`].
+    /// [`crate::Error::Storage`].
     fn create_unique(&self, path: &str, data: &[u8]) -> Result<()> {
         match self.create(path, data) {
             Err(Error::AlreadyExists { .. }) => Ok(()),
@@ -70,39 +70,39 @@ pub trait Backend: Send + Sync {
     /// Reads a whole object.
     ///
     /// # Errors
-    /// [`crate::Error::NotFound`] if absent; [`crate::Error::Io`] otherwise.
+    /// [`crate::Error::NotFound`] if absent; [`crate::Error::Storage`] otherwise.
     fn read(&self, path: &str) -> Result<Vec<u8>>;
 
     /// Reads `len` bytes at `offset`.
     ///
     /// # Errors
     /// [`crate::Error::NotFound`] if absent; [`crate::Error::Corrupt`] if the object is
-    /// shorter than `offset + len`; [`crate::Error::Io`] otherwise.
+    /// shorter than `offset + len`; [`crate::Error::Storage`] otherwise.
     fn read_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>>;
 
     /// Size of an object.
     ///
     /// # Errors
-    /// [`crate::Error::NotFound`] if absent; [`crate::Error::Io`] otherwise.
+    /// [`crate::Error::NotFound`] if absent; [`crate::Error::Storage`] otherwise.
     fn size(&self, path: &str) -> Result<u64>;
 
     /// Lists every complete object whose path starts with `prefix` (a directory such as
     /// `snapshots/`).
     ///
     /// # Errors
-    /// [`crate::Error::Io`] when the store cannot be listed.
+    /// [`crate::Error::Storage`] when the store cannot be listed.
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
 
     /// Removes the left-overs of interrupted writes under `prefix`; returns how many.
     ///
     /// # Errors
-    /// [`crate::Error::Io`] when the store refuses.
+    /// [`crate::Error::Storage`] when the store refuses.
     fn remove_incomplete(&self, prefix: &str) -> Result<usize>;
 
     /// Removes an object; a missing object is not an error.
     ///
     /// # Errors
-    /// [`crate::Error::Io`] when the store refuses.
+    /// [`crate::Error::Storage`] when the store refuses.
     fn remove(&self, path: &str) -> Result<()>;
 
     /// A kept copy of a range of a pack (chunk lists: every backup reads its parent's),

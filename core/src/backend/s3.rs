@@ -17,7 +17,7 @@
 //!
 //! Throttling, 5xx answers, timeouts and dropped connections are retried by the SDK's
 //! standard retry strategy (exponential backoff with jitter, [`MAX_ATTEMPTS`] attempts), then
-//! reported as one [`Error::Io`] naming the object and the cause.
+//! reported as one [`Error::Storage`] naming the object and the cause.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -31,6 +31,7 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
 
 use super::{Backend, ObjectInfo};
+use crate::error::StorageKind;
 use crate::{Error, Result};
 
 /// Objects larger than this are uploaded in parts.
@@ -70,7 +71,36 @@ pub struct S3Backend {
 }
 
 fn io(path: &str, msg: impl Into<String>) -> Error {
-    Error::io(path, std::io::Error::other(msg.into()))
+    Error::storage(path, StorageKind::Other, msg)
+}
+
+/// An SDK error as a storage error of the right kind (retries are over by now).
+fn sdk<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug + HttpStatus>(
+    path: &str,
+    e: &SdkError<E, R>,
+) -> Error {
+    Error::storage(path, kind_of(e), describe(e))
+}
+
+/// What kind of failure an SDK error is.
+fn kind_of<E: ProvideErrorMetadata, R: HttpStatus>(e: &SdkError<E, R>) -> StorageKind {
+    match e {
+        SdkError::ServiceError(s) => match s.err().code() {
+            Some("NoSuchBucket") => StorageKind::NotFound,
+            Some("InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AccessDenied") => {
+                StorageKind::Permission
+            }
+            Some("SlowDown" | "RequestTimeout" | "InternalError" | "ServiceUnavailable") => {
+                StorageKind::Transient
+            }
+            _ if status(e).is_some_and(|c| c >= 500 || c == 429) => StorageKind::Transient,
+            _ => StorageKind::Other,
+        },
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            StorageKind::Transient
+        }
+        _ => StorageKind::Other,
+    }
 }
 
 /// One line for an SDK error: the service's code and message, or what failed on the way.
@@ -260,7 +290,7 @@ impl S3Backend {
                     // The store does not do conditional writes: check, then write.
                     self.conditional.store(false, Ordering::Relaxed);
                 }
-                Err(e) => return Err(io(&self.url_of(path), describe(&e))),
+                Err(e) => return Err(sdk(&self.url_of(path), &e)),
             }
         }
     }
@@ -276,7 +306,7 @@ impl S3Backend {
                     .key(key)
                     .send(),
             )
-            .map_err(|e| io(&self.url_of(path), describe(&e)))?;
+            .map_err(|e| sdk(&self.url_of(path), &e))?;
         let id = up
             .upload_id()
             .ok_or_else(|| io(&self.url_of(path), "the store gave no upload id"))?
@@ -299,7 +329,7 @@ impl S3Backend {
                             .body(ByteStream::from(chunk.to_vec()))
                             .send(),
                     )
-                    .map_err(|e| io(&self.url_of(path), describe(&e)))?;
+                    .map_err(|e| sdk(&self.url_of(path), &e))?;
                 parts.push(
                     CompletedPart::builder()
                         .part_number(n)
@@ -327,7 +357,7 @@ impl S3Backend {
                 Err(e) if status(&e) == Some(412) => Err(Error::AlreadyExists {
                     path: path.to_string(),
                 }),
-                Err(e) => Err(io(&self.url_of(path), describe(&e))),
+                Err(e) => Err(sdk(&self.url_of(path), &e)),
             }
         })();
         if result.is_err() {
@@ -369,8 +399,9 @@ impl S3Backend {
                     .await
                     .map(|b| b.into_bytes().to_vec())
                     .map_err(|e| {
-                        io(
+                        Error::storage(
                             &self.url_of(path),
+                            StorageKind::Transient,
                             format!("reading the object failed: {e}"),
                         )
                     }),
@@ -383,7 +414,7 @@ impl S3Backend {
                 Err(e) if status(&e) == Some(416) => {
                     Err(Error::corrupt(path, "a read runs past its end".to_string()))
                 }
-                Err(e) => Err(io(&self.url_of(path), describe(&e))),
+                Err(e) => Err(sdk(&self.url_of(path), &e)),
             }
         })?;
         if let Some((_, len)) = range {
@@ -446,7 +477,7 @@ impl Backend for S3Backend {
             Err(e) if status(&e) == Some(404) => Err(Error::NotFound {
                 path: path.to_string(),
             }),
-            Err(e) => Err(io(&self.url_of(path), describe(&e))),
+            Err(e) => Err(sdk(&self.url_of(path), &e)),
         }
     }
 
@@ -466,7 +497,7 @@ impl Backend for S3Backend {
                         .set_continuation_token(token.clone())
                         .send(),
                 )
-                .map_err(|e| io(&self.url_of(prefix), describe(&e)))?;
+                .map_err(|e| sdk(&self.url_of(prefix), &e))?;
             for o in r.contents() {
                 if let Some(k) = o.key().and_then(|k| k.strip_prefix(&self.prefix)) {
                     out.push(ObjectInfo {
@@ -493,7 +524,7 @@ impl Backend for S3Backend {
                     .prefix(self.key(prefix))
                     .send(),
             )
-            .map_err(|e| io(&self.url_of(prefix), describe(&e)))?;
+            .map_err(|e| sdk(&self.url_of(prefix), &e))?;
         let mut n = 0;
         for u in r.uploads() {
             let (Some(k), Some(id)) = (u.key(), u.upload_id()) else {
@@ -509,7 +540,7 @@ impl Backend for S3Backend {
                         .upload_id(id)
                         .send(),
                 )
-                .map_err(|e| io(&self.url_of(prefix), describe(&e)))?;
+                .map_err(|e| sdk(&self.url_of(prefix), &e))?;
             n += 1;
         }
         Ok(n)
@@ -526,6 +557,6 @@ impl Backend for S3Backend {
                     .send(),
             )
             .map(|_| ())
-            .map_err(|e| io(&self.url_of(path), describe(&e)))
+            .map_err(|e| sdk(&self.url_of(path), &e))
     }
 }

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 use super::{Bad, CheckReport, Problem, ReadData};
 use crate::index::{read_file, Index};
 use crate::pack::{pack_path, read_trailer};
-use crate::restore::Blobs;
+use crate::blobs::Blobs;
 use crate::{Id, Repository, Result};
 
 /// What one pack's check found.

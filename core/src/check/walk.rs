@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::{Bad, CheckReport, Problem};
 use crate::index::Index;
-use crate::restore::Blobs;
+use crate::blobs::Blobs;
 use crate::{Id, Repository, Result, Snapshot};
 
 /// Damage below a tree node: pack named (None: not indexed at all) -> (blobs, first detail).

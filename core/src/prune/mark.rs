@@ -4,7 +4,7 @@ use rayon::prelude::*;
 
 use super::refuse;
 use crate::index::{read_file, Index};
-use crate::restore::{list_ids, Blobs};
+use crate::blobs::{list_ids, Blobs};
 use crate::{Id, Repository, Result, Snapshot};
 
 /// One bit per indexed blob (by [`Index::position`]).
