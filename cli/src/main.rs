@@ -4,7 +4,6 @@ mod args;
 mod commands;
 mod config;
 mod output;
-mod pg;
 mod repo_access;
 
 use std::process::ExitCode;

@@ -40,7 +40,8 @@ pub fn part_json(p: &dbvault_core::Part) -> serde_json::Value {
         "bytes": p.size,
         "rows": p.rows,
         "chunks": p.chunks,
-        "tables": p.meta.get("tables"),
+        "tables": (p.kind == dbvault_formats::sqlite::snapshot::PART_KIND)
+            .then(|| dbvault_formats::sqlite::snapshot::DatabasePart::of(p).tables),
     })
 }
 

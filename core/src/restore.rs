@@ -42,19 +42,53 @@ fn plan(index: &Index, ids: &[Id]) -> Result<Vec<Run>> {
     Ok(group(locs, MAX_RUN, MAX_GAP, MAX_RUN_RAW))
 }
 
+/// Damage a restore met that did not touch the restored bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Warning {
+    /// A pack's trailer cannot be read or opened.
+    TrailerDamaged {
+        /// The pack.
+        pack: Id,
+        /// What was wrong.
+        detail: String,
+    },
+    /// A pack's trailer does not list blobs where the index has them.
+    TrailerDisagrees {
+        /// The pack.
+        pack: Id,
+    },
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Warning::TrailerDamaged { detail, .. } => write!(
+                f,
+                "{detail} (the restored data was verified and is intact; run `dbvault check`)"
+            ),
+            Warning::TrailerDisagrees { pack } => write!(
+                f,
+                "pack {}: its trailer disagrees with the index (run `dbvault check`)",
+                pack_path(pack)
+            ),
+        }
+    }
+}
+
 /// What a restore of one part found.
 #[derive(Clone, Debug, Default)]
 pub struct PartReport {
     /// Bytes written.
     pub bytes: u64,
-    /// Damage that did not affect the restored bytes (e.g. a pack trailer), one line each.
-    pub warnings: Vec<String>,
+    /// Damage that did not affect the restored bytes (e.g. a pack trailer).
+    pub warnings: Vec<Warning>,
 }
 
 /// Checks the trailers of the packs a restore read: damage there does not change the
 /// restored bytes (the index located them and each blob was verified), but it must not go
 /// unnoticed.
-fn check_trailers(repo: &Repository, runs: &[Run]) -> Vec<String> {
+fn check_trailers(repo: &Repository, runs: &[Run]) -> Vec<Warning> {
     if repo.backend().remote() {
         // On an object store this costs three requests per pack; `check` covers it.
         return Vec::new();
@@ -73,9 +107,10 @@ fn check_trailers(repo: &Repository, runs: &[Run]) -> Vec<String> {
             let entries = match r {
                 Ok(e) => e,
                 Err(e) => {
-                    return Some(format!(
-                        "{e} (the restored data was verified and is intact; run `dbvault check`)"
-                    ))
+                    return Some(Warning::TrailerDamaged {
+                        pack: *p,
+                        detail: e.to_string(),
+                    })
                 }
             };
             let listed: std::collections::HashSet<(Id, u32, u32)> =
@@ -85,9 +120,7 @@ fn check_trailers(repo: &Repository, runs: &[Run]) -> Vec<String> {
                 .filter(|r| r.pack == *p)
                 .flat_map(|r| r.blobs.iter())
                 .any(|(id, loc)| !listed.contains(&(*id, loc.offset, loc.len)));
-            missing.then(|| {
-                format!("pack {path}: its trailer disagrees with the index (run `dbvault check`)")
-            })
+            missing.then_some(Warning::TrailerDisagrees { pack: *p })
         })
         .collect()
 }

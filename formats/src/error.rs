@@ -40,8 +40,40 @@ pub enum FormatError {
         /// Tables present.
         available: String,
     },
+    /// A table name matches several tables of the snapshot.
+    #[error("table name {table:?} is ambiguous: {candidates}; qualify it with the schema")]
+    AmbiguousTable {
+        /// Requested table.
+        table: String,
+        /// The tables it matches.
+        candidates: String,
+    },
+    /// A whole restore failed and the snapshot is damaged.
+    #[error("the snapshot is damaged ({detail}); {hint}")]
+    Damaged {
+        /// Which parts need which missing packs.
+        detail: String,
+        /// What can still be done.
+        hint: &'static str,
+        /// The error the restore stopped with.
+        #[source]
+        cause: Box<FormatError>,
+    },
+    /// A database named by the user is not in a whole-server snapshot.
+    #[error("snapshot {snapshot} has no database {database:?} (it has: {available})")]
+    NoSuchDatabase {
+        /// Snapshot id (short).
+        snapshot: String,
+        /// Requested database.
+        database: String,
+        /// Databases present.
+        available: String,
+    },
+    /// A request that cannot be carried out as asked (the message says why and what to do).
+    #[error("{0}")]
+    Invalid(String),
     /// The target table exists already.
-    #[error("table {table:?} already exists in {target}: restore it beside the live one with --rename-table NEW, or replace it with --clean")]
+    #[error("table {table} already exists in {target}: restore it beside the live one with --rename-table NEW, or replace it with --clean")]
     TableExists {
         /// Table name.
         table: String,
@@ -62,12 +94,31 @@ pub enum FormatError {
         /// Cause (in the message, so not also a `source`).
         cause: std::io::Error,
     },
-    /// Engine error.
-    #[error("{0}")]
+    /// Engine error (its kind kept: storage, damage, …).
+    #[error(transparent)]
     Core(dbvault_core::Error),
 }
 
 impl FormatError {
+    /// The storage kind, when this is (or was caused by) a storage failure: the store or
+    /// disk could not be used, which is not damage.
+    pub fn storage_kind(&self) -> Option<dbvault_core::error::StorageKind> {
+        match self {
+            FormatError::Core(e) => e.storage_kind(),
+            FormatError::Damaged { cause, .. } => cause.storage_kind(),
+            _ => None,
+        }
+    }
+
+    /// The damaged pack, when this is damage known to be in one.
+    pub fn damaged_pack(&self) -> Option<dbvault_core::Id> {
+        match self {
+            FormatError::Core(e) => e.damaged_pack(),
+            FormatError::Damaged { cause, .. } => cause.damaged_pack(),
+            _ => None,
+        }
+    }
+
     /// Wraps an SQLite error with context.
     pub fn sqlite(context: impl Into<String>, e: rusqlite::Error) -> Self {
         FormatError::Sqlite {
@@ -91,5 +142,12 @@ pub type Result<T, E = FormatError> = std::result::Result<T, E>;
 impl From<dbvault_core::Error> for FormatError {
     fn from(e: dbvault_core::Error) -> Self {
         FormatError::Core(e)
+    }
+}
+
+impl From<std::io::Error> for FormatError {
+    /// Writing restored data (a script, psql's input) failed.
+    fn from(e: std::io::Error) -> Self {
+        FormatError::Core(dbvault_core::Error::Output(e))
     }
 }

@@ -6,17 +6,11 @@
 use std::fmt;
 
 pub mod error;
-pub mod pgbackup;
-pub mod pgdata;
-pub mod pgdirect;
-pub mod pgdump;
-pub mod pglobs;
-pub mod pgload;
-pub mod pgscript;
-pub mod pgserver;
-pub mod pgtools;
+pub mod notice;
+pub mod postgres;
+pub mod read;
 pub mod sqlite;
-pub mod sqlite_sql;
+pub mod verify;
 
 pub use error::{FormatError, Result};
 

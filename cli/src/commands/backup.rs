@@ -5,12 +5,10 @@ use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 
 use anyhow::{anyhow, bail, Context, Result};
-use dbvault_core::backup::{Backup, BackupSummary, Chunking, PartInput, SnapshotMeta};
+use dbvault_core::backup::{Backup, BackupSummary, PartInput, SnapshotMeta};
 use dbvault_core::lock::LockKind;
 use dbvault_core::{Repository, SourceInfo};
-use dbvault_formats::pgbackup::{self, DirectOptions};
-use dbvault_formats::pgdirect::PgSource;
-use dbvault_formats::pgdump::{PartKind, Splitter, SCHEMA_CHUNKS, TABLE_CHUNKS};
+use dbvault_formats::postgres::{self, DirectOptions, PgSource};
 use dbvault_formats::sqlite;
 use dbvault_formats::StreamFormat;
 
@@ -152,9 +150,9 @@ pub fn backup_into(
                 enable_row_security: a.enable_row_security,
             };
             let r = if a.all_databases {
-                dbvault_formats::pgserver::backup_server(&b, &pg, &opts)
+                postgres::server::backup_server(&b, &pg, &opts)
             } else {
-                pgbackup::backup(&b, &pg, &opts)
+                postgres::backup(&b, &pg, &opts)
             };
             progress.finish();
             match r {
@@ -230,13 +228,7 @@ fn stem(path: &Path) -> String {
 }
 
 fn sqlite_source(identity: String, info: &sqlite::DbInfo) -> SourceInfo {
-    SourceInfo {
-        kind: "sqlite".into(),
-        identity,
-        format: "sqlite".into(),
-        server_version: Some(format!("SQLite {}", info.sqlite_version)),
-        notes: Vec::new(),
-    }
+    sqlite::snapshot::source(identity, info)
 }
 
 /// A database file arriving on stdin: spooled to a temp file so it can be validated and its
@@ -258,35 +250,7 @@ fn stdin_to_sqlite_file(mut reader: impl Read) -> Result<sqlite::OnlineCopy> {
 /// stream names one.
 fn stream_parts(b: &Backup<'_>, fmt: StreamFormat, reader: impl Read) -> Result<Option<String>> {
     match fmt {
-        StreamFormat::PgDump => {
-            let mut sp = Splitter::new(std::io::BufReader::with_capacity(1 << 20, reader));
-            while let Some((kind, stats)) = sp.next_part()? {
-                let chunking = Chunking::Lines(if matches!(kind, PartKind::TableData { .. }) {
-                    TABLE_CHUNKS
-                } else {
-                    SCHEMA_CHUNKS
-                });
-                b.add_part_then(&kind.name(), chunking, sp.reader(), || {
-                    let st = stats.borrow();
-                    let mut meta = std::collections::BTreeMap::new();
-                    if let PartKind::TableData { schema, table } = &kind {
-                        meta.insert("schema".into(), serde_json::json!(schema));
-                        meta.insert("table".into(), serde_json::json!(table));
-                    }
-                    if let Some(h) = &st.copy_header {
-                        meta.insert("copy".into(), serde_json::json!(h));
-                    }
-                    PartInput {
-                        name: kind.name(),
-                        kind: kind.kind().into(),
-                        rows: matches!(kind, PartKind::TableData { .. }).then_some(st.rows),
-                        meta,
-                        chunking,
-                    }
-                })?;
-            }
-            Ok(sp.server_version.clone())
-        }
+        StreamFormat::PgDump => Ok(dbvault_formats::postgres::dump::backup_stream(b, reader)?),
         StreamFormat::Sqlite => bail!("an SQLite file must come on stdin or as sqlite:PATH"),
         StreamFormat::Raw => {
             b.add_part(
@@ -308,26 +272,9 @@ fn backup_sqlite_copy(
     copy: &sqlite::OnlineCopy,
     meta: SnapshotMeta,
 ) -> Result<BackupSummary> {
-    let mut part_meta = std::collections::BTreeMap::new();
-    part_meta.insert(
-        "tables".to_string(),
-        serde_json::to_value(&copy.info.tables)?,
-    );
-    part_meta.insert(
-        "page_size".to_string(),
-        serde_json::json!(copy.info.page_size),
-    );
-    let input = PartInput {
-        name: "database".into(),
-        kind: "sqlite-db".into(),
-        rows: Some(copy.info.tables.values().sum()),
-        meta: part_meta,
-        chunking: Chunking::Fixed(sqlite::chunk_size(copy.info.page_size, copy.size)),
-    };
-    let file = std::fs::File::open(copy.file.path()).context("opening the database copy")?;
     let b = start(repo, &meta.name)?;
     let progress = Progress::start("backing up database", b.progress(), cli.json);
-    let r = b.add_part(input, std::io::BufReader::with_capacity(1 << 20, file));
+    let r = sqlite::snapshot::backup_copy(&b, copy);
     progress.finish();
     r?;
     Ok(b.finish(meta)?)

@@ -1,17 +1,16 @@
-//! `dbvault restore`
+//! `dbvault restore`: picks the snapshot and the target, then calls the format's restore.
 
-use std::io::BufWriter;
+use std::io::{BufWriter, Write};
 use std::path::Path;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Result};
 use dbvault_core::lock::LockKind;
-use dbvault_core::restore::restore_part;
-use dbvault_core::{Part, Repository, Snapshot};
-use dbvault_formats::{sqlite, sqlite_sql};
+use dbvault_formats::notice::Notice;
+use dbvault_formats::postgres::{self, meta, restore_server, PgSource};
+use dbvault_formats::read::write_part;
+use dbvault_formats::sqlite::snapshot as sqlite;
 
 use crate::args::{Cli, RestoreArgs};
-use crate::commands::restore_pg::{self, PgTarget};
-use crate::pg::PgUrl;
 use crate::repo_access;
 
 enum Target<'a> {
@@ -36,12 +35,24 @@ fn target(to: &str) -> Result<Target<'_>> {
     bail!("unknown restore target {to:?}: use - (stdout), postgres://… or sqlite:PATH")
 }
 
-fn write_part(repo: &Repository, part: &Part, out: &mut (dyn std::io::Write + Send)) -> Result<()> {
-    let report = restore_part(repo, part, out)?;
-    for w in report.warnings {
-        eprintln!("dbvault: warning: {w}");
+/// Prints what a restore tells as it goes, on stderr.
+pub fn print_notice(n: Notice) {
+    match n {
+        Notice::Warning(w) => eprintln!("dbvault: warning: {w}"),
+        Notice::DamagedElsewhere(s) => eprintln!("dbvault: warning: {s}"),
+        Notice::Done(s) => eprintln!("{s}"),
+        other => eprintln!("{other:?}"),
     }
-    Ok(())
+}
+
+fn pg_options(a: &RestoreArgs) -> postgres::RestoreOptions {
+    postgres::RestoreOptions {
+        tables: a.tables.clone(),
+        rename_table: a.rename_table.clone(),
+        schema_only: a.schema_only,
+        data_only: a.data_only,
+        clean: a.clean,
+    }
 }
 
 pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<()> {
@@ -54,8 +65,36 @@ pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<()> {
     }
     let repo = repo_access::open_locked(cli, LockKind::Shared, "restore")?;
     let (id, snap) = repo.find_snapshot(&a.snapshot, a.name.as_deref())?;
-    if snap.source.kind == dbvault_formats::pgserver::KIND {
-        return super::restore_pg_server::restore(&repo, &id, &snap, a);
+    let notify = &print_notice;
+    let mut stdout = BufWriter::with_capacity(1 << 20, std::io::stdout());
+    if snap.source.kind == postgres::server::KIND {
+        let Some(db) = &a.database else {
+            let names: Vec<String> = restore_server::databases(&snap).into_keys().collect();
+            bail!(
+                "snapshot {} holds every database of a server ({}): choose one with --database NAME",
+                id.short(),
+                names.join(", ")
+            );
+        };
+        let pg;
+        let target = match tgt {
+            Target::Stdout => postgres::Target::Script(&mut stdout),
+            Target::Postgres(url) => {
+                pg = PgSource::parse(url)?;
+                postgres::Target::Database(&pg)
+            }
+            Target::Sqlite(_) => bail!("a PostgreSQL snapshot restores --to postgres://… or --to -"),
+        };
+        restore_server::restore_database_of_server(
+            &repo,
+            &id,
+            &snap,
+            db,
+            &pg_options(a),
+            target,
+            notify,
+        )?;
+        return Ok(stdout.flush()?);
     }
     if let Some(d) = &a.database {
         bail!(
@@ -64,17 +103,39 @@ pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<()> {
         );
     }
     match snap.source.format.as_str() {
-        "sqlite" => restore_sqlite(&repo, &snap, a, tgt),
-        "pg_dump" => {
+        sqlite::FORMAT => {
             let target = match tgt {
-                Target::Stdout => PgTarget::Stdout,
-                Target::Postgres(url) => PgTarget::Database(PgUrl::parse(url)?),
+                Target::Stdout => sqlite::Target::Stream(&mut stdout),
+                Target::Sqlite(path) => sqlite::Target::File(path),
+                Target::Postgres(_) if a.tables.is_empty() => {
+                    bail!("this is an SQLite snapshot: restore it --to sqlite:PATH or --to -")
+                }
+                Target::Postgres(_) => bail!(
+                    "this is an SQLite snapshot: restore its tables --to sqlite:PATH or --to -"
+                ),
+            };
+            let opts = sqlite::RestoreOptions {
+                tables: a.tables.clone(),
+                rename_table: a.rename_table.clone(),
+                clean: a.clean,
+                force: a.force,
+            };
+            sqlite::restore(&repo, &snap, &opts, target, notify)?;
+        }
+        meta::FORMAT => {
+            let pg;
+            let target = match tgt {
+                Target::Stdout => postgres::Target::Script(&mut stdout),
+                Target::Postgres(url) => {
+                    pg = PgSource::parse(url)?;
+                    postgres::Target::Database(&pg)
+                }
                 Target::Sqlite(_) => bail!(
                     "snapshot {} is a PostgreSQL dump: restore it --to postgres://… or --to -",
                     id.short()
                 ),
             };
-            restore_pg::restore(&repo, &snap, a, target)
+            postgres::restore(&repo, &snap, &pg_options(a), target, notify)?;
         }
         _ => {
             if let Some(t) = a.tables.first() {
@@ -91,88 +152,10 @@ pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<()> {
                     id.short()
                 );
             }
-            let mut out = BufWriter::with_capacity(1 << 20, std::io::stdout());
             for part in &snap.parts {
-                write_part(&repo, part, &mut out)?;
-            }
-            Ok(())
-        }
-    }
-}
-
-fn restore_sqlite(
-    repo: &Repository,
-    snap: &Snapshot,
-    a: &RestoreArgs,
-    tgt: Target<'_>,
-) -> Result<()> {
-    let part = snap
-        .parts
-        .iter()
-        .find(|p| p.kind == "sqlite-db")
-        .ok_or_else(|| anyhow!("the snapshot has no database part"))?;
-    if a.tables.is_empty() {
-        return match tgt {
-            Target::Stdout => write_part(
-                repo,
-                part,
-                &mut BufWriter::with_capacity(1 << 20, std::io::stdout()),
-            ),
-            Target::Postgres(_) => {
-                bail!("this is an SQLite snapshot: restore it --to sqlite:PATH or --to -")
-            }
-            Target::Sqlite(path) => {
-                sqlite::write_new_file(path, a.force, |f| {
-                    write_part(repo, part, f).map_err(|e| {
-                        dbvault_formats::FormatError::Core(dbvault_core::Error::Invalid(format!(
-                            "{e:#}"
-                        )))
-                    })
-                })?;
-                eprintln!("restored {} to {}", snap.name, path.display());
-                Ok(())
-            }
-        };
-    }
-    // Check the names before reading any data: a missing table is the common 3 a.m. typo.
-    let tables: Vec<String> = part
-        .meta
-        .get("tables")
-        .and_then(|t| t.as_object())
-        .map(|o| o.keys().cloned().collect())
-        .unwrap_or_default();
-    for t in &a.tables {
-        if !tables.iter().any(|x| x.eq_ignore_ascii_case(t)) {
-            bail!(
-                "the snapshot has no table {t:?} (it has: {})",
-                tables.join(", ")
-            );
-        }
-    }
-    let tmp = tempfile::Builder::new()
-        .prefix(".dbvault-snap-")
-        .tempfile_in(std::env::temp_dir())
-        .context("creating a temporary file")?;
-    write_part(repo, part, &mut tmp.as_file())?;
-    for t in &a.tables {
-        match tgt {
-            Target::Postgres(_) => {
-                bail!("this is an SQLite snapshot: restore its tables --to sqlite:PATH or --to -")
-            }
-            Target::Stdout => {
-                let mut out = BufWriter::with_capacity(1 << 20, std::io::stdout());
-                sqlite_sql::table_as_sql(tmp.path(), t, a.rename_table.as_deref(), &mut out)?;
-            }
-            Target::Sqlite(path) => {
-                let rows =
-                    sqlite::restore_table(tmp.path(), path, t, a.rename_table.as_deref(), a.clean)?;
-                eprintln!(
-                    "restored table {t} ({rows} rows) into {} as {}",
-                    path.display(),
-                    a.rename_table.as_deref().unwrap_or(t)
-                );
+                write_part(&repo, part, &mut stdout, notify)?;
             }
         }
     }
-    Ok(())
+    Ok(stdout.flush()?)
 }

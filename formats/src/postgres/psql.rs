@@ -1,28 +1,44 @@
 //! Talking to PostgreSQL through its own tools (psql), with the password kept out of
-//! argument lists and messages.
+//! argument lists and messages: a `postgres://` URL split into a password-free form (safe
+//! to show and to pass as an argument) and the password (passed in the environment).
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 
-use anyhow::{anyhow, bail, Context, Result};
+use super::conn::PgSource;
+use crate::error::{FormatError, Result};
 
 /// A `postgres://` URL split into a password-free form and the password.
 #[derive(Clone)]
-pub struct PgUrl {
+pub(crate) struct PgUrl {
     /// The URL without the password (safe to show and to pass as an argument).
-    pub public: String,
-    password: Option<String>,
-    full: String,
+    pub(crate) public: String,
+    pub(crate) password: Option<String>,
+    pub(crate) full: String,
+}
+
+fn invalid(msg: impl Into<String>) -> FormatError {
+    FormatError::Postgres {
+        context: "the PostgreSQL URL".into(),
+        message: msg.into(),
+    }
+}
+
+fn no_psql(e: std::io::Error) -> FormatError {
+    FormatError::io(
+        "psql (install the PostgreSQL client: apt-get install postgresql-client)",
+        e,
+    )
 }
 
 impl PgUrl {
     /// Parses `postgres://user:password@host:port/db?params` (password optional).
-    pub fn parse(url: &str) -> Result<PgUrl> {
+    pub(crate) fn parse(url: &str) -> Result<PgUrl> {
         let Some(rest) = url
             .strip_prefix("postgres://")
             .or_else(|| url.strip_prefix("postgresql://"))
         else {
-            bail!("not a PostgreSQL URL (postgres://…)");
+            return Err(invalid("not a PostgreSQL URL (postgres://…)"));
         };
         let (authority, tail) = match rest.find(['/', '?']) {
             Some(i) => rest.split_at(i),
@@ -72,7 +88,7 @@ impl PgUrl {
     }
 
     /// The database the URL names, if any.
-    pub fn database(&self) -> Option<String> {
+    pub(crate) fn database(&self) -> Option<String> {
         let url = &self.public;
         let start = url.find("://").map_or(0, |i| i + 3);
         let rest = &url[start..];
@@ -82,7 +98,7 @@ impl PgUrl {
     }
 
     /// The same server and credentials, another database.
-    pub fn with_database(&self, db: &str) -> PgUrl {
+    pub(crate) fn with_database(&self, db: &str) -> PgUrl {
         PgUrl {
             public: replace_database(&self.public, db),
             password: self.password.clone(),
@@ -90,15 +106,14 @@ impl PgUrl {
         }
     }
 
-    /// The connection for the COPY protocol (password included, never shown).
-    pub fn source(&self) -> Result<dbvault_formats::pgdirect::PgSource> {
-        Ok(dbvault_formats::pgdirect::PgSource::parse(&self.full)?)
-    }
+}
 
-    /// A command with the connection's password in its environment (never in argv).
-    pub fn command(&self, program: &str) -> Command {
-        let mut c = Command::new(dbvault_formats::pgtools::program(program));
-        if let Some(pw) = &self.password {
+impl PgSource {
+    /// A command for a libpq program that takes the connection as `-d URL`: the
+    /// password is in its environment, never in its arguments.
+    pub(crate) fn command(&self, program: &str) -> Command {
+        let mut c = Command::new(super::tools::program(program));
+        if let Some(pw) = &self.url.password {
             c.env("PGPASSWORD", pw);
         }
         c
@@ -107,6 +122,9 @@ impl PgUrl {
     /// Runs `psql` on this database, feeding it what `feed` writes. With `single`, the
     /// script runs in one transaction (all or nothing). On failure the error names the
     /// failing statement, as psql reported it.
+    ///
+    /// # Errors
+    /// [`FormatError::Postgres`] naming `what` and psql's error, or `feed`'s error.
     pub fn psql(
         &self,
         what: &str,
@@ -121,7 +139,7 @@ impl PgUrl {
             "ON_ERROR_STOP=1",
             "--echo-errors",
             "-d",
-            &self.public,
+            &self.url.public,
         ]);
         if single {
             c.arg("--single-transaction");
@@ -131,11 +149,11 @@ impl PgUrl {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| anyhow!("cannot run psql ({e}): install the PostgreSQL client (apt-get install postgresql-client)"))?;
+            .map_err(no_psql)?;
         let mut stderr = child
             .stderr
             .take()
-            .ok_or_else(|| anyhow!("psql has no stderr"))?;
+            .ok_or_else(|| no_psql(std::io::Error::other("no stderr")))?;
         let errs = std::thread::spawn(move || {
             let mut s = String::new();
             let _ = stderr.read_to_string(&mut s);
@@ -144,32 +162,38 @@ impl PgUrl {
         let mut stdin = child
             .stdin
             .take()
-            .ok_or_else(|| anyhow!("psql has no stdin"))?;
+            .ok_or_else(|| no_psql(std::io::Error::other("no stdin")))?;
         let fed = feed(&mut stdin);
         drop(stdin);
-        let status = child.wait().context("waiting for psql")?;
+        let status = child.wait().map_err(no_psql)?;
         let errs = errs.join().unwrap_or_default();
         if !status.success() {
-            bail!("{what} failed: {}", summarize_psql_error(&errs));
+            return Err(FormatError::Postgres {
+                context: format!("{what} failed"),
+                message: summarize_psql_error(&errs),
+            });
         }
         // psql exits 0 when its input ended early only if nothing failed; a feed error
-        // (e.g. damaged backup data) is still an error.
-        fed.with_context(|| format!("{what} failed"))
+        // (e.g. damaged backup data) is still an error, and keeps its kind.
+        fed
     }
 
     /// Runs one query with psql and returns its first output line.
+    ///
+    /// # Errors
+    /// [`FormatError::Postgres`] with psql's error.
     pub fn query(&self, sql: &str) -> Result<String> {
         let out = self
             .command("psql")
-            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d", &self.public, "-c", sql])
+            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d", &self.url.public, "-c", sql])
             .stdin(Stdio::null())
             .output()
-            .map_err(|e| anyhow!("cannot run psql ({e}): install the PostgreSQL client (apt-get install postgresql-client)"))?;
+            .map_err(no_psql)?;
         if !out.status.success() {
-            bail!(
-                "{}",
-                summarize_psql_error(&String::from_utf8_lossy(&out.stderr))
-            );
+            return Err(FormatError::Postgres {
+                context: self.url.public.clone(),
+                message: summarize_psql_error(&String::from_utf8_lossy(&out.stderr)),
+            });
         }
         Ok(String::from_utf8_lossy(&out.stdout)
             .lines()
@@ -180,7 +204,7 @@ impl PgUrl {
 }
 
 /// `scheme://authority/db?query` with `db` replaced (added when absent).
-fn replace_database(url: &str, db: &str) -> String {
+pub(crate) fn replace_database(url: &str, db: &str) -> String {
     let start = url.find("://").map_or(0, |i| i + 3);
     let rest = &url[start..];
     let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());

@@ -8,8 +8,8 @@ use std::pin::Pin;
 use futures_util::SinkExt;
 use tokio_postgres::{Client, CopyInSink};
 
-use crate::error::{FormatError, Result};
-use crate::pgdirect::{pg_err, runtime, PgSource};
+use crate::error::Result;
+use crate::postgres::conn::{pg_err, runtime, PgSource};
 
 /// A connection that loads tables one after another.
 pub struct Loader {
@@ -38,7 +38,7 @@ impl Loader {
     /// Connection failures.
     pub fn connect_like_pg_dump(src: &PgSource, script: &str) -> Result<Loader> {
         let l = Loader::connect(src)?;
-        let sql = crate::pgbackup::session_sql(&crate::pgbackup::script_encoding(script), false);
+        let sql = crate::postgres::backup::session_sql(&crate::postgres::backup::script_encoding(script), false);
         l.execute("setting up the session as pg_dump does", &sql)?;
         Ok(l)
     }
@@ -85,16 +85,13 @@ impl Loader {
     ///
     /// # Errors
     /// The server's error, naming the table; errors from `fill`.
-    pub fn load<E>(
+    pub fn load(
         &self,
         table: &str,
         copy: &str,
         freeze: Option<&str>,
-        fill: impl FnOnce(&mut (dyn Write + Send)) -> std::result::Result<(), E>,
-    ) -> Result<u64>
-    where
-        E: std::fmt::Display,
-    {
+        fill: impl FnOnce(&mut (dyn Write + Send)) -> Result<()>,
+    ) -> Result<u64> {
         Ok(self.load_inner(table, copy, freeze, false, fill)?.0)
     }
 
@@ -103,16 +100,13 @@ impl Loader {
     ///
     /// # Errors
     /// As [`Loader::load`].
-    pub fn load_hashed<E>(
+    pub fn load_hashed(
         &self,
         table: &str,
         copy: &str,
         freeze: Option<&str>,
-        fill: impl FnOnce(&mut (dyn Write + Send)) -> std::result::Result<(), E>,
-    ) -> Result<(u64, String)>
-    where
-        E: std::fmt::Display,
-    {
+        fill: impl FnOnce(&mut (dyn Write + Send)) -> Result<()>,
+    ) -> Result<(u64, String)> {
         let (rows, hash) = self.load_inner(table, copy, freeze, true, fill)?;
         Ok((rows, hash.unwrap_or_default()))
     }
@@ -141,21 +135,14 @@ impl Loader {
         })
     }
 
-    fn load_inner<E>(
+    fn load_inner(
         &self,
         table: &str,
         copy: &str,
         freeze: Option<&str>,
         hash: bool,
-        fill: impl FnOnce(&mut (dyn Write + Send)) -> std::result::Result<(), E>,
-    ) -> Result<(u64, Option<String>)>
-    where
-        E: std::fmt::Display,
-    {
-        let what = |e: String| FormatError::Postgres {
-            context: format!("loading table {table}"),
-            message: e,
-        };
+        fill: impl FnOnce(&mut (dyn Write + Send)) -> Result<()>,
+    ) -> Result<(u64, Option<String>)> {
         self.rt
             .block_on(self.client.batch_execute("BEGIN"))
             .map_err(|e| pg_err("BEGIN", e))?;
@@ -204,9 +191,10 @@ impl Loader {
             return Err(pg_err(&format!("loading table {table}"), e));
         }
         if let Err(e) = filled {
+            // The part's own error (damage, the store): its kind is kept.
             drop(w);
             let _ = self.rt.block_on(self.client.batch_execute("ROLLBACK"));
-            return Err(what(e.to_string()));
+            return Err(e);
         }
         let (rows, hash) = w
             .finish()

@@ -17,6 +17,10 @@ use std::collections::VecDeque;
 use std::io::{self, BufRead, Read};
 use std::rc::Rc;
 
+use dbvault_core::backup::{Backup, Chunking, PartInput};
+
+use super::meta::TablePart;
+
 /// Row-aligned chunks for table data. A changed chunk is stored as a delta against the
 /// chunk it replaces (see `dbvault_core::delta`), so an updated row costs about the row
 /// whatever the chunk size; larger chunks then mean fewer blobs, less metadata and better
@@ -82,9 +86,9 @@ impl PartKind {
     /// Kind string stored in manifests.
     pub fn kind(&self) -> &'static str {
         match self {
-            PartKind::PreData => "pre-data",
-            PartKind::TableData { .. } => "table-data",
-            PartKind::PostData => "post-data",
+            PartKind::PreData => super::meta::PRE_DATA,
+            PartKind::TableData { .. } => super::meta::TABLE_DATA,
+            PartKind::PostData => super::meta::POST_DATA,
         }
     }
 
@@ -245,6 +249,41 @@ impl<R: BufRead> Splitter<R> {
         }
         Ok(Some(line))
     }
+}
+
+/// Backs up a pg_dump plain-format stream into `b`: pre-data, one part per table's data
+/// (row-aligned chunks), post-data. Returns the server version the dump names.
+///
+/// # Errors
+/// A truncated stream (no snapshot may be recorded then), read and storage errors.
+pub fn backup_stream(b: &Backup<'_>, reader: impl Read) -> crate::Result<Option<String>> {
+    let mut sp = Splitter::new(io::BufReader::with_capacity(1 << 20, reader));
+    let source = |e| crate::FormatError::Core(dbvault_core::Error::Source(e));
+    while let Some((kind, stats)) = sp.next_part().map_err(source)? {
+        let table = matches!(kind, PartKind::TableData { .. });
+        let chunking = Chunking::Lines(if table { TABLE_CHUNKS } else { SCHEMA_CHUNKS });
+        b.add_part_then(&kind.name(), chunking, sp.reader(), || {
+            let st = stats.borrow();
+            let meta = match &kind {
+                PartKind::TableData { schema, table } => TablePart {
+                    schema: schema.clone(),
+                    table: table.clone(),
+                    copy: st.copy_header.clone(),
+                    copy_blake3: None,
+                }
+                .to_meta(),
+                _ => Default::default(),
+            };
+            PartInput {
+                name: kind.name(),
+                kind: kind.kind().into(),
+                rows: table.then_some(st.rows),
+                meta,
+                chunking,
+            }
+        })?;
+    }
+    Ok(sp.server_version.clone())
 }
 
 /// The bytes of one part.

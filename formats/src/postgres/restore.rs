@@ -1,53 +1,48 @@
-//! Restoring pg_dump snapshots: the original stream, a whole database, or one table.
+//! Restoring PostgreSQL snapshots: the original script, a whole database, or tables.
+//!
+//! A whole database is scheduled like `pg_restore -j` (see `restore_db`); a table comes
+//! back with its sequences, defaults, indexes, constraints and triggers in one
+//! transaction, beside the live one under `rename_table` if asked.
 
 use std::io::{BufWriter, Write};
 
-use anyhow::{bail, Result};
-use dbvault_core::restore::restore_part;
 use dbvault_core::{Part, Repository, Snapshot};
 
-use dbvault_formats::pglobs;
-use dbvault_formats::pgscript::{table_script, TableScript};
+use super::conn::PgSource;
+use super::meta::{self, TablePart, POST_DATA, PRE_DATA};
+use super::script::{qualified, table_script, TableScript};
+pub use crate::notice::{Notice, Notify};
+pub use crate::read::{part_bytes, write_part};
+use crate::error::{FormatError, Result};
 
-use crate::args::RestoreArgs;
-use crate::pg::PgUrl;
-
-/// A restore target for PostgreSQL snapshots.
-pub enum PgTarget {
-    /// The SQL on stdout.
-    Stdout,
-    /// A database.
-    Database(PgUrl),
+/// How to restore a PostgreSQL snapshot.
+#[derive(Clone, Debug, Default)]
+pub struct RestoreOptions {
+    /// Only these tables (`orders`, `public.orders`, `"Mixed Case"`); empty: everything.
+    pub tables: Vec<String>,
+    /// Restore the one table under this name.
+    pub rename_table: Option<String>,
+    /// Only the schema.
+    pub schema_only: bool,
+    /// Only the data.
+    pub data_only: bool,
+    /// Replace a table of the same name.
+    pub clean: bool,
 }
 
-pub(super) fn part_bytes(repo: &Repository, part: &Part) -> Result<Vec<u8>> {
-    let mut v = Vec::with_capacity(part.size as usize);
-    write_part(repo, part, &mut v)?;
-    Ok(v)
+/// Where a restore goes.
+pub enum Target<'a> {
+    /// A script for psql, written here.
+    Script(&'a mut (dyn Write + Send)),
+    /// Into this database.
+    Database(&'a PgSource),
 }
 
-pub(super) fn write_part(
-    repo: &Repository,
-    part: &Part,
-    out: &mut (dyn Write + Send),
-) -> Result<()> {
-    let report = restore_part(repo, part, out)?;
-    for w in report.warnings {
-        eprintln!("dbvault: warning: {w}");
-    }
-    Ok(())
-}
-
-pub(super) fn section<'a>(snap: &'a Snapshot, kind: &str) -> Option<&'a Part> {
-    snap.parts.iter().find(|p| p.kind == kind)
-}
-
-pub(super) fn tables(snap: &Snapshot) -> impl Iterator<Item = &Part> {
-    snap.parts.iter().filter(|p| p.kind == "table-data")
-}
-
-pub(super) fn meta_str<'a>(p: &'a Part, key: &str) -> &'a str {
-    p.meta.get(key).and_then(|v| v.as_str()).unwrap_or("")
+fn part_text(repo: &Repository, part: Option<&Part>, notify: Notify<'_>) -> Result<String> {
+    Ok(match part {
+        Some(p) => String::from_utf8_lossy(&part_bytes(repo, p, notify)?).into_owned(),
+        None => String::new(),
+    })
 }
 
 /// Unquotes a user's table name: `orders`, `public.orders`, `"Mixed Case"`,
@@ -95,7 +90,10 @@ fn parse_table_arg(s: &str) -> (Option<String>, String, bool) {
     }
 }
 
-/// Finds the data part of a table named on the command line.
+/// Finds the data part of a table named by the user.
+///
+/// # Errors
+/// [`FormatError::NoSuchTable`] (listing the tables), [`FormatError::AmbiguousTable`].
 pub fn find_table<'a>(snap: &'a Snapshot, arg: &str) -> Result<&'a Part> {
     let (schema, table, exact) = parse_table_arg(arg);
     let matches = |p: &&Part, ci: bool| {
@@ -106,32 +104,26 @@ pub fn find_table<'a>(snap: &'a Snapshot, arg: &str) -> Result<&'a Part> {
                 a == b
             }
         };
-        eq(meta_str(p, "table"), &table)
-            && schema
-                .as_deref()
-                .is_none_or(|s| eq(meta_str(p, "schema"), s))
+        let t = TablePart::of(p);
+        eq(&t.table, &table) && schema.as_deref().is_none_or(|s| eq(&t.schema, s))
     };
-    let mut found: Vec<&Part> = tables(snap).filter(|p| matches(p, false)).collect();
+    let mut found: Vec<&Part> = meta::tables(snap).filter(|p| matches(p, false)).collect();
     if found.is_empty() && !exact {
-        found = tables(snap).filter(|p| matches(p, true)).collect();
+        found = meta::tables(snap).filter(|p| matches(p, true)).collect();
     }
+    let names = |ps: &mut dyn Iterator<Item = &Part>| {
+        ps.map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
+    };
     match found.len() {
         1 => Ok(found[0]),
-        0 => {
-            let names: Vec<&str> = tables(snap).map(|p| p.name.as_str()).collect();
-            bail!(
-                "the snapshot has no table {arg:?} (it has: {})",
-                names.join(", ")
-            )
-        }
-        _ => bail!(
-            "table name {arg:?} is ambiguous: {}; qualify it with the schema",
-            found
-                .iter()
-                .map(|p| p.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        0 => Err(FormatError::NoSuchTable {
+            table: arg.to_string(),
+            available: names(&mut meta::tables(snap)),
+        }),
+        _ => Err(FormatError::AmbiguousTable {
+            table: arg.to_string(),
+            candidates: names(&mut found.into_iter()),
+        }),
     }
 }
 
@@ -140,9 +132,10 @@ fn write_table_script(
     repo: &Repository,
     ts: &TableScript,
     part: &Part,
-    a: &RestoreArgs,
+    a: &RestoreOptions,
     out: &mut (dyn Write + Send),
     drop_first: Option<&str>,
+    notify: Notify<'_>,
 ) -> Result<()> {
     out.write_all(ts.preamble.as_bytes())?;
     if let Some(d) = drop_first {
@@ -160,8 +153,9 @@ fn write_table_script(
             head: Vec::new(),
             done: false,
         };
-        write_part(repo, part, &mut rw)?;
-        rw.finish()?;
+        write_part(repo, part, &mut rw, notify)?;
+        rw.finish()
+            .map_err(|e| FormatError::Core(dbvault_core::Error::Output(e)))?;
     }
     if !a.data_only {
         for e in &ts.post {
@@ -176,6 +170,10 @@ fn write_table_script(
     out.write_all(ts.epilogue().as_bytes())?;
     out.flush()?;
     Ok(())
+}
+
+fn out_err(e: std::io::Error) -> FormatError {
+    FormatError::Core(dbvault_core::Error::Output(e))
 }
 
 /// Passes a table-data part through, renaming the table in its `COPY` line.
@@ -223,112 +221,104 @@ fn memchr_find(h: &[u8], n: &[u8]) -> Option<usize> {
     h.windows(n.len()).position(|w| w == n)
 }
 
-/// Restores a pg_dump snapshot.
+/// Restores a PostgreSQL snapshot: all of it, or `opts.tables`, as a script or into a
+/// database (which must exist; a whole restore expects it empty).
+///
+/// # Errors
+/// Damage and storage errors (keeping their kinds), a table not in the snapshot or
+/// already in the target, and the server's or psql's errors naming the statement.
 pub fn restore(
     repo: &Repository,
     snap: &Snapshot,
-    a: &RestoreArgs,
-    target: PgTarget,
+    opts: &RestoreOptions,
+    target: Target<'_>,
+    notify: Notify<'_>,
 ) -> Result<()> {
-    let pre = section(snap, "pre-data");
-    let post = section(snap, "post-data");
-    if a.tables.is_empty() {
+    if opts.rename_table.is_some() && opts.tables.len() != 1 {
+        return Err(FormatError::Invalid(
+            "--rename-table needs exactly one --table".into(),
+        ));
+    }
+    if opts.tables.is_empty() {
         return match target {
-            PgTarget::Stdout => {
-                let mut out = BufWriter::with_capacity(1 << 20, std::io::stdout());
+            Target::Script(out) => {
+                let mut out = BufWriter::with_capacity(1 << 20, out);
                 for p in &snap.parts {
-                    let schema = p.kind != "table-data" && p.kind != pglobs::PART;
-                    if (a.schema_only && !schema) || (a.data_only && schema) {
+                    let data = meta::is_data(p);
+                    if (opts.schema_only && data) || (opts.data_only && !data) {
                         continue;
                     }
-                    write_part(repo, p, &mut out)?;
+                    write_part(repo, p, &mut out, notify)?;
                 }
-                Ok(())
+                out.flush().map_err(out_err)
             }
-            PgTarget::Database(url) => super::restore_pg_db::restore_database(
-                repo, snap, a, &url, None,
+            Target::Database(db) => super::restore_db::restore_database(
+                repo, snap, opts, db, None, notify,
             )
             .map_err(|e| match damaged_elsewhere(repo, snap, &[]) {
-                Some(list) => e.context(format!(
-                    "the snapshot is damaged ({list}); intact tables can still be restored one by one with --table"
-                )),
+                Some(list) => FormatError::Damaged {
+                    detail: list,
+                    hint: "intact tables can still be restored one by one with --table",
+                    cause: Box::new(e),
+                },
                 None => e,
             }),
         };
     }
-    let pre_text = pre
-        .map(|p| part_bytes(repo, p))
-        .transpose()?
-        .unwrap_or_default();
-    let post_text = post
-        .map(|p| part_bytes(repo, p))
-        .transpose()?
-        .unwrap_or_default();
-    let (pre_text, post_text) = (
-        String::from_utf8_lossy(&pre_text),
-        String::from_utf8_lossy(&post_text),
-    );
     let mut chosen = Vec::new();
-    for t in &a.tables {
+    for t in &opts.tables {
         chosen.push(find_table(snap, t)?);
     }
-    for part in chosen {
-        let (schema, table) = (meta_str(part, "schema"), meta_str(part, "table"));
+    let pre_text = part_text(repo, meta::section(snap, PRE_DATA), notify)?;
+    let post_text = part_text(repo, meta::section(snap, POST_DATA), notify)?;
+    let mut target = target;
+    for part in &chosen {
+        let t = TablePart::of(part);
         let ts = table_script(
             &pre_text,
             &post_text,
-            schema,
-            table,
-            a.rename_table.as_deref(),
+            &t.schema,
+            &t.table,
+            opts.rename_table.as_deref(),
         );
-        let dest = dbvault_formats::pgscript::qualified(
-            schema,
-            a.rename_table.as_deref().unwrap_or(table),
-        );
-        match &target {
-            PgTarget::Stdout => {
-                let mut out = BufWriter::with_capacity(1 << 20, std::io::stdout());
-                write_table_script(repo, &ts, part, a, &mut out, None)?;
+        let dest = qualified(&t.schema, opts.rename_table.as_deref().unwrap_or(&t.table));
+        match &mut target {
+            Target::Script(out) => {
+                let mut out = BufWriter::with_capacity(1 << 20, &mut **out);
+                write_table_script(repo, &ts, part, opts, &mut out, None, notify)?;
             }
-            PgTarget::Database(url) => {
-                let exists = url.query(&format!(
+            Target::Database(db) => {
+                let exists = db.query(&format!(
                     "SELECT to_regclass('{}') IS NOT NULL",
                     dest.replace('\'', "''")
                 ))? == "t";
-                if exists && !a.clean && !a.data_only {
-                    bail!("table {dest} already exists in {}: restore it beside the live one with --rename-table NEW, or replace it with --clean", url.public);
+                if exists && !opts.clean && !opts.data_only {
+                    return Err(FormatError::TableExists {
+                        table: dest,
+                        target: db.public().to_string(),
+                    });
                 }
-                let drop = (exists && a.clean && !a.data_only).then_some(dest.as_str());
-                url.psql(&format!("restoring table {dest}"), true, |w| {
+                let drop = (exists && opts.clean && !opts.data_only).then_some(dest.as_str());
+                db.psql(&format!("restoring table {dest}"), true, |w| {
                     let mut bw = BufWriter::with_capacity(1 << 20, w);
-                    write_table_script(repo, &ts, part, a, &mut bw, drop)
+                    write_table_script(repo, &ts, part, opts, &mut bw, drop, notify)
                 })?;
-                eprintln!(
+                notify(Notice::Done(format!(
                     "restored {} ({} rows) as {dest}",
                     part.name,
                     part.rows.unwrap_or(0)
-                );
+                )));
             }
         }
     }
-    let restored: Vec<&str> = chosen_names(snap, a);
+    let mut restored: Vec<&str> = chosen.iter().map(|p| p.name.as_str()).collect();
+    restored.extend([PRE_DATA, POST_DATA]);
     if let Some(list) = damaged_elsewhere(repo, snap, &restored) {
-        eprintln!(
-            "dbvault: warning: snapshot is damaged elsewhere ({list}); what was restored is intact: it was read whole and checked against its recorded hash (run `dbvault check`)"
-        );
+        notify(Notice::DamagedElsewhere(format!(
+            "snapshot is damaged elsewhere ({list}); what was restored is intact: it was read whole and checked against its recorded hash (run `dbvault check`)"
+        )));
     }
     Ok(())
-}
-
-fn chosen_names<'a>(snap: &'a Snapshot, a: &RestoreArgs) -> Vec<&'a str> {
-    let mut v: Vec<&str> = a
-        .tables
-        .iter()
-        .filter_map(|t| find_table(snap, t).ok())
-        .map(|p| p.name.as_str())
-        .collect();
-    v.extend(["pre-data", "post-data"]);
-    v
 }
 
 /// The parts other than `skip` that lack data (a missing pack), as one line; `None` when

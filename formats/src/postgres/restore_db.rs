@@ -5,17 +5,25 @@
 use std::collections::HashMap;
 use std::io::{BufWriter, Write};
 
-use anyhow::{anyhow, Result};
 use dbvault_core::{Part, Repository, Snapshot};
-use dbvault_formats::pgload::Loader;
-use dbvault_formats::pglobs;
-use dbvault_formats::pgscript::{qualified, table_script};
 
-use super::restore_pg::{meta_str, part_bytes, section, tables, write_part};
-use crate::args::RestoreArgs;
-use crate::pg::PgUrl;
+use super::conn::PgSource;
+use super::load::Loader;
+use super::meta::{section, tables, TablePart, LARGE_OBJECTS, POST_DATA, PRE_DATA};
+use super::restore::{part_bytes, write_part, Notice, Notify, RestoreOptions};
+use super::script::table_script;
+use crate::error::{FormatError, Result};
 
-pub(super) fn jobs() -> usize {
+fn panicked(what: &str) -> FormatError {
+    FormatError::io(what, std::io::Error::other("panicked"))
+}
+
+fn poisoned() -> FormatError {
+    FormatError::io("work queue", std::io::Error::other("poisoned"))
+}
+
+/// Parallel sessions for a restore: the cores, at most 4.
+pub(crate) fn jobs() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
@@ -37,13 +45,7 @@ struct PostPlan {
 
 fn plan_post(snap: &Snapshot, post: &str) -> PostPlan {
     let parts: Vec<(String, String, u64)> = tables(snap)
-        .map(|p| {
-            (
-                qualified(meta_str(p, "schema"), meta_str(p, "table")),
-                p.name.clone(),
-                p.size,
-            )
-        })
+        .map(|p| (TablePart::of(p).qualified(), p.name.clone(), p.size))
         .collect();
     let on_table = |text: &str| {
         parts.iter().find(|(q, _, _)| {
@@ -66,7 +68,7 @@ fn plan_post(snap: &Snapshot, post: &str) -> PostPlan {
             .unwrap_or(0)
     };
     let mut plan = PostPlan::default();
-    for e in dbvault_formats::pgscript::entries(post) {
+    for e in super::script::entries(post) {
         match e.header.as_ref().map(|h| h.kind.as_str()) {
             Some("INDEX" | "CONSTRAINT" | "CHECK CONSTRAINT") => match on_table(&e.text) {
                 Some((_, name, _)) => plan.per_table.entry(name.clone()).or_default().push(e.text),
@@ -84,7 +86,7 @@ fn plan_post(snap: &Snapshot, post: &str) -> PostPlan {
 
 /// Runs scripts on parallel psql sessions, longest first onto the least loaded session.
 fn run_parallel(
-    url: &PgUrl,
+    url: &PgSource,
     what: &str,
     work: Vec<(u64, String)>,
     preamble: &str,
@@ -116,8 +118,7 @@ fn run_parallel(
             })
             .collect();
         for h in handles {
-            h.join()
-                .map_err(|_| anyhow!("a restore session panicked"))??;
+            h.join().map_err(|_| panicked("a restore session"))??;
         }
         Ok(())
     })
@@ -133,29 +134,33 @@ fn preamble_sql(preamble: &str) -> String {
         .join("\n")
 }
 
-/// Whole database: pre-data; then table data on parallel connections, each table's keys
-/// and indexes built as soon as its rows are in (while other tables still load); then the
-/// remaining keys, foreign keys, and the rest of post-data.
 /// Rows and BLAKE3 of the row text sent per table (restore-test compares them with what
 /// the server gives back).
-pub(super) type Sent = std::sync::Mutex<std::collections::BTreeMap<String, (u64, String)>>;
+pub(crate) type Sent = std::sync::Mutex<std::collections::BTreeMap<String, (u64, String)>>;
 
-pub(super) fn restore_database(
+/// Whole database: pre-data; then table data on parallel connections, each table's keys
+/// and indexes built as soon as its rows are in (while other tables still load); then the
+/// large objects, the remaining keys, foreign keys, and the rest of post-data.
+///
+/// # Errors
+/// The first failure, naming the table and statement; damage and storage errors.
+pub(crate) fn restore_database(
     repo: &Repository,
     snap: &Snapshot,
-    a: &RestoreArgs,
-    url: &PgUrl,
+    a: &RestoreOptions,
+    url: &PgSource,
     sent: Option<&Sent>,
+    notify: Notify<'_>,
 ) -> Result<()> {
-    let pre =
-        section(snap, "pre-data").ok_or_else(|| anyhow!("the snapshot has no pre-data section"))?;
-    let pre_text = part_bytes(repo, pre)?;
+    let pre = section(snap, PRE_DATA)
+        .ok_or_else(|| FormatError::Invalid("the snapshot has no pre-data section".into()))?;
+    let pre_text = part_bytes(repo, pre, notify)?;
     // Every session starts with the dump's preamble (SET statements and `\restrict`); the
     // sessions we add close the restriction themselves.
     let ts = table_script(&String::from_utf8_lossy(&pre_text), "", "", "", None);
     let (preamble, epilogue) = (ts.preamble.clone(), ts.epilogue());
-    let post_text = match section(snap, "post-data") {
-        Some(p) => String::from_utf8_lossy(&part_bytes(repo, p)?).into_owned(),
+    let post_text = match section(snap, POST_DATA) {
+        Some(p) => String::from_utf8_lossy(&part_bytes(repo, p, notify)?).into_owned(),
         None => String::new(),
     };
     let mut plan = plan_post(snap, &post_text);
@@ -169,7 +174,7 @@ pub(super) fn restore_database(
         let mut order: Vec<&Part> = tables(snap).collect();
         order.sort_by_key(|p| p.size);
         let queue = std::sync::Mutex::new(order);
-        let source = url.source()?;
+        let source = url;
         let session = preamble_sql(&preamble);
         let per_table = if a.data_only {
             HashMap::new()
@@ -183,14 +188,15 @@ pub(super) fn restore_database(
             let workers: Vec<_> = (0..jobs)
                 .map(|_| {
                     s.spawn(|| -> Result<()> {
-                        let loader = Loader::connect(&source)?;
+                        let loader = Loader::connect(source)?;
                         loader.execute("setting up the session", &session)?;
                         loop {
-                            let Some(part) = queue.lock().map_err(|_| anyhow!("lock"))?.pop()
-                            else {
+                            let Some(part) = queue.lock().map_err(|_| poisoned())?.pop() else {
                                 return Ok(());
                             };
-                            load_table(repo, part, a, url, &loader, &preamble, &epilogue, sent)?;
+                            load_table(
+                                repo, part, a, url, &loader, &preamble, &epilogue, sent, notify,
+                            )?;
                             for sql in per_table.get(&part.name).into_iter().flatten() {
                                 let first = sql
                                     .lines()
@@ -206,17 +212,16 @@ pub(super) fn restore_database(
                 })
                 .collect();
             for w in workers {
-                w.join()
-                    .map_err(|_| anyhow!("a restore worker panicked"))??;
+                w.join().map_err(|_| panicked("a restore worker"))??;
             }
             Ok(())
         })?;
-        if let Some(lo) = section(snap, pglobs::PART) {
+        if let Some(lo) = section(snap, LARGE_OBJECTS) {
             url.psql("restoring large objects", false, |w| {
                 w.write_all(preamble.as_bytes())?;
                 w.write_all(b"\n")?;
                 let mut bw = BufWriter::with_capacity(1 << 20, w);
-                write_part(repo, lo, &mut bw)?;
+                write_part(repo, lo, &mut bw, notify)?;
                 bw.write_all(epilogue.as_bytes())?;
                 bw.flush()?;
                 Ok(())
@@ -269,11 +274,11 @@ pub(super) fn restore_database(
             )?;
         }
     }
-    eprintln!(
+    notify(Notice::Done(format!(
         "restored {} tables into {}",
         tables(snap).count(),
-        url.public
-    );
+        url.public()
+    )));
     Ok(())
 }
 
@@ -283,25 +288,22 @@ pub(super) fn restore_database(
 fn load_table(
     repo: &Repository,
     part: &Part,
-    a: &RestoreArgs,
-    url: &PgUrl,
+    a: &RestoreOptions,
+    url: &PgSource,
     loader: &Loader,
     preamble: &str,
     epilogue: &str,
     sent: Option<&Sent>,
+    notify: Notify<'_>,
 ) -> Result<()> {
-    let copy = meta_str(part, "copy");
-    if !copy.is_empty() {
-        let freeze =
-            (!a.data_only).then(|| qualified(meta_str(part, "schema"), meta_str(part, "table")));
-        let fill =
-            |w: &mut (dyn Write + Send)| write_part(repo, part, w).map_err(|e| format!("{e:#}"));
+    let t = TablePart::of(part);
+    if let Some(copy) = &t.copy {
+        let freeze = (!a.data_only).then(|| t.qualified());
+        let fill = |w: &mut (dyn Write + Send)| write_part(repo, part, w, notify);
         match sent {
             Some(m) => {
                 let r = loader.load_hashed(&part.name, copy, freeze.as_deref(), fill)?;
-                m.lock()
-                    .map_err(|_| anyhow!("lock"))?
-                    .insert(part.name.clone(), r);
+                m.lock().map_err(|_| poisoned())?.insert(part.name.clone(), r);
             }
             None => {
                 loader.load(&part.name, copy, freeze.as_deref(), fill)?;
@@ -313,7 +315,7 @@ fn load_table(
         w.write_all(preamble.as_bytes())?;
         w.write_all(b"\n")?;
         let mut bw = BufWriter::with_capacity(1 << 20, w);
-        write_part(repo, part, &mut bw)?;
+        write_part(repo, part, &mut bw, notify)?;
         bw.write_all(epilogue.as_bytes())?;
         bw.flush()?;
         Ok(())

@@ -2,7 +2,7 @@
 //! comments, indexes, constraints and triggers, picked from the pre-data and post-data
 //! sections by their table-of-contents entries, optionally renamed, as a psql script.
 
-use crate::pgdump::{parse_toc, TocHeader};
+use crate::postgres::dump::{parse_toc, TocHeader};
 
 /// One table-of-contents entry (or the preamble, which has no header).
 #[derive(Clone, Debug)]

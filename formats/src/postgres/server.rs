@@ -11,12 +11,40 @@ use dbvault_core::backup::{Chunking, PartInput};
 use dbvault_core::{Backup, SourceInfo};
 
 use crate::error::{FormatError, Result};
-use crate::pgbackup::{backup, DirectOptions};
-use crate::pgdirect::{rows, runtime, PgSource};
-use crate::pgdump::SCHEMA_CHUNKS;
+use crate::postgres::backup::{backup, DirectOptions};
+use crate::postgres::conn::{rows, runtime, PgSource};
+use crate::postgres::dump::SCHEMA_CHUNKS;
+use crate::postgres::meta::{FORMAT, GLOBALS};
 
 /// Source kind of a whole-server snapshot.
 pub const KIND: &str = "postgres-server";
+
+/// What the globals part of a whole-server snapshot records.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Globals {
+    /// Every database backed up, with its owner.
+    #[serde(default)]
+    pub databases: BTreeMap<String, String>,
+}
+
+impl Globals {
+    /// The part meta that records it.
+    pub fn to_meta(&self) -> BTreeMap<String, serde_json::Value> {
+        let mut m = BTreeMap::new();
+        m.insert("databases".into(), serde_json::json!(self.databases));
+        m
+    }
+
+    /// What a globals part recorded.
+    pub fn of(part: &dbvault_core::Part) -> Globals {
+        let databases = part
+            .meta
+            .get("databases")
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default();
+        Globals { databases }
+    }
+}
 
 /// Backs up the server `src` points at (its database names only where to connect first).
 ///
@@ -61,13 +89,15 @@ pub fn backup_server(b: &Backup<'_>, src: &PgSource, opts: &DirectOptions) -> Re
             )
         })
         .collect();
-    let mut meta = BTreeMap::new();
-    meta.insert("databases".into(), serde_json::json!(databases));
+    let meta = Globals {
+        databases: databases.clone(),
+    }
+    .to_meta();
     b.add_part(
         PartInput {
             chunking: Chunking::Lines(SCHEMA_CHUNKS),
-            name: "globals".into(),
-            kind: "globals".into(),
+            name: GLOBALS.into(),
+            kind: GLOBALS.into(),
             rows: None,
             meta,
         },
@@ -83,7 +113,7 @@ pub fn backup_server(b: &Backup<'_>, src: &PgSource, opts: &DirectOptions) -> Re
     Ok(SourceInfo {
         kind: KIND.into(),
         identity: src.describe(),
-        format: "pg_dump".into(),
+        format: FORMAT.into(),
         server_version: version,
         notes: if opts.enable_row_security {
             vec!["backed up with --enable-row-security: tables with row-level security hold only the rows the backup's role could see".into()]

@@ -11,7 +11,6 @@
 //! (pre-data, `schema.table` parts in pg_dump's text form, post-data with the sequence
 //! values), plus the large objects in a part of their own, so restores treat both alike.
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::process::Stdio;
 use std::sync::Mutex;
@@ -22,11 +21,12 @@ use futures_util::StreamExt;
 use tokio_postgres::error::SqlState;
 
 use crate::error::{FormatError, Result};
-use crate::pgdata::DataRun;
-use crate::pgdirect::{pg_err, rows, runtime, PgSource};
-use crate::pgdump::{SCHEMA_CHUNKS, TABLE_CHUNKS};
-use crate::pglobs::{self, TextFingerprint};
-use crate::pgscript::{entries, qualified};
+use crate::postgres::data::DataRun;
+use crate::postgres::conn::{pg_err, rows, runtime, PgSource};
+use crate::postgres::dump::{SCHEMA_CHUNKS, TABLE_CHUNKS};
+use crate::postgres::lobs::TextFingerprint;
+use crate::postgres::meta::{TablePart, FORMAT, LARGE_OBJECTS, POST_DATA, PRE_DATA, TABLE_DATA};
+use crate::postgres::script::{entries, qualified};
 
 /// How to take a direct backup.
 #[derive(Clone, Debug)]
@@ -250,8 +250,8 @@ pub fn backup(b: &Backup<'_>, src: &PgSource, opts: &DirectOptions) -> Result<So
     let session = session_sql(&script_encoding(&pre), rls);
     b.add_part(
         PartInput {
-            name: "pre-data".into(),
-            kind: "pre-data".into(),
+            name: PRE_DATA.into(),
+            kind: PRE_DATA.into(),
             chunking: Chunking::Lines(SCHEMA_CHUNKS),
             ..Default::default()
         },
@@ -307,11 +307,11 @@ pub fn backup(b: &Backup<'_>, src: &PgSource, opts: &DirectOptions) -> Result<So
             r: data_run.large_objects(),
             w: &fp,
         };
-        b.add_part_then(pglobs::PART, Chunking::Lines(TABLE_CHUNKS), reader, || {
+        b.add_part_then(LARGE_OBJECTS, Chunking::Lines(TABLE_CHUNKS), reader, || {
             let lo = std::mem::take(&mut *fp.borrow_mut()).finish();
             PartInput {
-                name: pglobs::PART.into(),
-                kind: pglobs::PART.into(),
+                name: LARGE_OBJECTS.into(),
+                kind: LARGE_OBJECTS.into(),
                 rows: Some(lo.count),
                 meta: lo.to_meta(),
                 chunking: Chunking::Lines(TABLE_CHUNKS),
@@ -339,8 +339,8 @@ pub fn backup(b: &Backup<'_>, src: &PgSource, opts: &DirectOptions) -> Result<So
     }
     b.add_part(
         PartInput {
-            name: "post-data".into(),
-            kind: "post-data".into(),
+            name: POST_DATA.into(),
+            kind: POST_DATA.into(),
             chunking: Chunking::Lines(SCHEMA_CHUNKS),
             ..Default::default()
         },
@@ -357,7 +357,7 @@ pub fn backup(b: &Backup<'_>, src: &PgSource, opts: &DirectOptions) -> Result<So
     Ok(SourceInfo {
         kind: "postgres".into(),
         identity: src.describe(),
-        format: "pg_dump".into(),
+        format: FORMAT.into(),
         server_version: Some(version),
         notes,
     })
@@ -497,14 +497,16 @@ fn copy_worker(
             || {
                 let st = stats.borrow();
                 let (rows, hash) = (st.rows, st.hasher.finalize().to_hex().to_string());
-                let mut meta = BTreeMap::new();
-                meta.insert("schema".into(), serde_json::json!(t.schema));
-                meta.insert("table".into(), serde_json::json!(t.name));
-                meta.insert("copy_blake3".into(), serde_json::json!(hash));
-                meta.insert("copy".into(), serde_json::json!(copy_line));
+                let meta = TablePart {
+                    schema: t.schema.clone(),
+                    table: t.name.clone(),
+                    copy: Some(copy_line.clone()),
+                    copy_blake3: Some(hash),
+                }
+                .to_meta();
                 PartInput {
                     name: format!("{}.{}", t.schema, t.name),
-                    kind: "table-data".into(),
+                    kind: TABLE_DATA.into(),
                     rows: Some(rows),
                     meta,
                     chunking: Chunking::Lines(TABLE_CHUNKS),

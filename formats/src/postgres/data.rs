@@ -17,8 +17,8 @@ use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, ChildStdout, Stdio};
 
 use crate::error::{FormatError, Result};
-use crate::pgdirect::PgSource;
-use crate::pgdump::parse_toc;
+use crate::postgres::conn::PgSource;
+use crate::postgres::dump::parse_toc;
 
 /// Above this many bytes of `--exclude-table-data` arguments, the run excludes every
 /// table's data with one pattern instead (argument lists have a size limit); sequence

@@ -1,6 +1,6 @@
-//! Connections to PostgreSQL: a `postgres://` URL resolved like libpq resolves it, the
-//! libpq tools (pg_dump, psql) run with that connection, and a tokio-postgres connection
-//! for the COPY protocol. The backup itself is in `pgbackup`.
+//! The one PostgreSQL connection type: a `postgres://` URL resolved like libpq resolves
+//! it, for a tokio-postgres connection (the COPY protocol) and for the libpq programs
+//! (pg_dump, pg_dumpall, psql), with the password only ever in their environment.
 
 use std::process::Command;
 use std::str::FromStr;
@@ -28,6 +28,7 @@ pub(crate) fn pg_err(context: &str, e: tokio_postgres::Error) -> FormatError {
 #[derive(Clone)]
 pub struct PgSource {
     config: Config,
+    pub(crate) url: super::psql::PgUrl,
 }
 
 impl PgSource {
@@ -35,8 +36,9 @@ impl PgSource {
     /// `PGPASSWORD`, `PGDATABASE`, then libpq's defaults (local socket, OS user).
     ///
     /// # Errors
-    /// A URL tokio-postgres cannot parse.
+    /// Not a `postgres://` URL, or one tokio-postgres cannot parse.
     pub fn parse(url: &str) -> Result<PgSource> {
+        let parts = super::psql::PgUrl::parse(url)?;
         let mut config = Config::from_str(url).map_err(|e| FormatError::Postgres {
             context: "the PostgreSQL URL".into(),
             message: e.to_string(),
@@ -78,7 +80,17 @@ impl PgSource {
                 .unwrap_or_else(|| config.get_user().unwrap_or("postgres").to_string());
             config.dbname(&db);
         }
-        Ok(PgSource { config })
+        Ok(PgSource { config, url: parts })
+    }
+
+    /// The URL without its password: safe to show.
+    pub fn public(&self) -> &str {
+        &self.url.public
+    }
+
+    /// The database the URL itself names, if any (not a default).
+    pub fn url_database(&self) -> Option<String> {
+        self.url.database()
     }
 
     /// Database name.
@@ -101,17 +113,20 @@ impl PgSource {
         )
     }
 
-    /// A command for a libpq tool (pg_dump) with the connection in its environment, so
-    /// no password ever appears in an argument list.
     /// The same server and credentials, another database.
     pub fn for_database(&self, db: &str) -> PgSource {
         let mut config = self.config.clone();
         config.dbname(db);
-        PgSource { config }
+        PgSource {
+            config,
+            url: self.url.with_database(db),
+        }
     }
 
+    /// A command for a libpq tool (pg_dump) with the connection in its environment, so
+    /// no password ever appears in an argument list.
     pub(crate) fn tool(&self, program: &str) -> Command {
-        let mut c = Command::new(crate::pgtools::program(program));
+        let mut c = Command::new(super::tools::program(program));
         match self.config.get_hosts().first() {
             Some(Host::Tcp(h)) => c.env("PGHOST", h),
             Some(Host::Unix(p)) => c.env("PGHOST", p),

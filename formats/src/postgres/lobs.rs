@@ -11,7 +11,7 @@
 use std::io::{self, Write};
 
 use crate::error::{FormatError, Result};
-use crate::pgload::Loader;
+use crate::postgres::load::Loader;
 
 /// Part kind and name of a database's large objects.
 pub const PART: &str = "large-objects";
@@ -175,7 +175,7 @@ pub fn fingerprint_database(loader: &Loader) -> Result<LargeObjects> {
     const PIECE: i32 = 1 << 20;
     let (rt, c) = loader.parts();
     rt.block_on(async {
-        let what = |e| crate::pgdirect::pg_err("reading large objects back", e);
+        let what = |e| crate::postgres::conn::pg_err("reading large objects back", e);
         let oids = c
             .query("SELECT oid FROM pg_catalog.pg_largeobject_metadata", &[])
             .await

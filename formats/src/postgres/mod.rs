@@ -1,0 +1,31 @@
+//! PostgreSQL: backups (a piped pg_dump, or direct from a server: one database or a whole
+//! server), restores (a script, a whole database scheduled like `pg_restore -j`, or tables
+//! beside the live ones), and restore-tests, as library functions over a
+//! [`dbvault_core::Repository`].
+//!
+//! - `conn`, `psql`, `tools`: the one connection type, [`PgSource`], and the libpq programs;
+//! - `dump`, `script`: pg_dump's plain format (split into parts; entries of a script);
+//! - `meta`: the part kinds and what a table's part records;
+//! - `backup`, `data`, `lobs`, `server`: direct backups;
+//! - `load`, `restore`, `restore_db`, `restore_server`: restores;
+//! - `verify`: restore-test.
+
+pub mod backup;
+pub mod conn;
+pub mod data;
+pub mod dump;
+pub mod load;
+pub mod lobs;
+pub mod meta;
+pub mod psql;
+pub mod restore;
+pub mod restore_db;
+pub mod restore_server;
+pub mod script;
+pub mod server;
+pub mod tools;
+pub mod verify;
+
+pub use backup::{backup, DirectOptions};
+pub use conn::PgSource;
+pub use restore::{restore, Notice, Notify, RestoreOptions, Target};

@@ -1,0 +1,65 @@
+//! restore-test of an SQLite snapshot: the database written to a temporary file, `PRAGMA
+//! integrity_check` and `foreign_key_check`, every table's row count against the one
+//! recorded.
+
+use dbvault_core::{Id, Repository, Snapshot};
+
+use super::snapshot::{database_part, DatabasePart};
+use super::{check, inspect, write_new_file};
+use crate::error::{FormatError, Result};
+use crate::notice::Notify;
+use crate::read::write_part;
+use crate::verify::{problem, Outcome, TableResult};
+
+/// Restore-tests an SQLite snapshot.
+///
+/// # Errors
+/// No database part, a temporary directory that cannot be made, or a snapshot that cannot
+/// be read (the store does not answer). Damage is in the outcome.
+pub fn restore_test(
+    repo: &Repository,
+    id: &Id,
+    snap: &Snapshot,
+    notify: Notify<'_>,
+) -> Result<Outcome> {
+    let part = database_part(snap)?;
+    let dir = tempfile::tempdir().map_err(|e| FormatError::io("a temporary directory", e))?;
+    let path = dir.path().join("restore-test.db");
+    let mut out = Outcome {
+        scratch: format!("temporary file {}", path.display()),
+        ..Outcome::default()
+    };
+    let written = write_new_file(&path, false, |f| write_part(repo, part, f, notify));
+    if let Err(e) = written {
+        if e.storage_kind().is_some() {
+            return Err(e);
+        }
+        out.problems
+            .push(problem(id, Some(&part.name), e.to_string(), e.damaged_pack()));
+        return Ok(out);
+    }
+    for p in check(&path)? {
+        out.problems.push(problem(id, Some(&part.name), p, None));
+    }
+    let recorded = DatabasePart::of(part);
+    for (name, rows) in &inspect(&path)?.tables {
+        let want = recorded.tables.get(name).copied();
+        let ok = want.is_none_or(|w| w == *rows);
+        let detail = if ok {
+            String::new()
+        } else {
+            format!("{rows} rows, {} recorded at backup time", want.unwrap_or(0))
+        };
+        if !ok {
+            out.problems.push(problem(id, Some(name), detail.clone(), None));
+        }
+        out.tables.push(TableResult {
+            name: name.clone(),
+            ok,
+            rows_recorded: want,
+            rows_restored: Some(*rows),
+            detail,
+        });
+    }
+    Ok(out)
+}
