@@ -13,7 +13,6 @@
 //! Write order: packs, then the index files naming them (every 64 packs and at the end),
 //! then, in [`Backup::finish`], the snapshot. A crash leaves only unreferenced data.
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
@@ -26,37 +25,10 @@ use crate::snapshot::{Part, Snapshot, SourceInfo};
 use crate::worker::{run_worker, Job, WorkerCtx, WorkerOut};
 use crate::{Error, Id, Repository, Result};
 
+pub use crate::input::{Chunking, PartInput};
 pub use crate::worker::{LIST_AVG, LIST_MAX};
 
 const BATCH_BYTES: usize = 4 << 20;
-
-/// How a part is cut into chunks.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Chunking {
-    /// Content-defined (FastCDC, keyed): for streams where inserts shift later bytes.
-    #[default]
-    ContentDefined,
-    /// Fixed-size chunks of this many bytes: for files of pages (SQLite), where changes
-    /// rewrite pages in place and never shift the rest.
-    Fixed(u32),
-    /// Row-aligned content-defined chunks: for text with one row per line (COPY data).
-    Lines(chunker::LineParams),
-}
-
-/// Describes a part before its bytes are read.
-#[derive(Clone, Debug, Default)]
-pub struct PartInput {
-    /// How to cut it.
-    pub chunking: Chunking,
-    /// Part name (unique within the snapshot).
-    pub name: String,
-    /// Part kind.
-    pub kind: String,
-    /// Rows, where the source knows them.
-    pub rows: Option<u64>,
-    /// Format-specific details.
-    pub meta: BTreeMap<String, serde_json::Value>,
-}
 
 /// What a finished backup reports.
 #[derive(Clone, Debug)]

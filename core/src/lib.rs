@@ -20,6 +20,7 @@ pub mod error;
 pub mod hash;
 pub mod id;
 pub mod index;
+pub mod input;
 pub mod keyfile;
 pub mod lock;
 pub mod pack;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use rayon::prelude::*;
 
 use crate::backend::Backend;
-use crate::backup::PartInput;
+use crate::input::PartInput;
 use crate::crypto::Keys;
 use crate::delta::{seal_chunk, ParentPart};
 use crate::hash::AlignedHasher;

@@ -14,6 +14,9 @@ pub mod verify;
 
 pub use error::{FormatError, Result};
 
+/// Part name and kind of a raw stream's one part.
+pub const RAW_PART: &str = "raw";
+
 /// The format of a stream given on stdin or by `--command`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StreamFormat {

@@ -68,7 +68,40 @@ enum Input<'a> {
     Postgres(&'a str),
 }
 
-fn input(a: &BackupArgs) -> Result<Input<'_>> {
+/// One backup to take: what `backup`'s arguments and a configured source (`run`) both
+/// describe.
+pub struct Job {
+    /// `postgres://…`, `sqlite:PATH` or `-`.
+    pub source: Option<String>,
+    /// A command whose output is backed up.
+    pub command: Option<String>,
+    /// Source name.
+    pub name: Option<String>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Parallel COPY connections.
+    pub jobs: Option<usize>,
+    /// A whole PostgreSQL server.
+    pub all_databases: bool,
+    /// PostgreSQL: store only the rows row-level security lets the role see.
+    pub enable_row_security: bool,
+}
+
+impl From<&BackupArgs> for Job {
+    fn from(a: &BackupArgs) -> Job {
+        Job {
+            source: a.source.clone(),
+            command: a.command.clone(),
+            name: a.name.clone(),
+            tags: a.tags.clone(),
+            jobs: a.jobs,
+            all_databases: a.all_databases,
+            enable_row_security: a.enable_row_security,
+        }
+    }
+}
+
+fn input(a: &Job) -> Result<Input<'_>> {
     if let Some(cmd) = &a.command {
         return Ok(Input::Command(cmd));
     }
@@ -94,9 +127,10 @@ pub fn run(cli: &Cli, a: &BackupArgs) -> Result<()> {
         None => None,
     };
     let time = snapshot_time(a)?;
-    input(a)?;
+    let job = Job::from(a);
+    input(&job)?;
     let repo = repo_access::open_locked(cli, LockKind::Shared, "backup")?;
-    let summary = backup_into(cli, &repo, a, format, time)?;
+    let summary = backup_into(cli, &repo, &job, format, time)?;
     // Counted after the lock is gone: its removal is a request too.
     repo.unlock();
     report(cli, &summary, repo.backend().requests());
@@ -107,7 +141,7 @@ pub fn run(cli: &Cli, a: &BackupArgs) -> Result<()> {
 pub fn backup_into(
     cli: &Cli,
     repo: &Repository,
-    a: &BackupArgs,
+    a: &Job,
     format: Option<StreamFormat>,
     time: chrono::DateTime<chrono::FixedOffset>,
 ) -> Result<BackupSummary> {
@@ -256,7 +290,7 @@ fn stream_parts(b: &Backup<'_>, fmt: StreamFormat, reader: impl Read) -> Result<
             b.add_part(
                 PartInput {
                     name: "stdin".into(),
-                    kind: "raw".into(),
+                    kind: dbvault_formats::RAW_PART.into(),
                     ..Default::default()
                 },
                 reader,
@@ -283,7 +317,7 @@ fn backup_sqlite_copy(
 fn backup_command(
     cli: &Cli,
     repo: &Repository,
-    a: &BackupArgs,
+    a: &Job,
     cmd: &str,
     format: Option<StreamFormat>,
     meta: impl Fn(String, SourceInfo) -> SnapshotMeta,

@@ -12,7 +12,7 @@ use dbvault_core::retention::{self, Span};
 use dbvault_core::Repository;
 use serde::Serialize;
 
-use crate::args::{BackupArgs, Cli, RunArgs};
+use crate::args::{Cli, RunArgs};
 use crate::config::{self, Config, Source};
 use crate::repo_access;
 
@@ -181,19 +181,17 @@ fn back_up(cli: &Cli, repo: &Repository, cfg: &Config, s: &Source, rname: &str) 
     let t0 = Instant::now();
     let outcome = (|| -> Result<(String, u64, u64)> {
         let (source, command, all_databases) = s.target()?;
-        let args = BackupArgs {
+        let job = super::backup::Job {
             source,
             command,
             all_databases,
             name: Some(s.name.clone()),
             tags: s.tags.clone(),
-            time: None,
             jobs: None,
-            format: None,
             enable_row_security: s.enable_row_security,
         };
         let now = chrono::Local::now().fixed_offset();
-        let sum = super::backup::backup_into(cli, repo, &args, None, now)?;
+        let sum = super::backup::backup_into(cli, repo, &job, None, now)?;
         Ok((
             sum.id.to_hex(),
             sum.snapshot.bytes_in,

@@ -28,7 +28,7 @@ pub(crate) fn pg_err(context: &str, e: tokio_postgres::Error) -> FormatError {
 #[derive(Clone)]
 pub struct PgSource {
     config: Config,
-    pub(crate) url: super::psql::PgUrl,
+    pub(crate) url: super::url::PgUrl,
 }
 
 impl PgSource {
@@ -38,7 +38,7 @@ impl PgSource {
     /// # Errors
     /// Not a `postgres://` URL, or one tokio-postgres cannot parse.
     pub fn parse(url: &str) -> Result<PgSource> {
-        let parts = super::psql::PgUrl::parse(url)?;
+        let parts = super::url::PgUrl::parse(url)?;
         let mut config = Config::from_str(url).map_err(|e| FormatError::Postgres {
             context: "the PostgreSQL URL".into(),
             message: e.to_string(),

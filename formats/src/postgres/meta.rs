@@ -14,7 +14,7 @@ pub const TABLE_DATA: &str = "table-data";
 pub const LARGE_OBJECTS: &str = super::lobs::PART;
 /// Part kind: everything after the data (sequence values, indexes, constraints, …).
 pub const POST_DATA: &str = "post-data";
-/// Part kind: a whole server's roles and tablespaces (see [`super::server`]).
+/// Part kind: a whole server's roles and tablespaces (`pg_dumpall --globals-only`).
 pub const GLOBALS: &str = "globals";
 
 /// The format name of PostgreSQL snapshots in manifests (`SourceInfo::format`).

@@ -3,7 +3,8 @@
 //! beside the live ones), and restore-tests, as library functions over a
 //! [`dbvault_core::Repository`].
 //!
-//! - `conn`, `psql`, `tools`: the one connection type, [`PgSource`], and the libpq programs;
+//! - `conn`, `url`, `psql`, `tools`: the one connection type, [`PgSource`], and the libpq
+//!   programs;
 //! - `dump`, `script`: pg_dump's plain format (split into parts; entries of a script);
 //! - `meta`: the part kinds and what a table's part records;
 //! - `backup`, `data`, `lobs`, `server`: direct backups;
@@ -17,6 +18,7 @@ pub mod dump;
 pub mod load;
 pub mod lobs;
 pub mod meta;
+pub mod options;
 pub mod psql;
 pub mod restore;
 pub mod restore_db;
@@ -24,6 +26,7 @@ pub mod restore_server;
 pub mod script;
 pub mod server;
 pub mod tools;
+pub mod url;
 pub mod verify;
 
 pub use backup::{backup, DirectOptions};

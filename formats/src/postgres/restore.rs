@@ -8,35 +8,12 @@ use std::io::{BufWriter, Write};
 
 use dbvault_core::{Part, Repository, Snapshot};
 
-use super::conn::PgSource;
 use super::meta::{self, TablePart, POST_DATA, PRE_DATA};
 use super::script::{qualified, table_script, TableScript};
+pub use super::options::{RestoreOptions, Target};
 pub use crate::notice::{Notice, Notify};
 pub use crate::read::{part_bytes, write_part};
 use crate::error::{FormatError, Result};
-
-/// How to restore a PostgreSQL snapshot.
-#[derive(Clone, Debug, Default)]
-pub struct RestoreOptions {
-    /// Only these tables (`orders`, `public.orders`, `"Mixed Case"`); empty: everything.
-    pub tables: Vec<String>,
-    /// Restore the one table under this name.
-    pub rename_table: Option<String>,
-    /// Only the schema.
-    pub schema_only: bool,
-    /// Only the data.
-    pub data_only: bool,
-    /// Replace a table of the same name.
-    pub clean: bool,
-}
-
-/// Where a restore goes.
-pub enum Target<'a> {
-    /// A script for psql, written here.
-    Script(&'a mut (dyn Write + Send)),
-    /// Into this database.
-    Database(&'a PgSource),
-}
 
 fn part_text(repo: &Repository, part: Option<&Part>, notify: Notify<'_>) -> Result<String> {
     Ok(match part {

@@ -10,7 +10,9 @@ use dbvault_core::{Part, Repository, Snapshot};
 use super::conn::PgSource;
 use super::load::Loader;
 use super::meta::{section, tables, TablePart, LARGE_OBJECTS, POST_DATA, PRE_DATA};
-use super::restore::{part_bytes, write_part, Notice, Notify, RestoreOptions};
+use super::options::RestoreOptions;
+use crate::notice::{Notice, Notify};
+use crate::read::{part_bytes, write_part};
 use super::script::table_script;
 use crate::error::{FormatError, Result};
 

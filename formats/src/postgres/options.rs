@@ -1,0 +1,28 @@
+//! What a PostgreSQL restore is asked to do, and where it goes.
+
+use std::io::Write;
+
+use super::conn::PgSource;
+
+/// How to restore a PostgreSQL snapshot.
+#[derive(Clone, Debug, Default)]
+pub struct RestoreOptions {
+    /// Only these tables (`orders`, `public.orders`, `"Mixed Case"`); empty: everything.
+    pub tables: Vec<String>,
+    /// Restore the one table under this name.
+    pub rename_table: Option<String>,
+    /// Only the schema.
+    pub schema_only: bool,
+    /// Only the data.
+    pub data_only: bool,
+    /// Replace a table of the same name.
+    pub clean: bool,
+}
+
+/// Where a restore goes.
+pub enum Target<'a> {
+    /// A script for psql, written here.
+    Script(&'a mut (dyn Write + Send)),
+    /// Into this database.
+    Database(&'a PgSource),
+}
