@@ -28,7 +28,50 @@ pub fn bin() -> PathBuf {
         "{} is missing: build it with `cargo build --release -p dbvault` (or set DBVAULT_BIN)",
         p.display()
     );
+    // `cargo test` alone does not rebuild the binary: refuse to test an old one.
+    let built = std::fs::metadata(&p).and_then(|m| m.modified()).ok();
+    let newest = newest_source();
+    if let (Some(built), Some((src, changed))) = (built, newest) {
+        assert!(
+            built >= changed,
+            "{} is older than {}: rebuild it with `cargo build --release -p dbvault` (scripts/test does)",
+            p.display(),
+            src.display()
+        );
+    }
     p
+}
+
+/// The most recently changed source file of the binary's crates.
+fn newest_source() -> Option<(PathBuf, std::time::SystemTime)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut newest: Option<(PathBuf, std::time::SystemTime)> = None;
+    let mut dirs: Vec<PathBuf> = ["core/src", "formats/src", "cli/src"]
+        .iter()
+        .map(|d| root.join(d))
+        .collect();
+    let mut files: Vec<PathBuf> = ["core/Cargo.toml", "formats/Cargo.toml", "cli/Cargo.toml"]
+        .iter()
+        .map(|f| root.join(f))
+        .collect();
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).ok()?.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|x| x == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    for f in files {
+        if let Ok(t) = std::fs::metadata(&f).and_then(|m| m.modified()) {
+            if newest.as_ref().is_none_or(|(_, n)| t > *n) {
+                newest = Some((f, t));
+            }
+        }
+    }
+    newest
 }
 
 /// Result of one run of the binary.

@@ -11,11 +11,15 @@ fn killed_backups_lose_nothing() {
     let repo = Repo::new();
     let base = dump_like(8 << 20, 21);
     repo.backup(&base, &["--name", "base"]);
-    let seed = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .expect("time")
-        .as_nanos() as u64;
-    eprintln!("kill schedule seed: {seed}");
+    // DBVAULT_CRASH_SEED=N re-runs a schedule that failed (the seed is printed first).
+    let seed = match std::env::var("DBVAULT_CRASH_SEED") {
+        Ok(s) => s.parse().expect("DBVAULT_CRASH_SEED is a number"),
+        Err(_) => SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .expect("time")
+            .as_nanos() as u64,
+    };
+    eprintln!("kill schedule seed: {seed} (re-run with DBVAULT_CRASH_SEED={seed})");
     let delays = random_bytes(64, seed);
     let mut big = dump_like(40 << 20, 22);
     big.extend_from_slice(&random_bytes(40 << 20, 23));
