@@ -7,6 +7,7 @@ use crate::chunker;
 
 /// How a part is cut into chunks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Chunking {
     /// Content-defined (FastCDC, keyed): for streams where inserts shift later bytes.
     #[default]

@@ -39,6 +39,7 @@ pub const STALE_AFTER: Duration = Duration::from_secs(30 * 60);
 /// What a lock allows others.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum LockKind {
     /// Many holders at once (backup, restore, check, forget).
     Shared,

@@ -17,6 +17,7 @@ pub const ENTRY_LEN: usize = 1 + 32 + 4 + 4 + 4;
 /// What a blob holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
+#[non_exhaustive]
 pub enum BlobKind {
     /// A chunk of a part's bytes.
     Data = 0,

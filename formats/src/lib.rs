@@ -7,6 +7,7 @@ use std::fmt;
 
 pub mod error;
 pub mod notice;
+mod partmeta;
 pub mod postgres;
 pub mod read;
 pub mod sqlite;
@@ -14,11 +15,43 @@ pub mod verify;
 
 pub use error::{FormatError, Result};
 
-/// Part name and kind of a raw stream's one part.
+/// Part kind of a raw stream's one part.
 pub const RAW_PART: &str = "raw";
+
+/// Backs up a stream (stdin, a command's output) as the parts of its format: a pg_dump
+/// plain dump split into its parts, or any bytes as one part. Returns the server version
+/// a dump names.
+///
+/// # Errors
+/// [`FormatError::Invalid`] for an SQLite file (it needs the online backup API, from a
+/// path); a truncated dump; read and storage errors.
+pub fn backup_stream(
+    b: &dbvault_core::Backup<'_>,
+    format: StreamFormat,
+    reader: impl std::io::Read,
+) -> Result<Option<String>> {
+    match format {
+        StreamFormat::PgDump => postgres::dump::backup_stream(b, reader),
+        StreamFormat::Sqlite => Err(FormatError::Invalid(
+            "an SQLite file must come on stdin or as sqlite:PATH".into(),
+        )),
+        StreamFormat::Raw => {
+            b.add_part(
+                dbvault_core::PartInput {
+                    name: "stdin".into(),
+                    kind: RAW_PART.into(),
+                    ..Default::default()
+                },
+                reader,
+            )?;
+            Ok(None)
+        }
+    }
+}
 
 /// The format of a stream given on stdin or by `--command`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StreamFormat {
     /// Any bytes: one part, restored byte for byte.
     Raw,

@@ -411,20 +411,7 @@ impl PgDb {
 
     /// `pg_dump --schema-only`, without the lines that differ between any two dumps.
     pub fn schema(&self) -> String {
-        let out = Command::new("pg_dump")
-            .args(["--schema-only", "-h", &pg_host(), "-d", &self.name])
-            .output()
-            .expect("pg_dump");
-        assert!(
-            out.status.success(),
-            "pg_dump: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
-            .collect::<Vec<_>>()
-            .join("\n")
+        pgfixture::pg_dump_with(&["--schema-only", "-h", &pg_host(), "-d", &self.name])
     }
 
     /// The `pg_dump` command line for this database (for `--command` and pipes).

@@ -84,13 +84,18 @@ pub fn load_faithful(cluster: &PgCluster, db: &str) {
 /// A whole `pg_dump` (schema, data, large objects) of a connection string, without the
 /// lines that differ between any two dumps (`\restrict` keys).
 pub fn pg_dump(conn: &str) -> String {
+    pg_dump_with(&["-d", conn])
+}
+
+/// `pg_dump ARGS`, without the lines that differ between any two dumps.
+pub fn pg_dump_with(args: &[&str]) -> String {
     let out = Command::new("pg_dump")
-        .args(["-d", conn])
+        .args(args)
         .output()
         .expect("pg_dump: apt-get install postgresql-client");
     assert!(
         out.status.success(),
-        "pg_dump {conn}: {}",
+        "pg_dump {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout)

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 
 use anyhow::{anyhow, bail, Context, Result};
-use dbvault_core::backup::{Backup, BackupSummary, PartInput, SnapshotMeta};
+use dbvault_core::backup::{Backup, BackupSummary, SnapshotMeta};
 use dbvault_core::lock::LockKind;
 use dbvault_core::{Repository, SourceInfo};
 use dbvault_formats::postgres::{self, DirectOptions, PgSource};
@@ -283,21 +283,7 @@ fn stdin_to_sqlite_file(mut reader: impl Read) -> Result<sqlite::OnlineCopy> {
 /// Backs up a stream as the parts of its format; returns the server version when the
 /// stream names one.
 fn stream_parts(b: &Backup<'_>, fmt: StreamFormat, reader: impl Read) -> Result<Option<String>> {
-    match fmt {
-        StreamFormat::PgDump => Ok(dbvault_formats::postgres::dump::backup_stream(b, reader)?),
-        StreamFormat::Sqlite => bail!("an SQLite file must come on stdin or as sqlite:PATH"),
-        StreamFormat::Raw => {
-            b.add_part(
-                PartInput {
-                    name: "stdin".into(),
-                    kind: dbvault_formats::RAW_PART.into(),
-                    ..Default::default()
-                },
-                reader,
-            )?;
-            Ok(None)
-        }
-    }
+    Ok(dbvault_formats::backup_stream(b, fmt, reader)?)
 }
 
 fn backup_sqlite_copy(

@@ -45,6 +45,27 @@ pub fn print_notice(n: Notice) {
     }
 }
 
+/// The database a PostgreSQL snapshot goes into (`None`: a script on stdout).
+fn pg_source(tgt: &Target<'_>) -> Result<Option<PgSource>> {
+    match tgt {
+        Target::Stdout => Ok(None),
+        Target::Postgres(url) => Ok(Some(PgSource::parse(url)?)),
+        Target::Sqlite(_) => {
+            bail!("a PostgreSQL snapshot restores --to postgres://… or --to -, not into an SQLite file")
+        }
+    }
+}
+
+fn pg_target<'a>(
+    stdout: &'a mut (dyn Write + Send),
+    pg: Option<&'a PgSource>,
+) -> postgres::Target<'a> {
+    match pg {
+        Some(db) => postgres::Target::Database(db),
+        None => postgres::Target::Script(stdout),
+    }
+}
+
 fn pg_options(a: &RestoreArgs) -> postgres::RestoreOptions {
     postgres::RestoreOptions {
         tables: a.tables.clone(),
@@ -76,15 +97,8 @@ pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<()> {
                 names.join(", ")
             );
         };
-        let pg;
-        let target = match tgt {
-            Target::Stdout => postgres::Target::Script(&mut stdout),
-            Target::Postgres(url) => {
-                pg = PgSource::parse(url)?;
-                postgres::Target::Database(&pg)
-            }
-            Target::Sqlite(_) => bail!("a PostgreSQL snapshot restores --to postgres://… or --to -"),
-        };
+        let pg = pg_source(&tgt)?;
+        let target = pg_target(&mut stdout, pg.as_ref());
         restore_server::restore_database_of_server(
             &repo,
             &id,
@@ -123,18 +137,8 @@ pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<()> {
             sqlite::restore(&repo, &snap, &opts, target, notify)?;
         }
         meta::FORMAT => {
-            let pg;
-            let target = match tgt {
-                Target::Stdout => postgres::Target::Script(&mut stdout),
-                Target::Postgres(url) => {
-                    pg = PgSource::parse(url)?;
-                    postgres::Target::Database(&pg)
-                }
-                Target::Sqlite(_) => bail!(
-                    "snapshot {} is a PostgreSQL dump: restore it --to postgres://… or --to -",
-                    id.short()
-                ),
-            };
+            let pg = pg_source(&tgt)?;
+            let target = pg_target(&mut stdout, pg.as_ref());
             postgres::restore(&repo, &snap, &pg_options(a), target, notify)?;
         }
         _ => {

@@ -28,6 +28,7 @@ use crate::{Id, Repository, Result};
 
 /// How much data to read back.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[non_exhaustive]
 pub enum ReadData {
     /// Structure only: no blob is read (but chunk lists).
     #[default]

@@ -68,6 +68,7 @@ pub fn parse_toc(line: &[u8]) -> Option<TocHeader> {
 
 /// Which section a part belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PartKind {
     /// Before any table data.
     PreData,

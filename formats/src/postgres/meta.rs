@@ -40,17 +40,12 @@ pub struct TablePart {
 impl TablePart {
     /// The part meta that records it.
     pub fn to_meta(&self) -> BTreeMap<String, serde_json::Value> {
-        match serde_json::to_value(self) {
-            Ok(serde_json::Value::Object(m)) => m.into_iter().collect(),
-            _ => BTreeMap::new(),
-        }
+        crate::partmeta::to_meta(self)
     }
 
     /// What a part recorded (empty fields for a part that is not a table's).
     pub fn of(part: &Part) -> TablePart {
-        let m: serde_json::Map<String, serde_json::Value> =
-            part.meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        serde_json::from_value(serde_json::Value::Object(m)).unwrap_or_default()
+        crate::partmeta::from_meta(part)
     }
 
     /// `schema.table`, quoted as pg_dump quotes names.

@@ -20,6 +20,7 @@ pub struct RestoreOptions {
 }
 
 /// Where a restore goes.
+#[non_exhaustive]
 pub enum Target<'a> {
     /// A script for psql, written here.
     Script(&'a mut (dyn Write + Send)),

@@ -30,19 +30,12 @@ pub struct Globals {
 impl Globals {
     /// The part meta that records it.
     pub fn to_meta(&self) -> BTreeMap<String, serde_json::Value> {
-        let mut m = BTreeMap::new();
-        m.insert("databases".into(), serde_json::json!(self.databases));
-        m
+        crate::partmeta::to_meta(self)
     }
 
     /// What a globals part recorded.
     pub fn of(part: &dbvault_core::Part) -> Globals {
-        let databases = part
-            .meta
-            .get("databases")
-            .and_then(|v| serde_json::from_value(v.clone()).ok())
-            .unwrap_or_default();
-        Globals { databases }
+        crate::partmeta::from_meta(part)
     }
 }
 

@@ -33,17 +33,12 @@ pub struct DatabasePart {
 impl DatabasePart {
     /// The part meta that records it.
     pub fn to_meta(&self) -> BTreeMap<String, serde_json::Value> {
-        match serde_json::to_value(self) {
-            Ok(serde_json::Value::Object(m)) => m.into_iter().collect(),
-            _ => BTreeMap::new(),
-        }
+        crate::partmeta::to_meta(self)
     }
 
     /// What a part recorded.
     pub fn of(part: &Part) -> DatabasePart {
-        let m: serde_json::Map<String, serde_json::Value> =
-            part.meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        serde_json::from_value(serde_json::Value::Object(m)).unwrap_or_default()
+        crate::partmeta::from_meta(part)
     }
 }
 
@@ -105,6 +100,7 @@ pub struct RestoreOptions {
 }
 
 /// Where an SQLite restore goes.
+#[non_exhaustive]
 pub enum Target<'a> {
     /// The file's bytes, or with tables the tables as SQL for `sqlite3`.
     Stream(&'a mut (dyn Write + Send)),
