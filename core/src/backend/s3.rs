@@ -400,7 +400,7 @@ impl S3Backend {
                     .map(|b| b.into_bytes().to_vec())
                     .map_err(|e| {
                         Error::storage(
-                            &self.url_of(path),
+                            self.url_of(path),
                             StorageKind::Transient,
                             format!("reading the object failed: {e}"),
                         )
