@@ -339,7 +339,7 @@ pub fn passphrase(name: &str, r: &RepoConfig) -> Result<String> {
         return Ok(first);
     }
     if let Some(c) = &r.password_command {
-        let out = std::process::Command::new("sh")
+        let out = dbvault_core::secrets::scrub(&mut std::process::Command::new("sh"))
             .arg("-c")
             .arg(c)
             .stderr(std::process::Stdio::inherit())

@@ -105,3 +105,13 @@ impl Progress {
         }
     }
 }
+
+/// Warns (once per command) that a password given in a URL on the command line is
+/// readable by every local user in the process list, and says what to use instead.
+pub fn warn_url_password(pg: &dbvault_formats::postgres::PgSource) {
+    if pg.password_in_url() {
+        eprintln!(
+            "dbvault: warning: the PostgreSQL URL on the command line holds a password, which every local user can read in the process list: use ~/.pgpass or PGPASSFILE, PGPASSWORD, or a configuration file instead"
+        );
+    }
+}

@@ -29,6 +29,7 @@ pub mod repo;
 pub mod report;
 pub mod restore;
 pub mod retention;
+pub mod secrets;
 pub mod snapshot;
 pub mod stats;
 mod worker;

@@ -128,7 +128,9 @@ pub fn run(cli: &Cli, a: &BackupArgs) -> Result<()> {
     };
     let time = snapshot_time(a)?;
     let job = Job::from(a);
-    input(&job)?;
+    if let Input::Postgres(url) = input(&job)? {
+        output::warn_url_password(&PgSource::parse(url)?);
+    }
     let repo = repo_access::open_locked(cli, LockKind::Shared, "backup")?;
     let summary = backup_into(cli, &repo, &job, format, time)?;
     // Counted after the lock is gone: its removal is a request too.
@@ -313,7 +315,8 @@ fn backup_command(
     }
     let name = a.name.clone().unwrap_or_else(|| program_name(cmd));
     let b = start(repo, &name)?;
-    let mut child = Command::new("sh")
+    // The command gets no passphrase and no store credentials (its own PG* stay).
+    let mut child = dbvault_core::secrets::scrub(&mut Command::new("sh"))
         .arg("-c")
         .arg(cmd)
         .stdout(Stdio::piped())

@@ -49,7 +49,11 @@ pub fn print_notice(n: Notice) {
 fn pg_source(tgt: &Target<'_>) -> Result<Option<PgSource>> {
     match tgt {
         Target::Stdout => Ok(None),
-        Target::Postgres(url) => Ok(Some(PgSource::parse(url)?)),
+        Target::Postgres(url) => {
+            let pg = PgSource::parse(url)?;
+            crate::output::warn_url_password(&pg);
+            Ok(Some(pg))
+        }
         Target::Sqlite(_) => {
             bail!("a PostgreSQL snapshot restores --to postgres://… or --to -, not into an SQLite file")
         }

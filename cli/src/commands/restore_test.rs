@@ -24,6 +24,7 @@ pub fn run(cli: &Cli, a: &RestoreTestArgs) -> Result<ExitCode> {
         postgres::meta::FORMAT => {
             let scratch =
                 PgSource::parse(a.scratch.as_deref().unwrap_or("postgresql:///postgres"))?;
+            crate::output::warn_url_password(&scratch);
             postgres::verify::restore_test(&repo, &id, &snap, &scratch, notify)
                 .map_err(|e| anyhow::Error::from(e).context("the restore-test could not be done"))?
         }

@@ -50,7 +50,10 @@ impl PgSource {
                 .or_else(|| env("USER"))
                 .or_else(|| env("LOGNAME"))
                 .or_else(|| {
-                    let out = Command::new("id").arg("-un").output().ok()?;
+                    let out = dbvault_core::secrets::scrub(&mut Command::new("id"))
+                        .arg("-un")
+                        .output()
+                        .ok()?;
                     let name = String::from_utf8_lossy(&out.stdout).trim().to_string();
                     (!name.is_empty()).then_some(name)
                 })
@@ -81,6 +84,12 @@ impl PgSource {
             config.dbname(&db);
         }
         Ok(PgSource { config, url: parts })
+    }
+
+    /// Whether the URL itself holds a password (visible to every local user in the process
+    /// list while dbvault runs).
+    pub fn password_in_url(&self) -> bool {
+        self.url.password.is_some()
     }
 
     /// The URL without its password: safe to show.
@@ -127,6 +136,7 @@ impl PgSource {
     /// no password ever appears in an argument list.
     pub(crate) fn tool(&self, program: &str) -> Command {
         let mut c = Command::new(super::tools::program(program));
+        dbvault_core::secrets::scrub(&mut c);
         match self.config.get_hosts().first() {
             Some(Host::Tcp(h)) => c.env("PGHOST", h),
             Some(Host::Unix(p)) => c.env("PGHOST", p),

@@ -19,6 +19,7 @@ impl PgSource {
     /// password is in its environment, never in its arguments.
     pub(crate) fn command(&self, program: &str) -> Command {
         let mut c = Command::new(super::tools::program(program));
+        dbvault_core::secrets::scrub(&mut c);
         if let Some(pw) = &self.url.password {
             c.env("PGPASSWORD", pw);
         }
