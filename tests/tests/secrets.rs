@@ -99,4 +99,17 @@ fn pg_dump_gets_the_database_password_only_and_urls_with_passwords_are_warned_ab
             assert!(!env.contains(secret), "{secret} reached pg_dump");
         }
     }
+
+    // The password in libpq's password file instead: no warning, and the backup's own
+    // connections find it too.
+    let pgpass = dir.path().join("pgpass");
+    std::fs::write(&pgpass, format!("127.0.0.1:5432:*:{role}:{db_secret}\n")).expect("pgpass");
+    std::fs::set_permissions(&pgpass, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    let plain = format!("postgresql://{role}@127.0.0.1:5432/{}", src.name);
+    let mut c = repo.cmd(&["backup", &plain]);
+    c.env("PGPASSFILE", &pgpass).env_remove("PGPASSWORD");
+    let r = run_cmd(c, None).ok();
+    assert!(!r.stderr.contains("process list"), "{}", r.stderr);
+    assert_eq!(repo.snapshot_ids().len(), 2);
 }

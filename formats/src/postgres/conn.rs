@@ -83,6 +83,21 @@ impl PgSource {
                 .unwrap_or_else(|| config.get_user().unwrap_or("postgres").to_string());
             config.dbname(&db);
         }
+        if config.get_password().is_none() {
+            // Where libpq (pg_dump, psql) would find it: the password file.
+            let host = match config.get_hosts().first() {
+                Some(Host::Tcp(h)) => h.clone(),
+                _ => "localhost".to_string(),
+            };
+            let port = config.get_ports().first().copied().unwrap_or(5432);
+            let (db, user) = (
+                config.get_dbname().unwrap_or_default().to_string(),
+                config.get_user().unwrap_or_default().to_string(),
+            );
+            if let Some(pw) = super::pgpass::lookup(&host, port, &db, &user) {
+                config.password(pw);
+            }
+        }
         Ok(PgSource { config, url: parts })
     }
 

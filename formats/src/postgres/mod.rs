@@ -19,6 +19,7 @@ pub mod load;
 pub mod lobs;
 pub mod meta;
 pub mod options;
+mod pgpass;
 pub mod psql;
 pub mod restore;
 pub mod restore_db;
