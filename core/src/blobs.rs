@@ -305,7 +305,12 @@ pub(crate) struct Run {
 /// Groups blobs, in the given order, into runs: one range read each, over blobs of one
 /// pack that follow each other with gaps of at most `MAX_GAP` (reading a gap costs less
 /// than a request to an object store), and of at most `max_raw` plaintext bytes.
-pub(crate) fn group(locs: Vec<(Id, BlobLoc)>, max_run: u64, max_gap: u64, max_raw: u64) -> Vec<Run> {
+pub(crate) fn group(
+    locs: Vec<(Id, BlobLoc)>,
+    max_run: u64,
+    max_gap: u64,
+    max_raw: u64,
+) -> Vec<Run> {
     let mut runs: Vec<Run> = Vec::new();
     for (id, loc) in locs {
         let (off, len) = (u64::from(loc.offset), u64::from(loc.len));
@@ -371,4 +376,3 @@ pub(crate) fn fetch(blobs: Blobs<'_>, run: &Run) -> Result<Vec<Vec<u8>>> {
         })
         .collect()
 }
-

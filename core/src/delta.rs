@@ -9,9 +9,9 @@
 
 use std::collections::HashMap;
 
+use crate::blobs::Blobs;
 use crate::crypto::{delta_base, seal_blob, seal_delta};
 use crate::pack::{pack_path, BlobKind};
-use crate::blobs::Blobs;
 use crate::{Id, Result};
 
 /// The chunk order of a part in the previous snapshot, to find a base for each new chunk.

@@ -10,8 +10,8 @@
 //! unreferenced data behind.
 
 pub mod backend;
-pub mod blobs;
 pub mod backup;
+pub mod blobs;
 pub mod check;
 pub mod chunker;
 pub mod crypto;

@@ -30,7 +30,9 @@ mod tests {
     #[test]
     fn a_child_sees_none_of_the_secrets() {
         let mut c = Command::new("env");
-        c.env("DBVAULT_PASSWORD", "pp").env("AWS_SECRET_ACCESS_KEY", "sk").env("KEEP", "1");
+        c.env("DBVAULT_PASSWORD", "pp")
+            .env("AWS_SECRET_ACCESS_KEY", "sk")
+            .env("KEEP", "1");
         let out = scrub(&mut c).output().expect("env");
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains("KEEP=1"));

@@ -9,14 +9,14 @@ use std::sync::{Arc, Mutex};
 use rayon::prelude::*;
 
 use crate::backend::Backend;
-use crate::input::PartInput;
+use crate::blobs::{tree_levels, Blobs};
 use crate::crypto::Keys;
 use crate::delta::{seal_chunk, ParentPart};
 use crate::hash::AlignedHasher;
 use crate::index::{encode_file, index_path, Index};
+use crate::input::PartInput;
 use crate::lock::LockHandle;
 use crate::pack::{pack_path, BlobKind, PackBuilder, PackEntry};
-use crate::blobs::{tree_levels, Blobs};
 use crate::snapshot::Part;
 use crate::{Error, Id, Result};
 

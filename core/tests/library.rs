@@ -43,7 +43,10 @@ fn at(day: u32) -> DateTime<FixedOffset> {
 }
 
 fn backup(repo: &Repository, bytes: &[u8], day: u32) -> Id {
-    let parent = repo.find_snapshot("latest", Some("lib")).ok().map(|(_, s)| s);
+    let parent = repo
+        .find_snapshot("latest", Some("lib"))
+        .ok()
+        .map(|(_, s)| s);
     let b = repo.start_backup_after(parent.as_ref()).expect("start");
     b.add_part(
         PartInput {
@@ -112,8 +115,11 @@ fn backup_restore_forget_prune_and_check_through_the_api() {
     assert!(report.ok, "{:?}", report.problems);
 
     // Keep the last two; forget the rest.
-    let snaps: Vec<(Id, DateTime<FixedOffset>)> =
-        nights.iter().zip(1u32..).map(|((id, _), d)| (*id, at(d))).collect();
+    let snaps: Vec<(Id, DateTime<FixedOffset>)> = nights
+        .iter()
+        .zip(1u32..)
+        .map(|((id, _), d)| (*id, at(d)))
+        .collect();
     let policy = Policy {
         last: 2,
         ..Policy::default()
@@ -138,7 +144,10 @@ fn backup_restore_forget_prune_and_check_through_the_api() {
     let pruned = prune(&repo, opts, &|_| {}).expect("prune");
     assert!(pruned.bytes_freed > 0, "nothing freed");
     for (id, want) in &nights[3..] {
-        assert!(restored(&repo, id) == *want, "a kept night does not restore");
+        assert!(
+            restored(&repo, id) == *want,
+            "a kept night does not restore"
+        );
     }
     assert_eq!(repo.snapshot_ids().expect("ids").len(), 2);
     let report = check(&repo, ReadData::All, &|_| {}).expect("check");
@@ -150,7 +159,10 @@ fn backup_restore_forget_prune_and_check_through_the_api() {
         .flatten()
         .flat_map(|d| std::fs::read_dir(d.path()).expect("dir").flatten())
         .map(|e| e.path())
-        .find(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .find(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
         .expect("a pack");
     let mut bytes = std::fs::read(&pack).expect("pack");
     bytes[100] ^= 1;
@@ -158,9 +170,16 @@ fn backup_restore_forget_prune_and_check_through_the_api() {
     std::fs::write(&pack, &bytes).expect("write");
     let report = check(&repo, ReadData::All, &|_| {}).expect("check");
     assert!(!report.ok);
-    let name = pack.file_name().expect("name").to_string_lossy().into_owned();
+    let name = pack
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
     assert!(
-        report.problems.iter().any(|p| p.pack.as_deref() == Some(name.as_str())),
+        report
+            .problems
+            .iter()
+            .any(|p| p.pack.as_deref() == Some(name.as_str())),
         "{:?}",
         report.problems
     );

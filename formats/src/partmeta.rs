@@ -16,7 +16,10 @@ pub(crate) fn to_meta<T: Serialize>(value: &T) -> BTreeMap<String, serde_json::V
 
 /// A part's meta as `T` (its defaults where the part lacks them).
 pub(crate) fn from_meta<T: DeserializeOwned + Default>(part: &Part) -> T {
-    let m: serde_json::Map<String, serde_json::Value> =
-        part.meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let m: serde_json::Map<String, serde_json::Value> = part
+        .meta
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     serde_json::from_value(serde_json::Value::Object(m)).unwrap_or_default()
 }

@@ -75,7 +75,11 @@ pub(crate) fn add_damage(out: &mut Outcome, id: &Id, damaged: Vec<(String, dbvau
             rows_restored: None,
             detail: why.to_string(),
         });
-        out.problems
-            .push(problem(id, Some(&part), why.to_string(), why.damaged_pack()));
+        out.problems.push(problem(
+            id,
+            Some(&part),
+            why.to_string(),
+            why.damaged_pack(),
+        ));
     }
 }

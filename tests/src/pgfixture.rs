@@ -68,7 +68,15 @@ pub fn faithful_db(tag: &str) -> PgDb {
 pub fn load_faithful(cluster: &PgCluster, db: &str) {
     for f in faithful_files() {
         let out = Command::new("psql")
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &cluster.url(db), "-f"])
+            .args([
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                &cluster.url(db),
+                "-f",
+            ])
             .arg(&f)
             .output()
             .expect("psql");
@@ -128,7 +136,11 @@ pub fn large_objects(conn: &str) -> String {
         .arg("SELECT oid, md5(lo_get(oid)) FROM pg_largeobject_metadata ORDER BY oid")
         .output()
         .expect("psql");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 

@@ -147,8 +147,8 @@ fn serve(mut c: TcpStream, upstream: &str, sh: &Shared) {
         sh.errors.fetch_add(1, Ordering::SeqCst);
         return answer(&mut c, 500);
     }
-    let pack_read = head.starts_with("GET ")
-        && head.lines().next().is_some_and(|l| l.contains("/data/"));
+    let pack_read =
+        head.starts_with("GET ") && head.lines().next().is_some_and(|l| l.contains("/data/"));
     if (f.stall_pack_reads && pack_read) || (f.stall_every > 3 && n % f.stall_every == 3) {
         sh.stalls.fetch_add(1, Ordering::SeqCst);
         std::thread::sleep(f.stall);

@@ -17,7 +17,13 @@ fn first_difference(a: &str, b: &str) -> String {
         .enumerate()
         .find(|(_, (x, y))| x != y)
         .map(|(i, (x, y))| format!("line {}: {x:?} vs {y:?}", i + 1))
-        .unwrap_or_else(|| format!("lengths {} vs {} lines", a.lines().count(), b.lines().count()))
+        .unwrap_or_else(|| {
+            format!(
+                "lengths {} vs {} lines",
+                a.lines().count(),
+                b.lines().count()
+            )
+        })
 }
 
 #[test]
@@ -90,14 +96,7 @@ fn a_direct_snapshot_restores_to_what_pg_dump_restores() {
 
     // A table restore reads only that table's parts (never the large objects).
     let r = repo.run(
-        &[
-            "restore",
-            "latest",
-            "--table",
-            "app.files",
-            "--to",
-            "-",
-        ],
+        &["restore", "latest", "--table", "app.files", "--to", "-"],
         None,
     );
     assert_eq!(r.code, Some(0), "{}", r.stderr);
@@ -110,7 +109,10 @@ fn a_direct_snapshot_restores_to_what_pg_dump_restores() {
         .ok()
         .json();
     let added = next["bytes_added"].as_u64().expect("bytes_added");
-    assert!(added < 100_000, "{added} bytes added for one small large object");
+    assert!(
+        added < 100_000,
+        "{added} bytes added for one small large object"
+    );
     let lo = next["parts"]
         .as_array()
         .expect("parts")
@@ -166,7 +168,8 @@ fn row_level_security_stops_the_backup_unless_asked_for() {
     assert!(before.keys().all(|k| repo.files().contains_key(k)));
 
     // Asked for: the visible rows, and the snapshot says it was filtered.
-    repo.run(&["backup", &url, "--enable-row-security"], None).ok();
+    repo.run(&["backup", &url, "--enable-row-security"], None)
+        .ok();
     let list = repo.run(&["snapshots", "--json"], None).ok().json();
     let snap = &list[0];
     let notes = snap["source"]["notes"].to_string();
@@ -179,7 +182,10 @@ fn row_level_security_stops_the_backup_unless_asked_for() {
         .expect("secret");
     assert_eq!(secret["rows"], 500);
     let human = repo.run(&["snapshots"], None).ok().text();
-    assert!(human.contains("note: backed up with --enable-row-security"), "{human}");
+    assert!(
+        human.contains("note: backed up with --enable-row-security"),
+        "{human}"
+    );
 
     // As the owner (a superuser here) nothing is filtered and no note is written.
     repo.run(&["backup", &c.url("rls"), "--json"], None).ok();
@@ -226,7 +232,13 @@ fn a_whole_server_snapshot_holds_the_same() {
     );
     let t = repo
         .run(
-            &["restore-test", "latest", "--scratch", &dst.url("postgres"), "--json"],
+            &[
+                "restore-test",
+                "latest",
+                "--scratch",
+                &dst.url("postgres"),
+                "--json",
+            ],
             None,
         )
         .ok()
@@ -265,8 +277,12 @@ fn a_latin1_database_round_trips() {
         "CREATE TABLE t (id int PRIMARY KEY, s text); \
          INSERT INTO t VALUES (1, U&'Gr\\00F6\\00DFe caf\\00E9 \\00F1'), (2, 'plain');",
     );
-    let utf8 = "SELECT length(s) || ':' || encode(convert_to(s, 'UTF8'), 'escape') FROM t WHERE id = 1";
-    assert_eq!(src.sql(utf8).trim(), "12:Gr\\303\\266\\303\\237e caf\\303\\251 \\303\\261");
+    let utf8 =
+        "SELECT length(s) || ':' || encode(convert_to(s, 'UTF8'), 'escape') FROM t WHERE id = 1";
+    assert_eq!(
+        src.sql(utf8).trim(),
+        "12:Gr\\303\\266\\303\\237e caf\\303\\251 \\303\\261"
+    );
     let repo = Repo::new();
     repo.run(&["backup", &src.url()], None).ok();
     let dst = latin1_db("latin1_restored");

@@ -216,7 +216,10 @@ fn a_store_that_times_out_during_a_restore_is_not_reported_as_damage() {
         err.contains("did not answer in time") || err.contains("cannot reach"),
         "not a transport error: {err}"
     );
-    assert!(!err.contains("damaged"), "a timeout reported as damage: {err}");
+    assert!(
+        !err.contains("damaged"),
+        "a timeout reported as damage: {err}"
+    );
     assert!(r.stdout.is_empty() || data.starts_with(&r.stdout));
     let (_, _, stalls) = proxy.counts();
     assert!(stalls >= 1, "no pack read was stalled");

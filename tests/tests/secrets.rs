@@ -24,7 +24,10 @@ fn a_command_sees_no_passphrase_and_no_store_credentials() {
         .ok()
         .text();
     // The check can fail: the command does see the environment dbvault was given.
-    assert!(env.contains("DBVAULT_TEST_VISIBLE=visible-to-children"), "{env}");
+    assert!(
+        env.contains("DBVAULT_TEST_VISIBLE=visible-to-children"),
+        "{env}"
+    );
     for secret in [PASSWORD, AWS_SECRET, AWS_KEY] {
         assert!(!env.contains(secret), "{secret} reached the command");
     }
@@ -72,7 +75,10 @@ fn pg_dump_gets_the_database_password_only_and_urls_with_passwords_are_warned_ab
         dir.path().display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let url = format!("postgresql://{role}:{db_secret}@127.0.0.1:5432/{}", src.name);
+    let url = format!(
+        "postgresql://{role}:{db_secret}@127.0.0.1:5432/{}",
+        src.name
+    );
     let repo = Repo::new();
     let mut c = with_store_secrets(repo.cmd(&["backup", &url]));
     c.env("PATH", &path).env_remove("PGCLUSTER");

@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use rayon::prelude::*;
 
 use super::{Bad, CheckReport, Problem, ReadData};
+use crate::blobs::Blobs;
 use crate::index::{read_file, Index};
 use crate::pack::{pack_path, read_trailer};
-use crate::blobs::Blobs;
 use crate::{Id, Repository, Result};
 
 /// What one pack's check found.

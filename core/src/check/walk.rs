@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::{Bad, CheckReport, Problem};
-use crate::index::Index;
 use crate::blobs::Blobs;
+use crate::index::Index;
 use crate::{Id, Repository, Result, Snapshot};
 
 /// Damage below a tree node: pack named (None: not indexed at all) -> (blobs, first detail).

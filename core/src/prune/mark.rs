@@ -3,8 +3,8 @@
 use rayon::prelude::*;
 
 use super::refuse;
-use crate::index::{read_file, Index};
 use crate::blobs::{list_ids, Blobs};
+use crate::index::{read_file, Index};
 use crate::{Id, Repository, Result, Snapshot};
 
 /// One bit per indexed blob (by [`Index::position`]).

@@ -21,8 +21,8 @@ use futures_util::StreamExt;
 use tokio_postgres::error::SqlState;
 
 use crate::error::{FormatError, Result};
-use crate::postgres::data::DataRun;
 use crate::postgres::conn::{pg_err, rows, runtime, PgSource};
+use crate::postgres::data::DataRun;
 use crate::postgres::dump::{SCHEMA_CHUNKS, TABLE_CHUNKS};
 use crate::postgres::lobs::TextFingerprint;
 use crate::postgres::meta::{TablePart, FORMAT, LARGE_OBJECTS, POST_DATA, PRE_DATA, TABLE_DATA};
@@ -419,7 +419,11 @@ fn copy_out_sql(t: &Table, q: &str) -> String {
         None if t.columns.is_empty() => format!("COPY {q} TO STDOUT"),
         None => format!("COPY {q} ({}) TO STDOUT", t.columns),
         Some(filter) => {
-            let cols = if t.columns.is_empty() { "*" } else { &t.columns };
+            let cols = if t.columns.is_empty() {
+                "*"
+            } else {
+                &t.columns
+            };
             format!("COPY (SELECT {cols} FROM {q} {filter}) TO STDOUT")
         }
     }

@@ -38,7 +38,10 @@ impl Loader {
     /// Connection failures.
     pub fn connect_like_pg_dump(src: &PgSource, script: &str) -> Result<Loader> {
         let l = Loader::connect(src)?;
-        let sql = crate::postgres::backup::session_sql(&crate::postgres::backup::script_encoding(script), false);
+        let sql = crate::postgres::backup::session_sql(
+            &crate::postgres::backup::script_encoding(script),
+            false,
+        );
         l.execute("setting up the session as pg_dump does", &sql)?;
         Ok(l)
     }

@@ -102,7 +102,11 @@ impl Fingerprint {
     /// Feeds one line of pg_dump's text for large objects.
     pub fn line(&mut self, line: &[u8]) {
         if let Some(rest) = line.strip_prefix(b"SELECT pg_catalog.lo_open('") {
-            let digits: Vec<u8> = rest.iter().copied().take_while(u8::is_ascii_digit).collect();
+            let digits: Vec<u8> = rest
+                .iter()
+                .copied()
+                .take_while(u8::is_ascii_digit)
+                .collect();
             if let Some(oid) = std::str::from_utf8(&digits)
                 .ok()
                 .and_then(|d| d.parse().ok())

@@ -29,7 +29,13 @@ pub(crate) fn lookup(host: &str, port: u16, database: &str, user: &str) -> Optio
         );
         return None;
     }
-    find(&std::fs::read_to_string(&path).ok()?, host, port, database, user)
+    find(
+        &std::fs::read_to_string(&path).ok()?,
+        host,
+        port,
+        database,
+        user,
+    )
 }
 
 /// The first matching line's password.
@@ -83,10 +89,19 @@ mod tests {
                     db1:5432:shop:backup:s3cret\n\
                     *:*:*:reader:r\\:pw\\\\x\n\
                     localhost:5433:*:*:local\n";
-        assert_eq!(find(text, "db1", 5432, "shop", "backup").as_deref(), Some("s3cret"));
+        assert_eq!(
+            find(text, "db1", 5432, "shop", "backup").as_deref(),
+            Some("s3cret")
+        );
         assert_eq!(find(text, "db1", 5432, "other", "backup"), None);
-        assert_eq!(find(text, "any", 1, "x", "reader").as_deref(), Some("r:pw\\x"));
-        assert_eq!(find(text, "localhost", 5433, "x", "me").as_deref(), Some("local"));
+        assert_eq!(
+            find(text, "any", 1, "x", "reader").as_deref(),
+            Some("r:pw\\x")
+        );
+        assert_eq!(
+            find(text, "localhost", 5433, "x", "me").as_deref(),
+            Some("local")
+        );
         assert_eq!(find(text, "localhost", 5432, "x", "me"), None);
     }
 }

@@ -92,7 +92,18 @@ impl PgSource {
     pub fn query(&self, sql: &str) -> Result<String> {
         let out = self
             .command("psql")
-            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d", &self.url.public, "-c", sql])
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                &self.url.public,
+                "-c",
+                sql,
+            ])
             .stdin(Stdio::null())
             .output()
             .map_err(no_psql)?;
@@ -135,4 +146,3 @@ fn summarize_psql_error(stderr: &str) -> String {
         .unwrap_or_default();
     format!("{error}{statement}")
 }
-

@@ -9,11 +9,11 @@ use std::io::{BufWriter, Write};
 use dbvault_core::{Part, Repository, Snapshot};
 
 use super::meta::{self, TablePart, POST_DATA, PRE_DATA};
-use super::script::{qualified, table_script, TableScript};
 pub use super::options::{RestoreOptions, Target};
+use super::script::{qualified, table_script, TableScript};
+use crate::error::{FormatError, Result};
 pub use crate::notice::{Notice, Notify};
 pub use crate::read::{part_bytes, write_part};
-use crate::error::{FormatError, Result};
 
 fn part_text(repo: &Repository, part: Option<&Part>, notify: Notify<'_>) -> Result<String> {
     Ok(match part {

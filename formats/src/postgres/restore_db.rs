@@ -11,10 +11,10 @@ use super::conn::PgSource;
 use super::load::Loader;
 use super::meta::{section, tables, TablePart, LARGE_OBJECTS, POST_DATA, PRE_DATA};
 use super::options::RestoreOptions;
-use crate::notice::{Notice, Notify};
-use crate::read::{part_bytes, write_part};
 use super::script::table_script;
 use crate::error::{FormatError, Result};
+use crate::notice::{Notice, Notify};
+use crate::read::{part_bytes, write_part};
 
 fn panicked(what: &str) -> FormatError {
     FormatError::io(what, std::io::Error::other("panicked"))
@@ -305,7 +305,9 @@ fn load_table(
         match sent {
             Some(m) => {
                 let r = loader.load_hashed(&part.name, copy, freeze.as_deref(), fill)?;
-                m.lock().map_err(|_| poisoned())?.insert(part.name.clone(), r);
+                m.lock()
+                    .map_err(|_| poisoned())?
+                    .insert(part.name.clone(), r);
             }
             None => {
                 loader.load(&part.name, copy, freeze.as_deref(), fill)?;

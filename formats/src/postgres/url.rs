@@ -93,7 +93,6 @@ impl PgUrl {
             full: replace_database(&self.full, db),
         }
     }
-
 }
 
 /// `scheme://authority/db?query` with `db` replaced (added when absent).

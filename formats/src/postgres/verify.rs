@@ -12,8 +12,8 @@ use dbvault_core::restore::restore_part;
 use dbvault_core::{Id, Part, Repository, Snapshot};
 
 use super::conn::PgSource;
-use super::lobs::{self, LargeObjects, TextFingerprint};
 use super::load::{read_back_statement, Loader};
+use super::lobs::{self, LargeObjects, TextFingerprint};
 use super::meta::{section, tables, TablePart, LARGE_OBJECTS, POST_DATA, PRE_DATA};
 use super::restore::{part_bytes, Notice, Notify, RestoreOptions};
 use super::restore_db::{jobs, restore_database, Sent};
@@ -88,11 +88,7 @@ fn test_database(
             context: format!("cannot create the scratch database on {}", server.public()),
             message: e.to_string(),
         })?;
-    let scratch = Scratch {
-        server,
-        db,
-        notify,
-    };
+    let scratch = Scratch { server, db, notify };
     let target = server.for_database(&scratch.db);
     let mut out = Outcome {
         scratch: format!("scratch database {} on {}", scratch.db, server.public()),

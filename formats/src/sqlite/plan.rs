@@ -7,7 +7,11 @@ use super::names::{quote_ident, rename_object};
 use crate::error::{FormatError, Result};
 
 /// Finds a table in a database by name (SQLite names are case-insensitive).
-pub(crate) fn find_table(c: &Connection, schema: &str, table: &str) -> Result<Option<(String, String)>> {
+pub(crate) fn find_table(
+    c: &Connection,
+    schema: &str,
+    table: &str,
+) -> Result<Option<(String, String)>> {
     let q = format!("SELECT name, sql FROM {schema}.sqlite_master WHERE type = 'table' AND name = ?1 COLLATE NOCASE");
     match c.query_row(&q, [table], |r| Ok((r.get(0)?, r.get(1)?))) {
         Ok(v) => Ok(Some(v)),

@@ -150,7 +150,12 @@ pub fn restore(
         if !recorded.tables.keys().any(|x| x.eq_ignore_ascii_case(t)) {
             return Err(FormatError::NoSuchTable {
                 table: t.clone(),
-                available: recorded.tables.keys().cloned().collect::<Vec<_>>().join(", "),
+                available: recorded
+                    .tables
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
             });
         }
     }
@@ -167,8 +172,13 @@ pub fn restore(
                 sql::table_as_sql(tmp.path(), t, opts.rename_table.as_deref(), &mut out)?;
             }
             Target::File(path) => {
-                let rows =
-                    restore_table(tmp.path(), path, t, opts.rename_table.as_deref(), opts.clean)?;
+                let rows = restore_table(
+                    tmp.path(),
+                    path,
+                    t,
+                    opts.rename_table.as_deref(),
+                    opts.clean,
+                )?;
                 notify(Notice::Done(format!(
                     "restored table {t} ({rows} rows) into {} as {}",
                     path.display(),

@@ -34,8 +34,12 @@ pub fn restore_test(
         if e.storage_kind().is_some() {
             return Err(e);
         }
-        out.problems
-            .push(problem(id, Some(&part.name), e.to_string(), e.damaged_pack()));
+        out.problems.push(problem(
+            id,
+            Some(&part.name),
+            e.to_string(),
+            e.damaged_pack(),
+        ));
         return Ok(out);
     }
     for p in check(&path)? {
@@ -51,7 +55,8 @@ pub fn restore_test(
             format!("{rows} rows, {} recorded at backup time", want.unwrap_or(0))
         };
         if !ok {
-            out.problems.push(problem(id, Some(name), detail.clone(), None));
+            out.problems
+                .push(problem(id, Some(name), detail.clone(), None));
         }
         out.tables.push(TableResult {
             name: name.clone(),
