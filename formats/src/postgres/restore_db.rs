@@ -219,15 +219,16 @@ pub(crate) fn restore_database(
             Ok(())
         })?;
         if let Some(lo) = section(snap, LARGE_OBJECTS) {
-            url.psql("restoring large objects", false, |w| {
-                w.write_all(preamble.as_bytes())?;
-                w.write_all(b"\n")?;
-                let mut bw = BufWriter::with_capacity(1 << 20, w);
-                write_part(repo, lo, &mut bw, notify)?;
-                bw.write_all(epilogue.as_bytes())?;
-                bw.flush()?;
-                Ok(())
-            })?;
+            let session = (preamble.as_str(), epilogue.as_str());
+            psql_part(
+                repo,
+                url,
+                "restoring large objects",
+                false,
+                lo,
+                session,
+                notify,
+            )?;
         }
     }
     let jobs = jobs();
@@ -315,12 +316,27 @@ fn load_table(
         }
         return Ok(());
     }
-    url.psql(&format!("loading table {}", part.name), true, |w| {
-        w.write_all(preamble.as_bytes())?;
+    let what = format!("loading table {}", part.name);
+    psql_part(repo, url, &what, true, part, (preamble, epilogue), notify)
+}
+
+/// Runs a part through psql between the dump's preamble and epilogue (`session`); with
+/// `single`, in one transaction.
+fn psql_part(
+    repo: &Repository,
+    url: &PgSource,
+    what: &str,
+    single: bool,
+    part: &Part,
+    session: (&str, &str),
+    notify: Notify<'_>,
+) -> Result<()> {
+    url.psql(what, single, |w| {
+        w.write_all(session.0.as_bytes())?;
         w.write_all(b"\n")?;
         let mut bw = BufWriter::with_capacity(1 << 20, w);
         write_part(repo, part, &mut bw, notify)?;
-        bw.write_all(epilogue.as_bytes())?;
+        bw.write_all(session.1.as_bytes())?;
         bw.flush()?;
         Ok(())
     })
