@@ -162,6 +162,16 @@ pub struct InitArgs {
     /// object stores; between 64KiB and 512MiB.
     #[arg(long, value_name = "SIZE")]
     pub pack_size: Option<String>,
+    /// Argon2id memory for the new key, in MiB (default 48; at most 1024). Every command
+    /// pays it once when it opens the repository.
+    #[arg(long, value_name = "MIB")]
+    pub kdf_memory: Option<u32>,
+    /// Argon2id passes for the new key (default 3; at most 64).
+    #[arg(long, value_name = "N")]
+    pub kdf_passes: Option<u32>,
+    /// Argon2id lanes for the new key (default 1; at most 16).
+    #[arg(long, value_name = "N")]
+    pub kdf_lanes: Option<u32>,
     /// A retention policy to store (used by `forget` without rules).
     #[command(flatten)]
     pub keep: KeepArgs,

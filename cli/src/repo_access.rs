@@ -11,6 +11,7 @@ use dbvault_core::backend::Backend;
 use dbvault_core::lock::{LockKind, LockOptions};
 use dbvault_core::retention::Span;
 use dbvault_core::Repository;
+use zeroize::Zeroizing;
 
 use crate::args::Cli;
 
@@ -58,17 +59,22 @@ fn strip_newline(mut s: String) -> String {
 
 /// The passphrase: `--password-file`/`DBVAULT_PASSWORD_FILE`, else `DBVAULT_PASSWORD`, else a
 /// prompt on the terminal (twice when creating a repository).
-pub fn passphrase(cli: &Cli, confirm: bool) -> Result<String> {
+///
+/// The passphrase is wiped from memory when the returned value is dropped.
+pub fn passphrase(cli: &Cli, confirm: bool) -> Result<Zeroizing<String>> {
     if let Some(f) = &cli.password_file {
-        let s = std::fs::read_to_string(f)
-            .with_context(|| format!("cannot read the password file {}", f.display()))?;
-        let first = s.lines().next().unwrap_or("").to_string();
+        let s = Zeroizing::new(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read the password file {}", f.display()))?,
+        );
+        let first = Zeroizing::new(s.lines().next().unwrap_or("").to_string());
         if first.is_empty() {
             bail!("the password file {} is empty", f.display());
         }
         return Ok(first);
     }
     if let Ok(p) = std::env::var("DBVAULT_PASSWORD") {
+        let p = Zeroizing::new(p);
         if p.is_empty() {
             bail!("DBVAULT_PASSWORD is set but empty");
         }
@@ -80,11 +86,17 @@ pub fn passphrase(cli: &Cli, confirm: bool) -> Result<String> {
             "no passphrase: set DBVAULT_PASSWORD or DBVAULT_PASSWORD_FILE, or use --password-file"
         );
     }
-    let p = strip_newline(rpassword::prompt_password("repository passphrase: ")?);
+    let p = Zeroizing::new(strip_newline(rpassword::prompt_password(
+        "repository passphrase: ",
+    )?));
     if p.is_empty() {
         bail!("empty passphrase");
     }
-    if confirm && strip_newline(rpassword::prompt_password("repeat passphrase: ")?) != p {
+    if confirm
+        && *Zeroizing::new(strip_newline(rpassword::prompt_password(
+            "repeat passphrase: ",
+        )?)) != *p
+    {
         bail!("the passphrases do not match");
     }
     Ok(p)

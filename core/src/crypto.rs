@@ -30,16 +30,28 @@ pub struct Keys {
     chunker_seed: u64,
 }
 
+impl Drop for Keys {
+    // The cipher wipes its own key on drop; the id key is ours to wipe.
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.id_key);
+        zeroize::Zeroize::zeroize(&mut self.chunker_seed);
+    }
+}
+
 impl Keys {
     /// Derives the working keys from a master secret.
     pub fn from_master(master: &[u8; 32]) -> Keys {
-        let enc = blake3::derive_key("dbvault 2026-11 object encryption key", master);
+        let enc = zeroize::Zeroizing::new(blake3::derive_key(
+            "dbvault 2026-11 object encryption key",
+            master,
+        ));
         let id_key = blake3::derive_key("dbvault 2026-11 blob id key", master);
-        let seed = blake3::derive_key("dbvault 2026-11 chunker seed", master);
+        let seed =
+            zeroize::Zeroizing::new(blake3::derive_key("dbvault 2026-11 chunker seed", master));
         let mut s = [0u8; 8];
         s.copy_from_slice(&seed[..8]);
         Keys {
-            cipher: XChaCha20Poly1305::new(&enc.into()),
+            cipher: XChaCha20Poly1305::new((&*enc).into()),
             id_key,
             chunker_seed: u64::from_le_bytes(s),
         }

@@ -9,12 +9,22 @@ use serde::{Deserialize, Serialize};
 use crate::crypto::{fill_random, Keys};
 use crate::{Error, Result};
 
-/// The KDF cost used for new key files: OWASP's recommended Argon2id setting (19 MiB, 2
-/// passes, 1 lane). About 40 ms here: every command pays it once, and memory stays small.
+/// The KDF cost used for new key files: Argon2id with 48 MiB, 3 passes, 1 lane, about four
+/// times OWASP's online-login minimum (19 MiB, t=2), since a stolen key file is attacked
+/// offline. RFC 9106's 64 MiB would alone break the 64 MiB memory budget of every command;
+/// `init --kdf-memory`/`--kdf-passes` choose more.
 pub const DEFAULT_KDF: KdfParams = KdfParams {
-    m_kib: 19 * 1024,
-    t: 2,
+    m_kib: 48 * 1024,
+    t: 3,
     p: 1,
+};
+
+/// Upper bounds on the KDF parameters a key file may ask for. A planted key file must not make
+/// every open take minutes or demand terabytes; these still allow 16 times the default cost.
+pub const MAX_KDF: KdfParams = KdfParams {
+    m_kib: 1024 * 1024,
+    t: 64,
+    p: 16,
 };
 
 /// Argon2id cost parameters.
@@ -55,17 +65,63 @@ fn derive(passphrase: &[u8], salt: &[u8], p: KdfParams) -> Result<Keys> {
     Ok(Keys::from_master(&out))
 }
 
-const AAD: &[u8] = b"dbvault key file";
+/// Associated data of key files of format-2 repositories (read only).
+const AAD_V2: &[u8] = b"dbvault key file";
+/// Associated data of key files from format 3 on: a key file opens only as part of a
+/// repository whose `config` is authenticated, so editing `config` back to format 2 (to
+/// strip its MAC) makes the keys fail loudly instead of opening an unauthenticated config.
+const AAD_V3: &[u8] = b"dbvault key file, format 3: config authenticated";
+
+/// Which kind of repository a key file was made for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyFormat {
+    /// Format 2: `config` not authenticated.
+    V2,
+    /// Format 3 and later: `config` carries a MAC under the master key.
+    V3,
+}
+
+impl KdfParams {
+    /// Checks the parameters against [`MAX_KDF`] and Argon2's own minimums.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming the parameter out of range.
+    pub fn check_bounds(&self) -> Result<()> {
+        let m = MAX_KDF;
+        if self.p == 0 || self.p > m.p {
+            return Err(Error::Invalid(format!(
+                "Argon2 lanes {} out of range 1..={}",
+                self.p, m.p
+            )));
+        }
+        if self.t == 0 || self.t > m.t {
+            return Err(Error::Invalid(format!(
+                "Argon2 passes {} out of range 1..={}",
+                self.t, m.t
+            )));
+        }
+        if self.m_kib < 8 * self.p || self.m_kib > m.m_kib {
+            return Err(Error::Invalid(format!(
+                "Argon2 memory {} KiB out of range {}..={} KiB",
+                self.m_kib,
+                8 * self.p,
+                m.m_kib
+            )));
+        }
+        Ok(())
+    }
+}
 
 /// Wraps `master` under `passphrase`; returns the key file's bytes.
 ///
 /// # Errors
 /// Only if the KDF or the random source fails.
 pub fn wrap(master: &[u8; 32], passphrase: &[u8], params: KdfParams) -> Result<Vec<u8>> {
+    params.check_bounds()?;
     let mut salt = [0u8; 32];
     fill_random(&mut salt)?;
     let kek = derive(passphrase, &salt, params)?;
-    let sealed = kek.seal(master, AAD)?;
+    let sealed = kek.seal(master, AAD_V3)?;
     let kf = KeyFile {
         kdf: "argon2id".into(),
         params,
@@ -84,6 +140,8 @@ fn parse(bytes: &[u8], name: &str) -> Result<(KdfParams, Vec<u8>, Vec<u8>)> {
     if kf.kdf != "argon2id" {
         return Err(bad(format!("unknown kdf {:?}", kf.kdf)));
     }
+    // Refused before any work: a planted file must not cost minutes or terabytes.
+    kf.params.check_bounds().map_err(|e| bad(e.to_string()))?;
     let salt = hex::decode(&kf.salt).map_err(|e| bad(e.to_string()))?;
     let sealed = hex::decode(&kf.data).map_err(|e| bad(e.to_string()))?;
     Ok((kf.params, salt, sealed))
@@ -107,25 +165,34 @@ pub fn validate(bytes: &[u8], name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Unwraps a key file. `Ok(None)` means the passphrase does not open it.
+/// Unwraps a key file: the master secret and the repository format the key was made for.
+/// `Ok(None)` means the passphrase does not open it.
 ///
 /// # Errors
-/// [`Error::Corrupt`] when the file does not parse.
-pub fn unwrap(bytes: &[u8], passphrase: &[u8], name: &str) -> Result<Option<[u8; 32]>> {
+/// [`Error::Corrupt`] when the file does not parse or asks for KDF parameters beyond
+/// [`MAX_KDF`].
+pub fn unwrap(
+    bytes: &[u8],
+    passphrase: &[u8],
+    name: &str,
+) -> Result<Option<(zeroize::Zeroizing<[u8; 32]>, KeyFormat)>> {
     let (params, salt, sealed) = parse(bytes, name)?;
     let kek = derive(passphrase, &salt, params)?;
-    match kek.open(&sealed, AAD, &|| String::new()) {
-        Ok(m) if m.len() == 32 => {
-            let mut out = [0u8; 32];
+    for (aad, format) in [(AAD_V3, KeyFormat::V3), (AAD_V2, KeyFormat::V2)] {
+        if let Ok(m) = kek.open(&sealed, aad, &String::new) {
+            let m = zeroize::Zeroizing::new(m);
+            if m.len() != 32 {
+                return Err(Error::corrupt(
+                    format!("key file {name}"),
+                    "master secret has the wrong length",
+                ));
+            }
+            let mut out = zeroize::Zeroizing::new([0u8; 32]);
             out.copy_from_slice(&m);
-            Ok(Some(out))
+            return Ok(Some((out, format)));
         }
-        Ok(_) => Err(Error::corrupt(
-            format!("key file {name}"),
-            "master secret has the wrong length",
-        )),
-        Err(_) => Ok(None),
     }
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -140,13 +207,48 @@ mod tests {
             p: 1,
         };
         let kf = wrap(&[9u8; 32], b"pw", p).unwrap();
-        assert_eq!(unwrap(&kf, b"pw", "k").unwrap(), Some([9u8; 32]));
-        assert_eq!(unwrap(&kf, b"wrong", "k").unwrap(), None);
+        let (m, f) = unwrap(&kf, b"pw", "k").unwrap().unwrap();
+        assert_eq!((*m, f), ([9u8; 32], KeyFormat::V3));
+        assert!(unwrap(&kf, b"wrong", "k").unwrap().is_none());
         validate(&kf, "k").unwrap();
         let mut broken = kf.clone();
         broken.truncate(kf.len() - 20);
         assert!(validate(&broken, "k").is_err());
         let text = String::from_utf8(kf).unwrap();
         assert!(!text.contains("pw\""));
+    }
+
+    #[test]
+    fn absurd_parameters_are_refused_without_deriving() {
+        let p = KdfParams {
+            m_kib: 64,
+            t: 1,
+            p: 1,
+        };
+        let kf = wrap(&[9u8; 32], b"pw", p).unwrap();
+        let mut v: serde_json::Value = serde_json::from_slice(&kf).unwrap();
+        // 4 TiB: deriving would abort the process; the check must come first.
+        v["params"]["m_kib"] = serde_json::json!(u32::MAX);
+        let planted = serde_json::to_vec(&v).unwrap();
+        let start = std::time::Instant::now();
+        let e = unwrap(&planted, b"pw", "keys/x").err().unwrap().to_string();
+        assert!(e.contains("keys/x") && e.contains("Argon2 memory"), "{e}");
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
+        v["params"]["m_kib"] = serde_json::json!(64);
+        v["params"]["t"] = serde_json::json!(1_000_000);
+        let e = validate(&serde_json::to_vec(&v).unwrap(), "keys/x")
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("Argon2 passes"), "{e}");
+        assert!(wrap(
+            &[9u8; 32],
+            b"pw",
+            KdfParams {
+                m_kib: 64,
+                t: 0,
+                p: 1
+            }
+        )
+        .is_err());
     }
 }

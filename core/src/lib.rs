@@ -14,6 +14,7 @@ pub mod backup;
 pub mod blobs;
 pub mod check;
 pub mod chunker;
+pub mod config;
 pub mod crypto;
 pub mod delta;
 pub mod error;

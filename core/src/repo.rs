@@ -2,49 +2,16 @@
 
 use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
-
 use crate::backend::cache::CachedBackend;
 use crate::backend::Backend;
-use crate::chunker::ChunkerParams;
 use crate::crypto::Keys;
 use crate::index::Index;
 use crate::keyfile::{self, KdfParams};
 use crate::lock::{Lock, LockHandle, LockKind, LockOptions};
-use crate::pack::DEFAULT_PACK_TARGET;
 use crate::snapshot::{snapshot_path, Snapshot};
 use crate::{Error, Id, Result};
 
-/// Repository format version this build reads and writes.
-pub const FORMAT_VERSION: u32 = 2;
-
-/// The plaintext `config` object.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct RepoConfig {
-    /// Format version.
-    pub version: u32,
-    /// Random repository id (names the local cache).
-    pub id: Id,
-    /// Chunk size bounds.
-    pub chunker: ChunkerParams,
-    /// Pack size target in bytes.
-    pub pack_target: u32,
-    /// zstd level for blobs.
-    pub compression: i32,
-}
-
-impl Default for RepoConfig {
-    fn default() -> Self {
-        RepoConfig {
-            version: FORMAT_VERSION,
-            id: Id::default(),
-            chunker: ChunkerParams::default(),
-            pack_target: DEFAULT_PACK_TARGET,
-            // Level 1: on SQL dumps it compresses as well as level 3 at twice the speed.
-            compression: 1,
-        }
-    }
-}
+pub use crate::config::{RepoConfig, FORMAT_VERSION};
 
 /// An open repository.
 pub struct Repository {
@@ -77,13 +44,12 @@ impl Repository {
             Err(e) => return Err(e),
         }
         config.chunker.validate()?;
-        config.version = FORMAT_VERSION;
         config.id = Id::random()?;
-        let mut master = [0u8; 32];
-        crate::crypto::fill_random(&mut master)?;
+        let mut master = zeroize::Zeroizing::new([0u8; 32]);
+        crate::crypto::fill_random(master.as_mut())?;
         let kf = keyfile::wrap(&master, passphrase, kdf)?;
         backend.create(&format!("keys/{}", Id::hash_of(&kf)), &kf)?;
-        let json = serde_json::to_vec_pretty(&config).map_err(|e| Error::Invalid(e.to_string()))?;
+        let json = config.sealed_bytes(&master)?;
         backend.create("config", &json)?;
         Ok(Repository {
             backend,
@@ -122,23 +88,27 @@ impl Repository {
             }
             Err(e) => return Err(e),
         };
-        let config: RepoConfig =
-            serde_json::from_slice(&raw).map_err(|e| Error::corrupt("config", e.to_string()))?;
-        if config.version != FORMAT_VERSION {
-            return Err(Error::UnsupportedVersion {
-                found: config.version,
-                supported: FORMAT_VERSION,
-            });
-        }
-        config.chunker.validate()?;
+        let config = RepoConfig::parse(&raw)?;
         let backend: Arc<dyn Backend> = match cache {
             Some(dir) => Arc::new(CachedBackend::new(backend, dir.join(config.id.to_string()))),
             None => backend,
         };
         let keys = backend.list("keys/")?;
+        // A key file that cannot be used (absurd KDF parameters, damage) must not lock the
+        // others out; it is the answer only when no other key opens.
+        let mut unusable = None;
         for k in &keys {
             let bytes = backend.read(&k.path)?;
-            if let Some(master) = keyfile::unwrap(&bytes, passphrase, &k.path)? {
+            let opened = match keyfile::unwrap(&bytes, passphrase, &k.path) {
+                Ok(o) => o,
+                Err(e) if e.is_damage() => {
+                    unusable.get_or_insert(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if let Some((master, format)) = opened {
+                config.authenticate(&master, format)?;
                 return Ok(Repository {
                     backend,
                     config,
@@ -148,7 +118,7 @@ impl Repository {
                 });
             }
         }
-        Err(Error::WrongPassphrase { keys: keys.len() })
+        Err(unusable.unwrap_or(Error::WrongPassphrase { keys: keys.len() }))
     }
 
     /// The storage backend.

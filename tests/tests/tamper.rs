@@ -1,0 +1,156 @@
+//! What someone with write access to the store can change, and what dbvault then does:
+//! an edited `config` makes every command refuse to open the repository; a key file with
+//! absurd Argon2 parameters is refused at once (and does not lock out the other keys).
+
+use std::time::{Duration, Instant};
+
+use dbvault_tests::Repo;
+
+fn config(repo: &Repo) -> serde_json::Value {
+    let raw = std::fs::read(repo.path.join("config")).expect("config");
+    serde_json::from_slice(&raw).expect("config is JSON")
+}
+
+fn write_config(repo: &Repo, v: &serde_json::Value) {
+    std::fs::write(
+        repo.path.join("config"),
+        serde_json::to_vec_pretty(v).expect("json"),
+    )
+    .expect("write config");
+}
+
+/// Every everyday command refuses, with one line naming `config`, and writes nothing.
+fn all_refuse(repo: &Repo, why: &str) {
+    let before = repo.files();
+    for args in [
+        &["snapshots"][..],
+        &["backup", "-", "--name", "late"],
+        &["restore", "latest", "--to", "-"],
+        &["check"],
+        &["forget", "--keep-last", "1"],
+    ] {
+        let r = repo.run(args, Some(b"more data"));
+        assert_ne!(r.code, Some(0), "{args:?} accepted a config {why}");
+        assert!(
+            r.stderr.contains("config") && r.stderr.contains("altered"),
+            "{args:?} ({why}): {}",
+            r.stderr
+        );
+        assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    }
+    assert_eq!(
+        repo.files(),
+        before,
+        "a refused command changed the repository"
+    );
+}
+
+#[test]
+fn an_edited_config_is_refused_by_every_command() {
+    let repo = Repo::new();
+    let data = dbvault_tests::random_bytes(300_000, 5);
+    repo.backup(&data, &[]);
+    let good = config(&repo);
+    assert_eq!(good["version"], 3);
+    assert!(good["mac"].is_string(), "{good}");
+
+    // Weaker compression and tiny chunks: a change that would alter the next backup.
+    let mut edited = good.clone();
+    edited["compression"] = serde_json::json!(19);
+    edited["chunker"]["min"] = serde_json::json!(64);
+    write_config(&repo, &edited);
+    all_refuse(&repo, "with edited parameters");
+
+    // Stripping the MAC by claiming the older, unauthenticated format does not work either.
+    let mut downgraded = edited.clone();
+    downgraded["version"] = serde_json::json!(2);
+    downgraded.as_object_mut().expect("object").remove("mac");
+    write_config(&repo, &downgraded);
+    all_refuse(&repo, "downgraded to format 2");
+
+    // The original config back: everything works again, and the data is intact.
+    write_config(&repo, &good);
+    assert_eq!(repo.restore("latest").ok().stdout, data);
+}
+
+fn key_files(repo: &Repo) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(repo.path.join("keys"))
+        .expect("keys")
+        .flatten()
+        .map(|e| e.path())
+        .collect()
+}
+
+#[test]
+fn a_key_file_with_absurd_kdf_parameters_is_refused_at_once() {
+    let repo = Repo::new();
+    repo.backup(b"rows", &[]);
+    let keys = key_files(&repo);
+    assert_eq!(keys.len(), 1);
+    let mut kf: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&keys[0]).expect("key")).expect("json");
+    // New keys use the stronger default cost.
+    assert_eq!(kf["params"]["m_kib"], 48 * 1024, "{kf}");
+    assert_eq!(kf["params"]["t"], 3, "{kf}");
+
+    // A planted key beside the real one (4 TiB of memory, a million passes) is skipped:
+    // the real key still opens the repository, quickly.
+    let mut planted = kf.clone();
+    planted["params"]["m_kib"] = serde_json::json!(u32::MAX);
+    planted["params"]["t"] = serde_json::json!(1_000_000);
+    std::fs::write(
+        repo.path.join("keys").join("0".repeat(64)),
+        serde_json::to_vec(&planted).expect("json"),
+    )
+    .expect("plant");
+    let start = Instant::now();
+    repo.run(&["snapshots"], None).ok();
+    assert!(start.elapsed() < Duration::from_secs(10));
+
+    // The only key made absurd: refused at once, naming the file and the parameter.
+    std::fs::remove_file(&keys[0]).expect("rm");
+    kf["params"]["m_kib"] = serde_json::json!(u32::MAX);
+    std::fs::write(&keys[0], serde_json::to_vec(&kf).expect("json")).expect("write");
+    let start = Instant::now();
+    let r = repo.run(&["snapshots"], None);
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert_ne!(r.code, Some(0));
+    assert!(
+        r.stderr.contains("key file keys/") && r.stderr.contains("Argon2 memory"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn init_takes_the_kdf_cost_and_refuses_absurd_ones() {
+    let repo = Repo::uninit();
+    let r = repo.run(&["init", "--kdf-memory", "5000"], None);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(r.stderr.contains("Argon2 memory"), "{}", r.stderr);
+    assert!(!repo.path.join("config").exists());
+    repo.run(
+        &[
+            "init",
+            "--kdf-memory",
+            "64",
+            "--kdf-passes",
+            "4",
+            "--kdf-lanes",
+            "2",
+        ],
+        None,
+    )
+    .ok();
+    let kf: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&key_files(&repo)[0]).expect("key")).expect("json");
+    assert_eq!(
+        kf["params"],
+        serde_json::json!({"m_kib": 65536, "t": 4, "p": 2})
+    );
+    repo.backup(b"rows", &[]);
+}
