@@ -112,14 +112,20 @@ pub fn open(cli: &Cli) -> Result<Repository> {
 /// Opens the repository in `backend`, with the local cache for a remote store unless
 /// `--no-cache`.
 pub fn open_with(cli: &Cli, backend: Arc<dyn Backend>, pass: &str) -> Result<Repository> {
+    let dir = cache_dir();
     let cache = (backend.remote() && !cli.no_cache)
-        .then(cache_dir)
+        .then(|| dir.clone())
         .flatten();
-    Ok(Repository::open_cached(
-        backend,
-        pass.as_bytes(),
-        cache.as_deref(),
-    )?)
+    let repo = Repository::open_cached(backend, pass.as_bytes(), cache.as_deref())?;
+    // What this client has seen is kept for every repository, local too, even with
+    // --no-cache: it is how a deleted newest snapshot is noticed.
+    Ok(match dir {
+        Some(d) => {
+            let state = d.join(repo.config().id.to_string());
+            repo.with_client_state(state)
+        }
+        None => repo,
+    })
 }
 
 /// Where caches of remote repositories live: `$DBVAULT_CACHE_DIR`, else

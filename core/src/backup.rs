@@ -270,8 +270,10 @@ impl Backup<'_> {
         let mut parts = out.parts;
         parts.sort_by_key(|(n, _)| *n);
         let parts: Vec<Part> = parts.into_iter().map(|(_, p)| p).collect();
+        let parent = self.repo.predecessor(&meta.name)?;
         let mut snapshot = Snapshot {
             version: 1,
+            parent,
             time: meta.time,
             host: gethostname::gethostname().to_string_lossy().into_owned(),
             name: meta.name,

@@ -122,6 +122,13 @@ pub enum Error {
         /// What the user asked for.
         selector: String,
     },
+    /// The snapshot `latest` would mean is gone without `forget`: restoring the next older
+    /// one would silently give older data.
+    #[error("{detail}: `latest` would be older data; restore a snapshot by its id if that is what you want, and find out who deleted it")]
+    SnapshotVanished {
+        /// Which snapshot, of which source, from when.
+        detail: String,
+    },
     /// A snapshot id prefix matched several snapshots.
     #[error(
         "snapshot id prefix {prefix:?} is ambiguous: it matches {count} snapshots ({examples})"

@@ -19,6 +19,7 @@ pub mod crypto;
 pub mod delta;
 pub mod error;
 pub mod hash;
+pub mod history;
 pub mod id;
 pub mod index;
 pub mod input;

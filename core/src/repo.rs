@@ -20,6 +20,7 @@ pub struct Repository {
     keys: Keys,
     index: Mutex<Option<Arc<Index>>>,
     lock: Mutex<Option<Lock>>,
+    client_state: Option<std::path::PathBuf>,
 }
 
 impl Repository {
@@ -57,6 +58,7 @@ impl Repository {
             keys: Keys::from_master(&master),
             index: Mutex::new(None),
             lock: Mutex::new(None),
+            client_state: None,
         })
     }
 
@@ -115,10 +117,24 @@ impl Repository {
                     keys: Keys::from_master(&master),
                     index: Mutex::new(None),
                     lock: Mutex::new(None),
+                    client_state: None,
                 });
             }
         }
         Err(unusable.unwrap_or(Error::WrongPassphrase { keys: keys.len() }))
+    }
+
+    /// Keeps this client's memory of the repository (the newest snapshot seen of each
+    /// source, see [`crate::history`]) under `dir`, which should be private to the user.
+    #[must_use]
+    pub fn with_client_state(mut self, dir: std::path::PathBuf) -> Repository {
+        self.client_state = Some(dir);
+        self
+    }
+
+    /// Where this client's memory of the repository is kept, if anywhere.
+    pub fn client_state(&self) -> Option<&std::path::Path> {
+        self.client_state.as_deref()
     }
 
     /// The storage backend.
@@ -227,9 +243,20 @@ impl Repository {
     pub fn find_snapshot(&self, selector: &str, name: Option<&str>) -> Result<(Id, Snapshot)> {
         if selector == "latest" {
             // Damaged manifests are skipped here (`check` reports them): the newest
-            // readable snapshot is still the one to restore.
-            let (all, _damaged) = self.readable_snapshots()?;
-            return all
+            // readable snapshot is still the one to restore. A newer one that vanished is
+            // not: `latest` would silently be older data.
+            let audit = self.audit(false)?;
+            if let Some(m) = audit
+                .missing
+                .iter()
+                .find(|m| name.is_none_or(|n| m.name == n))
+            {
+                return Err(Error::SnapshotVanished {
+                    detail: m.to_string(),
+                });
+            }
+            return audit
+                .snapshots
                 .into_iter()
                 .filter(|(_, s)| name.is_none_or(|n| s.name == n))
                 .next_back()
@@ -267,6 +294,16 @@ impl Repository {
                     .join(", "),
             }),
         }
+    }
+
+    /// The newest readable snapshot of `name`, without asking whether a newer one vanished
+    /// (the base for a backup's deltas).
+    ///
+    /// # Errors
+    /// The snapshots cannot be listed.
+    pub fn newest_of(&self, name: &str) -> Result<Option<(Id, Snapshot)>> {
+        let (all, _) = self.readable_snapshots()?;
+        Ok(all.into_iter().filter(|(_, s)| s.name == name).next_back())
     }
 
     /// Takes a repository lock for the rest of this handle's life (or until
@@ -337,6 +374,7 @@ impl Repository {
         self.ensure_lock(LockKind::Shared, "writing a snapshot")?;
         let (id, bytes) = snap.encode(&self.keys)?;
         self.backend.create_unique(&snapshot_path(&id), &bytes)?;
+        self.remember(id, snap);
         Ok((id, bytes.len() as u64))
     }
 
@@ -346,6 +384,12 @@ impl Repository {
     /// [`Error::NotLocked`], [`Error::LockLost`]; backend errors.
     pub fn forget_snapshots(&self, ids: &[Id]) -> Result<()> {
         self.ensure_lock(LockKind::Shared, "forget")?;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        // The record first: a snapshot gone without one is reported as deleted behind
+        // dbvault's back.
+        self.record_forget(ids)?;
         for id in ids {
             self.backend.remove(&snapshot_path(id))?;
         }

@@ -61,6 +61,15 @@ pub struct Part {
     pub meta: BTreeMap<String, serde_json::Value>,
 }
 
+/// The snapshot a new one followed: the newest of the same source its client knew.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Predecessor {
+    /// Its id.
+    pub id: Id,
+    /// When it was taken.
+    pub time: DateTime<FixedOffset>,
+}
+
 /// A snapshot manifest.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Snapshot {
@@ -87,6 +96,10 @@ pub struct Snapshot {
     pub seconds: f64,
     /// dbvault version that wrote it.
     pub program: String,
+    /// The snapshot of the same source this one followed (absent in the first, and in
+    /// snapshots written before dbvault recorded it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Predecessor>,
 }
 
 impl Snapshot {

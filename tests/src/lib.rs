@@ -170,6 +170,9 @@ impl Repo {
         c.env("DBVAULT_PASSWORD", PASSWORD);
         c.env_remove("DBVAULT_PASSWORD_FILE")
             .env_remove("DBVAULT_REPO");
+        // This client's memory of the repository (what it has seen), beside it: a copy of
+        // the repository is a different client's.
+        c.env("DBVAULT_CACHE_DIR", self.dir.path().join("client"));
         c
     }
 

@@ -120,7 +120,7 @@ fn a_key_file_with_absurd_kdf_parameters_is_refused_at_once() {
     );
     assert_ne!(r.code, Some(0));
     assert!(
-        r.stderr.contains("key file keys/") && r.stderr.contains("Argon2 memory"),
+        r.stderr.contains("key file keys/") && r.stderr.contains("out of range"),
         "{}",
         r.stderr
     );
@@ -153,4 +153,89 @@ fn init_takes_the_kdf_cost_and_refuses_absurd_ones() {
         serde_json::json!({"m_kib": 65536, "t": 4, "p": 2})
     );
     repo.backup(b"rows", &[]);
+}
+
+fn snapshot_id(v: &serde_json::Value) -> String {
+    v["snapshot_id"].as_str().expect("snapshot_id").to_string()
+}
+
+#[test]
+fn a_deleted_newest_snapshot_is_reported_not_silently_replaced() {
+    let repo = Repo::new();
+    let old = snapshot_id(&repo.backup(b"monday's rows\n", &["--name", "shop"]));
+    let new = snapshot_id(&repo.backup(b"tuesday's rows\n", &["--name", "shop"]));
+    assert_eq!(repo.restore("latest").ok().stdout, b"tuesday's rows\n");
+
+    // Someone with write access to the store deletes the newest snapshot.
+    std::fs::remove_file(repo.path.join("snapshots").join(&new)).expect("rm");
+    let r = repo.run(&["restore", "latest", "--name", "shop", "--to", "-"], None);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(r.stdout.is_empty(), "older data was given for latest");
+    assert!(
+        r.stderr.contains(&new[..8]) && r.stderr.contains("no `forget` removed it"),
+        "{}",
+        r.stderr
+    );
+    let r = repo.run(&["snapshots"], None);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("MISSING") && r.stderr.contains(&new[..8]),
+        "{}",
+        r.stderr
+    );
+    assert!(r.text().contains(&old[..8]), "the others are still listed");
+    let r = repo.run(&["check"], None);
+    assert_eq!(r.code, Some(3), "{}", r.stderr);
+    assert!(r.text().contains(&new[..8]), "{}", r.text());
+    // The older snapshot is still there for whoever asks for it by id.
+    assert_eq!(repo.restore(&old).ok().stdout, b"monday's rows\n");
+
+    // The next backup names the vanished snapshot as its predecessor, so a client that
+    // never saw it (a copy of the repository has its own memory) learns of the loss too.
+    repo.backup(b"wednesday's rows\n", &["--name", "shop"]);
+    let other = repo.copy();
+    let r = other.run(&["check"], None);
+    assert_eq!(r.code, Some(3), "{}", r.stderr);
+    assert!(
+        r.text().contains(&new[..8]) && r.text().contains("predecessor"),
+        "{}",
+        r.text()
+    );
+}
+
+#[test]
+fn forget_is_not_mistaken_for_a_deletion() {
+    let repo = Repo::new();
+    for night in 0..4 {
+        repo.backup(format!("night {night}\n").as_bytes(), &["--name", "shop"]);
+    }
+    repo.run(&["forget", "--keep-last", "1"], None).ok();
+    assert_eq!(repo.snapshot_ids().len(), 1);
+    repo.run(&["check"], None).ok();
+    repo.run(&["snapshots"], None).ok();
+    assert_eq!(repo.restore("latest").ok().stdout, b"night 3\n");
+    repo.backup(b"night 4\n", &["--name", "shop"]);
+    repo.copy().run(&["check"], None).ok();
+    // The client's memory is private to its user.
+    let seen = walk(&repo.dir.path().join("client"));
+    assert!(!seen.is_empty(), "no client state was written");
+    for f in seen {
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&f).expect("stat").permissions(),
+        );
+        assert_eq!(mode & 0o077, 0, "{} is readable by others", f.display());
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }

@@ -250,10 +250,7 @@ pub fn backup_into(
 
 /// Starts a backup with the latest snapshot of the same name as the base for deltas.
 fn start<'r>(repo: &'r Repository, name: &str) -> Result<Backup<'r>> {
-    let parent = repo
-        .find_snapshot("latest", Some(name))
-        .ok()
-        .map(|(_, s)| s);
+    let parent = repo.newest_of(name).ok().flatten().map(|(_, s)| s);
     Ok(repo.start_backup_after(parent.as_ref())?)
 }
 

@@ -224,8 +224,9 @@ fn back_up(cli: &Cli, repo: &Repository, cfg: &Config, s: &Source, rname: &str) 
         Err(_) => {}
     }
     r.last_success = repo
-        .find_snapshot("latest", Some(&s.name))
+        .newest_of(&s.name)
         .ok()
+        .flatten()
         .map(|(_, snap)| snap.time.timestamp());
     r
 }

@@ -10,10 +10,36 @@ use crate::{output, repo_access};
 
 pub fn run(cli: &Cli, a: &SnapshotsArgs) -> Result<()> {
     let repo = repo_access::open(cli)?;
-    let (all, damaged) = repo.readable_snapshots()?;
+    let audit = repo.audit(true)?;
+    let (all, damaged) = (audit.snapshots, audit.damaged);
     for e in &damaged {
         eprintln!("dbvault: warning: {e} (listing the others; run `dbvault check`)");
     }
+    let missing: Vec<_> = audit
+        .missing
+        .iter()
+        .filter(|m| a.name.as_deref().is_none_or(|n| m.name == n))
+        .collect();
+    let listed = list(cli, a, &repo, all);
+    for m in &missing {
+        eprintln!("dbvault: MISSING: {m}");
+    }
+    listed?;
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "{} snapshot(s) vanished from the repository without `forget` (see MISSING above)",
+            missing.len()
+        );
+    }
+    Ok(())
+}
+
+fn list(
+    cli: &Cli,
+    a: &SnapshotsArgs,
+    repo: &dbvault_core::Repository,
+    all: Vec<(Id, dbvault_core::Snapshot)>,
+) -> Result<()> {
     let snaps: Vec<_> = all
         .into_iter()
         .filter(|(_, s)| a.name.as_deref().is_none_or(|n| s.name == n))

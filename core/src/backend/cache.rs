@@ -19,7 +19,7 @@ use super::{Backend, ObjectInfo};
 use crate::{Id, Result};
 
 /// Prefixes whose objects are content-addressed and cached.
-const CACHED: [&str; 3] = ["keys/", "index/", "snapshots/"];
+const CACHED: [&str; 4] = ["keys/", "index/", "snapshots/", "reports/"];
 
 /// Where kept pack ranges live: `ranges/<pack id>/<offset>-<len>`.
 const RANGES: &str = "ranges/";

@@ -3,7 +3,8 @@
 //! 0. Key files: each is whole (the one that opened the repository decrypted; others'
 //!    passphrases are unknown, but their structure and name are checked).
 //! 1. Index files, one by one: a damaged one is named and the others still count.
-//! 2. Snapshot manifests: a damaged one is named.
+//! 2. Snapshot manifests: a damaged one is named, and so is one that vanished without
+//!    `forget` (see [`crate::history`]).
 //! 3. Packs: every pack the index names exists and its trailer decrypts and agrees with the
 //!    index (same blobs at the same places); packs no index names are listed (left by an
 //!    interrupted backup: a warning; not a pack at all: a problem).
@@ -155,11 +156,17 @@ pub fn check(repo: &Repository, read: ReadData, progress: &dyn Fn(&str)) -> Resu
             .problems
             .push(Problem::new("index", format!("{path}: {e}")));
     }
-    let (snaps, damaged) = repo.readable_snapshots()?;
+    let audit = repo.audit(true)?;
+    let (snaps, damaged) = (audit.snapshots, audit.damaged);
     report.snapshots = snaps.len() + damaged.len();
     for e in damaged {
         let mut p = Problem::new("snapshot", e.to_string());
         p.snapshot = snapshot_named(&e.to_string());
+        report.problems.push(p);
+    }
+    for m in audit.missing {
+        let mut p = Problem::new("missing-snapshot", m.to_string());
+        p.snapshot = Some(m.id.short());
         report.problems.push(p);
     }
     progress(&format!(
