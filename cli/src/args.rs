@@ -40,6 +40,11 @@ pub struct Cli {
         value_name = "SECONDS"
     )]
     pub s3_timeout: Option<u64>,
+    /// Never delete anything but this client's own locks: for a database host whose store
+    /// credentials cannot delete (see README, Append-only hosts). `forget` and `prune`
+    /// refuse; `run` leaves retention to the admin host.
+    #[arg(long, global = true, env = "DBVAULT_APPEND_ONLY", value_parser = clap::builder::BoolishValueParser::new())]
+    pub append_only: bool,
     /// Do not use the local cache of keys, index and snapshots of S3 repositories (kept in
     /// $DBVAULT_CACHE_DIR, else $XDG_CACHE_HOME/dbvault, else ~/.cache/dbvault).
     #[arg(long, global = true)]

@@ -85,6 +85,10 @@ pub struct RepoConfig {
     /// Path-style S3 addressing.
     #[serde(default)]
     pub s3_path_style: bool,
+    /// This host only adds to the repository (as `--append-only`): `run` backs up and
+    /// checks, and leaves retention and prune to the admin host.
+    #[serde(default)]
+    pub append_only: bool,
 }
 
 /// Retention rules, as `--keep-…` options.

@@ -21,7 +21,13 @@ pub fn backend(cli: &Cli) -> Result<Arc<dyn Backend>> {
         .repo
         .as_deref()
         .ok_or_else(|| anyhow!("no repository given: use --repo URL or set DBVAULT_REPO"))?;
-    backend_for(url, &s3_options(cli))
+    let b = backend_for(url, &s3_options(cli))?;
+    Ok(if cli.append_only { append_only(b) } else { b })
+}
+
+/// The backend wrapped so that it deletes nothing but locks.
+pub fn append_only(b: Arc<dyn Backend>) -> Arc<dyn Backend> {
+    Arc::new(dbvault_core::backend::append_only::AppendOnly::new(b))
 }
 
 /// `--s3-endpoint`, `--s3-region`, `--s3-path-style` (the AWS variables fill what is absent).

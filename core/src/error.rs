@@ -129,6 +129,21 @@ pub enum Error {
         /// Which snapshot, of which source, from when.
         detail: String,
     },
+    /// A deletion this append-only client refuses to make.
+    #[error("this repository is opened append-only: deleting {path} is refused")]
+    DeleteRefused {
+        /// The object.
+        path: String,
+    },
+    /// A command that deletes (forget, prune) on a host without the right to.
+    #[error("{operation} needs the right to delete from the store, which this host does not have ({cause}): run it on the admin host, with credentials that may delete")]
+    NeedsDeleteRights {
+        /// The command.
+        operation: String,
+        /// The refusal: an append-only client, or the store's own answer.
+        #[source]
+        cause: Box<Error>,
+    },
     /// A snapshot id prefix matched several snapshots.
     #[error(
         "snapshot id prefix {prefix:?} is ambiguous: it matches {count} snapshots ({examples})"

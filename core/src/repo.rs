@@ -378,6 +378,28 @@ impl Repository {
         Ok((id, bytes.len() as u64))
     }
 
+    /// Fails at once, before any work, when this host may not delete from the store: an
+    /// append-only client, or credentials the store refuses deletes to. Probes with the
+    /// deletion of an object that does not exist, so nothing changes either way.
+    ///
+    /// # Errors
+    /// [`Error::NeedsDeleteRights`] naming `operation`; backend errors.
+    pub fn ensure_delete_rights(&self, operation: &str) -> Result<()> {
+        match self.backend.remove("snapshots/.dbvault-delete-probe") {
+            Ok(()) | Err(Error::NotFound { .. }) => Ok(()),
+            Err(e)
+                if matches!(e, Error::DeleteRefused { .. })
+                    || e.storage_kind() == Some(crate::error::StorageKind::Permission) =>
+            {
+                Err(Error::NeedsDeleteRights {
+                    operation: operation.to_string(),
+                    cause: Box::new(e),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Removes snapshot manifests (their data stays until `prune`). Needs a lock.
     ///
     /// # Errors
@@ -387,6 +409,7 @@ impl Repository {
         if ids.is_empty() {
             return Ok(());
         }
+        self.ensure_delete_rights("forget")?;
         // The record first: a snapshot gone without one is reported as deleted behind
         // dbvault's back.
         self.record_forget(ids)?;

@@ -25,6 +25,10 @@ pub struct Faults {
     pub stall: Duration,
     /// Stall every read of a pack (`GET …/data/…`), whatever the period.
     pub stall_pack_reads: bool,
+    /// Answer 403 AccessDenied to every object deletion outside `locks/`, as the store does
+    /// for credentials whose policy allows `s3:DeleteObject` on `locks/*` only (aborting a
+    /// multipart upload stays allowed).
+    pub refuse_deletes: bool,
 }
 
 #[derive(Default)]
@@ -112,6 +116,8 @@ fn read_head(c: &mut TcpStream) -> Option<(String, Vec<u8>)> {
 fn answer(c: &mut TcpStream, code: u16) {
     let (reason, s3code) = if code == 503 {
         ("Slow Down", "SlowDown")
+    } else if code == 403 {
+        ("Forbidden", "AccessDenied")
     } else {
         ("Internal Server Error", "InternalError")
     };
@@ -146,6 +152,15 @@ fn serve(mut c: TcpStream, upstream: &str, sh: &Shared) {
     if f.error_every > 2 && n % f.error_every == 2 {
         sh.errors.fetch_add(1, Ordering::SeqCst);
         return answer(&mut c, 500);
+    }
+    let target = head.lines().next().unwrap_or_default();
+    if f.refuse_deletes
+        && target.starts_with("DELETE ")
+        && !target.contains("/locks/")
+        && !target.contains("uploadId=")
+    {
+        sh.errors.fetch_add(1, Ordering::SeqCst);
+        return answer(&mut c, 403);
     }
     let pack_read =
         head.starts_with("GET ") && head.lines().next().is_some_and(|l| l.contains("/data/"));

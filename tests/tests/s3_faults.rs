@@ -39,6 +39,7 @@ fn answers_of_500_and_503_and_stalls_are_retried() {
             stall_every: 13,
             stall: Duration::from_secs(6),
             stall_pack_reads: false,
+            refuse_deletes: false,
         },
     );
     let cmd = |args: &[&str]| {
@@ -208,6 +209,7 @@ fn a_store_that_times_out_during_a_restore_is_not_reported_as_damage() {
     proxy.set(Faults {
         stall: Duration::from_secs(30),
         stall_pack_reads: true,
+        refuse_deletes: false,
         ..Faults::default()
     });
     let r = run_cmd(cmd(&["restore", "latest", "--to", "-"]), None);

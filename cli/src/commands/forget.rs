@@ -17,6 +17,9 @@ pub fn run(cli: &Cli, a: &ForgetArgs) -> Result<()> {
         LockKind::Shared
     };
     let repo = repo_access::open_locked(cli, kind, "forget")?;
+    if !a.dry_run {
+        repo.ensure_delete_rights("forget")?;
+    }
     let rules = match policy::from_args(&a.keep)? {
         Some(p) => p,
         None => match retention::load_policy(repo.backend().as_ref(), repo.keys())? {

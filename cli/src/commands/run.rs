@@ -64,11 +64,12 @@ pub fn run(cli: &Cli, a: &RunArgs) -> Result<ExitCode> {
         }
         let opened = (|| -> Result<Repository> {
             let pass = config::passphrase(rname, rc)?;
-            let repo = repo_access::open_with(
-                cli,
-                repo_access::backend_for(&rc.url, &repo_access::s3_options_for(cli, rc))?,
-                &pass,
-            )?;
+            let mut backend =
+                repo_access::backend_for(&rc.url, &repo_access::s3_options_for(cli, rc))?;
+            if rc.append_only || cli.append_only {
+                backend = repo_access::append_only(backend);
+            }
+            let repo = repo_access::open_with(cli, backend, &pass)?;
             repo_access::lock(cli, &repo, LockKind::Shared, "run")?;
             Ok(repo)
         })();
@@ -86,7 +87,21 @@ pub fn run(cli: &Cli, a: &RunArgs) -> Result<ExitCode> {
             results.push(back_up(cli, &repo, &cfg, s, rname));
         }
         if a.job.is_none() {
-            maintain(cli, &repo, &cfg, rname, &mut steps);
+            if rc.append_only || cli.append_only {
+                steps.push(step(
+                    rname,
+                    "retention",
+                    Ok("append-only host: forget and prune are left to the admin host".into()),
+                ));
+            }
+            maintain(
+                cli,
+                &repo,
+                &cfg,
+                rname,
+                rc.append_only || cli.append_only,
+                &mut steps,
+            );
         }
     }
     if let Some(m) = &cfg.metrics {
@@ -215,7 +230,8 @@ fn back_up(cli: &Cli, repo: &Repository, cfg: &Config, s: &Source, rname: &str) 
     };
     // Retention runs even when tonight's backup failed: the latest snapshot is never
     // forgotten, so a failing source keeps its history.
-    match forget_source(repo, cfg, s) {
+    let append_only = cli.append_only || cfg.repository.get(rname).is_some_and(|rc| rc.append_only);
+    match forget_source(repo, cfg, s, append_only) {
         Ok(n) => r.forgotten = n,
         Err(e) if r.ok => {
             r.ok = false;
@@ -231,7 +247,11 @@ fn back_up(cli: &Cli, repo: &Repository, cfg: &Config, s: &Source, rname: &str) 
     r
 }
 
-fn forget_source(repo: &Repository, cfg: &Config, s: &Source) -> Result<usize> {
+fn forget_source(repo: &Repository, cfg: &Config, s: &Source, append_only: bool) -> Result<usize> {
+    if append_only {
+        // Deleting is the admin host's job (README: Append-only hosts).
+        return Ok(0);
+    }
     let policy = match cfg.policy_of(s)? {
         Some(p) => p,
         None => match retention::load_policy(repo.backend().as_ref(), repo.keys())? {
@@ -273,8 +293,15 @@ fn due(repo: &Repository, kind: &str, every: Option<&str>) -> Result<bool> {
 }
 
 /// Prune and check, when their schedules say so.
-fn maintain(cli: &Cli, repo: &Repository, cfg: &Config, rname: &str, steps: &mut Vec<Step>) {
-    if let Some(p) = &cfg.prune {
+fn maintain(
+    cli: &Cli,
+    repo: &Repository,
+    cfg: &Config,
+    rname: &str,
+    append_only: bool,
+    steps: &mut Vec<Step>,
+) {
+    if let Some(p) = cfg.prune.as_ref().filter(|_| !append_only) {
         let r = (|| -> Result<Option<String>> {
             if !due(repo, "prune", p.every.as_deref())? {
                 return Ok(None);

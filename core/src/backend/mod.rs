@@ -24,6 +24,7 @@
 //!
 //! The conformance suite in [`conformance`] checks these points; every backend runs it.
 
+pub mod append_only;
 pub mod cache;
 pub mod conformance;
 pub mod local;

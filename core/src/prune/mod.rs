@@ -128,6 +128,9 @@ pub fn prune(
 ) -> Result<PruneReport> {
     let started = Instant::now();
     repo.ensure_lock(LockKind::Exclusive, "prune")?;
+    if !opts.dry_run {
+        repo.ensure_delete_rights("prune")?;
+    }
     repo.invalidate_index();
     let index = repo.index()?;
     let (snaps, damaged) = repo.readable_snapshots()?;
