@@ -497,8 +497,15 @@ fn as_postgres(tool: &str, args: &[&str]) -> Output {
 }
 
 impl PgCluster {
-    /// Creates and starts a cluster on a free port.
+    /// Creates and starts a cluster on a free port, reachable on its Unix socket only.
     pub fn new() -> PgCluster {
+        PgCluster::with_tcp(None)
+    }
+
+    /// A cluster that also listens on 127.0.0.1, with `settings` appended to its
+    /// `postgresql.conf` and `hba` after a `local all all trust` line in `pg_hba.conf`
+    /// (`None`: a socket-only cluster with the defaults).
+    pub fn with_tcp(tcp: Option<(&str, &str)>) -> PgCluster {
         let dir = std::env::temp_dir().join(format!("dbvault-pg-{}", hex_tag()));
         std::fs::create_dir_all(&dir).expect("cluster dir");
         let _ = Command::new("chown")
@@ -516,12 +523,26 @@ impl PgCluster {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let listen = if let Some((settings, hba)) = tcp {
+            let conf = data.join("postgresql.conf");
+            let mut text = std::fs::read_to_string(&conf).expect("postgresql.conf");
+            text.push_str(&format!("\n{settings}\n"));
+            std::fs::write(&conf, text).expect("postgresql.conf");
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                format!("local all all trust\n{hba}\n"),
+            )
+            .expect("pg_hba.conf");
+            "127.0.0.1"
+        } else {
+            ""
+        };
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
             l.local_addr().expect("addr").port()
         };
         let opts = format!(
-            "-p {port} -k {} -c listen_addresses='' -c fsync=off",
+            "-p {port} -k {} -c listen_addresses='{listen}' -c fsync=off",
             dir.display()
         );
         let log = dir.join("log").to_string_lossy().into_owned();
@@ -535,6 +556,11 @@ impl PgCluster {
             String::from_utf8_lossy(&out.stderr)
         );
         PgCluster { dir, port }
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
     }
 
     /// `postgresql://postgres@/db?host=…&port=…`.

@@ -5,8 +5,10 @@
 use std::process::Command;
 use std::str::FromStr;
 
-use tokio_postgres::config::Host;
+use tokio_postgres::config::{Host, SslMode as PgSslMode};
 use tokio_postgres::{Client, Config, NoTls, SimpleQueryMessage};
+
+use super::tls::{SslMode, SslSettings};
 
 use crate::error::{FormatError, Result};
 
@@ -29,6 +31,30 @@ pub(crate) fn pg_err(context: &str, e: tokio_postgres::Error) -> FormatError {
 pub struct PgSource {
     config: Config,
     pub(crate) url: super::url::PgUrl,
+    ssl: SslSettings,
+}
+
+/// The URL without the TLS parameters (tokio-postgres knows only some of them), and those.
+fn split_tls_params(url: &str) -> (String, Vec<(String, String)>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_string(), Vec::new());
+    };
+    let mut kept = Vec::new();
+    let mut tls = Vec::new();
+    for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        if super::tls::PARAMS.contains(&k) {
+            tls.push((k.to_string(), super::url::percent_decode(v)));
+        } else {
+            kept.push(kv);
+        }
+    }
+    let url = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    (url, tls)
 }
 
 impl PgSource {
@@ -39,7 +65,9 @@ impl PgSource {
     /// Not a `postgres://` URL, or one tokio-postgres cannot parse.
     pub fn parse(url: &str) -> Result<PgSource> {
         let parts = super::url::PgUrl::parse(url)?;
-        let mut config = Config::from_str(url).map_err(|e| FormatError::Postgres {
+        let (plain_url, tls_params) = split_tls_params(url);
+        let ssl = SslSettings::resolve(&tls_params)?;
+        let mut config = Config::from_str(&plain_url).map_err(|e| FormatError::Postgres {
             context: "the PostgreSQL URL".into(),
             message: e.to_string(),
         })?;
@@ -98,7 +126,11 @@ impl PgSource {
                 config.password(pw);
             }
         }
-        Ok(PgSource { config, url: parts })
+        Ok(PgSource {
+            config,
+            url: parts,
+            ssl,
+        })
     }
 
     /// Whether the URL itself holds a password (visible to every local user in the process
@@ -144,6 +176,7 @@ impl PgSource {
         PgSource {
             config,
             url: self.url.with_database(db),
+            ssl: self.ssl.clone(),
         }
     }
 
@@ -168,16 +201,89 @@ impl PgSource {
             None => c.env_remove("PGPASSWORD"),
         };
         c.env("PGDATABASE", self.dbname());
+        self.ssl.apply_to(&mut c);
         c
     }
 
+    /// Connects as libpq would with the same `sslmode` (see [`super::tls`]): TLS whenever
+    /// the mode and the server allow it; over a plain TCP connection, never a password in
+    /// clear text unless `sslmode=disable`.
     pub(crate) fn connect(&self, rt: &tokio::runtime::Runtime) -> Result<Client> {
-        let (client, conn) = rt
-            .block_on(self.config.connect(NoTls))
-            .map_err(|e| pg_err(&format!("connecting to {}", self.describe()), e))?;
-        rt.spawn(conn);
+        let context = || format!("connecting to {}", self.describe());
+        let tcp = match self.config.get_hosts().first() {
+            Some(Host::Tcp(h)) => Some(h.clone()),
+            _ => None,
+        };
+        let (client, conn_task) = match (tcp, self.ssl.mode) {
+            // libpq ignores sslmode on a Unix socket: it never leaves the machine.
+            (None, _) | (_, SslMode::Disable) => {
+                let mut config = self.config.clone();
+                config.ssl_mode(PgSslMode::Disable);
+                let (c, conn) = rt
+                    .block_on(config.connect(NoTls))
+                    .map_err(|e| pg_err(&context(), e))?;
+                (c, boxed(conn))
+            }
+            (Some(host), mode) => {
+                let tls = self.ssl.connector()?;
+                let mut config = self.config.clone();
+                config.ssl_mode(PgSslMode::Require);
+                match rt.block_on(config.connect(tls)) {
+                    Ok((c, conn)) => (c, boxed(conn)),
+                    Err(e) if matches!(mode, SslMode::Prefer | SslMode::Allow) && no_tls(&e) => {
+                        self.refuse_cleartext_password(&host)?;
+                        config.ssl_mode(PgSslMode::Disable);
+                        let (c, conn) = rt
+                            .block_on(config.connect(NoTls))
+                            .map_err(|e| pg_err(&context(), e))?;
+                        (c, boxed(conn))
+                    }
+                    Err(e) => return Err(pg_err(&context(), e)),
+                }
+            }
+        };
+        rt.spawn(conn_task);
         Ok(client)
     }
+
+    /// On a plain connection, a server that asks for the password in clear text gets none.
+    fn refuse_cleartext_password(&self, host: &str) -> Result<()> {
+        if self.config.get_password().is_none() {
+            return Ok(());
+        }
+        let port = self.config.get_ports().first().copied().unwrap_or(5432);
+        let user = self.config.get_user().unwrap_or_default();
+        if super::tls::asks_cleartext(host, port, user, self.dbname())? {
+            return Err(FormatError::Postgres {
+                context: format!("connecting to {}", self.describe()),
+                message: format!(
+                    "the server does not offer TLS and asks for the password in clear text;                      dbvault refuses to send it over an unencrypted connection (enable ssl on                      the server or use scram-sha-256 in pg_hba.conf, or add sslmode=disable to                      the URL to send it anyway; {host}:{port})"
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// tokio-postgres's answer when the server declines the SSL request.
+fn no_tls(e: &tokio_postgres::Error) -> bool {
+    let mut text = e.to_string();
+    if let Some(src) = std::error::Error::source(e) {
+        text.push_str(&src.to_string());
+    }
+    text.contains("server does not support TLS")
+}
+
+type ConnTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// The connection's driver, whichever stream it runs over.
+fn boxed<F, E>(conn: F) -> ConnTask
+where
+    F: std::future::Future<Output = std::result::Result<(), E>> + Send + 'static,
+{
+    Box::pin(async move {
+        let _ = conn.await;
+    })
 }
 
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {

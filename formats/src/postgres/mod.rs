@@ -26,6 +26,7 @@ pub mod restore_db;
 pub mod restore_server;
 pub mod script;
 pub mod server;
+pub mod tls;
 pub mod tools;
 pub mod url;
 pub mod verify;

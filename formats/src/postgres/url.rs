@@ -105,7 +105,7 @@ pub(crate) fn replace_database(url: &str, db: &str) -> String {
     format!("{}{}/{db}{query}", &url[..start], &rest[..auth_end])
 }
 
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
