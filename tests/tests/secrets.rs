@@ -62,9 +62,9 @@ fn pg_dump_gets_the_database_password_only_and_urls_with_passwords_are_warned_ab
     std::fs::write(
         &spy,
         format!(
-            "#!/bin/sh\nenv > \"{}/env.$$\"\nexec {} \"$@\"\n",
-            dir.path().display(),
-            real_pg_dump()
+            "#!/bin/sh\nenv > \"{d}/env.$$\"\ncat /proc/$$/cmdline > \"{d}/args.$$\"\nexec {pg} \"$@\"\n",
+            d = dir.path().display(),
+            pg = real_pg_dump()
         ),
     )
     .expect("spy");
@@ -96,6 +96,21 @@ fn pg_dump_gets_the_database_password_only_and_urls_with_passwords_are_warned_ab
         .map(|e| std::fs::read_to_string(e.path()).expect("env file"))
         .collect();
     assert!(!seen.is_empty(), "the spy pg_dump never ran");
+    // What `ps` shows of pg_dump: its command line, with neither secret in it.
+    let args: Vec<Vec<u8>> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("args."))
+        .map(|e| std::fs::read(e.path()).expect("args file"))
+        .collect();
+    assert!(!args.is_empty(), "the spy recorded no command line");
+    for a in &args {
+        let a = String::from_utf8_lossy(a);
+        assert!(a.contains("pg_dump"), "{a}");
+        for secret in [PASSWORD, db_secret] {
+            assert!(!a.contains(secret), "{secret} is on pg_dump's command line");
+        }
+    }
     for env in &seen {
         assert!(
             env.contains(&format!("PGPASSWORD={db_secret}")),
