@@ -198,7 +198,8 @@ fn every_connection_to_a_tls_server_is_encrypted_and_verified_when_asked() {
     );
     assert_eq!(r.code, Some(1), "{}", r.stderr);
     assert!(
-        r.stderr.contains("certificate") && r.stderr.contains("127.0.0.1"),
+        r.stderr.contains("invalid peer certificate: UnknownIssuer")
+            && r.stderr.contains("127.0.0.1"),
         "{}",
         r.stderr
     );
