@@ -129,6 +129,14 @@ pub enum Error {
         /// Which snapshot, of which source, from when.
         detail: String,
     },
+    /// The stored retention policy is older than one this client has seen.
+    #[error("the retention policy in the repository is older than the one this client saw stored at {seen} (found: {}): newer policy objects were deleted; set the policy again with `dbvault policy`", found.as_deref().unwrap_or("none"))]
+    PolicyRolledBack {
+        /// When the policy this client saw was stored.
+        seen: String,
+        /// When the policy found was stored, if any.
+        found: Option<String>,
+    },
     /// A deletion this append-only client refuses to make.
     #[error("this repository is opened append-only: deleting {path} is refused")]
     DeleteRefused {

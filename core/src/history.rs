@@ -72,6 +72,9 @@ pub struct Audit {
 struct Seen {
     #[serde(default)]
     newest: BTreeMap<String, Predecessor>,
+    /// When the newest retention policy this client has seen was stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    policy: Option<DateTime<chrono::Utc>>,
 }
 
 impl Repository {
@@ -244,6 +247,46 @@ impl Repository {
             );
             self.save_seen(&seen);
         }
+    }
+}
+
+impl Repository {
+    /// The stored retention policy, refusing one older than a policy this client has seen
+    /// (deleting the newer `policy/` objects must not bring an old policy back silently).
+    ///
+    /// # Errors
+    /// [`Error::PolicyRolledBack`]; a damaged policy; backend errors.
+    pub fn policy(&self) -> Result<Option<crate::retention::Policy>> {
+        let stored = crate::retention::load_stored_policy(self.backend().as_ref(), self.keys())?;
+        let mut seen = self.load_seen();
+        if let Some(remembered) = seen.policy {
+            if stored.as_ref().is_none_or(|(_, t)| *t < remembered) {
+                return Err(Error::PolicyRolledBack {
+                    seen: remembered.to_rfc3339(),
+                    found: stored.map(|(_, t)| t.to_rfc3339()),
+                });
+            }
+        }
+        if let Some((p, t)) = stored {
+            if seen.policy != Some(t) {
+                seen.policy = Some(t);
+                self.save_seen(&seen);
+            }
+            return Ok(Some(p));
+        }
+        Ok(None)
+    }
+
+    /// Stores `policy` as the repository's retention policy, and remembers it.
+    ///
+    /// # Errors
+    /// Backend errors (deleting the older policies needs deletion rights).
+    pub fn set_policy(&self, policy: &crate::retention::Policy) -> Result<()> {
+        let t = crate::retention::save_policy(self.backend().as_ref(), self.keys(), policy)?;
+        let mut seen = self.load_seen();
+        seen.policy = Some(t);
+        self.save_seen(&seen);
+        Ok(())
     }
 }
 

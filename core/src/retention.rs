@@ -288,6 +288,17 @@ struct StoredPolicy {
 /// # Errors
 /// A damaged policy object; backend errors.
 pub fn load_policy(backend: &dyn Backend, keys: &Keys) -> Result<Option<Policy>> {
+    Ok(load_stored_policy(backend, keys)?.map(|(p, _)| p))
+}
+
+/// The newest stored policy and when it was stored.
+///
+/// # Errors
+/// A damaged policy object; backend errors.
+pub fn load_stored_policy(
+    backend: &dyn Backend,
+    keys: &Keys,
+) -> Result<Option<(Policy, DateTime<chrono::Utc>)>> {
     let mut best: Option<StoredPolicy> = None;
     for o in backend.list("policy/")? {
         let bytes = match backend.read(&o.path) {
@@ -302,14 +313,18 @@ pub fn load_policy(backend: &dyn Backend, keys: &Keys) -> Result<Option<Policy>>
             best = Some(p);
         }
     }
-    Ok(best.map(|b| b.policy))
+    Ok(best.map(|b| (b.policy, b.time)))
 }
 
 /// Stores `policy` as the repository's default (then removes older ones).
 ///
 /// # Errors
 /// Backend errors.
-pub fn save_policy(backend: &dyn Backend, keys: &Keys, policy: &Policy) -> Result<()> {
+pub fn save_policy(
+    backend: &dyn Backend,
+    keys: &Keys,
+    policy: &Policy,
+) -> Result<DateTime<chrono::Utc>> {
     let old = backend.list("policy/")?;
     let stored = StoredPolicy {
         time: chrono::Utc::now(),
@@ -324,7 +339,7 @@ pub fn save_policy(backend: &dyn Backend, keys: &Keys, policy: &Policy) -> Resul
             backend.remove(&o.path)?;
         }
     }
-    Ok(())
+    Ok(stored.time)
 }
 
 #[cfg(test)]

@@ -239,3 +239,42 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn deleting_the_newest_policy_does_not_bring_an_old_one_back_silently() {
+    let repo = Repo::new();
+    repo.run(&["policy", "--keep-daily", "7"], None).ok();
+    let old: Vec<_> = std::fs::read_dir(repo.path.join("policy"))
+        .expect("policy dir")
+        .flatten()
+        .map(|e| (e.file_name(), std::fs::read(e.path()).expect("read")))
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    repo.run(
+        &["policy", "--keep-daily", "30", "--keep-monthly", "12"],
+        None,
+    )
+    .ok();
+    // Someone with write access removes the new policy and puts the old, laxer one back.
+    for e in std::fs::read_dir(repo.path.join("policy"))
+        .expect("dir")
+        .flatten()
+    {
+        std::fs::remove_file(e.path()).expect("rm");
+    }
+    for (name, bytes) in &old {
+        std::fs::write(repo.path.join("policy").join(name), bytes).expect("restore old");
+    }
+    for args in [&["policy"][..], &["forget"]] {
+        let r = repo.run(args, None);
+        assert_eq!(r.code, Some(1), "{args:?}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("older than the one this client saw"),
+            "{args:?}: {}",
+            r.stderr
+        );
+    }
+    // Setting it again is the way out.
+    repo.run(&["policy", "--keep-daily", "30"], None).ok();
+    repo.run(&["forget", "--dry-run"], None).ok();
+}

@@ -22,7 +22,7 @@ pub fn run(cli: &Cli, a: &ForgetArgs) -> Result<()> {
     }
     let rules = match policy::from_args(&a.keep)? {
         Some(p) => p,
-        None => match retention::load_policy(repo.backend().as_ref(), repo.keys())? {
+        None => match repo.policy()? {
             Some(p) => p,
             None => bail!(
                 "no retention rules: give --keep-daily/--keep-weekly/… or store a policy with `dbvault policy`"

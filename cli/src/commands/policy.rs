@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use dbvault_core::lock::LockKind;
-use dbvault_core::retention::{self, Policy, Span};
+use dbvault_core::retention::{Policy, Span};
 
 use crate::args::{Cli, KeepArgs, PolicyArgs};
 use crate::repo_access;
@@ -35,16 +35,15 @@ pub fn run(cli: &Cli, a: &PolicyArgs) -> Result<()> {
         Some(_) => repo_access::open_locked(cli, LockKind::Shared, "policy")?,
         None => repo_access::open(cli)?,
     };
-    let (b, k) = (repo.backend().as_ref(), repo.keys());
     let policy = match new {
         Some(p) => {
             if p.is_empty() {
                 anyhow::bail!("a policy needs at least one rule above zero");
             }
-            retention::save_policy(b, k, &p)?;
+            repo.set_policy(&p)?;
             Some(p)
         }
-        None => retention::load_policy(b, k)?,
+        None => repo.policy()?,
     };
     if cli.json {
         crate::output::json(&serde_json::json!({

@@ -254,7 +254,7 @@ fn forget_source(repo: &Repository, cfg: &Config, s: &Source, append_only: bool)
     }
     let policy = match cfg.policy_of(s)? {
         Some(p) => p,
-        None => match retention::load_policy(repo.backend().as_ref(), repo.keys())? {
+        None => match repo.policy()? {
             Some(p) => p,
             None => return Ok(0),
         },
