@@ -21,9 +21,13 @@ fn chunking(c: &mut Criterion) {
     g.sample_size(10);
     g.bench_function("fastcdc_64k_keyed", |b| {
         b.iter(|| {
-            chunks(&data[..], ChunkerParams::default(), 0x1234_5678)
-                .map(|c| c.map(|c| c.length).unwrap_or(0))
-                .sum::<usize>()
+            chunks(
+                &data[..],
+                ChunkerParams::default(),
+                std::sync::Arc::new(dbvault_core::chunker::Gear::seeded(0x1234_5678)),
+            )
+            .map(|c| c.map(|c| c.length).unwrap_or(0))
+            .sum::<usize>()
         })
     });
     let rows = LineParams {
@@ -33,9 +37,13 @@ fn chunking(c: &mut Criterion) {
     };
     g.bench_function("row_aligned_32k_keyed", |b| {
         b.iter(|| {
-            LineChunks::new(&data[..], rows, 0x1234_5678)
-                .map(|c| c.map(|c| c.len()).unwrap_or(0))
-                .sum::<usize>()
+            LineChunks::new(
+                &data[..],
+                rows,
+                &dbvault_core::chunker::Gear::seeded(0x1234_5678),
+            )
+            .map(|c| c.map(|c| c.len()).unwrap_or(0))
+            .sum::<usize>()
         })
     });
     g.finish();

@@ -210,12 +210,12 @@ impl Backup<'_> {
         };
         match chunking {
             Chunking::Lines(p) => {
-                for c in chunker::LineChunks::new(reader, p, self.repo.keys().chunker_seed()) {
+                for c in chunker::LineChunks::new(reader, p, self.repo.keys().gear()) {
                     take(c.map_err(Error::Source)?)?;
                 }
             }
             Chunking::ContentDefined => {
-                for c in chunker::chunks(reader, params, self.repo.keys().chunker_seed()) {
+                for c in chunker::chunks(reader, params, self.repo.keys().gear().clone()) {
                     take(
                         c.map_err(|e| match e {
                             fastcdc::v2020::Error::IoError(e) => Error::Source(e),

@@ -28,6 +28,7 @@ pub struct Keys {
     cipher: XChaCha20Poly1305,
     id_key: [u8; 32],
     chunker_seed: u64,
+    gear: std::sync::Arc<crate::chunker::Gear>,
 }
 
 impl Drop for Keys {
@@ -54,7 +55,24 @@ impl Keys {
             cipher: XChaCha20Poly1305::new((&*enc).into()),
             id_key,
             chunker_seed: u64::from_le_bytes(s),
+            gear: std::sync::Arc::new(crate::chunker::Gear::keyed(master)),
         }
+    }
+
+    /// The keys as a repository of format `version` uses them: before format 3 the
+    /// chunker's gear table was fastcdc's public one XOR the seed (kept, so new backups of
+    /// an old repository still dedup against its old ones).
+    #[must_use]
+    pub fn for_format(mut self, version: u32) -> Keys {
+        if version < 3 {
+            self.gear = std::sync::Arc::new(crate::chunker::Gear::seeded(self.chunker_seed));
+        }
+        self
+    }
+
+    /// The content-defined chunker's secret gear table.
+    pub fn gear(&self) -> &std::sync::Arc<crate::chunker::Gear> {
+        &self.gear
     }
 
     /// Keyed BLAKE3 of a blob's plaintext: its id. Without the key, ids reveal nothing.

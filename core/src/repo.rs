@@ -111,10 +111,11 @@ impl Repository {
             };
             if let Some((master, format)) = opened {
                 config.authenticate(&master, format)?;
+                let keys = Keys::from_master(&master).for_format(config.version);
                 return Ok(Repository {
                     backend,
                     config,
-                    keys: Keys::from_master(&master),
+                    keys,
                     index: Mutex::new(None),
                     lock: Mutex::new(None),
                     client_state: None,

@@ -28,11 +28,9 @@ pub struct LineParams {
 }
 
 impl<R: std::io::Read> LineChunks<R> {
-    /// Chunks `reader` with the gear table keyed by `seed`.
-    pub fn new(reader: R, p: LineParams, seed: u64) -> Self {
-        let (gear_table, _) = fastcdc::v2020::get_gear_with_seed(seed);
-        let mut gear = Box::new([0u64; 256]);
-        gear.copy_from_slice(&gear_table);
+    /// Chunks `reader` with the gear table `gear`.
+    pub fn new(reader: R, p: LineParams, gear: &super::Gear) -> Self {
+        let gear = Box::new(*gear.table());
         let bits = p.avg.max(2).ilog2();
         // Use the high bits: the gear hash mixes best there.
         let mask = ((1u64 << bits) - 1) << (64 - bits);
@@ -202,7 +200,7 @@ mod line_tests {
             max: 32768,
         };
         let data = rows(50_000, None);
-        let chunks: Vec<Vec<u8>> = LineChunks::new(&data[..], p, 7)
+        let chunks: Vec<Vec<u8>> = LineChunks::new(&data[..], p, &crate::chunker::Gear::seeded(7))
             .map(|c| c.unwrap())
             .collect();
         assert_eq!(chunks.concat(), data);
@@ -218,12 +216,17 @@ mod line_tests {
             avg: 4096,
             max: 32768,
         };
-        let a: std::collections::HashSet<Vec<u8>> = LineChunks::new(&rows(50_000, None)[..], p, 7)
-            .map(|c| c.unwrap())
-            .collect();
-        let b: Vec<Vec<u8>> = LineChunks::new(&rows(50_000, Some(25_000))[..], p, 7)
-            .map(|c| c.unwrap())
-            .collect();
+        let a: std::collections::HashSet<Vec<u8>> =
+            LineChunks::new(&rows(50_000, None)[..], p, &crate::chunker::Gear::seeded(7))
+                .map(|c| c.unwrap())
+                .collect();
+        let b: Vec<Vec<u8>> = LineChunks::new(
+            &rows(50_000, Some(25_000))[..],
+            p,
+            &crate::chunker::Gear::seeded(7),
+        )
+        .map(|c| c.unwrap())
+        .collect();
         let changed = b.iter().filter(|c| !a.contains(*c)).count();
         assert!(changed <= 2, "{changed} chunks changed");
     }
@@ -236,12 +239,15 @@ mod line_tests {
             max: 1024,
         };
         let data = vec![b'x'; 10_000];
-        let chunks: Vec<Vec<u8>> = LineChunks::new(&data[..], p, 1)
+        let chunks: Vec<Vec<u8>> = LineChunks::new(&data[..], p, &crate::chunker::Gear::seeded(1))
             .map(|c| c.unwrap())
             .collect();
         assert_eq!(chunks.concat(), data);
         assert!(chunks.iter().all(|c| c.len() <= 1024));
-        assert_eq!(LineChunks::new(&b""[..], p, 1).count(), 0);
+        assert_eq!(
+            LineChunks::new(&b""[..], p, &crate::chunker::Gear::seeded(1)).count(),
+            0
+        );
     }
 
     /// Dump-like rows: ids, words, numbers and dates from a seeded generator.
@@ -302,14 +308,15 @@ mod line_tests {
             ),
         ] {
             let mut off = 0;
-            let got: Vec<(usize, usize, String)> = LineChunks::new(&data[..], p, seed)
-                .map(|c| {
-                    let c = c.unwrap();
-                    let r = (off, c.len(), blake3::hash(&c).to_hex()[..8].to_string());
-                    off += c.len();
-                    r
-                })
-                .collect();
+            let got: Vec<(usize, usize, String)> =
+                LineChunks::new(&data[..], p, &crate::chunker::Gear::seeded(seed))
+                    .map(|c| {
+                        let c = c.unwrap();
+                        let r = (off, c.len(), blake3::hash(&c).to_hex()[..8].to_string());
+                        off += c.len();
+                        r
+                    })
+                    .collect();
             let all: String = got
                 .iter()
                 .map(|(o, l, h)| format!("{o}:{l}:{h};"))
