@@ -253,4 +253,31 @@ fn a_server_asking_for_a_cleartext_password_over_a_plain_connection_gets_none() 
     // The user can say that a plain connection is what they want.
     backup(&repo, &format!("{url}?sslmode=disable"), &[]).ok();
     assert_eq!(repo.snapshot_ids().len(), 1);
+    // A restore (psql first, then COPY) is held to the same rule.
+    cluster.sql("postgres", "CREATE DATABASE copy OWNER plain_u");
+    let copy = format!("postgresql://plain_u@127.0.0.1:{}/copy", cluster.port);
+    let mut c = repo.cmd(&["restore", "latest", "--to", &copy]);
+    c.env("PGPASSWORD", DB_PASSWORD);
+    let r = run_cmd(c, None);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(r.stderr.contains("refuses to send it"), "{}", r.stderr);
+    let log = cluster.log();
+    assert_eq!(
+        log.matches("connection authorized: user=plain_u").count(),
+        log.matches("connection authorized: user=plain_u database=shop")
+            .count(),
+        "a restore connection was authorized with a cleartext password: {log}"
+    );
+    let mut c = repo.cmd(&[
+        "restore",
+        "latest",
+        "--to",
+        &format!("{copy}?sslmode=disable"),
+    ]);
+    c.env("PGPASSWORD", DB_PASSWORD);
+    run_cmd(c, None).ok();
+    assert_eq!(
+        cluster.sql("copy", "SELECT count(*) FROM orders").trim(),
+        "2000"
+    );
 }

@@ -165,7 +165,7 @@ impl Read for CopyReader<'_> {
 }
 
 fn run_pg_dump_pre(src: &PgSource, snapshot: &str, row_security: bool) -> Result<String> {
-    let mut c = src.tool("pg_dump");
+    let mut c = src.tool("pg_dump")?;
     c.args(["--section=pre-data", "--snapshot", snapshot]);
     if row_security {
         c.arg("--enable-row-security");

@@ -32,6 +32,8 @@ pub struct PgSource {
     config: Config,
     pub(crate) url: super::url::PgUrl,
     ssl: SslSettings,
+    /// The outcome of [`PgSource::guard_password`], once known (shared by clones).
+    guard: std::sync::Arc<std::sync::OnceLock<Option<String>>>,
 }
 
 /// The URL without the TLS parameters (tokio-postgres knows only some of them), and those.
@@ -130,6 +132,7 @@ impl PgSource {
             config,
             url: parts,
             ssl,
+            guard: Default::default(),
         })
     }
 
@@ -177,12 +180,17 @@ impl PgSource {
             config,
             url: self.url.with_database(db),
             ssl: self.ssl.clone(),
+            guard: Default::default(),
         }
     }
 
     /// A command for a libpq tool (pg_dump) with the connection in its environment, so
     /// no password ever appears in an argument list.
-    pub(crate) fn tool(&self, program: &str) -> Command {
+    ///
+    /// # Errors
+    /// As [`PgSource::guard_password`].
+    pub(crate) fn tool(&self, program: &str) -> Result<Command> {
+        self.guard_password()?;
         let mut c = Command::new(super::tools::program(program));
         dbvault_core::secrets::scrub(&mut c);
         match self.config.get_hosts().first() {
@@ -202,7 +210,37 @@ impl PgSource {
         };
         c.env("PGDATABASE", self.dbname());
         self.ssl.apply_to(&mut c);
-        c
+        Ok(c)
+    }
+
+    /// Before a libpq program gets the password: with `sslmode=prefer` libpq would send it
+    /// in clear text to a server without TLS that asks for it so, so dbvault first connects
+    /// itself (once per database), which refuses exactly that.
+    ///
+    /// # Errors
+    /// The refusal, or why the connection failed.
+    pub(crate) fn guard_password(&self) -> Result<()> {
+        let tcp = matches!(self.config.get_hosts().first(), Some(Host::Tcp(_)));
+        let risky = tcp
+            && self.config.get_password().is_some()
+            && matches!(self.ssl.mode, SslMode::Prefer | SslMode::Allow);
+        if !risky {
+            return Ok(());
+        }
+        let failure = self.guard.get_or_init(|| {
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => return Some(e.to_string()),
+            };
+            self.connect(&rt).err().map(|e| e.to_string())
+        });
+        match failure {
+            None => Ok(()),
+            Some(m) => Err(FormatError::Postgres {
+                context: format!("before running a PostgreSQL client for {}", self.describe()),
+                message: m.clone(),
+            }),
+        }
     }
 
     /// Connects as libpq would with the same `sslmode` (see [`super::tls`]): TLS whenever

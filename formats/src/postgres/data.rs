@@ -75,7 +75,7 @@ impl DataRun {
             args.extend(excludes);
         }
         let mut child = src
-            .tool("pg_dump")
+            .tool("pg_dump")?
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -17,13 +17,17 @@ fn no_psql(e: std::io::Error) -> FormatError {
 impl PgSource {
     /// A command for a libpq program that takes the connection as `-d URL`: the
     /// password is in its environment, never in its arguments.
-    pub(crate) fn command(&self, program: &str) -> Command {
+    ///
+    /// # Errors
+    /// As [`PgSource::guard_password`].
+    pub(crate) fn command(&self, program: &str) -> Result<Command> {
+        self.guard_password()?;
         let mut c = Command::new(super::tools::program(program));
         dbvault_core::secrets::scrub(&mut c);
         if let Some(pw) = &self.url.password {
             c.env("PGPASSWORD", pw);
         }
-        c
+        Ok(c)
     }
 
     /// Runs `psql` on this database, feeding it what `feed` writes. With `single`, the
@@ -38,7 +42,7 @@ impl PgSource {
         single: bool,
         feed: impl FnOnce(&mut (dyn Write + Send)) -> Result<()>,
     ) -> Result<()> {
-        let mut c = self.command("psql");
+        let mut c = self.command("psql")?;
         c.args([
             "-X",
             "-q",
@@ -91,7 +95,7 @@ impl PgSource {
     /// [`FormatError::Postgres`] with psql's error.
     pub fn query(&self, sql: &str) -> Result<String> {
         let out = self
-            .command("psql")
+            .command("psql")?
             .args([
                 "-X",
                 "-A",

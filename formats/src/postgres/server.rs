@@ -58,7 +58,7 @@ pub fn backup_server(b: &Backup<'_>, src: &PgSource, opts: &DirectOptions) -> Re
         .and_then(|r| r.into_iter().next().flatten());
     drop(c);
     let out = src
-        .tool("pg_dumpall")
+        .tool("pg_dumpall")?
         .arg("--globals-only")
         .stdin(Stdio::null())
         .output()
