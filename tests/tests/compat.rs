@@ -27,9 +27,13 @@ fn a_format_2_repository_keeps_working() {
     assert!(config.contains("\"version\": 2"), "{config}");
     let raw = random_bytes(400_000, 3);
     let text = dbvault_tests::dump_like(300_000, 21);
-    let r = repo.run(&["restore", "latest", "--name", "raw", "--to", "-"], None).ok();
+    let r = repo
+        .run(&["restore", "latest", "--name", "raw", "--to", "-"], None)
+        .ok();
     assert!(r.stdout == raw, "the old raw snapshot does not restore");
-    let r = repo.run(&["restore", "latest", "--name", "text", "--to", "-"], None).ok();
+    let r = repo
+        .run(&["restore", "latest", "--name", "text", "--to", "-"], None)
+        .ok();
     assert!(r.stdout == text, "the old text snapshot does not restore");
     repo.run(&["check", "--read-data"], None).ok();
 
@@ -40,7 +44,9 @@ fn a_format_2_repository_keeps_working() {
     let mut changed = raw.clone();
     changed[200_000] ^= 1;
     repo.backup(&changed, &["--name", "raw"]);
-    let r = repo.run(&["restore", "latest", "--name", "raw", "--to", "-"], None).ok();
+    let r = repo
+        .run(&["restore", "latest", "--name", "raw", "--to", "-"], None)
+        .ok();
     assert!(r.stdout == changed);
     repo.run(&["check"], None).ok();
     // Still format 2: nothing rewrote config.

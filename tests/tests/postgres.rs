@@ -154,6 +154,40 @@ fn one_table_comes_back_beside_the_live_one() {
         src.fingerprint().get("\"Sales Dept\".\"Kunden alt\""),
         original.get("\"Sales Dept\".\"Kunden Ü\"")
     );
+    // The new name may carry the table's own schema; another schema is refused.
+    repo.run(
+        &[
+            "restore",
+            "latest",
+            "--table",
+            "app.orders",
+            "--rename-table",
+            "app.orders_q",
+            "--to",
+            &src.url(),
+        ],
+        None,
+    )
+    .ok();
+    assert_eq!(
+        src.fingerprint().get("app.orders_q"),
+        original.get("app.orders")
+    );
+    let r = repo.run(
+        &[
+            "restore",
+            "latest",
+            "--table",
+            "app.orders",
+            "--rename-table",
+            "public.x",
+            "--to",
+            &src.url(),
+        ],
+        None,
+    );
+    assert_eq!(r.code, Some(1));
+    assert!(r.stderr.contains("its own schema app"), "{}", r.stderr);
     // Onto the live table: refused without --clean, and nothing changes.
     let before = src.fingerprint();
     let r = repo.run(

@@ -67,6 +67,32 @@ fn parse_table_arg(s: &str) -> (Option<String>, String, bool) {
     }
 }
 
+/// `--rename-table NEW` as a bare name. Unquoted, it is taken as written (`Kunden alt`), less
+/// a leading `SCHEMA.` of the table's own schema (where it is restored); with double quotes,
+/// as SQL reads it (`public."a.b"`).
+fn new_name(arg: Option<&str>, schema: &str) -> Result<Option<String>> {
+    let Some(arg) = arg else { return Ok(None) };
+    let (given_schema, name) = if arg.contains('"') {
+        let (s, n, _) = parse_table_arg(arg);
+        (s, n)
+    } else {
+        match arg.split_once('.') {
+            Some((s, n)) => (Some(s.to_string()), n.to_string()),
+            None => (None, arg.to_string()),
+        }
+    };
+    match given_schema {
+        Some(s) if s != schema => Err(FormatError::Invalid(format!(
+            "--rename-table {arg}: the table is restored in its own schema {schema}; give the \
+             new name without a schema (or as {schema}.NAME; quote a name that holds a dot)"
+        ))),
+        _ if name.is_empty() => Err(FormatError::Invalid(format!(
+            "--rename-table {arg:?}: empty name"
+        ))),
+        _ => Ok(Some(name)),
+    }
+}
+
 /// Finds the data part of a table named by the user.
 ///
 /// # Errors
@@ -251,14 +277,15 @@ pub fn restore(
     let mut target = target;
     for part in &chosen {
         let t = TablePart::of(part);
+        let rename = new_name(opts.rename_table.as_deref(), &t.schema)?;
         let ts = table_script(
             &pre_text,
             &post_text,
             &t.schema,
             &t.table,
-            opts.rename_table.as_deref(),
+            rename.as_deref(),
         );
-        let dest = qualified(&t.schema, opts.rename_table.as_deref().unwrap_or(&t.table));
+        let dest = qualified(&t.schema, rename.as_deref().unwrap_or(&t.table));
         match &mut target {
             Target::Script(out) => {
                 let mut out = BufWriter::with_capacity(1 << 20, &mut **out);
