@@ -259,8 +259,7 @@ impl Repository {
             return audit
                 .snapshots
                 .into_iter()
-                .filter(|(_, s)| name.is_none_or(|n| s.name == n))
-                .next_back()
+                .rfind(|(_, s)| name.is_none_or(|n| s.name == n))
                 .ok_or_else(|| Error::SnapshotNotFound {
                     selector: match name {
                         Some(n) => format!("latest (name {n})"),
@@ -304,7 +303,7 @@ impl Repository {
     /// The snapshots cannot be listed.
     pub fn newest_of(&self, name: &str) -> Result<Option<(Id, Snapshot)>> {
         let (all, _) = self.readable_snapshots()?;
-        Ok(all.into_iter().filter(|(_, s)| s.name == name).next_back())
+        Ok(all.into_iter().rfind(|(_, s)| s.name == name))
     }
 
     /// Takes a repository lock for the rest of this handle's life (or until
