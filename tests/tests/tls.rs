@@ -105,6 +105,58 @@ fn make_server_cert(dir: &Path, ca: &str) -> (String, String) {
     )
 }
 
+/// A client certificate for `user` signed by CA `ca`, key mode 0600: returns (cert, key).
+fn make_client_cert(dir: &Path, ca: &str, user: &str) -> (String, String) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            &format!("/CN={user}"),
+            "-keyout",
+            "client.key",
+            "-out",
+            "client.csr",
+        ],
+    );
+    // X.509 v3 (with extensions): rustls, unlike OpenSSL, refuses v1 certificates.
+    std::fs::write(
+        dir.join("client.cnf"),
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    )
+    .expect("client.cnf");
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            &format!("{ca}.crt"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "client.cnf",
+            "-out",
+            "client.crt",
+        ],
+    );
+    let key = dir.join("client.key");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    (
+        dir.join("client.crt").display().to_string(),
+        key.display().to_string(),
+    )
+}
+
 fn make_user(cluster: &PgCluster, user: &str) {
     cluster.sql(
         "postgres",
@@ -280,4 +332,49 @@ fn a_server_asking_for_a_cleartext_password_over_a_plain_connection_gets_none() 
         cluster.sql("copy", "SELECT count(*) FROM orders").trim(),
         "2000"
     );
+}
+
+#[test]
+fn a_client_certificate_authenticates_the_backup() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    make_ca(d, "ca");
+    let (cert, key) = make_server_cert(d, "ca");
+    let ca = d.join("ca.crt").display().to_string();
+    Command::new("chmod")
+        .args(["0644", &ca])
+        .status()
+        .expect("chmod");
+    let cluster = PgCluster::with_tcp(Some((
+        &format!(
+            "ssl = on\nssl_cert_file = '{cert}'\nssl_key_file = '{key}'\nssl_ca_file = '{ca}'"
+        ),
+        // No password at all: the certificate is the credential.
+        "hostssl all cert_u 127.0.0.1/32 cert\nhost all all 127.0.0.1/32 reject",
+    )));
+    make_user(&cluster, "cert_u");
+    let (ccert, ckey) = make_client_cert(d, "ca", "cert_u");
+    let base = format!(
+        "postgresql://cert_u@127.0.0.1:{}/shop?sslmode=verify-ca&sslrootcert={ca}",
+        cluster.port
+    );
+    let repo = Repo::new();
+    let without = |url: &str, env: &[(&str, &str)]| {
+        let mut c = repo.cmd(&["backup", url, "--name", "shop"]);
+        c.env_remove("PGPASSWORD").env("HOME", d);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        run_cmd(c, None)
+    };
+    // Without the certificate the server refuses.
+    let r = without(&base, &[]);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(repo.snapshot_ids().is_empty());
+    // From the URL, and from PGSSLCERT/PGSSLKEY (pg_dump takes the same).
+    without(&format!("{base}&sslcert={ccert}&sslkey={ckey}"), &[]).ok();
+    without(&base, &[("PGSSLCERT", &ccert), ("PGSSLKEY", &ckey)]).ok();
+    assert_eq!(repo.snapshot_ids().len(), 2);
 }
