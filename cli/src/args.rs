@@ -90,6 +90,12 @@ pub enum Command {
     Status,
     /// Show repository statistics.
     Stats,
+    /// Manage passphrases: list, add, remove, change.
+    Key {
+        /// What to do.
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
 }
 
 /// `run` options.
@@ -167,6 +173,17 @@ pub struct InitArgs {
     /// object stores; between 64KiB and 512MiB.
     #[arg(long, value_name = "SIZE")]
     pub pack_size: Option<String>,
+    /// The new key's cost.
+    #[command(flatten)]
+    pub kdf: KdfArgs,
+    /// A retention policy to store (used by `forget` without rules).
+    #[command(flatten)]
+    pub keep: KeepArgs,
+}
+
+/// The Argon2id cost of a new key file.
+#[derive(Args, Debug)]
+pub struct KdfArgs {
     /// Argon2id memory for the new key, in MiB (default 48; at most 1024). Every command
     /// pays it once when it opens the repository.
     #[arg(long, value_name = "MIB")]
@@ -177,9 +194,36 @@ pub struct InitArgs {
     /// Argon2id lanes for the new key (default 1; at most 16).
     #[arg(long, value_name = "N")]
     pub kdf_lanes: Option<u32>,
-    /// A retention policy to store (used by `forget` without rules).
+}
+
+/// `key` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// List the key files: id, host, user, creation time; the one in use is marked.
+    List,
+    /// Add a passphrase (a new key file for the same master secret).
+    Add(KeyNewArgs),
+    /// Remove a key file (never the last; the one in use only with --force).
+    Remove {
+        /// Key id or unique prefix (see `key list`).
+        id: String,
+        /// Remove the key this command opened the repository with.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Change the passphrase in use: add a key with the new one, remove the old key.
+    Passwd(KeyNewArgs),
+}
+
+/// Where a new passphrase comes from, and its key's cost.
+#[derive(Args, Debug)]
+pub struct KeyNewArgs {
+    /// The new passphrase from the first line of FILE (else a prompt on the terminal).
+    #[arg(long, value_name = "FILE")]
+    pub new_password_file: Option<PathBuf>,
+    /// The new key's cost.
     #[command(flatten)]
-    pub keep: KeepArgs,
+    pub kdf: KdfArgs,
 }
 
 /// `backup` options.

@@ -53,6 +53,9 @@ pub struct KeyFile {
     pub created: String,
     /// Host that made it.
     pub host: String,
+    /// Operating-system user that made it (absent in older key files).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user: String,
 }
 
 fn derive(passphrase: &[u8], salt: &[u8], p: KdfParams) -> Result<Keys> {
@@ -129,6 +132,9 @@ pub fn wrap(master: &[u8; 32], passphrase: &[u8], params: KdfParams) -> Result<V
         data: hex::encode(sealed),
         created: chrono::Local::now().to_rfc3339(),
         host: gethostname::gethostname().to_string_lossy().into_owned(),
+        user: std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_default(),
     };
     serde_json::to_vec_pretty(&kf).map_err(|e| Error::Invalid(e.to_string()))
 }
@@ -145,6 +151,15 @@ fn parse(bytes: &[u8], name: &str) -> Result<(KdfParams, Vec<u8>, Vec<u8>)> {
     let salt = hex::decode(&kf.salt).map_err(|e| bad(e.to_string()))?;
     let sealed = hex::decode(&kf.data).map_err(|e| bad(e.to_string()))?;
     Ok((kf.params, salt, sealed))
+}
+
+/// What `key list` shows of a key file (no secret).
+///
+/// # Errors
+/// [`Error::Corrupt`] when it does not parse.
+pub fn describe(bytes: &[u8], name: &str) -> Result<KeyFile> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| Error::corrupt(format!("key file {name}"), e.to_string()))
 }
 
 /// Checks a key file's structure without a passphrase (for `check`: other people's keys

@@ -24,6 +24,7 @@ pub mod id;
 pub mod index;
 pub mod input;
 pub mod keyfile;
+pub mod keys;
 pub mod lock;
 pub mod pack;
 pub mod prune;

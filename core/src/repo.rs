@@ -21,6 +21,9 @@ pub struct Repository {
     index: Mutex<Option<Arc<Index>>>,
     lock: Mutex<Option<Lock>>,
     client_state: Option<std::path::PathBuf>,
+    /// The master secret (for adding keys) and the key file that opened it.
+    master: zeroize::Zeroizing<[u8; 32]>,
+    key_path: String,
 }
 
 impl Repository {
@@ -49,7 +52,8 @@ impl Repository {
         let mut master = zeroize::Zeroizing::new([0u8; 32]);
         crate::crypto::fill_random(master.as_mut())?;
         let kf = keyfile::wrap(&master, passphrase, kdf)?;
-        backend.create(&format!("keys/{}", Id::hash_of(&kf)), &kf)?;
+        let key_path = format!("keys/{}", Id::hash_of(&kf));
+        backend.create(&key_path, &kf)?;
         let json = config.sealed_bytes(&master)?;
         backend.create("config", &json)?;
         Ok(Repository {
@@ -59,6 +63,8 @@ impl Repository {
             index: Mutex::new(None),
             lock: Mutex::new(None),
             client_state: None,
+            master,
+            key_path,
         })
     }
 
@@ -119,6 +125,8 @@ impl Repository {
                     index: Mutex::new(None),
                     lock: Mutex::new(None),
                     client_state: None,
+                    master,
+                    key_path: k.path.clone(),
                 });
             }
         }
@@ -136,6 +144,16 @@ impl Repository {
     /// Where this client's memory of the repository is kept, if anywhere.
     pub fn client_state(&self) -> Option<&std::path::Path> {
         self.client_state.as_deref()
+    }
+
+    /// The master secret (to wrap it under another passphrase).
+    pub(crate) fn master(&self) -> &[u8; 32] {
+        &self.master
+    }
+
+    /// The key file this handle was opened with (`keys/<id>`).
+    pub fn key_path(&self) -> &str {
+        &self.key_path
     }
 
     /// The storage backend.

@@ -1,7 +1,6 @@
 //! `dbvault init`
 
-use anyhow::{Context, Result};
-use dbvault_core::keyfile::{KdfParams, DEFAULT_KDF};
+use anyhow::Result;
 use dbvault_core::{RepoConfig, Repository};
 
 use crate::args::{Cli, InitArgs};
@@ -16,15 +15,7 @@ pub fn run(cli: &Cli, a: &InitArgs) -> Result<()> {
     if let Some(s) = &a.pack_size {
         config.pack_target = parse_size(s)?;
     }
-    let kdf = KdfParams {
-        m_kib: a
-            .kdf_memory
-            .map_or(DEFAULT_KDF.m_kib, |m| m.saturating_mul(1024)),
-        t: a.kdf_passes.unwrap_or(DEFAULT_KDF.t),
-        p: a.kdf_lanes.unwrap_or(DEFAULT_KDF.p),
-    };
-    kdf.check_bounds()
-        .context("--kdf-memory/--kdf-passes/--kdf-lanes")?;
+    let kdf = super::key::kdf_params(&a.kdf)?;
     let backend = repo_access::backend(cli)?;
     let pass = repo_access::passphrase(cli, true)?;
     let repo = Repository::init(backend.clone(), pass.as_bytes(), kdf, config)?;

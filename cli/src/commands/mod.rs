@@ -4,6 +4,7 @@ mod backup;
 mod check;
 mod forget;
 mod init;
+mod key;
 mod policy;
 mod prune;
 mod restore;
@@ -35,6 +36,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Prune(a) => prune::run(cli, a),
         Command::Policy(a) => policy::run(cli, a),
         Command::Stats => stats::run(cli),
+        Command::Key { command } => key::run(cli, command),
     }?;
     Ok(ExitCode::SUCCESS)
 }
