@@ -90,6 +90,10 @@ pub enum Command {
     Status,
     /// Show repository statistics.
     Stats,
+    /// List a snapshot's tables and parts (rows, bytes), like `pg_restore --list`.
+    Ls(LsArgs),
+    /// What changed between two snapshots, table by table (rows before and after).
+    Diff(DiffArgs),
     /// Manage passphrases: list, add, remove, change.
     Key {
         /// What to do.
@@ -275,6 +279,34 @@ pub struct SnapshotsArgs {
     /// Only snapshots of this source name.
     #[arg(long)]
     pub name: Option<String>,
+}
+
+/// `ls` options.
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    /// Snapshot: id, unique id prefix, or `latest`.
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshot: String,
+    /// With `latest`: the latest of this source.
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+/// `diff` options.
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    /// The older snapshot: id, unique id prefix, or `latest`.
+    #[arg(value_name = "SNAPSHOT_A")]
+    pub a: String,
+    /// The newer snapshot.
+    #[arg(value_name = "SNAPSHOT_B")]
+    pub b: String,
+    /// With `latest`: the latest of this source.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Also list what did not change.
+    #[arg(long)]
+    pub all: bool,
 }
 
 /// `restore` options.

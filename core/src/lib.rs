@@ -17,6 +17,7 @@ pub mod chunker;
 pub mod config;
 pub mod crypto;
 pub mod delta;
+pub mod diff;
 pub mod error;
 pub mod hash;
 pub mod history;

@@ -6,6 +6,7 @@
 use std::fmt;
 
 pub mod error;
+pub mod listing;
 pub mod notice;
 mod partmeta;
 pub mod postgres;

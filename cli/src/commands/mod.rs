@@ -5,6 +5,7 @@ mod check;
 mod forget;
 mod init;
 mod key;
+mod ls;
 mod policy;
 mod prune;
 mod restore;
@@ -37,6 +38,8 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Policy(a) => policy::run(cli, a),
         Command::Stats => stats::run(cli),
         Command::Key { command } => key::run(cli, command),
+        Command::Ls(a) => ls::run(cli, a),
+        Command::Diff(a) => ls::diff(cli, a),
     }?;
     Ok(ExitCode::SUCCESS)
 }

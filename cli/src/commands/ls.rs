@@ -1,0 +1,105 @@
+//! `dbvault ls SNAPSHOT` and `dbvault diff A B`
+
+use anyhow::Result;
+use dbvault_formats::listing;
+
+use crate::args::{Cli, DiffArgs, LsArgs};
+use crate::output::{self, bytes};
+use crate::repo_access;
+
+fn opt(n: Option<u64>) -> String {
+    n.map_or_else(|| "-".into(), |n| n.to_string())
+}
+
+pub fn run(cli: &Cli, a: &LsArgs) -> Result<()> {
+    let repo = repo_access::open(cli)?;
+    let (id, snap) = repo.find_snapshot(&a.snapshot, a.name.as_deref())?;
+    let entries = listing::entries(&snap);
+    if cli.json {
+        output::json(&serde_json::json!({
+            "id": id.to_hex(),
+            "time": output::time(&snap.time),
+            "name": snap.name,
+            "entries": entries,
+        }));
+        return Ok(());
+    }
+    crate::outln!(
+        "snapshot {} of {} at {}",
+        id.short(),
+        snap.name,
+        output::time(&snap.time)
+    );
+    crate::outln!(
+        "{:<40} {:<12} {:>12} {:>12}",
+        "name",
+        "kind",
+        "rows",
+        "bytes"
+    );
+    for e in entries {
+        crate::outln!(
+            "{:<40} {:<12} {:>12} {:>12}",
+            e.name,
+            e.kind,
+            opt(e.rows),
+            e.bytes.map_or_else(|| "-".into(), bytes)
+        );
+    }
+    Ok(())
+}
+
+pub fn diff(cli: &Cli, a: &DiffArgs) -> Result<()> {
+    let repo = repo_access::open(cli)?;
+    let (ida, sa) = repo.find_snapshot(&a.a, a.name.as_deref())?;
+    let (idb, sb) = repo.find_snapshot(&a.b, a.name.as_deref())?;
+    let changes = listing::diff(&repo, &sa, &sb)?;
+    if cli.json {
+        output::json(&serde_json::json!({
+            "a": ida.to_hex(),
+            "b": idb.to_hex(),
+            "changes": changes,
+        }));
+        return Ok(());
+    }
+    crate::outln!(
+        "{} ({}) -> {} ({})",
+        ida.short(),
+        output::time(&sa.time),
+        idb.short(),
+        output::time(&sb.time)
+    );
+    crate::outln!(
+        "{:<8} {:<40} {:>12} {:>12} {:>10} {:>12}",
+        "",
+        "name",
+        "rows before",
+        "rows after",
+        "rows +/-",
+        "bytes changed"
+    );
+    let mut same = 0;
+    for c in &changes {
+        if c.status == "same" && !a.all {
+            same += 1;
+            continue;
+        }
+        let delta = match (c.rows_before, c.rows_after) {
+            (Some(x), Some(y)) => format!("{:+}", y as i64 - x as i64),
+            _ => "-".into(),
+        };
+        crate::outln!(
+            "{:<8} {:<40} {:>12} {:>12} {:>10} {:>12}",
+            c.status,
+            c.name,
+            opt(c.rows_before),
+            opt(c.rows_after),
+            delta,
+            c.bytes_changed.map_or_else(|| "-".into(), bytes)
+        );
+    }
+    if same > 0 {
+        crate::outln!("({same} unchanged; --all lists them)");
+    }
+    Ok(())
+}
