@@ -32,6 +32,8 @@ pub struct Outcome {
     pub tables: Vec<TableResult>,
     /// Everything wrong.
     pub problems: Vec<Problem>,
+    /// Remarks that are not failures (e.g. a database's own foreign-key violations).
+    pub notes: Vec<String>,
 }
 
 /// A restore-test problem.

@@ -425,3 +425,68 @@ fn database_file_on_stdin_is_detected() {
     assert_eq!(list[0]["parts"][0]["tables"]["orders"], 10000);
     assert_eq!(repo.restore("latest").ok().stdout, bytes);
 }
+
+/// A real application database with rows that violate its (unenforced) foreign keys backs
+/// up and passes restore-test with one summary of them; a flipped bit still fails.
+#[test]
+fn preexisting_foreign_key_violations_are_summarised_not_failed() {
+    let repo = dbvault_tests::Repo::new();
+    let path = repo.dir.path().join("crs.db");
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    conn.execute_batch(
+        "PRAGMA foreign_keys = OFF; CREATE TABLE geodetic_crs (code INTEGER PRIMARY KEY); \
+         CREATE TABLE projected_crs (id INTEGER PRIMARY KEY, geo INTEGER REFERENCES geodetic_crs(code)); \
+         CREATE TABLE keyed (k TEXT PRIMARY KEY, geo INTEGER REFERENCES geodetic_crs(code)) WITHOUT ROWID; \
+         INSERT INTO geodetic_crs VALUES (1); \
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000) \
+         INSERT INTO projected_crs SELECT i, CASE WHEN i % 2 = 0 THEN 1 ELSE 1000 + i END FROM n; \
+         INSERT INTO keyed VALUES ('a', 999);",
+    )
+    .expect("sql");
+    drop(conn);
+    let src = format!("sqlite:{}", path.display());
+    repo.run(&["backup", &src, "--name", "crs"], None).ok();
+    let r = repo
+        .run(&["restore-test", "latest", "--name", "crs"], None)
+        .ok();
+    let text = r.text();
+    assert!(text.contains("PASSED"), "{text}");
+    assert!(text.lines().count() < 20, "not a summary: {text}");
+    assert!(
+        text.contains("1501 foreign-key violations")
+            && text.contains("1500 in projected_crs -> geodetic_crs")
+            && text.contains("WITHOUT ROWID"),
+        "{text}"
+    );
+    assert!(!text.contains("None"), "{text}");
+    let v = repo
+        .run(&["restore-test", "latest", "--name", "crs", "--json"], None)
+        .ok()
+        .json();
+    assert_eq!(v["ok"], true, "{v}");
+    // And it restores (the violations are the database's, not damage).
+    let back = repo.dir.path().join("back.db");
+    let to = format!("sqlite:{}", back.display());
+    repo.run(&["restore", "latest", "--name", "crs", "--to", &to], None)
+        .ok();
+    assert_eq!(
+        dbvault_tests::sqlite3_dump(&back),
+        dbvault_tests::sqlite3_dump(&path)
+    );
+
+    // Real damage still fails, naming the pack.
+    let packs = dbvault_tests::tree(&repo.path.join("data"));
+    let (pack, bytes) = packs.iter().max_by_key(|(_, b)| b.len()).expect("a pack");
+    let mut bad = bytes.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 1;
+    std::fs::write(repo.path.join("data").join(pack), bad).expect("flip");
+    let r = repo.run(&["restore-test", "latest", "--name", "crs"], None);
+    assert_eq!(r.code, Some(3), "{}", r.stderr);
+    let name = pack
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .to_string();
+    assert!(r.text().contains(&name[..8]), "{}", r.text());
+}

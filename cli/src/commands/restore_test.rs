@@ -46,6 +46,7 @@ pub fn run(cli: &Cli, a: &RestoreTestArgs) -> Result<ExitCode> {
         "seconds": (seconds * 1000.0).round() / 1000.0,
         "tables": out.tables,
         "problems": out.problems,
+        "notes": out.notes,
     });
     let stored = repo.save_report(&Report::now(
         "restore-test",
@@ -84,11 +85,22 @@ pub fn run(cli: &Cli, a: &RestoreTestArgs) -> Result<ExitCode> {
             );
         }
         let listed = |p: &Problem| out.tables.iter().any(|t| Some(&t.name) == p.part.as_ref());
-        for p in out.problems.iter().filter(|p| !listed(p)) {
+        // A list that grows with the data stays short here; --json has it all.
+        let unlisted: Vec<&Problem> = out.problems.iter().filter(|p| !listed(p)).collect();
+        for p in unlisted.iter().take(10) {
             match &p.part {
                 Some(part) => crate::outln!("  {part}: FAILED: {}", p.detail),
                 None => crate::outln!("  FAILED: {}", p.detail),
             }
+        }
+        if unlisted.len() > 10 {
+            crate::outln!(
+                "  … and {} more problems (--json lists them all)",
+                unlisted.len() - 10
+            );
+        }
+        for n in &out.notes {
+            crate::outln!("  note: {n}");
         }
         crate::outln!(
             "{} in {:.1} s{}",

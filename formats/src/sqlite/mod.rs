@@ -14,6 +14,7 @@ use crate::error::{FormatError, Result};
 use names::quote_ident;
 use plan::{find_table, plan_table};
 
+pub mod health;
 mod names;
 mod plan;
 pub mod snapshot;
@@ -53,6 +54,8 @@ pub struct DbInfo {
     pub tables: BTreeMap<String, u64>,
     /// SQLite library version.
     pub sqlite_version: String,
+    /// The database's own foreign-key violations, per `"table -> parent"`.
+    pub foreign_keys: BTreeMap<String, health::FkViolations>,
 }
 
 fn open_existing(path: &Path) -> Result<Connection> {
@@ -155,39 +158,17 @@ pub fn inspect(path: &Path) -> Result<DbInfo> {
         page_size,
         tables,
         sqlite_version: rusqlite::version().to_string(),
+        foreign_keys: health::foreign_key_violations(&c, path)?,
     })
 }
 
-/// `PRAGMA integrity_check` and `PRAGMA foreign_key_check`; returns the problems found.
+/// `PRAGMA integrity_check`'s complaints about a database file.
 ///
 /// # Errors
 /// SQLite errors (not problems in the data: those are returned).
 pub fn check(path: &Path) -> Result<Vec<String>> {
     let c = open_existing(path)?;
-    let err = |e| not_sqlite(path, e);
-    let mut problems = Vec::new();
-    let mut st = c.prepare("PRAGMA integrity_check").map_err(err)?;
-    let rows: Vec<String> = st
-        .query_map([], |r| r.get(0))
-        .map_err(err)?
-        .collect::<rusqlite::Result<_>>()
-        .map_err(err)?;
-    problems.extend(rows.into_iter().filter(|r| r != "ok"));
-    let mut st = c.prepare("PRAGMA foreign_key_check").map_err(err)?;
-    let fk: Vec<String> = st
-        .query_map([], |r| {
-            Ok(format!(
-                "foreign key violation in {} rowid {:?} -> {}",
-                r.get::<_, String>(0)?,
-                r.get::<_, Option<i64>>(1)?,
-                r.get::<_, String>(2)?
-            ))
-        })
-        .map_err(err)?
-        .collect::<rusqlite::Result<_>>()
-        .map_err(err)?;
-    problems.extend(fk);
-    Ok(problems)
+    health::integrity_problems(&c, path)
 }
 
 /// Writes a new database file at `target` atomically: `fill` writes a temp file beside it,

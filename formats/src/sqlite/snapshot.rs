@@ -28,6 +28,10 @@ pub struct DatabasePart {
     /// Page size.
     #[serde(default)]
     pub page_size: u32,
+    /// The source's own foreign-key violations at backup, per `"table -> parent"` (absent
+    /// in snapshots made before dbvault recorded them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub foreign_key_violations: Option<BTreeMap<String, u64>>,
 }
 
 impl DatabasePart {
@@ -65,6 +69,7 @@ pub fn backup_copy(b: &Backup<'_>, copy: &OnlineCopy) -> Result<()> {
         meta: DatabasePart {
             tables: copy.info.tables.clone(),
             page_size: copy.info.page_size,
+            foreign_key_violations: Some(super::health::counts(&copy.info.foreign_keys)),
         }
         .to_meta(),
         chunking: Chunking::Fixed(chunk_size(copy.info.page_size, copy.size)),

@@ -46,7 +46,29 @@ pub fn restore_test(
         out.problems.push(problem(id, Some(&part.name), p, None));
     }
     let recorded = DatabasePart::of(part);
-    for (name, rows) in &inspect(&path)?.tables {
+    let info = inspect(&path)?;
+    // The database's own foreign-key violations are its history, not restore damage: one
+    // summary, and a failure only when the copy differs from what the backup recorded.
+    let found = super::health::counts(&info.foreign_keys);
+    match &recorded.foreign_key_violations {
+        Some(want) if *want != found => out.problems.push(problem(
+            id,
+            Some(&part.name),
+            format!(
+                "foreign-key violations differ from those recorded at backup ({} then, {} now): {}",
+                want.values().sum::<u64>(),
+                found.values().sum::<u64>(),
+                super::health::summary(&info.foreign_keys)
+            ),
+            None,
+        )),
+        _ if !found.is_empty() => out.notes.push(format!(
+            "the database's own {} (as at backup; SQLite does not enforce foreign keys unless asked)",
+            super::health::summary(&info.foreign_keys)
+        )),
+        _ => {}
+    }
+    for (name, rows) in &info.tables {
         let want = recorded.tables.get(name).copied();
         let ok = want.is_none_or(|w| w == *rows);
         let detail = if ok {
