@@ -63,21 +63,26 @@ fn strip_newline(mut s: String) -> String {
     s
 }
 
+/// The first line of a password file, wiped from memory when dropped.
+pub fn password_file(f: &Path) -> Result<Zeroizing<String>> {
+    let s = Zeroizing::new(
+        std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read the password file {}", f.display()))?,
+    );
+    let first = Zeroizing::new(s.lines().next().unwrap_or("").to_string());
+    if first.is_empty() {
+        bail!("the password file {} is empty", f.display());
+    }
+    Ok(first)
+}
+
 /// The passphrase: `--password-file`/`DBVAULT_PASSWORD_FILE`, else `DBVAULT_PASSWORD`, else a
 /// prompt on the terminal (twice when creating a repository).
 ///
 /// The passphrase is wiped from memory when the returned value is dropped.
 pub fn passphrase(cli: &Cli, confirm: bool) -> Result<Zeroizing<String>> {
     if let Some(f) = &cli.password_file {
-        let s = Zeroizing::new(
-            std::fs::read_to_string(f)
-                .with_context(|| format!("cannot read the password file {}", f.display()))?,
-        );
-        let first = Zeroizing::new(s.lines().next().unwrap_or("").to_string());
-        if first.is_empty() {
-            bail!("the password file {} is empty", f.display());
-        }
-        return Ok(first);
+        return password_file(f);
     }
     if let Ok(p) = std::env::var("DBVAULT_PASSWORD") {
         let p = Zeroizing::new(p);

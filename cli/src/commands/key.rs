@@ -24,15 +24,7 @@ pub fn kdf_params(a: &KdfArgs) -> Result<KdfParams> {
 /// The new passphrase: `--new-password-file`, else a prompt (twice) on the terminal.
 fn new_passphrase(a: &KeyNewArgs) -> Result<Zeroizing<String>> {
     if let Some(f) = &a.new_password_file {
-        let s = Zeroizing::new(
-            std::fs::read_to_string(f)
-                .with_context(|| format!("cannot read the password file {}", f.display()))?,
-        );
-        let first = Zeroizing::new(s.lines().next().unwrap_or("").to_string());
-        if first.is_empty() {
-            bail!("the password file {} is empty", f.display());
-        }
-        return Ok(first);
+        return repo_access::password_file(f);
     }
     if std::fs::File::open("/dev/tty").is_err() {
         bail!("no new passphrase: use --new-password-file FILE");
