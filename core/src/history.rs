@@ -137,8 +137,9 @@ impl Repository {
     /// # Errors
     /// The snapshots (or, with `chain`, the reports) cannot be listed.
     pub fn audit(&self, chain: bool) -> Result<Audit> {
-        let (snapshots, damaged) = self.readable_snapshots()?;
-        let present: HashSet<Id> = self.snapshot_ids()?.into_iter().collect();
+        // One listing for both: one request less on S3, and the two cannot disagree.
+        let (ids, snapshots, damaged) = self.listed_snapshots()?;
+        let present: HashSet<Id> = ids.into_iter().collect();
         let mut seen = self.load_seen();
         let mut candidates: Vec<Missing> = seen
             .newest

@@ -13,6 +13,9 @@ use crate::{Error, Id, Result};
 
 pub use crate::config::{RepoConfig, FORMAT_VERSION};
 
+/// Every listed snapshot id, the readable snapshots (oldest first), the errors of the others.
+pub(crate) type SnapshotListing = (Vec<Id>, Vec<(Id, Snapshot)>, Vec<Error>);
+
 /// An open repository.
 pub struct Repository {
     backend: Arc<dyn Backend>,
@@ -233,6 +236,13 @@ impl Repository {
     /// # Errors
     /// Only when the snapshot list itself cannot be read.
     pub fn readable_snapshots(&self) -> Result<(Vec<(Id, Snapshot)>, Vec<Error>)> {
+        self.listed_snapshots()
+            .map(|(_, all, damaged)| (all, damaged))
+    }
+
+    /// As [`Repository::readable_snapshots`], with every listed id (damaged ones too) from
+    /// the same listing.
+    pub(crate) fn listed_snapshots(&self) -> Result<SnapshotListing> {
         use rayon::prelude::*;
         let ids = self.snapshot_ids()?;
         let loaded: Vec<(Id, Result<Snapshot>)> = ids
@@ -248,7 +258,7 @@ impl Repository {
             }
         }
         all.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
-        Ok((all, damaged))
+        Ok((ids, all, damaged))
     }
 
     /// Resolves `latest`, a full id or a unique id prefix. `name` restricts `latest` to
