@@ -46,36 +46,32 @@ fn make_ca(dir: &Path, name: &str) {
     );
 }
 
-/// A server certificate for 127.0.0.1 and localhost signed by CA `ca`, readable by the
-/// `postgres` user: returns (cert, key).
-fn make_server_cert(dir: &Path, ca: &str) -> (String, String) {
+/// A certificate `name.crt` (key `name.key`, mode 0600) for subject `subj`, signed by CA
+/// `ca`, X.509 v3 with `extensions` (rustls, unlike OpenSSL, refuses v1 certificates):
+/// returns (cert, key).
+fn make_signed_cert(
+    dir: &Path,
+    ca: &str,
+    name: &str,
+    subj: &str,
+    extensions: &str,
+) -> (String, String) {
+    let (csr, cnf) = (format!("{name}.csr"), format!("{name}.cnf"));
+    let (crt, key) = (format!("{name}.crt"), format!("{name}.key"));
     openssl(
         dir,
         &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
+            "req", "-newkey", "rsa:2048", "-nodes", "-subj", subj, "-keyout", &key, "-out", &csr,
         ],
     );
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .expect("ext");
+    std::fs::write(dir.join(&cnf), extensions).expect("extensions");
     openssl(
         dir,
         &[
             "x509",
             "-req",
             "-in",
-            "server.csr",
+            &csr,
             "-CA",
             &format!("{ca}.crt"),
             "-CAkey",
@@ -84,76 +80,48 @@ fn make_server_cert(dir: &Path, ca: &str) -> (String, String) {
             "-days",
             "2",
             "-extfile",
-            "ext.cnf",
+            &cnf,
             "-out",
-            "server.crt",
+            &crt,
         ],
     );
-    for f in ["server.crt", "server.key"] {
-        let p = dir.join(f);
-        Command::new("chown")
-            .arg("postgres:postgres")
-            .arg(&p)
-            .status()
-            .expect("chown");
-        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .expect("chmod");
-    }
-    (
-        dir.join("server.crt").display().to_string(),
-        dir.join("server.key").display().to_string(),
-    )
-}
-
-/// A client certificate for `user` signed by CA `ca`, key mode 0600: returns (cert, key).
-fn make_client_cert(dir: &Path, ca: &str, user: &str) -> (String, String) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            &format!("/CN={user}"),
-            "-keyout",
-            "client.key",
-            "-out",
-            "client.csr",
-        ],
-    );
-    // X.509 v3 (with extensions): rustls, unlike OpenSSL, refuses v1 certificates.
-    std::fs::write(
-        dir.join("client.cnf"),
-        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
-    )
-    .expect("client.cnf");
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "client.csr",
-            "-CA",
-            &format!("{ca}.crt"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "client.cnf",
-            "-out",
-            "client.crt",
-        ],
-    );
-    let key = dir.join("client.key");
+    let key = dir.join(key);
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .expect("chmod");
     (
-        dir.join("client.crt").display().to_string(),
+        dir.join(crt).display().to_string(),
         key.display().to_string(),
+    )
+}
+
+/// A server certificate for 127.0.0.1 and localhost signed by CA `ca`, owned by the
+/// `postgres` user: returns (cert, key).
+fn make_server_cert(dir: &Path, ca: &str) -> (String, String) {
+    let (cert, key) = make_signed_cert(
+        dir,
+        ca,
+        "server",
+        "/CN=127.0.0.1",
+        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    );
+    for p in [&cert, &key] {
+        Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(p)
+            .status()
+            .expect("chown");
+    }
+    (cert, key)
+}
+
+/// A client certificate for `user` signed by CA `ca`: returns (cert, key).
+fn make_client_cert(dir: &Path, ca: &str, user: &str) -> (String, String) {
+    make_signed_cert(
+        dir,
+        ca,
+        "client",
+        &format!("/CN={user}"),
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
     )
 }
 
