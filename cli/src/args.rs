@@ -94,6 +94,9 @@ pub enum Command {
     Ls(LsArgs),
     /// What changed between two snapshots, table by table (rows before and after).
     Diff(DiffArgs),
+    /// Copy snapshots into a second repository (offsite), re-encrypted under its keys,
+    /// storing only what it lacks; a snapshot it already holds is never copied again.
+    Copy(CopyArgs),
     /// Manage passphrases: list, add, remove, change.
     Key {
         /// What to do.
@@ -307,6 +310,35 @@ pub struct DiffArgs {
     /// Also list what did not change.
     #[arg(long)]
     pub all: bool,
+}
+
+/// `copy` options.
+#[derive(Args, Debug)]
+pub struct CopyArgs {
+    /// Snapshots to copy: ids, unique id prefixes or `latest` (default: every snapshot,
+    /// or with --name every snapshot of that source).
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshots: Vec<String>,
+    /// Only snapshots of this source (with `latest`: the latest of it).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The repository to copy into: a local path, file:///path or s3://bucket/prefix. It
+    /// must exist (`dbvault init` it first); its passphrase may differ.
+    #[arg(long, env = "DBVAULT_TO_REPO", value_name = "URL")]
+    pub to_repo: String,
+    /// The target's passphrase from this file (first line). Also
+    /// DBVAULT_TO_PASSWORD_FILE, else DBVAULT_TO_PASSWORD, else a prompt on the terminal.
+    #[arg(long, env = "DBVAULT_TO_PASSWORD_FILE", value_name = "FILE")]
+    pub to_password_file: Option<PathBuf>,
+    /// The target's S3 endpoint, when it differs from --s3-endpoint.
+    #[arg(long, value_name = "URL")]
+    pub to_s3_endpoint: Option<String>,
+    /// The target's S3 region, when it differs from --s3-region.
+    #[arg(long, value_name = "REGION")]
+    pub to_s3_region: Option<String>,
+    /// Path-style addressing for the target's S3 store.
+    #[arg(long)]
+    pub to_s3_path_style: bool,
 }
 
 /// `restore` options.

@@ -89,6 +89,9 @@ pub struct RepoConfig {
     /// checks, and leaves retention and prune to the admin host.
     #[serde(default)]
     pub append_only: bool,
+    /// Another configured repository that `run` copies this one's new snapshots into
+    /// (the offsite copy), then applies the same retention there.
+    pub copy_to: Option<toml::Spanned<String>>,
 }
 
 /// Retention rules, as `--keep-…` options.
@@ -264,6 +267,17 @@ pub fn load(path: &Path) -> Result<Config> {
                 ));
             }
         }
+        if let Some(t) = &r.copy_to {
+            if t.get_ref() == name || !cfg.repository.contains_key(t.get_ref()) {
+                return Err(at_line(
+                    t.span(),
+                    format!(
+                        "repository {name}: copy_to must name another [repository.NAME] section, not {:?}",
+                        t.get_ref()
+                    ),
+                ));
+            }
+        }
         if r.password.is_some() && !r.allow_inline_password {
             return Err(at(format!(
                 "repository {name}: an inline password is refused (it ends up in backups of /etc and in ps-visible copies); use password_file, or set allow_inline_password = true"
@@ -304,13 +318,25 @@ impl Config {
                 Some((k, _)) => Ok(k),
                 None => bail!("source {}: no repository named {r:?}", s.name),
             },
-            None if self.repository.len() == 1 => {
-                Ok(self.repository.keys().next().map(String::as_str).unwrap_or_default())
+            None => {
+                // A repository that only receives copies is no default for sources.
+                let targets: Vec<&str> = self
+                    .repository
+                    .values()
+                    .filter_map(|r| r.copy_to.as_ref().map(|t| t.get_ref().as_str()))
+                    .collect();
+                let mut own = self
+                    .repository
+                    .keys()
+                    .filter(|k| !targets.contains(&k.as_str()));
+                match (own.next(), own.next()) {
+                    (Some(only), None) => Ok(only),
+                    _ => bail!(
+                        "source {}: several repositories are configured; say which with repository = \"NAME\"",
+                        s.name
+                    ),
+                }
             }
-            None => bail!(
-                "source {}: several repositories are configured; say which with repository = \"NAME\"",
-                s.name
-            ),
         }
     }
 

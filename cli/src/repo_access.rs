@@ -81,25 +81,39 @@ pub fn password_file(f: &Path) -> Result<Zeroizing<String>> {
 ///
 /// The passphrase is wiped from memory when the returned value is dropped.
 pub fn passphrase(cli: &Cli, confirm: bool) -> Result<Zeroizing<String>> {
-    if let Some(f) = &cli.password_file {
+    passphrase_from(
+        cli.password_file.as_deref(),
+        "DBVAULT_PASSWORD",
+        "repository passphrase: ",
+        confirm,
+    )
+}
+
+/// A passphrase from `file`, else the variable `var`, else a prompt on the terminal.
+pub fn passphrase_from(
+    file: Option<&Path>,
+    var: &str,
+    prompt: &str,
+    confirm: bool,
+) -> Result<Zeroizing<String>> {
+    if let Some(f) = file {
         return password_file(f);
     }
-    if let Ok(p) = std::env::var("DBVAULT_PASSWORD") {
+    if let Ok(p) = std::env::var(var) {
         let p = Zeroizing::new(p);
         if p.is_empty() {
-            bail!("DBVAULT_PASSWORD is set but empty");
+            bail!("{var} is set but empty");
         }
         return Ok(p);
     }
     let tty = std::fs::File::open("/dev/tty").is_ok() && std::io::stderr().is_terminal();
     if !tty {
-        bail!(
-            "no passphrase: set DBVAULT_PASSWORD or DBVAULT_PASSWORD_FILE, or use --password-file"
-        );
+        bail!("no passphrase: set {var} or {var}_FILE, or use --{}", {
+            let flag = var.trim_start_matches("DBVAULT_").to_ascii_lowercase();
+            format!("{}-file", flag.replace('_', "-"))
+        });
     }
-    let p = Zeroizing::new(strip_newline(rpassword::prompt_password(
-        "repository passphrase: ",
-    )?));
+    let p = Zeroizing::new(strip_newline(rpassword::prompt_password(prompt)?));
     if p.is_empty() {
         bail!("empty passphrase");
     }

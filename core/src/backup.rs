@@ -179,6 +179,59 @@ impl Backup<'_> {
         reader: R,
         describe: impl FnOnce() -> PartInput,
     ) -> Result<u64> {
+        let params: ChunkerParams = self.repo.config().chunker;
+        let gear = self.repo.keys().gear();
+        self.add_chunks_then(
+            name,
+            |take| {
+                match chunking {
+                    Chunking::Lines(p) => {
+                        for c in chunker::LineChunks::new(reader, p, gear) {
+                            take(c.map_err(Error::Source)?)?;
+                        }
+                    }
+                    Chunking::ContentDefined => {
+                        for c in chunker::chunks(reader, params, gear.clone()) {
+                            take(
+                                c.map_err(|e| match e {
+                                    fastcdc::v2020::Error::IoError(e) => Error::Source(e),
+                                    other => {
+                                        Error::Source(std::io::Error::other(format!("{other:?}")))
+                                    }
+                                })?
+                                .data,
+                            )?;
+                        }
+                    }
+                    Chunking::Fixed(n) => {
+                        let mut reader = reader;
+                        loop {
+                            let c = read_up_to(&mut reader, n as usize).map_err(Error::Source)?;
+                            if c.is_empty() {
+                                break;
+                            }
+                            take(c)?;
+                        }
+                    }
+                }
+                Ok(())
+            },
+            describe,
+        )
+    }
+
+    /// Adds a part whose chunks are already cut: `produce` hands them, in order, to the
+    /// function it is given (`copy` keeps the boundaries of the repository it reads). The
+    /// part's chunking in `describe`'s answer is ignored.
+    ///
+    /// # Errors
+    /// `produce`'s errors as they are; pipeline (storage) errors.
+    pub fn add_chunks_then(
+        &self,
+        name: &str,
+        produce: impl FnOnce(&mut (dyn FnMut(Vec<u8>) -> Result<()> + Send)) -> Result<()>,
+        describe: impl FnOnce() -> PartInput,
+    ) -> Result<u64> {
         let part = self.next_part.fetch_add(1, Ordering::Relaxed);
         let full_name = format!(
             "{}{name}",
@@ -188,11 +241,9 @@ impl Backup<'_> {
             part,
             name: full_name.clone(),
         })?;
-        let repo_cfg = self.repo.config();
         let mut size = 0u64;
         let mut batch = Vec::new();
         let mut batch_bytes = 0usize;
-        let params: ChunkerParams = repo_cfg.chunker;
         let mut take = |data: Vec<u8>| -> Result<()> {
             size += data.len() as u64;
             self.progress
@@ -208,34 +259,7 @@ impl Backup<'_> {
             }
             Ok(())
         };
-        match chunking {
-            Chunking::Lines(p) => {
-                for c in chunker::LineChunks::new(reader, p, self.repo.keys().gear()) {
-                    take(c.map_err(Error::Source)?)?;
-                }
-            }
-            Chunking::ContentDefined => {
-                for c in chunker::chunks(reader, params, self.repo.keys().gear().clone()) {
-                    take(
-                        c.map_err(|e| match e {
-                            fastcdc::v2020::Error::IoError(e) => Error::Source(e),
-                            other => Error::Source(std::io::Error::other(format!("{other:?}"))),
-                        })?
-                        .data,
-                    )?;
-                }
-            }
-            Chunking::Fixed(n) => {
-                let mut reader = reader;
-                loop {
-                    let c = read_up_to(&mut reader, n as usize).map_err(Error::Source)?;
-                    if c.is_empty() {
-                        break;
-                    }
-                    take(c)?;
-                }
-            }
-        }
+        produce(&mut take)?;
         if !batch.is_empty() {
             self.send(Job::Chunks {
                 part,
@@ -262,7 +286,17 @@ impl Backup<'_> {
     ///
     /// # Errors
     /// Pipeline (storage) errors; then no snapshot is written.
-    pub fn finish(mut self, meta: SnapshotMeta) -> Result<BackupSummary> {
+    pub fn finish(self, meta: SnapshotMeta) -> Result<BackupSummary> {
+        self.finish_with(meta, |_| {})
+    }
+
+    /// As [`Backup::finish`], with `adjust` given the manifest before it is sealed (a copy
+    /// keeps the original's host, program and time taken, and names its origin).
+    pub(crate) fn finish_with(
+        mut self,
+        meta: SnapshotMeta,
+        adjust: impl FnOnce(&mut Snapshot),
+    ) -> Result<BackupSummary> {
         let out = self.join();
         // New index files exist now (even after a failure): later reads must see them.
         self.repo.invalidate_index();
@@ -284,8 +318,10 @@ impl Backup<'_> {
             bytes_added: out.bytes_added,
             seconds: 0.0,
             program: format!("dbvault {}", env!("CARGO_PKG_VERSION")),
+            copied_from: None,
         };
         snapshot.seconds = (self.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
+        adjust(&mut snapshot);
         // bytes_added includes the snapshot itself; its size is known only once sealed, and
         // the sealed size does not depend on the value of this field by more than a few bytes.
         let (_, probe) = snapshot.encode(self.repo.keys())?;

@@ -15,6 +15,7 @@ pub mod blobs;
 pub mod check;
 pub mod chunker;
 pub mod config;
+pub mod copy;
 pub mod crypto;
 pub mod delta;
 pub mod diff;

@@ -135,6 +135,24 @@ pub fn restore_part(
     part: &Part,
     out: &mut (dyn Write + Send),
 ) -> Result<PartReport> {
+    let report = for_each_chunk(repo, part, &mut |chunk| {
+        out.write_all(&chunk).map_err(Error::Output)
+    })?;
+    out.flush().map_err(Error::Output)?;
+    Ok(report)
+}
+
+/// Hands one part's chunks, in order and verified, to `sink` (called on a thread of its
+/// own while the next chunks are read), then checks the part's recorded size and BLAKE3.
+/// `copy` feeds them to another repository's backup this way, keeping their boundaries.
+///
+/// # Errors
+/// As [`restore_part`]; an error of `sink` stops the reading and is returned as it is.
+pub fn for_each_chunk(
+    repo: &Repository,
+    part: &Part,
+    sink: &mut (dyn FnMut(Vec<u8>) -> Result<()> + Send),
+) -> Result<PartReport> {
     let index = repo.index()?;
     // Damage is named by part (and pack); anything else (a store that cannot be reached,
     // a failed write) keeps its kind.
@@ -159,13 +177,12 @@ pub fn restore_part(
             let mut h = blake3::Hasher::new();
             let mut n = 0u64;
             for batch in rx {
-                for chunk in batch.iter().flatten() {
-                    h.update(chunk);
-                    out.write_all(chunk).map_err(Error::Output)?;
+                for chunk in batch.into_iter().flatten() {
+                    h.update(&chunk);
                     n += chunk.len() as u64;
+                    sink(chunk)?;
                 }
             }
-            out.flush().map_err(Error::Output)?;
             Ok((n, h.finalize()))
         });
         let remote = repo.backend().remote();

@@ -100,6 +100,11 @@ pub struct Snapshot {
     /// snapshots written before dbvault recorded it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<Predecessor>,
+    /// For a snapshot made by `copy`: the id of the original, in the repository where the
+    /// backup ran (a copy of a copy names the original too). How `copy` never copies a
+    /// snapshot twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copied_from: Option<Id>,
 }
 
 impl Snapshot {
@@ -127,6 +132,11 @@ impl Snapshot {
         let json =
             zstd::stream::decode_all(&z[..]).map_err(|e| Error::corrupt(&what, e.to_string()))?;
         serde_json::from_slice(&json).map_err(|e| Error::corrupt(&what, e.to_string()))
+    }
+
+    /// The id of the backup this snapshot holds: its own, or for a copy the original's.
+    pub fn origin(&self, id: &Id) -> Id {
+        self.copied_from.unwrap_or(*id)
     }
 
     /// Finds a part by name.

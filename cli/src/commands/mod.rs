@@ -2,6 +2,7 @@
 
 mod backup;
 mod check;
+mod copy;
 mod forget;
 mod init;
 mod key;
@@ -38,6 +39,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Policy(a) => policy::run(cli, a),
         Command::Stats => stats::run(cli),
         Command::Key { command } => key::run(cli, command),
+        Command::Copy(a) => copy::run(cli, a),
         Command::Ls(a) => ls::run(cli, a),
         Command::Diff(a) => ls::diff(cli, a),
     }?;

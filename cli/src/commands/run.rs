@@ -62,18 +62,7 @@ pub fn run(cli: &Cli, a: &RunArgs) -> Result<ExitCode> {
         if sources.is_empty() && a.job.is_some() {
             continue;
         }
-        let opened = (|| -> Result<Repository> {
-            let pass = config::passphrase(rname, rc)?;
-            let mut backend =
-                repo_access::backend_for(&rc.url, &repo_access::s3_options_for(cli, rc))?;
-            if rc.append_only || cli.append_only {
-                backend = repo_access::append_only(backend);
-            }
-            let repo = repo_access::open_with(cli, backend, &pass)?;
-            repo_access::lock(cli, &repo, LockKind::Shared, "run")?;
-            Ok(repo)
-        })();
-        let repo = match opened {
+        let repo = match open_configured(cli, rname, rc) {
             Ok(r) => r,
             Err(e) => {
                 for s in &sources {
@@ -85,6 +74,10 @@ pub fn run(cli: &Cli, a: &RunArgs) -> Result<ExitCode> {
         };
         for s in &sources {
             results.push(back_up(cli, &repo, &cfg, s, rname));
+        }
+        if let Some(target) = &rc.copy_to {
+            let r = copy_offsite(cli, &repo, &cfg, &sources, target.get_ref());
+            steps.push(step(rname, &format!("copy to {}", target.get_ref()), r));
         }
         if a.job.is_none() {
             if rc.append_only || cli.append_only {
@@ -161,6 +154,53 @@ pub fn run(cli: &Cli, a: &RunArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Opens and locks (shared) a configured repository.
+fn open_configured(cli: &Cli, rname: &str, rc: &config::RepoConfig) -> Result<Repository> {
+    let pass = config::passphrase(rname, rc)?;
+    let mut backend = repo_access::backend_for(&rc.url, &repo_access::s3_options_for(cli, rc))?;
+    if rc.append_only || cli.append_only {
+        backend = repo_access::append_only(backend);
+    }
+    let repo = repo_access::open_with(cli, backend, &pass)?;
+    repo_access::lock(cli, &repo, LockKind::Shared, "run")?;
+    Ok(repo)
+}
+
+/// The offsite copy of `sources`' new snapshots, then their retention in the target.
+fn copy_offsite(
+    cli: &Cli,
+    repo: &Repository,
+    cfg: &Config,
+    sources: &[&Source],
+    target: &str,
+) -> std::result::Result<String, String> {
+    let r = (|| -> Result<String> {
+        let trc = cfg
+            .repository
+            .get(target)
+            .ok_or_else(|| anyhow::anyhow!("no repository named {target:?}"))?;
+        let to = open_configured(cli, target, trc)?;
+        let names: Vec<String> = sources.iter().map(|s| s.name.clone()).collect();
+        let report = super::copy::catch_up(repo, &to, &names)?;
+        let append_only = cli.append_only || trc.append_only;
+        let mut forgotten = 0;
+        for s in sources {
+            forgotten += forget_source(&to, cfg, s, append_only)?;
+        }
+        let (new, _) = super::copy::counts(&report);
+        Ok(format!(
+            "{new} snapshot(s) copied, {} added{}",
+            crate::output::bytes(report.bytes_added()),
+            if forgotten > 0 {
+                format!(", {forgotten} old copies forgotten")
+            } else {
+                String::new()
+            }
+        ))
+    })();
+    r.map_err(|e| format!("{e:#}"))
 }
 
 fn failed(s: &Source, repo: &str, error: String) -> SourceResult {

@@ -1,0 +1,174 @@
+//! `dbvault copy --to-repo URL [SNAPSHOT…]`: snapshots into a second repository, and the
+//! nightly offsite copy `run` makes for a repository with `copy_to`.
+
+use anyhow::{Context, Result};
+use dbvault_core::copy::{copy_snapshots, Copied, CopyReport};
+use dbvault_core::lock::LockKind;
+use dbvault_core::{Id, Repository, Snapshot};
+
+use crate::args::{Cli, CopyArgs};
+use crate::output;
+use crate::repo_access;
+
+pub fn run(cli: &Cli, a: &CopyArgs) -> Result<()> {
+    let from = repo_access::open_locked(cli, LockKind::Shared, "copy")?;
+    let to = open_target(cli, a)?;
+    if from.config().id == to.config().id {
+        anyhow::bail!("--to-repo is the repository being copied from");
+    }
+    let which = select(&from, a)?;
+    let human = !cli.json;
+    let report = copy_snapshots(&from, &which, &to, &mut |c| {
+        if human {
+            crate::outln!("{}", describe(c));
+        }
+    })?;
+    for w in &report.warnings {
+        eprintln!("dbvault: warning: {w}");
+    }
+    if cli.json {
+        output::json(&report_json(&report));
+    } else {
+        let (new, present) = counts(&report);
+        crate::outln!(
+            "{new} snapshot(s) copied, {present} already in the target; {} added",
+            output::bytes(report.bytes_added())
+        );
+    }
+    Ok(())
+}
+
+fn open_target(cli: &Cli, a: &CopyArgs) -> Result<Repository> {
+    let mut s3 = repo_access::s3_options(cli);
+    s3.endpoint = a.to_s3_endpoint.clone().or(s3.endpoint);
+    s3.region = a.to_s3_region.clone().or(s3.region);
+    s3.path_style |= a.to_s3_path_style;
+    let mut backend = repo_access::backend_for(&a.to_repo, &s3)?;
+    if cli.append_only {
+        backend = repo_access::append_only(backend);
+    }
+    let pass = repo_access::passphrase_from(
+        a.to_password_file.as_deref(),
+        "DBVAULT_TO_PASSWORD",
+        "target repository passphrase: ",
+        false,
+    )?;
+    let to = repo_access::open_with(cli, backend, &pass)
+        .with_context(|| format!("target repository {}", a.to_repo))?;
+    repo_access::lock(cli, &to, LockKind::Shared, "copy")?;
+    Ok(to)
+}
+
+/// The snapshots named (each `latest` resolved), else all of `--name`, else all.
+fn select(from: &Repository, a: &CopyArgs) -> Result<Vec<(Id, Snapshot)>> {
+    if a.snapshots.is_empty() {
+        let (all, damaged) = from.readable_snapshots()?;
+        for e in &damaged {
+            eprintln!("dbvault: warning: {e} (not copied)");
+        }
+        let all: Vec<_> = all
+            .into_iter()
+            .filter(|(_, s)| a.name.as_deref().is_none_or(|n| s.name == n))
+            .collect();
+        if all.is_empty() {
+            if let Some(n) = &a.name {
+                anyhow::bail!("no snapshots of source {n:?}");
+            }
+        }
+        return Ok(all);
+    }
+    a.snapshots
+        .iter()
+        .map(|s| Ok(from.find_snapshot(s, a.name.as_deref())?))
+        .collect()
+}
+
+/// One line per snapshot, as it is done.
+pub fn describe(c: &Copied) -> String {
+    match c {
+        Copied::New {
+            from,
+            to,
+            snapshot,
+            bytes_added,
+        } => format!(
+            "copied  {} -> {}  {} {}  {} added",
+            from.short(),
+            to.short(),
+            snapshot.name,
+            output::time(&snapshot.time),
+            output::bytes(*bytes_added)
+        ),
+        Copied::Present { from, to } => {
+            format!(
+                "present {} -> {}  (already in the target)",
+                from.short(),
+                to.short()
+            )
+        }
+        _ => String::new(),
+    }
+}
+
+/// Snapshots copied now and snapshots the target held already.
+pub fn counts(r: &CopyReport) -> (usize, usize) {
+    let new = r
+        .snapshots
+        .iter()
+        .filter(|c| matches!(c, Copied::New { .. }))
+        .count();
+    (new, r.snapshots.len() - new)
+}
+
+pub fn report_json(r: &CopyReport) -> serde_json::Value {
+    let items: Vec<serde_json::Value> = r
+        .snapshots
+        .iter()
+        .map(|c| match c {
+            Copied::New {
+                from,
+                to,
+                snapshot,
+                bytes_added,
+            } => serde_json::json!({
+                "from": from.to_hex(), "to": to.to_hex(), "copied": true,
+                "name": snapshot.name, "time": output::time(&snapshot.time),
+                "bytes_added": bytes_added,
+            }),
+            Copied::Present { from, to } => serde_json::json!({
+                "from": from.to_hex(), "to": to.to_hex(), "copied": false,
+            }),
+            _ => serde_json::Value::Null,
+        })
+        .collect();
+    let (new, present) = counts(r);
+    serde_json::json!({
+        "snapshots": items,
+        "copied": new,
+        "present": present,
+        "bytes_added": r.bytes_added(),
+        "warnings": r.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    })
+}
+
+/// The nightly copy: for each source name, the snapshots newer than the newest copy the
+/// target holds (only the newest when it holds none), so a missed night is caught up and
+/// a snapshot the target's retention forgot is never brought back.
+pub fn catch_up(from: &Repository, to: &Repository, names: &[String]) -> Result<CopyReport> {
+    let (all, _) = from.readable_snapshots()?;
+    let (held, _) = to.readable_snapshots()?;
+    let mut which = Vec::new();
+    for name in names {
+        let mine: Vec<&(Id, Snapshot)> = all.iter().filter(|(_, s)| &s.name == name).collect();
+        let newest_copy = held
+            .iter()
+            .filter(|(_, s)| &s.name == name)
+            .map(|(_, s)| s.time)
+            .max();
+        match newest_copy {
+            Some(t) => which.extend(mine.into_iter().filter(|(_, s)| s.time > t).cloned()),
+            None => which.extend(mine.last().map(|x| (*x).clone())),
+        }
+    }
+    Ok(copy_snapshots(from, &which, to, &mut |_| {})?)
+}
