@@ -165,6 +165,24 @@ pub struct Source {
     /// (`backup --enable-row-security`).
     #[serde(default)]
     pub enable_row_security: bool,
+    /// PostgreSQL selections, as `backup --table` etc. (lists of patterns).
+    #[serde(default)]
+    pub table: Vec<String>,
+    /// `--exclude-table` patterns.
+    #[serde(default)]
+    pub exclude_table: Vec<String>,
+    /// `--exclude-table-data` patterns.
+    #[serde(default)]
+    pub exclude_table_data: Vec<String>,
+    /// `--schema` patterns.
+    #[serde(default)]
+    pub schema: Vec<String>,
+    /// `--exclude-schema` patterns.
+    #[serde(default)]
+    pub exclude_schema: Vec<String>,
+    /// `--schema-only`.
+    #[serde(default)]
+    pub schema_only: bool,
 }
 
 impl Source {
@@ -186,6 +204,18 @@ impl Source {
                 "source {:?} needs exactly one of postgres, postgres_server, sqlite or command",
                 self.name
             ),
+        }
+    }
+
+    /// Its PostgreSQL selection.
+    pub fn selection(&self) -> dbvault_formats::postgres::Selection {
+        dbvault_formats::postgres::Selection {
+            table: self.table.clone(),
+            exclude_table: self.exclude_table.clone(),
+            exclude_table_data: self.exclude_table_data.clone(),
+            schema: self.schema.clone(),
+            exclude_schema: self.exclude_schema.clone(),
+            schema_only: self.schema_only,
         }
     }
 

@@ -401,12 +401,17 @@ impl PgDb {
     /// of its rows.
     pub fn fingerprint(&self) -> BTreeMap<String, String> {
         let tables = self.sql(
-            "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+            "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), c.relispopulated FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.relkind IN ('r', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') ORDER BY 1",
         );
         tables
             .lines()
-            .map(|t| {
+            .map(|l| {
+                // A materialized view a schema-only restore left unpopulated cannot be read.
+                let (t, populated) = l.rsplit_once('|').unwrap_or((l, "t"));
+                if populated != "t" {
+                    return (t.to_string(), "not populated".to_string());
+                }
                 let fp = self.sql(&format!(
                     "SELECT count(*) || ':' || coalesce(md5(string_agg(x::text, E'\\n' ORDER BY x::text)), '') FROM ONLY {t} x"
                 ));

@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use dbvault_core::backup::{Backup, BackupSummary, SnapshotMeta};
 use dbvault_core::lock::LockKind;
 use dbvault_core::{Repository, SourceInfo};
-use dbvault_formats::postgres::{self, DirectOptions, PgSource};
+use dbvault_formats::postgres::{self, DirectOptions, PgSource, Selection};
 use dbvault_formats::sqlite;
 use dbvault_formats::StreamFormat;
 
@@ -85,6 +85,20 @@ pub struct Job {
     pub all_databases: bool,
     /// PostgreSQL: store only the rows row-level security lets the role see.
     pub enable_row_security: bool,
+    /// PostgreSQL: pg_dump's `--table`, `--exclude-table`, … (whole database by default).
+    pub selection: Selection,
+}
+
+/// The selection options as the formats crate takes them.
+pub fn selection(a: &crate::args::SelectionArgs) -> Selection {
+    Selection {
+        table: a.table.clone(),
+        exclude_table: a.exclude_table.clone(),
+        exclude_table_data: a.exclude_table_data.clone(),
+        schema: a.schema.clone(),
+        exclude_schema: a.exclude_schema.clone(),
+        schema_only: a.schema_only,
+    }
 }
 
 impl From<&BackupArgs> for Job {
@@ -97,6 +111,7 @@ impl From<&BackupArgs> for Job {
             jobs: a.jobs,
             all_databases: a.all_databases,
             enable_row_security: a.enable_row_security,
+            selection: selection(&a.selection),
         }
     }
 }
@@ -151,6 +166,15 @@ pub fn backup_into(
     if a.all_databases && !matches!(inp, Input::Postgres(_)) {
         bail!("--all-databases needs a postgres:// source (the server to back up)");
     }
+    if !a.selection.is_whole() {
+        if !matches!(inp, Input::Postgres(_)) {
+            bail!("--table, --exclude-table, --exclude-table-data, --schema, --exclude-schema and --schema-only select from a postgres:// source (for a piped dump, give them to pg_dump)");
+        }
+        if a.all_databases {
+            bail!("--all-databases backs up whole databases: selections (--table, --schema, …) apply to one database; back it up with its own URL");
+        }
+        a.selection.validate()?;
+    }
     let meta = |name: String, source| SnapshotMeta {
         time,
         name,
@@ -184,6 +208,7 @@ pub fn backup_into(
                     })
                     .clamp(1, 16),
                 enable_row_security: a.enable_row_security,
+                selection: a.selection.clone(),
             };
             let r = if a.all_databases {
                 postgres::server::backup_server(&b, &pg, &opts)

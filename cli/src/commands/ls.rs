@@ -20,6 +20,7 @@ pub fn run(cli: &Cli, a: &LsArgs) -> Result<()> {
             "id": id.to_hex(),
             "time": output::time(&snap.time),
             "name": snap.name,
+            "notes": snap.source.notes,
             "entries": entries,
         }));
         return Ok(());
@@ -30,6 +31,9 @@ pub fn run(cli: &Cli, a: &LsArgs) -> Result<()> {
         snap.name,
         output::time(&snap.time)
     );
+    for n in &snap.source.notes {
+        crate::outln!("note: {n}");
+    }
     crate::outln!(
         "{:<40} {:<12} {:>12} {:>12}",
         "name",

@@ -90,6 +90,10 @@ pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<()> {
     }
     let repo = repo_access::open_locked(cli, LockKind::Shared, "restore")?;
     let (id, snap) = repo.find_snapshot(&a.snapshot, a.name.as_deref())?;
+    // A selective or filtered snapshot says so before anyone takes it for the whole database.
+    for n in &snap.source.notes {
+        eprintln!("dbvault: note: snapshot {}: {n}", id.short());
+    }
     let notify = &print_notice;
     let mut stdout = BufWriter::with_capacity(1 << 20, std::io::stdout());
     if snap.source.kind == postgres::server::KIND {

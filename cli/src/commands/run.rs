@@ -244,6 +244,7 @@ fn back_up(cli: &Cli, repo: &Repository, cfg: &Config, s: &Source, rname: &str) 
             tags: s.tags.clone(),
             jobs: None,
             enable_row_security: s.enable_row_security,
+            selection: s.selection(),
         };
         let now = chrono::Local::now().fixed_offset();
         let sum = super::backup::backup_into(cli, repo, &job, None, now)?;

@@ -27,6 +27,7 @@ use crate::postgres::dump::{SCHEMA_CHUNKS, TABLE_CHUNKS};
 use crate::postgres::lobs::TextFingerprint;
 use crate::postgres::meta::{TablePart, FORMAT, LARGE_OBJECTS, POST_DATA, PRE_DATA, TABLE_DATA};
 use crate::postgres::script::{entries, qualified};
+use crate::postgres::select::{self, Candidate, Selection};
 
 /// How to take a direct backup.
 #[derive(Clone, Debug)]
@@ -37,6 +38,8 @@ pub struct DirectOptions {
     /// `--enable-row-security`), and say so in the snapshot. Without it a table whose rows
     /// the role would not all see stops the backup.
     pub enable_row_security: bool,
+    /// pg_dump's `--table`, `--exclude-table`, … (the whole database by default).
+    pub selection: Selection,
 }
 
 struct Table {
@@ -164,9 +167,15 @@ impl Read for CopyReader<'_> {
     }
 }
 
-fn run_pg_dump_pre(src: &PgSource, snapshot: &str, row_security: bool) -> Result<String> {
+fn run_pg_dump_pre(
+    src: &PgSource,
+    snapshot: &str,
+    row_security: bool,
+    sel: &Selection,
+) -> Result<String> {
     let mut c = src.tool("pg_dump")?;
     c.args(["--section=pre-data", "--snapshot", snapshot]);
+    c.args(sel.pg_dump_args());
     if row_security {
         c.arg("--enable-row-security");
     }
@@ -239,9 +248,32 @@ pub fn backup(b: &Backup<'_>, src: &PgSource, opts: &DirectOptions) -> Result<So
         })
         .collect();
     let rls = opts.enable_row_security;
+    let sel = &opts.selection;
+    sel.validate()?;
 
     // Pre-data first, so the snapshot's parts read in restore order.
-    let pre = without_closing(&run_pg_dump_pre(src, &snapshot, rls)?);
+    let pre = without_closing(&run_pg_dump_pre(src, &snapshot, rls, sel)?);
+    let created = |kind: &str| -> std::collections::HashSet<(String, String)> {
+        entries(&pre)
+            .into_iter()
+            .filter_map(|e| e.header)
+            .filter(|h| h.kind == kind)
+            .map(|h| (h.schema, h.name))
+            .collect()
+    };
+    let tables: Vec<Table> = {
+        let candidates: Vec<Candidate<'_>> = tables
+            .iter()
+            .map(|t| Candidate {
+                schema: &t.schema,
+                name: &t.name,
+                config: t.filter.is_some(),
+            })
+            .collect();
+        let keep = select::copied(&rt, &main, sel, &candidates, &created("TABLE"))?;
+        let mut all: Vec<Option<Table>> = tables.into_iter().map(Some).collect();
+        keep.into_iter().filter_map(|i| all[i].take()).collect()
+    };
     let restrict_key = entries(&pre).first().and_then(|e| {
         e.text
             .lines()
@@ -253,6 +285,7 @@ pub fn backup(b: &Backup<'_>, src: &PgSource, opts: &DirectOptions) -> Result<So
             name: PRE_DATA.into(),
             kind: PRE_DATA.into(),
             chunking: Chunking::Lines(SCHEMA_CHUNKS),
+            meta: sel.to_meta(),
             ..Default::default()
         },
         pre.as_bytes(),
@@ -261,7 +294,7 @@ pub fn backup(b: &Backup<'_>, src: &PgSource, opts: &DirectOptions) -> Result<So
         .iter()
         .map(|t| (t.schema.as_str(), t.name.as_str()))
         .collect();
-    let mut data_run = DataRun::start(src, &snapshot, &copied, rls)?;
+    let mut data_run = DataRun::start(src, &snapshot, &copied, rls, sel)?;
     // Largest first (popped from the end): parallel copies end together.
     let order: Vec<usize> = {
         let mut idx: Vec<usize> = (0..tables.len()).collect();
@@ -325,13 +358,32 @@ pub fn backup(b: &Backup<'_>, src: &PgSource, opts: &DirectOptions) -> Result<So
     // Post-data: pg_dump's data-section entries (sequence values), then its post-data
     // entries, then the closing block under the pre-data's restriction key.
     let mut post = String::new();
-    if excluded_all {
-        post.push_str(&sequence_sets(&rt, &main)?);
+    // Only objects the (selected) pre-data created get their values or refreshes.
+    let in_dump = |kind: &str| {
+        let made = created(kind);
+        move |schema: &str, name: &str| made.contains(&(schema.to_string(), name.to_string()))
+    };
+    if excluded_all && !sel.schema_only {
+        post.push_str(&sequence_sets(&rt, &main, &in_dump("SEQUENCE"))?);
     }
-    post.push_str(&entries_only(&head));
-    post.push_str(&entries_only(&tail));
-    if excluded_all {
-        post.push_str(&matview_refreshes(&rt, &main)?);
+    let from_pg_dump = format!("{}{}", entries_only(&head), entries_only(&tail));
+    if sel.schema_only {
+        // pg_dump files materialized-view refreshes under post-data, but its
+        // --schema-only leaves them out as data.
+        for e in entries(&from_pg_dump) {
+            if e.header.is_some_and(|h| h.kind != "MATERIALIZED VIEW DATA") {
+                post.push_str(&e.text);
+            }
+        }
+    } else {
+        post.push_str(&from_pg_dump);
+    }
+    if excluded_all && !sel.schema_only {
+        post.push_str(&matview_refreshes(
+            &rt,
+            &main,
+            &in_dump("MATERIALIZED VIEW"),
+        )?);
     }
     post.push_str("--\n-- PostgreSQL database dump complete\n--\n\n");
     if let Some(k) = restrict_key {
@@ -349,6 +401,9 @@ pub fn backup(b: &Backup<'_>, src: &PgSource, opts: &DirectOptions) -> Result<So
     rt.block_on(main.batch_execute("COMMIT"))
         .map_err(|e| pg_err("COMMIT", e))?;
     let mut notes = Vec::new();
+    if !sel.is_whole() {
+        notes.push(sel.note());
+    }
     if rls {
         notes.push(format!(
             "backed up with --enable-row-security as role {role:?}: tables with row-level security hold only the rows that role could see"
@@ -378,7 +433,11 @@ impl<R: Read> Read for Tee<'_, R> {
 }
 
 /// `SEQUENCE SET` entries for every sequence, in pg_dump's form.
-fn sequence_sets(rt: &tokio::runtime::Runtime, c: &tokio_postgres::Client) -> Result<String> {
+fn sequence_sets(
+    rt: &tokio::runtime::Runtime,
+    c: &tokio_postgres::Client,
+    dumped: &dyn Fn(&str, &str) -> bool,
+) -> Result<String> {
     let mut out = String::new();
     for r in rows(rt, c, SEQUENCES_SQL)? {
         let (schema, name, owner) = (
@@ -386,6 +445,9 @@ fn sequence_sets(rt: &tokio::runtime::Runtime, c: &tokio_postgres::Client) -> Re
             r[1].as_deref().unwrap_or(""),
             r[2].as_deref().unwrap_or(""),
         );
+        if !dumped(schema, name) {
+            continue;
+        }
         let (called, value) = (r[3].as_deref() == Some("t"), r[4].as_deref().unwrap_or("1"));
         let lit = qualified(schema, name).replace('\'', "''");
         out.push_str(&format!(
@@ -396,7 +458,11 @@ fn sequence_sets(rt: &tokio::runtime::Runtime, c: &tokio_postgres::Client) -> Re
 }
 
 /// `MATERIALIZED VIEW DATA` entries for every populated materialized view.
-fn matview_refreshes(rt: &tokio::runtime::Runtime, c: &tokio_postgres::Client) -> Result<String> {
+fn matview_refreshes(
+    rt: &tokio::runtime::Runtime,
+    c: &tokio_postgres::Client,
+    dumped: &dyn Fn(&str, &str) -> bool,
+) -> Result<String> {
     let mut out = String::new();
     for r in rows(rt, c, MATVIEWS_SQL)? {
         let (schema, name, owner) = (
@@ -404,6 +470,9 @@ fn matview_refreshes(rt: &tokio::runtime::Runtime, c: &tokio_postgres::Client) -
             r[1].as_deref().unwrap_or(""),
             r[2].as_deref().unwrap_or(""),
         );
+        if !dumped(schema, name) {
+            continue;
+        }
         out.push_str(&format!(
             "--\n-- Name: {name}; Type: MATERIALIZED VIEW DATA; Schema: {schema}; Owner: {owner}\n--\n\nREFRESH MATERIALIZED VIEW {};\n\n\n",
             qualified(schema, name)

@@ -55,12 +55,17 @@ impl DataRun {
         snapshot: &str,
         tables: &[(&str, &str)],
         row_security: bool,
+        sel: &crate::postgres::select::Selection,
     ) -> Result<DataRun> {
-        let mut args: Vec<String> = vec![
-            "--section=data".into(),
-            "--section=post-data".into(),
-            format!("--snapshot={snapshot}"),
-        ];
+        // `--schema-only`: no data section at all (no sequence values, no large objects),
+        // as pg_dump's own --schema-only.
+        let mut args: Vec<String> = Vec::new();
+        if !sel.schema_only {
+            args.push("--section=data".into());
+        }
+        args.push("--section=post-data".into());
+        args.push(format!("--snapshot={snapshot}"));
+        args.extend(sel.pg_dump_args());
         if row_security {
             args.push("--enable-row-security".into());
         }

@@ -72,6 +72,62 @@ pub fn restore_test(
     Ok(all)
 }
 
+/// Readies the scratch database for a selective snapshot as a DBA would for such a dump:
+/// a `--table` dump creates no schemas, so those its objects live in are created first; a
+/// dump of schema `public` creates it, so the scratch database's own is dropped first.
+/// Returns notes saying what was done.
+fn prepare_scratch(
+    repo: &Repository,
+    snap: &Snapshot,
+    target: &PgSource,
+    notify: Notify<'_>,
+) -> Result<Vec<String>> {
+    let headers: Vec<super::dump::TocHeader> = match section(snap, PRE_DATA) {
+        Some(p) => {
+            let text = String::from_utf8_lossy(&part_bytes(repo, p, notify)?).into_owned();
+            super::script::entries(&text)
+                .into_iter()
+                .filter_map(|e| e.header)
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    let run = |sql: String| {
+        target.query(&sql).map_err(|e| FormatError::Postgres {
+            context: format!("preparing the scratch database ({sql})"),
+            message: e.to_string(),
+        })
+    };
+    let mut notes = Vec::new();
+    let creates = |name: &str| headers.iter().any(|h| h.kind == "SCHEMA" && h.name == name);
+    if creates("public") {
+        run("DROP SCHEMA public".into())?;
+        notes.push(
+            "the snapshot creates schema public: the scratch database's own was dropped first"
+                .into(),
+        );
+    }
+    let mut schemas: std::collections::BTreeSet<String> =
+        tables(snap).map(|p| TablePart::of(p).schema).collect();
+    schemas.extend(headers.iter().map(|h| h.schema.clone()));
+    let mut made = Vec::new();
+    for s in schemas {
+        if s.is_empty() || s == "-" || s == "public" || creates(&s) {
+            continue;
+        }
+        let q = format!("\"{}\"", s.replace('"', "\"\""));
+        run(format!("CREATE SCHEMA IF NOT EXISTS {q}"))?;
+        made.push(q);
+    }
+    if !made.is_empty() {
+        notes.push(format!(
+            "the snapshot creates no schema {}: the scratch database was given it first",
+            made.join(", ")
+        ));
+    }
+    Ok(notes)
+}
+
 fn test_database(
     repo: &Repository,
     id: &Id,
@@ -94,6 +150,11 @@ fn test_database(
         scratch: format!("scratch database {} on {}", scratch.db, server.public()),
         ..Outcome::default()
     };
+    out.notes.extend(snap.source.notes.iter().cloned());
+    if !super::select::Selection::of(snap).is_whole() {
+        out.notes
+            .extend(prepare_scratch(repo, snap, &target, notify)?);
+    }
     let sent = Sent::default();
     let restored = restore_database(
         repo,
