@@ -490,3 +490,75 @@ fn preexisting_foreign_key_violations_are_summarised_not_failed() {
         .to_string();
     assert!(r.text().contains(&name[..8]), "{}", r.text());
 }
+
+/// A database that already fails `integrity_check` (an index that disagrees with its
+/// table) is backed up as it is, says so, restores byte-identically and passes
+/// restore-test with a note: its own complaints are recorded at backup, not damage.
+#[test]
+fn a_source_that_fails_integrity_check_is_recorded_and_still_restores() {
+    let repo = dbvault_tests::Repo::new();
+    let path = repo.dir.path().join("sick.db");
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    conn.execute_batch(
+        "CREATE TABLE t (a INTEGER, b TEXT); CREATE INDEX t_a ON t(a); \
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200) \
+         INSERT INTO t SELECT i, 'row ' || i FROM n;",
+    )
+    .expect("sql");
+    // The index's definition now says b while its entries hold a.
+    conn.execute_batch(
+        "PRAGMA writable_schema = ON; \
+         UPDATE sqlite_master SET sql = 'CREATE INDEX t_a ON t(b)' WHERE name = 't_a'; \
+         PRAGMA writable_schema = OFF;",
+    )
+    .expect("writable_schema");
+    drop(conn);
+    let c = rusqlite::Connection::open(&path).expect("reopen");
+    let first: String = c
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("check");
+    assert_ne!(first, "ok", "the fixture is not damaged");
+    drop(c);
+
+    let src = format!("sqlite:{}", path.display());
+    let b = repo.run(&["backup", &src, "--name", "sick"], None).ok();
+    assert!(
+        b.stderr
+            .contains("note: the database failed PRAGMA integrity_check"),
+        "{}",
+        b.stderr
+    );
+    let list = repo.run(&["snapshots"], None).ok().text();
+    assert!(
+        list.contains("failed PRAGMA integrity_check at backup"),
+        "{list}\n{}",
+        b.stderr
+    );
+    let r = repo
+        .run(&["restore-test", "latest", "--name", "sick"], None)
+        .ok();
+    let text = r.text();
+    assert!(text.contains("PASSED"), "{text}");
+    assert!(
+        text.contains("integrity_check complaints, as at backup"),
+        "{text}"
+    );
+    assert!(text.lines().count() < 20, "not a summary: {text}");
+    let back = repo.dir.path().join("back.db");
+    let to = format!("sqlite:{}", back.display());
+    let restored = repo
+        .run(&["restore", "latest", "--name", "sick", "--to", &to], None)
+        .ok();
+    assert!(
+        restored
+            .stderr
+            .contains("fails integrity_check as the source did"),
+        "{}",
+        restored.stderr
+    );
+    assert_eq!(
+        dbvault_tests::sqlite3_dump(&back),
+        dbvault_tests::sqlite3_dump(&path),
+        "the restored database differs from the source"
+    );
+}

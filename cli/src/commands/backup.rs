@@ -404,8 +404,12 @@ fn report(cli: &Cli, s: &BackupSummary, requests: Option<u64>) {
             "new_blobs": s.new_blobs,
             "packs": s.packs,
             "parts": snap.parts.iter().map(output::part_json).collect::<Vec<_>>(),
+            "notes": snap.source.notes,
         }));
     } else {
+        for n in &snap.source.notes {
+            eprintln!("dbvault: note: {n}");
+        }
         crate::outln!(
             "snapshot {} saved: {} ({}) read, {} added, {:.2} s",
             s.id.short(),

@@ -69,6 +69,22 @@ pub fn integrity_problems(c: &Connection, path: &Path) -> Result<Vec<String>> {
     Ok(rows.into_iter().filter(|r| r != "ok").collect())
 }
 
+/// One line for integrity_check's complaints: their number and the first few.
+pub fn integrity_summary(problems: &[String]) -> String {
+    let shown: Vec<&str> = problems.iter().take(3).map(String::as_str).collect();
+    let more = problems.len().saturating_sub(shown.len());
+    format!(
+        "{} problem(s): {}{}",
+        problems.len(),
+        shown.join("; "),
+        if more > 0 {
+            format!("; and {more} more")
+        } else {
+            String::new()
+        }
+    )
+}
+
 /// One line for a set of violations: `3 foreign-key violations: 2 in a -> b (rowid 1, rowid
 /// 4), 1 in c -> d (rowid 9)`.
 pub fn summary(v: &BTreeMap<String, FkViolations>) -> String {

@@ -56,6 +56,9 @@ pub struct DbInfo {
     pub sqlite_version: String,
     /// The database's own foreign-key violations, per `"table -> parent"`.
     pub foreign_keys: BTreeMap<String, health::FkViolations>,
+    /// `PRAGMA integrity_check`'s complaints (at most 100, as SQLite gives them; empty
+    /// when it says `ok`).
+    pub integrity: Vec<String>,
 }
 
 fn open_existing(path: &Path) -> Result<Connection> {
@@ -159,6 +162,7 @@ pub fn inspect(path: &Path) -> Result<DbInfo> {
         tables,
         sqlite_version: rusqlite::version().to_string(),
         foreign_keys: health::foreign_key_violations(&c, path)?,
+        integrity: health::integrity_problems(&c, path)?,
     })
 }
 
@@ -172,16 +176,20 @@ pub fn check(path: &Path) -> Result<Vec<String>> {
 }
 
 /// Writes a new database file at `target` atomically: `fill` writes a temp file beside it,
-/// which is fsynced and must pass `integrity_check` before it is renamed into place. An
-/// existing `target` is refused unless `force`.
+/// which is fsynced and must pass `integrity_check` before it is renamed into place, but
+/// for the complaints in `accepted` (those the source itself had at backup: the bytes are
+/// the backup's, verified, and refusing them would leave nothing to restore); `None`
+/// skips the check (for a caller that makes its own). An existing `target` is refused
+/// unless `force`. Returns the accepted complaints the file has.
 ///
 /// # Errors
 /// [`FormatError::TargetExists`], [`FormatError::Integrity`], I/O or `fill`'s errors.
 pub fn write_new_file(
     target: &Path,
     force: bool,
+    accepted: Option<&[String]>,
     fill: impl FnOnce(&mut File) -> Result<()>,
-) -> Result<()> {
+) -> Result<Vec<String>> {
     if target.exists() && !force {
         return Err(FormatError::TargetExists(target.display().to_string()));
     }
@@ -196,9 +204,15 @@ pub fn write_new_file(
         .map_err(ioe)?;
     fill(tmp.as_file_mut())?;
     tmp.as_file().sync_all().map_err(ioe)?;
-    let problems = check(tmp.path())?;
-    if let Some(first) = problems.iter().find(|p| !p.starts_with("foreign key")) {
-        return Err(FormatError::Integrity(first.clone()));
+    let mut known = Vec::new();
+    if let Some(accepted) = accepted {
+        for p in check(tmp.path())? {
+            if accepted.contains(&p) {
+                known.push(p);
+            } else if !p.starts_with("foreign key") {
+                return Err(FormatError::Integrity(p));
+            }
+        }
     }
     if force {
         tmp.persist(target).map_err(|e| ioe(e.error))?;
@@ -213,7 +227,7 @@ pub fn write_new_file(
         })?;
     }
     File::open(&dir).and_then(|d| d.sync_all()).map_err(ioe)?;
-    Ok(())
+    Ok(known)
 }
 
 /// Restores one table of the snapshot database `snap` into the database `target` (created

@@ -32,6 +32,10 @@ pub struct DatabasePart {
     /// in snapshots made before dbvault recorded them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub foreign_key_violations: Option<BTreeMap<String, u64>>,
+    /// The source's own `PRAGMA integrity_check` complaints at backup (empty: `ok`; absent
+    /// in snapshots made before dbvault recorded them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub integrity_problems: Option<Vec<String>>,
 }
 
 impl DatabasePart {
@@ -48,12 +52,19 @@ impl DatabasePart {
 
 /// The source description of an SQLite snapshot.
 pub fn source(identity: String, info: &DbInfo) -> SourceInfo {
+    let mut notes = Vec::new();
+    if !info.integrity.is_empty() {
+        notes.push(format!(
+            "the database failed PRAGMA integrity_check at backup ({}): it was stored as it was",
+            super::health::integrity_summary(&info.integrity)
+        ));
+    }
     SourceInfo {
         kind: "sqlite".into(),
         identity,
         format: FORMAT.into(),
         server_version: Some(format!("SQLite {}", info.sqlite_version)),
-        notes: Vec::new(),
+        notes,
     }
 }
 
@@ -70,6 +81,7 @@ pub fn backup_copy(b: &Backup<'_>, copy: &OnlineCopy) -> Result<()> {
             tables: copy.info.tables.clone(),
             page_size: copy.info.page_size,
             foreign_key_violations: Some(super::health::counts(&copy.info.foreign_keys)),
+            integrity_problems: Some(copy.info.integrity.clone()),
         }
         .to_meta(),
         chunking: Chunking::Fixed(chunk_size(copy.info.page_size, copy.size)),
@@ -139,7 +151,18 @@ pub fn restore(
                 Ok(out.flush()?)
             }
             Target::File(path) => {
-                write_new_file(path, opts.force, |f| write_part(repo, part, f, notify))?;
+                let accepted = DatabasePart::of(part)
+                    .integrity_problems
+                    .unwrap_or_default();
+                let known = write_new_file(path, opts.force, Some(&accepted), |f| {
+                    write_part(repo, part, f, notify)
+                })?;
+                if !known.is_empty() {
+                    notify(Notice::Done(format!(
+                        "warning: the restored database fails integrity_check as the source did at backup ({})",
+                        super::health::integrity_summary(&known)
+                    )));
+                }
                 notify(Notice::Done(format!(
                     "restored {} to {}",
                     snap.name,
