@@ -115,3 +115,26 @@ pub fn warn_url_password(pg: &dbvault_formats::postgres::PgSource) {
         );
     }
 }
+
+/// Lines beyond this many of a list that grows with the data are summarised.
+pub const SHOWN: usize = 10;
+
+/// Prints the first [`SHOWN`] of `lines`, then one line counting the rest by `kind`
+/// (`… and 1,204 more: 1,200 missing-blob, 4 missing-pack; --json lists them all`).
+pub fn capped(indent: &str, lines: &[(String, String)]) {
+    for (_, l) in lines.iter().take(SHOWN) {
+        crate::outln!("{indent}{l}");
+    }
+    if lines.len() > SHOWN {
+        let mut by_kind: std::collections::BTreeMap<&str, usize> = Default::default();
+        for (k, _) in &lines[SHOWN..] {
+            *by_kind.entry(k.as_str()).or_default() += 1;
+        }
+        let kinds: Vec<String> = by_kind.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        crate::outln!(
+            "{indent}… and {} more: {}; --json lists them all",
+            lines.len() - SHOWN,
+            kinds.join(", ")
+        );
+    }
+}

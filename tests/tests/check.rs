@@ -455,3 +455,30 @@ fn restore_test_of_sqlite_snapshots() {
         "{v}"
     );
 }
+
+/// One pack that every snapshot needs goes missing: the human report names the first few
+/// problems and counts the rest by kind; `--json` lists every one.
+#[test]
+fn a_pack_every_snapshot_needs_gives_a_short_report() {
+    let repo = Repo::new();
+    let shared = random_bytes(100_000, 77);
+    for i in 0..14 {
+        let mut v = shared.clone();
+        v.extend_from_slice(format!("night {i}").as_bytes());
+        repo.backup(&v, &["--name", &format!("n{i}")]);
+    }
+    let all = dbvault_tests::tree(&repo.path.join("data"));
+    let (big, _) = all.iter().max_by_key(|(_, b)| b.len()).expect("a pack");
+    std::fs::remove_file(big).expect("remove");
+    let r = repo.run(&["check"], None);
+    assert_eq!(r.code, Some(3), "{}", r.stderr);
+    let text = String::from_utf8_lossy(&r.stdout).into_owned();
+    assert!(text.lines().count() <= 14, "not summarised:\n{text}");
+    assert!(
+        text.contains("more: ") && text.contains("--json lists them all"),
+        "{text}"
+    );
+    let v = repo.run(&["check", "--json"], None);
+    let problems = v.json()["problems"].as_array().map_or(0, Vec::len);
+    assert!(problems >= 14, "--json has {problems} problems");
+}

@@ -78,12 +78,14 @@ fn print(r: &CheckReport) {
         },
         r.seconds
     );
-    for w in &r.warnings {
-        crate::outln!("warning: {}", describe(w));
-    }
-    for p in &r.problems {
-        crate::outln!("damage: {}", describe(p));
-    }
+    // Lists that grow with the data (one missing pack can touch every snapshot) stay short.
+    let lines = |ps: &[Problem], what: &str| -> Vec<(String, String)> {
+        ps.iter()
+            .map(|p| (p.kind.to_string(), format!("{what}: {}", describe(p))))
+            .collect()
+    };
+    crate::output::capped("", &lines(&r.warnings, "warning"));
+    crate::output::capped("", &lines(&r.problems, "damage"));
     if r.ok {
         crate::outln!("no damage found");
     } else {

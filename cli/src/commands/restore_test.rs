@@ -68,7 +68,14 @@ pub fn run(cli: &Cli, a: &RestoreTestArgs) -> Result<ExitCode> {
             crate::output::time(&snap.time),
             out.scratch
         );
-        for t in &out.tables {
+        // Every table when there are few; else the failed ones and a count.
+        let many = out.tables.len() > 30;
+        let shown = if many {
+            crate::output::SHOWN
+        } else {
+            usize::MAX
+        };
+        for t in out.tables.iter().filter(|t| !many || !t.ok).take(shown) {
             let rows = t
                 .rows_restored
                 .map(|r| format!("{r} rows"))
@@ -81,6 +88,18 @@ pub fn run(cli: &Cli, a: &RestoreTestArgs) -> Result<ExitCode> {
                     "ok".to_string()
                 } else {
                     format!("FAILED: {}", t.detail)
+                }
+            );
+        }
+        if many {
+            let ok_count = out.tables.iter().filter(|t| t.ok).count();
+            crate::outln!(
+                "  {ok_count} of {} tables ok{} (--json lists them all)",
+                out.tables.len(),
+                if out.tables.len() - ok_count > shown {
+                    format!("; the first {shown} that failed are above")
+                } else {
+                    String::new()
                 }
             );
         }
