@@ -273,8 +273,8 @@ pub struct BackupArgs {
     /// Parallel COPY connections for a postgres:// source (default: the number of cores).
     #[arg(long, value_name = "N")]
     pub jobs: Option<usize>,
-    /// Format of a stream on stdin or from --command: raw or sqlite (detected from the
-    /// first bytes when absent).
+    /// Format of a stream on stdin or from --command: pg_dump (plain), custom (pg_dump -Fc),
+    /// sqlite or raw (detected from the first bytes when absent).
     #[arg(long, value_name = "FORMAT")]
     pub format: Option<String>,
 }
@@ -403,6 +403,10 @@ pub struct RestoreArgs {
     /// Replace an existing table of the same name (otherwise restoring onto it is refused).
     #[arg(long)]
     pub clean: bool,
+    /// With `--to -`, a snapshot of a pg_dump custom-format archive as its SQL script (as
+    /// `pg_restore -f -` writes it) instead of the archive itself.
+    #[arg(long)]
+    pub plain: bool,
 }
 
 /// `check` options.

@@ -19,20 +19,42 @@ pub use error::{FormatError, Result};
 /// Part kind of a raw stream's one part.
 pub const RAW_PART: &str = "raw";
 
+/// What a stream's format learnt while it was read.
+#[derive(Clone, Debug, Default)]
+pub struct StreamInfo {
+    /// The server version a dump names.
+    pub server_version: Option<String>,
+    /// When a pg_dump archive says it was made (pg_dump's local time): year, month, day,
+    /// hour, minute, second.
+    pub created: Option<(i64, i64, i64, i64, i64, i64)>,
+    /// Caveats and facts for the snapshot's notes.
+    pub notes: Vec<String>,
+}
+
 /// Backs up a stream (stdin, a command's output) as the parts of its format: a pg_dump
-/// plain dump split into its parts, or any bytes as one part. Returns the server version
-/// a dump names.
+/// plain dump or custom-format archive split into its parts, or any bytes as one part.
 ///
 /// # Errors
 /// [`FormatError::Invalid`] for an SQLite file (it needs the online backup API, from a
-/// path); a truncated dump; read and storage errors.
+/// path); a truncated dump or archive; read and storage errors.
 pub fn backup_stream(
     b: &dbvault_core::Backup<'_>,
     format: StreamFormat,
     reader: impl std::io::Read,
-) -> Result<Option<String>> {
+) -> Result<StreamInfo> {
     match format {
-        StreamFormat::PgDump => postgres::dump::backup_stream(b, reader),
+        StreamFormat::PgDump => Ok(StreamInfo {
+            server_version: postgres::dump::backup_stream(b, reader)?,
+            ..StreamInfo::default()
+        }),
+        StreamFormat::PgCustom => {
+            let a = postgres::archive::backup::backup_archive(b, reader)?;
+            Ok(StreamInfo {
+                server_version: Some(a.server_version),
+                created: Some(a.created),
+                notes: vec![a.note],
+            })
+        }
         StreamFormat::Sqlite => Err(FormatError::Invalid(
             "an SQLite file must come on stdin or as sqlite:PATH".into(),
         )),
@@ -45,7 +67,7 @@ pub fn backup_stream(
                 },
                 reader,
             )?;
-            Ok(None)
+            Ok(StreamInfo::default())
         }
     }
 }
@@ -58,6 +80,8 @@ pub enum StreamFormat {
     Raw,
     /// pg_dump's plain SQL format.
     PgDump,
+    /// pg_dump's custom-format archive (`-Fc`).
+    PgCustom,
     /// An SQLite database file.
     Sqlite,
 }
@@ -70,10 +94,11 @@ impl StreamFormat {
     pub fn parse(s: &str) -> Result<Self, String> {
         match s {
             "raw" => Ok(StreamFormat::Raw),
-            "pg_dump" | "pgdump" => Ok(StreamFormat::PgDump),
+            "pg_dump" | "pgdump" | "plain" => Ok(StreamFormat::PgDump),
+            "custom" | "pg_dump_custom" => Ok(StreamFormat::PgCustom),
             "sqlite" => Ok(StreamFormat::Sqlite),
             other => Err(format!(
-                "unknown format {other:?}: use pg_dump, sqlite or raw"
+                "unknown format {other:?}: use pg_dump (plain), custom (pg_dump -Fc), sqlite or raw"
             )),
         }
     }
@@ -84,6 +109,8 @@ impl StreamFormat {
             StreamFormat::Sqlite
         } else if head.starts_with(b"--\n-- PostgreSQL database dump\n--") {
             StreamFormat::PgDump
+        } else if head.starts_with(b"PGDMP") {
+            StreamFormat::PgCustom
         } else {
             StreamFormat::Raw
         }
@@ -93,7 +120,8 @@ impl StreamFormat {
     pub fn name(self) -> &'static str {
         match self {
             StreamFormat::Raw => "raw",
-            StreamFormat::PgDump => "pg_dump",
+            // Restored as pg_dump snapshots are: the parts are the same.
+            StreamFormat::PgDump | StreamFormat::PgCustom => "pg_dump",
             StreamFormat::Sqlite => "sqlite",
         }
     }

@@ -141,7 +141,7 @@ pub fn run(cli: &Cli, a: &BackupArgs) -> Result<()> {
         Some(f) => Some(StreamFormat::parse(f).map_err(|e| anyhow!(e))?),
         None => None,
     };
-    let time = snapshot_time(a)?;
+    let time = a.time.as_ref().map(|_| snapshot_time(a)).transpose()?;
     let job = Job::from(a);
     if let Input::Postgres(url) = input(&job)? {
         output::warn_url_password(&PgSource::parse(url)?);
@@ -160,8 +160,9 @@ pub fn backup_into(
     repo: &Repository,
     a: &Job,
     format: Option<StreamFormat>,
-    time: chrono::DateTime<chrono::FixedOffset>,
+    time: Option<chrono::DateTime<chrono::FixedOffset>>,
 ) -> Result<BackupSummary> {
+    let now = chrono::Local::now().fixed_offset();
     let inp = input(a)?;
     if a.all_databases && !matches!(inp, Input::Postgres(_)) {
         bail!("--all-databases needs a postgres:// source (the server to back up)");
@@ -176,13 +177,13 @@ pub fn backup_into(
         a.selection.validate()?;
     }
     let meta = |name: String, source| SnapshotMeta {
-        time,
+        time: time.unwrap_or(now),
         name,
         tags: a.tags.clone(),
         source,
     };
     let summary = match inp {
-        Input::Command(cmd) => backup_command(cli, repo, a, cmd, format, meta)?,
+        Input::Command(cmd) => backup_command(cli, repo, a, cmd, format, time.is_some(), meta)?,
         Input::Postgres(url) => {
             let pg = PgSource::parse(url)?;
             let name = a.name.clone().unwrap_or_else(|| {
@@ -258,15 +259,21 @@ pub fn backup_into(
                 let progress = Progress::start("backing up stdin", b.progress(), cli.json);
                 let r = stream_parts(&b, fmt, reader);
                 progress.finish();
-                let server_version = r?;
+                let info = match r {
+                    Ok(i) => i,
+                    Err(e) => {
+                        b.abort();
+                        return Err(e.context("no snapshot recorded"));
+                    }
+                };
                 let source = SourceInfo {
                     kind: "stdin".into(),
                     identity: "-".into(),
                     format: fmt.name().into(),
-                    server_version,
-                    notes: Vec::new(),
+                    server_version: info.server_version.clone(),
+                    notes: info.notes.clone(),
                 };
-                b.finish(meta(name, source))?
+                b.finish(dumped_at(meta(name, source), time.is_some(), &info))?
             }
         }
     };
@@ -306,8 +313,30 @@ fn stdin_to_sqlite_file(mut reader: impl Read) -> Result<sqlite::OnlineCopy> {
 
 /// Backs up a stream as the parts of its format; returns the server version when the
 /// stream names one.
-fn stream_parts(b: &Backup<'_>, fmt: StreamFormat, reader: impl Read) -> Result<Option<String>> {
+fn stream_parts(
+    b: &Backup<'_>,
+    fmt: StreamFormat,
+    reader: impl Read,
+) -> Result<dbvault_formats::StreamInfo> {
     Ok(dbvault_formats::backup_stream(b, fmt, reader)?)
+}
+
+/// A snapshot of an archive takes the archive's own time (pg_dump's local time) unless
+/// `--time` was given: importing old `.dump` files keeps their dates for retention.
+fn dumped_at(mut m: SnapshotMeta, given: bool, info: &dbvault_formats::StreamInfo) -> SnapshotMeta {
+    use chrono::TimeZone;
+    if given {
+        return m;
+    }
+    if let Some((y, mo, d, h, mi, s)) = info.created {
+        let local = chrono::NaiveDate::from_ymd_opt(y as i32, mo as u32, d as u32)
+            .and_then(|day| day.and_hms_opt(h as u32, mi as u32, s as u32))
+            .and_then(|t| chrono::Local.from_local_datetime(&t).earliest());
+        if let Some(t) = local {
+            m.time = t.fixed_offset();
+        }
+    }
+    m
 }
 
 fn backup_sqlite_copy(
@@ -330,6 +359,7 @@ fn backup_command(
     a: &Job,
     cmd: &str,
     format: Option<StreamFormat>,
+    given_time: bool,
     meta: impl Fn(String, SourceInfo) -> SnapshotMeta,
 ) -> Result<BackupSummary> {
     if format == Some(StreamFormat::Sqlite) {
@@ -354,7 +384,7 @@ fn backup_command(
         Ok((fmt, stream_parts(&b, fmt, reader)?))
     });
     progress.finish();
-    let (fmt, server_version) = match r {
+    let (fmt, info) = match r {
         Ok(v) => v,
         Err(e) => {
             let _ = child.kill();
@@ -384,10 +414,10 @@ fn backup_command(
         kind: "command".into(),
         identity: cmd.to_string(),
         format: fmt.name().into(),
-        server_version,
-        notes: Vec::new(),
+        server_version: info.server_version.clone(),
+        notes: info.notes.clone(),
     };
-    Ok(b.finish(meta(name, source))?)
+    Ok(b.finish(dumped_at(meta(name, source), given_time, &info))?)
 }
 
 fn report(cli: &Cli, s: &BackupSummary, requests: Option<u64>) {

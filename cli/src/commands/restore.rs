@@ -77,6 +77,7 @@ fn pg_options(a: &RestoreArgs) -> postgres::RestoreOptions {
         schema_only: a.schema_only,
         data_only: a.data_only,
         clean: a.clean,
+        plain: a.plain,
     }
 }
 

@@ -246,8 +246,7 @@ fn back_up(cli: &Cli, repo: &Repository, cfg: &Config, s: &Source, rname: &str) 
             enable_row_security: s.enable_row_security,
             selection: s.selection(),
         };
-        let now = chrono::Local::now().fixed_offset();
-        let sum = super::backup::backup_into(cli, repo, &job, None, now)?;
+        let sum = super::backup::backup_into(cli, repo, &job, None, None)?;
         Ok((
             sum.id.to_hex(),
             sum.snapshot.bytes_in,

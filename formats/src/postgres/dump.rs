@@ -258,12 +258,27 @@ impl<R: BufRead> Splitter<R> {
 /// # Errors
 /// A truncated stream (no snapshot may be recorded then), read and storage errors.
 pub fn backup_stream(b: &Backup<'_>, reader: impl Read) -> crate::Result<Option<String>> {
+    backup_plain(b, reader, None)
+}
+
+/// As [`backup_stream`]; with `rows`, also the BLAKE3 of each table part's rows (the lines
+/// of its COPY block), by part name.
+pub(crate) fn backup_plain(
+    b: &Backup<'_>,
+    reader: impl Read,
+    mut rows: Option<&mut std::collections::HashMap<String, String>>,
+) -> crate::Result<Option<String>> {
     let mut sp = Splitter::new(io::BufReader::with_capacity(1 << 20, reader));
     let source = |e| crate::FormatError::Core(dbvault_core::Error::Source(e));
     while let Some((kind, stats)) = sp.next_part().map_err(source)? {
         let table = matches!(kind, PartKind::TableData { .. });
         let chunking = Chunking::Lines(if table { TABLE_CHUNKS } else { SCHEMA_CHUNKS });
-        b.add_part_then(&kind.name(), chunking, sp.reader(), || {
+        let tap = RefCell::new(super::archive::rows::RowsTap::new(blake3::Hasher::new()));
+        let reader = Tapped {
+            r: sp.reader(),
+            tap: (table && rows.is_some()).then_some(&tap),
+        };
+        b.add_part_then(&kind.name(), chunking, reader, || {
             let st = stats.borrow();
             let meta = match &kind {
                 PartKind::TableData { schema, table } => TablePart {
@@ -283,8 +298,28 @@ pub fn backup_stream(b: &Backup<'_>, reader: impl Read) -> crate::Result<Option<
                 chunking,
             }
         })?;
+        if let (Some(map), true) = (rows.as_deref_mut(), table) {
+            let h = tap.into_inner().into_sink().finalize();
+            map.insert(kind.name(), h.to_hex().to_string());
+        }
     }
     Ok(sp.server_version.clone())
+}
+
+/// A part's bytes, passed through a rows tap too.
+struct Tapped<'t, R: Read> {
+    r: R,
+    tap: Option<&'t RefCell<super::archive::rows::RowsTap<blake3::Hasher>>>,
+}
+
+impl<R: Read> Read for Tapped<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.r.read(buf)?;
+        if let Some(t) = self.tap {
+            t.borrow_mut().feed(&buf[..n]);
+        }
+        Ok(n)
+    }
 }
 
 /// The bytes of one part.

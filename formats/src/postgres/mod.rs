@@ -11,6 +11,7 @@
 //! - `load`, `restore`, `restore_db`, `restore_server`: restores;
 //! - `verify`: restore-test.
 
+pub mod archive;
 pub mod backup;
 pub mod conn;
 pub mod data;

@@ -17,6 +17,8 @@ pub struct RestoreOptions {
     pub data_only: bool,
     /// Replace a table of the same name.
     pub clean: bool,
+    /// A snapshot made from a custom-format archive: the SQL script, not the archive.
+    pub plain: bool,
 }
 
 /// Where a restore goes.

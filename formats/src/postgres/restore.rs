@@ -246,7 +246,15 @@ pub fn restore(
         return match target {
             Target::Script(out) => {
                 let mut out = BufWriter::with_capacity(1 << 20, out);
+                let whole = !opts.schema_only && !opts.data_only && !opts.plain;
+                if whole && super::archive::toc_part(snap).is_some() {
+                    super::archive::rebuild::write_archive(repo, snap, &mut out, notify)?;
+                    return out.flush().map_err(out_err);
+                }
                 for p in &snap.parts {
+                    if super::archive::is_archive_only(p) {
+                        continue;
+                    }
                     let data = meta::is_data(p);
                     if (opts.schema_only && data) || (opts.data_only && !data) {
                         continue;
