@@ -126,7 +126,7 @@ pub fn backup_archive(b: &Backup<'_>, reader: impl Read) -> Result<ArchiveInfo> 
     for (name, hash) in &ours {
         if plain_rows.get(name) != Some(hash) {
             return Err(FormatError::Invalid(format!(
-                "pg_restore's script of table {name} differs from the archive's data: it cannot be stored faithfully; no snapshot recorded"
+                "pg_restore's script of table {name} differs from the archive's data: it cannot be stored faithfully"
             )));
         }
     }

@@ -102,7 +102,7 @@ pub struct ArchiveReader<R: Read> {
 /// The error for a stream that ends early.
 pub fn truncated(what: &str) -> FormatError {
     FormatError::Invalid(format!(
-        "the pg_dump custom-format archive is truncated ({what}): was pg_dump stopped? no snapshot recorded"
+        "the pg_dump custom-format archive is truncated ({what}): was pg_dump stopped?"
     ))
 }
 
