@@ -119,8 +119,7 @@ fn copy_one(
     // and the predecessor the new manifest names (its own, not the source's).
     let before = held
         .iter()
-        .filter(|(_, s)| s.name == snap.name && s.time <= snap.time)
-        .next_back();
+        .rfind(|(_, s)| s.name == snap.name && s.time <= snap.time);
     let backup = to.start_backup_after(before.map(|(_, s)| s))?;
     for part in &snap.parts {
         let mut found = Vec::new();
