@@ -119,6 +119,9 @@ pub struct KeepArgs {
     /// Keep the N newest snapshots.
     #[arg(long, value_name = "N")]
     pub keep_last: Option<u32>,
+    /// Keep the newest snapshot of each of the last N hours that have snapshots.
+    #[arg(long, value_name = "N")]
+    pub keep_hourly: Option<u32>,
     /// Keep the newest snapshot of each of the last N days that have snapshots.
     #[arg(long, value_name = "N")]
     pub keep_daily: Option<u32>,
@@ -273,6 +276,14 @@ pub struct BackupArgs {
     /// Parallel COPY connections for a postgres:// source (default: the number of cores).
     #[arg(long, value_name = "N")]
     pub jobs: Option<usize>,
+    /// With an `sqlite:PATH` SOURCE: keep running, and take a snapshot whenever the
+    /// database changed and --interval has passed (continuous backup; stop it with a
+    /// signal: a snapshot being written is then simply not recorded).
+    #[arg(long)]
+    pub follow: bool,
+    /// With --follow: the least time between two snapshots (default 10s; units s, min, h).
+    #[arg(long, value_name = "DURATION", requires = "follow")]
+    pub interval: Option<String>,
     /// Format of a stream on stdin or from --command: pg_dump (plain), custom (pg_dump -Fc),
     /// sqlite or raw (detected from the first bytes when absent).
     #[arg(long, value_name = "FORMAT")]
@@ -381,6 +392,10 @@ pub struct RestoreArgs {
     /// With `latest`: the source name to pick from.
     #[arg(long)]
     pub name: Option<String>,
+    /// With `latest`: the newest snapshot taken at or before this time (RFC 3339, e.g.
+    /// 2026-12-01T14:31:00+01:00, or `YYYY-MM-DD HH:MM[:SS]` in local time).
+    #[arg(long, value_name = "TIME")]
+    pub target_time: Option<String>,
     /// From a whole-server snapshot: the database to restore (its roles come along; it is
     /// created on the target server when missing).
     #[arg(long, value_name = "NAME")]

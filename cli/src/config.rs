@@ -99,6 +99,7 @@ pub struct RepoConfig {
 #[serde(deny_unknown_fields)]
 pub struct Retention {
     keep_last: Option<u32>,
+    keep_hourly: Option<u32>,
     keep_daily: Option<u32>,
     keep_weekly: Option<u32>,
     keep_monthly: Option<u32>,
@@ -111,6 +112,7 @@ impl Retention {
     pub fn policy(&self) -> Result<Policy> {
         Ok(Policy {
             last: self.keep_last.unwrap_or(0),
+            hourly: self.keep_hourly.unwrap_or(0),
             daily: self.keep_daily.unwrap_or(0),
             weekly: self.keep_weekly.unwrap_or(0),
             monthly: self.keep_monthly.unwrap_or(0),

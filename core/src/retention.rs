@@ -1,8 +1,8 @@
 //! Retention: which snapshots `forget` keeps.
 //!
 //! Per source name, the union of: the N newest (`last`); the newest snapshot of each of
-//! the last N days, ISO weeks, months and years **that have snapshots** (`daily`, `weekly`,
-//! `monthly`, `yearly`); every snapshot within a span before the group's newest one
+//! the last N hours, days, ISO weeks, months and years **that have snapshots** (`hourly`,
+//! `daily`, `weekly`, `monthly`, `yearly`); every snapshot within a span before the group's newest one
 //! (`within`). Calendar buckets use the snapshot's time in the zone given (the command line
 //! passes the machine's local zone, so `TZ` is honoured). The newest snapshot of a group is
 //! always kept. Snapshots with equal times are ordered by id, so the result never depends
@@ -129,6 +129,9 @@ pub struct Policy {
     /// Keep the N newest.
     #[serde(default)]
     pub last: u32,
+    /// Newest of each of the last N hours with snapshots (for continuous backups).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub hourly: u32,
     /// Newest of each of the last N days with snapshots.
     #[serde(default)]
     pub daily: u32,
@@ -146,10 +149,16 @@ pub struct Policy {
     pub within: Option<Span>,
 }
 
+// A policy without hourly rules is stored as before, so older dbvaults still read it.
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 impl Policy {
     /// True when no rule is set (such a policy would keep only the latest).
     pub fn is_empty(&self) -> bool {
         self.last == 0
+            && self.hourly == 0
             && self.daily == 0
             && self.weekly == 0
             && self.monthly == 0
@@ -162,6 +171,7 @@ impl Policy {
         let mut parts = Vec::new();
         for (n, what) in [
             (self.last, "last"),
+            (self.hourly, "hourly"),
             (self.daily, "daily"),
             (self.weekly, "weekly"),
             (self.monthly, "monthly"),
@@ -228,7 +238,10 @@ where
             }
         }
     }
-    let buckets: [(u32, &str, fn(&DateTime<Tz>) -> String); 4] = [
+    let buckets: [(u32, &str, fn(&DateTime<Tz>) -> String); 5] = [
+        (policy.hourly, "hourly", |t| {
+            t.format("%Y-%m-%d %H:00").to_string()
+        }),
         (policy.daily, "daily", |t| t.format("%Y-%m-%d").to_string()),
         (policy.weekly, "weekly", |t| {
             let w = t.iso_week();

@@ -137,6 +137,9 @@ fn input(a: &Job) -> Result<Input<'_>> {
 }
 
 pub fn run(cli: &Cli, a: &BackupArgs) -> Result<()> {
+    if a.follow {
+        return super::follow::run(cli, a);
+    }
     let format = match &a.format {
         Some(f) => Some(StreamFormat::parse(f).map_err(|e| anyhow!(e))?),
         None => None,
@@ -420,7 +423,7 @@ fn backup_command(
     Ok(b.finish(dumped_at(meta(name, source), given_time, &info))?)
 }
 
-fn report(cli: &Cli, s: &BackupSummary, requests: Option<u64>) {
+pub fn report(cli: &Cli, s: &BackupSummary, requests: Option<u64>) {
     let snap = &s.snapshot;
     if cli.json {
         output::json(&serde_json::json!({

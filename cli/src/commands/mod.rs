@@ -3,6 +3,7 @@
 mod backup;
 mod check;
 mod copy;
+mod follow;
 mod forget;
 mod init;
 mod key;

@@ -14,6 +14,7 @@ pub fn from_args(k: &KeepArgs) -> Result<Option<Policy>> {
         None => None,
     };
     let given = k.keep_last.is_some()
+        || k.keep_hourly.is_some()
         || k.keep_daily.is_some()
         || k.keep_weekly.is_some()
         || k.keep_monthly.is_some()
@@ -21,6 +22,7 @@ pub fn from_args(k: &KeepArgs) -> Result<Option<Policy>> {
         || within.is_some();
     Ok(given.then(|| Policy {
         last: k.keep_last.unwrap_or(0),
+        hourly: k.keep_hourly.unwrap_or(0),
         daily: k.keep_daily.unwrap_or(0),
         weekly: k.keep_weekly.unwrap_or(0),
         monthly: k.keep_monthly.unwrap_or(0),

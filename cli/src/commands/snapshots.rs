@@ -117,5 +117,18 @@ fn list(
         }
     }
     crate::outln!("{} snapshot(s)", snaps.len());
+    // The window each source covers: what --target-time can reach.
+    let mut window: std::collections::BTreeMap<&str, (usize, String, String)> = Default::default();
+    for (_, s) in &snaps {
+        let t = output::time(&s.time);
+        let e = window.entry(&s.name).or_insert((0, t.clone(), t.clone()));
+        e.0 += 1;
+        e.2 = t;
+    }
+    if window.len() > 1 || window.values().any(|w| w.0 > 1) {
+        for (name, (n, from, to)) in window {
+            crate::outln!("  {name}: {n} snapshot(s) from {from} to {to}");
+        }
+    }
     Ok(())
 }

@@ -20,6 +20,7 @@ mod plan;
 pub mod snapshot;
 pub mod sql;
 pub mod verify;
+pub mod watch;
 
 /// Chunk size for a database file: one page, so a page rewritten in place or moved by
 /// VACUUM costs one chunk. The SQLite churn bench (`benches/benches/sqlite_churn.rs`)
