@@ -414,4 +414,34 @@ mod tests {
         let w = apply(&snaps, &Policy::default(), &chrono::Utc);
         assert_eq!(w.iter().filter(|v| !v.reasons.is_empty()).count(), 1);
     }
+
+    #[test]
+    fn hourly_keeps_the_newest_of_each_hour() {
+        let id = |n: u8| Id([n; 32]);
+        let t = |s: &str| DateTime::parse_from_rfc3339(s).expect("time");
+        let snaps = vec![
+            (id(1), t("2026-11-20T10:05:00+00:00")),
+            (id(2), t("2026-11-20T10:55:00+00:00")),
+            (id(3), t("2026-11-20T11:10:00+00:00")),
+            (id(4), t("2026-11-20T11:20:00+00:00")),
+            (id(5), t("2026-11-20T12:00:10+00:00")),
+        ];
+        let p = Policy {
+            hourly: 2,
+            ..Default::default()
+        };
+        let kept: Vec<u8> = apply(&snaps, &p, &chrono::Utc)
+            .iter()
+            .filter(|v| !v.reasons.is_empty())
+            .map(|v| v.id.0[0])
+            .collect();
+        assert_eq!(kept, vec![5, 4]);
+        // Stored without the field when it is zero: older readers see the same policy.
+        let json = serde_json::to_string(&Policy {
+            daily: 1,
+            ..Default::default()
+        })
+        .expect("json");
+        assert!(!json.contains("hourly"), "{json}");
+    }
 }
