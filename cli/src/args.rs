@@ -94,6 +94,8 @@ pub enum Command {
     Ls(LsArgs),
     /// What changed between two snapshots, table by table (rows before and after).
     Diff(DiffArgs),
+    /// Run SQL on an SQLite snapshot without restoring it (pages are read as needed).
+    Sql(SqlArgs),
     /// Copy snapshots into a second repository (offsite), re-encrypted under its keys,
     /// storing only what it lacks; a snapshot it already holds is never copied again.
     Copy(CopyArgs),
@@ -349,6 +351,27 @@ pub struct DiffArgs {
     /// Also list what did not change.
     #[arg(long)]
     pub all: bool,
+}
+
+/// `sql` options.
+#[derive(Args, Debug)]
+pub struct SqlArgs {
+    /// Snapshot: id, unique id prefix, or `latest`.
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshot: String,
+    /// The query (read-only); without it, queries are read from standard input, one per
+    /// line.
+    #[arg(value_name = "QUERY")]
+    pub query: Option<String>,
+    /// With `latest`: the source name to pick from.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// With `latest`: the newest snapshot at or before this time (as `restore`).
+    #[arg(long, value_name = "TIME")]
+    pub target_time: Option<String>,
+    /// Rows as CSV (with a header line) instead of a table.
+    #[arg(long)]
+    pub csv: bool,
 }
 
 /// `copy` options.

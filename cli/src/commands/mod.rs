@@ -14,6 +14,7 @@ mod restore;
 mod restore_test;
 mod run;
 mod snapshots;
+mod sql;
 mod stats;
 mod status;
 
@@ -41,6 +42,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Stats => stats::run(cli),
         Command::Key { command } => key::run(cli, command),
         Command::Copy(a) => copy::run(cli, a),
+        Command::Sql(a) => sql::run(cli, a),
         Command::Ls(a) => ls::run(cli, a),
         Command::Diff(a) => ls::diff(cli, a),
     }?;

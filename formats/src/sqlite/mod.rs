@@ -17,6 +17,7 @@ use plan::{find_table, plan_table};
 pub mod health;
 mod names;
 mod plan;
+pub mod remote;
 pub mod snapshot;
 pub mod sql;
 pub mod verify;
