@@ -28,6 +28,7 @@ use crate::postgres::lobs::TextFingerprint;
 use crate::postgres::meta::{TablePart, FORMAT, LARGE_OBJECTS, POST_DATA, PRE_DATA, TABLE_DATA};
 use crate::postgres::script::{entries, qualified};
 use crate::postgres::select::{self, Candidate, Selection};
+use crate::postgres::setvals::{matview_refreshes, sequence_sets};
 
 /// How to take a direct backup.
 #[derive(Clone, Debug)]
@@ -73,19 +74,6 @@ const TABLES_SQL: &str = "SELECT * FROM (\
   JOIN pg_class c ON c.oid = u.reloid JOIN pg_namespace n ON n.oid = c.relnamespace \
   WHERE c.relkind = 'r') t \
   ORDER BY nspname COLLATE \"C\", relname COLLATE \"C\"";
-
-/// Materialized views whose data pg_dump would refresh: only needed when the data run
-/// excluded every table by pattern (which excludes these refreshes too).
-const MATVIEWS_SQL: &str =
-    "SELECT schemaname, matviewname, matviewowner FROM pg_matviews WHERE ispopulated \
-  ORDER BY schemaname COLLATE \"C\", matviewname COLLATE \"C\"";
-
-/// Sequence values: as for [`MATVIEWS_SQL`].
-const SEQUENCES_SQL: &str =
-    "SELECT schemaname, sequencename, sequenceowner, last_value IS NOT NULL, \
-  coalesce(last_value, start_value) FROM pg_sequences \
-  WHERE schemaname <> 'information_schema' AND schemaname NOT LIKE 'pg\\_%' \
-  ORDER BY schemaname COLLATE \"C\", sequencename COLLATE \"C\"";
 
 /// pg_dump's session settings (its `setup_connection`), so COPY writes every value as
 /// pg_dump would: dates in ISO, floats exact, regclass and friends schema-qualified,
@@ -430,55 +418,6 @@ impl<R: Read> Read for Tee<'_, R> {
         std::io::Write::write_all(&mut *self.w.borrow_mut(), &buf[..n])?;
         Ok(n)
     }
-}
-
-/// `SEQUENCE SET` entries for every sequence, in pg_dump's form.
-fn sequence_sets(
-    rt: &tokio::runtime::Runtime,
-    c: &tokio_postgres::Client,
-    dumped: &dyn Fn(&str, &str) -> bool,
-) -> Result<String> {
-    let mut out = String::new();
-    for r in rows(rt, c, SEQUENCES_SQL)? {
-        let (schema, name, owner) = (
-            r[0].as_deref().unwrap_or(""),
-            r[1].as_deref().unwrap_or(""),
-            r[2].as_deref().unwrap_or(""),
-        );
-        if !dumped(schema, name) {
-            continue;
-        }
-        let (called, value) = (r[3].as_deref() == Some("t"), r[4].as_deref().unwrap_or("1"));
-        let lit = qualified(schema, name).replace('\'', "''");
-        out.push_str(&format!(
-            "--\n-- Name: {name}; Type: SEQUENCE SET; Schema: {schema}; Owner: {owner}\n--\n\nSELECT pg_catalog.setval('{lit}', {value}, {called});\n\n\n"
-        ));
-    }
-    Ok(out)
-}
-
-/// `MATERIALIZED VIEW DATA` entries for every populated materialized view.
-fn matview_refreshes(
-    rt: &tokio::runtime::Runtime,
-    c: &tokio_postgres::Client,
-    dumped: &dyn Fn(&str, &str) -> bool,
-) -> Result<String> {
-    let mut out = String::new();
-    for r in rows(rt, c, MATVIEWS_SQL)? {
-        let (schema, name, owner) = (
-            r[0].as_deref().unwrap_or(""),
-            r[1].as_deref().unwrap_or(""),
-            r[2].as_deref().unwrap_or(""),
-        );
-        if !dumped(schema, name) {
-            continue;
-        }
-        out.push_str(&format!(
-            "--\n-- Name: {name}; Type: MATERIALIZED VIEW DATA; Schema: {schema}; Owner: {owner}\n--\n\nREFRESH MATERIALIZED VIEW {};\n\n\n",
-            qualified(schema, name)
-        ));
-    }
-    Ok(out)
 }
 
 /// The statement that reads a table's rows: the whole table, or an extension

@@ -28,6 +28,7 @@ pub mod restore_server;
 pub mod script;
 pub mod select;
 pub mod server;
+mod setvals;
 pub mod tls;
 pub mod tools;
 pub mod url;
