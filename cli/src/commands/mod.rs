@@ -20,7 +20,8 @@ mod status;
 
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
+use dbvault_core::{Id, Repository, Snapshot};
 
 use crate::args::{Cli, Command};
 
@@ -47,4 +48,27 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Diff(a) => ls::diff(cli, a),
     }?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The snapshot a command names: `selector` (an id, a prefix, `latest`), or with
+/// `target_time` the newest snapshot (of `name`) taken at or before it, said on stderr.
+pub(crate) fn pick_snapshot(
+    repo: &Repository,
+    selector: &str,
+    name: Option<&str>,
+    target_time: Option<&str>,
+) -> Result<(Id, Snapshot)> {
+    let Some(t) = target_time else {
+        return Ok(repo.find_snapshot(selector, name)?);
+    };
+    if selector != "latest" {
+        bail!("--target-time picks among the snapshots: give `latest` (with --name), not a snapshot id");
+    }
+    let (id, snap) = repo.find_at(name, crate::output::parse_time(t)?)?;
+    eprintln!(
+        "dbvault: snapshot {} taken {} (the newest at or before {t})",
+        id.short(),
+        crate::output::time(&snap.time)
+    );
+    Ok((id, snap))
 }

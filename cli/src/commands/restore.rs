@@ -90,21 +90,12 @@ pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<()> {
         bail!("--rename-table needs exactly one --table");
     }
     let repo = repo_access::open_locked(cli, LockKind::Shared, "restore")?;
-    let (id, snap) = match &a.target_time {
-        None => repo.find_snapshot(&a.snapshot, a.name.as_deref())?,
-        Some(_) if a.snapshot != "latest" => {
-            bail!("--target-time picks among the snapshots: give `latest` (with --name), not a snapshot id")
-        }
-        Some(t) => {
-            let (id, snap) = repo.find_at(a.name.as_deref(), crate::output::parse_time(t)?)?;
-            eprintln!(
-                "dbvault: restoring snapshot {} taken {} (the newest at or before {t})",
-                id.short(),
-                crate::output::time(&snap.time)
-            );
-            (id, snap)
-        }
-    };
+    let (id, snap) = super::pick_snapshot(
+        &repo,
+        &a.snapshot,
+        a.name.as_deref(),
+        a.target_time.as_deref(),
+    )?;
     // A selective or filtered snapshot says so before anyone takes it for the whole database.
     for n in &snap.source.notes {
         eprintln!("dbvault: note: snapshot {}: {n}", id.short());

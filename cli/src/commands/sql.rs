@@ -12,10 +12,12 @@ use crate::{output, repo_access};
 
 pub fn run(cli: &Cli, a: &SqlArgs) -> Result<()> {
     let repo = repo_access::open_locked(cli, LockKind::Shared, "sql")?;
-    let (id, snap) = match &a.target_time {
-        None => repo.find_snapshot(&a.snapshot, a.name.as_deref())?,
-        Some(t) => repo.find_at(a.name.as_deref(), output::parse_time(t)?)?,
-    };
+    let (id, snap) = super::pick_snapshot(
+        &repo,
+        &a.snapshot,
+        a.name.as_deref(),
+        a.target_time.as_deref(),
+    )?;
     if snap.source.format != FORMAT {
         bail!(
             "snapshot {} is not of an SQLite database: `dbvault sql` reads SQLite snapshots (restore a PostgreSQL table with `restore --table T --to -`)",

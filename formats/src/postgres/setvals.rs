@@ -21,51 +21,65 @@ const SEQUENCES_SQL: &str =
   WHERE schemaname <> 'information_schema' AND schemaname NOT LIKE 'pg\\_%' \
   ORDER BY schemaname COLLATE \"C\", sequencename COLLATE \"C\"";
 
-/// `SEQUENCE SET` entries for every sequence, in pg_dump's form.
+/// One entry per row of `sql` (schema, name, owner, then what `body` reads) that the dump
+/// holds, in pg_dump's form: the TOC comment for `kind`, then `body`'s statement.
+fn entries(
+    rt: &tokio::runtime::Runtime,
+    c: &tokio_postgres::Client,
+    sql: &str,
+    kind: &str,
+    dumped: &dyn Fn(&str, &str) -> bool,
+    body: impl Fn(&str, &str, &[Option<String>]) -> String,
+) -> Result<String> {
+    let mut out = String::new();
+    for r in rows(rt, c, sql)? {
+        let (schema, name, owner) = (
+            r[0].as_deref().unwrap_or(""),
+            r[1].as_deref().unwrap_or(""),
+            r[2].as_deref().unwrap_or(""),
+        );
+        if dumped(schema, name) {
+            out.push_str(&format!(
+                "--\n-- Name: {name}; Type: {kind}; Schema: {schema}; Owner: {owner}\n--\n\n{}\n\n\n",
+                body(schema, name, &r)
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// `SEQUENCE SET` entries for every sequence the dump holds.
 pub(crate) fn sequence_sets(
     rt: &tokio::runtime::Runtime,
     c: &tokio_postgres::Client,
     dumped: &dyn Fn(&str, &str) -> bool,
 ) -> Result<String> {
-    let mut out = String::new();
-    for r in rows(rt, c, SEQUENCES_SQL)? {
-        let (schema, name, owner) = (
-            r[0].as_deref().unwrap_or(""),
-            r[1].as_deref().unwrap_or(""),
-            r[2].as_deref().unwrap_or(""),
-        );
-        if !dumped(schema, name) {
-            continue;
-        }
-        let (called, value) = (r[3].as_deref() == Some("t"), r[4].as_deref().unwrap_or("1"));
-        let lit = qualified(schema, name).replace('\'', "''");
-        out.push_str(&format!(
-            "--\n-- Name: {name}; Type: SEQUENCE SET; Schema: {schema}; Owner: {owner}\n--\n\nSELECT pg_catalog.setval('{lit}', {value}, {called});\n\n\n"
-        ));
-    }
-    Ok(out)
+    entries(
+        rt,
+        c,
+        SEQUENCES_SQL,
+        "SEQUENCE SET",
+        dumped,
+        |schema, name, r| {
+            let (called, value) = (r[3].as_deref() == Some("t"), r[4].as_deref().unwrap_or("1"));
+            let lit = qualified(schema, name).replace('\'', "''");
+            format!("SELECT pg_catalog.setval('{lit}', {value}, {called});")
+        },
+    )
 }
 
-/// `MATERIALIZED VIEW DATA` entries for every populated materialized view.
+/// `MATERIALIZED VIEW DATA` entries for every populated materialized view the dump holds.
 pub(crate) fn matview_refreshes(
     rt: &tokio::runtime::Runtime,
     c: &tokio_postgres::Client,
     dumped: &dyn Fn(&str, &str) -> bool,
 ) -> Result<String> {
-    let mut out = String::new();
-    for r in rows(rt, c, MATVIEWS_SQL)? {
-        let (schema, name, owner) = (
-            r[0].as_deref().unwrap_or(""),
-            r[1].as_deref().unwrap_or(""),
-            r[2].as_deref().unwrap_or(""),
-        );
-        if !dumped(schema, name) {
-            continue;
-        }
-        out.push_str(&format!(
-            "--\n-- Name: {name}; Type: MATERIALIZED VIEW DATA; Schema: {schema}; Owner: {owner}\n--\n\nREFRESH MATERIALIZED VIEW {};\n\n\n",
-            qualified(schema, name)
-        ));
-    }
-    Ok(out)
+    entries(
+        rt,
+        c,
+        MATVIEWS_SQL,
+        "MATERIALIZED VIEW DATA",
+        dumped,
+        |schema, name, _| format!("REFRESH MATERIALIZED VIEW {};", qualified(schema, name)),
+    )
 }

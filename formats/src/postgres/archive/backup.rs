@@ -94,7 +94,7 @@ pub fn backup_archive(b: &Backup<'_>, reader: impl Read) -> Result<ArchiveInfo> 
         let plain = s.spawn(move || crate::postgres::dump::backup_plain(b, stdout, Some(rows_ref)));
         let read = read_archive(b, &mut ar);
         // pg_restore reads to the end of what it was given: close its input.
-        if let Some(mut w) = ar_inner(&mut ar).w.take() {
+        if let Some(mut w) = ar.inner().w.take() {
             let _ = w.flush();
         }
         if read.is_err() {
@@ -115,7 +115,7 @@ pub fn backup_archive(b: &Backup<'_>, reader: impl Read) -> Result<ArchiveInfo> 
     let ok_status = status.as_ref().is_ok_and(|s| s.success());
     let (header, mut part, ours) = match read {
         Ok(x) => x,
-        Err(_) if ar_inner(&mut ar).broken && !ok_status => return Err(pg_restore_failed()),
+        Err(_) if ar.inner().broken && !ok_status => return Err(pg_restore_failed()),
         Err(e) => return Err(e),
     };
     if !ok_status {
@@ -131,7 +131,7 @@ pub fn backup_archive(b: &Backup<'_>, reader: impl Read) -> Result<ArchiveInfo> 
         }
     }
     part.size = ar.pos;
-    let tee = ar_inner(&mut ar);
+    let tee = ar.inner();
     part.blake3 = tee.hasher.finalize().to_hex().to_string();
     let head = std::mem::take(&mut ar.kept_head);
     b.add_part(
@@ -152,10 +152,6 @@ pub fn backup_archive(b: &Backup<'_>, reader: impl Read) -> Result<ArchiveInfo> 
             part.version, part.compression
         ),
     })
-}
-
-fn ar_inner<R: Read, W: Write>(ar: &mut ArchiveReader<Tee<R, W>>) -> &mut Tee<R, W> {
-    ar.inner()
 }
 
 /// How a block would be rebuilt, before it is read.
@@ -179,11 +175,12 @@ fn plan(h: &Header, e: &TocEntry, kind: u8) -> Plan {
     }
 }
 
-type Read3<R, W> = ArchiveReader<Tee<R, W>>;
+/// The archive as this backup reads it: passed on to pg_restore and hashed.
+type Reader<R, W> = ArchiveReader<Tee<R, W>>;
 
 fn read_archive<R: Read, W: Write>(
     b: &Backup<'_>,
-    ar: &mut Read3<R, W>,
+    ar: &mut Reader<R, W>,
 ) -> Result<(Header, ArchivePart, HashMap<String, String>)> {
     let h = ar.header()?;
     let toc = ar.toc(&h)?;
@@ -286,7 +283,7 @@ fn read_archive<R: Read, W: Write>(
     Ok((h, part, ours))
 }
 
-fn flush_kept<R: Read, W: Write>(ar: &mut Read3<R, W>, spool: &mut impl Write) -> Result<()> {
+fn flush_kept<R: Read, W: Write>(ar: &mut Reader<R, W>, spool: &mut impl Write) -> Result<()> {
     spool
         .write_all(&ar.kept)
         .map_err(|e| FormatError::io("a temporary file", e))?;
@@ -296,7 +293,7 @@ fn flush_kept<R: Read, W: Write>(ar: &mut Read3<R, W>, spool: &mut impl Write) -
 
 /// A block's chunks, up to and including the zero length that ends them.
 fn chunks<R: Read, W: Write>(
-    ar: &mut Read3<R, W>,
+    ar: &mut Reader<R, W>,
     spool: &mut impl Write,
     check: &mut Check,
 ) -> Result<()> {
