@@ -259,8 +259,9 @@ fn a_dump_that_dies_mid_stream_records_no_snapshot() {
     let r = pipe(&repo, &format!("{} | head -c 3000000", src.dump_cmd()));
     assert_eq!(r.code, Some(1));
     assert!(r.stderr.contains("truncated"), "{}", r.stderr);
-    // --command: pg_dump killed part way.
-    let cmd = format!("{} & p=$!; sleep 0.3; kill -9 $p; wait $p", src.dump_cmd());
+    // --command: the dump dies part way (SIGKILL after 3 MB: a sleep-then-kill raced a
+    // fast pg_dump that had already finished).
+    let cmd = format!("{} | head -c 3000000; kill -9 $$", src.dump_cmd());
     let r = repo.run(&["backup", "--command", &cmd], None);
     assert_eq!(r.code, Some(1));
     assert!(r.stderr.contains("no snapshot recorded"), "{}", r.stderr);
