@@ -86,6 +86,9 @@ pub enum Command {
     /// Back up every source of the configuration file, then apply retention, prune and
     /// check on the schedules it gives; one summary; exit 1 if anything failed.
     Run(RunArgs),
+    /// Follow the configuration file's continuous sources (`follow = "10s"`): a snapshot of
+    /// each whenever it changed, compacted by its retention; runs until stopped.
+    Follow(RunArgs),
     /// Which configured sources missed their backup, and when each last passed a restore-test.
     Status,
     /// Show repository statistics.
@@ -286,6 +289,11 @@ pub struct BackupArgs {
     /// With --follow: the least time between two snapshots (default 10s; units s, min, h).
     #[arg(long, value_name = "DURATION", requires = "follow")]
     pub interval: Option<String>,
+    /// With --follow: keep every snapshot (default: compact them every 10 minutes by the
+    /// stored policy with an hour of every snapshot and 24 hourly added; README, Continuous
+    /// SQLite backup).
+    #[arg(long, requires = "follow")]
+    pub no_compact: bool,
     /// Format of a stream on stdin or from --command: pg_dump (plain), custom (pg_dump -Fc),
     /// sqlite or raw (detected from the first bytes when absent).
     #[arg(long, value_name = "FORMAT")]

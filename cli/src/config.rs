@@ -185,6 +185,12 @@ pub struct Source {
     /// `--schema-only`.
     #[serde(default)]
     pub schema_only: bool,
+    /// An SQLite source backed up continuously by `dbvault follow`: the least time between
+    /// two snapshots (e.g. `"10s"`). `run` still takes its nightly snapshot (a safety net,
+    /// costing only the pages changed since the follower's last one).
+    pub follow: Option<String>,
+    /// With `follow`: how often the follower applies the retention (default `"10min"`).
+    pub compact_every: Option<String>,
 }
 
 impl Source {
@@ -219,6 +225,36 @@ impl Source {
             exclude_schema: self.exclude_schema.clone(),
             schema_only: self.schema_only,
         }
+    }
+
+    /// `follow` and `compact_every`, when this source is followed.
+    pub fn following(&self) -> Result<Option<(std::time::Duration, std::time::Duration)>> {
+        let Some(f) = &self.follow else {
+            if self.compact_every.is_some() {
+                bail!("source {}: compact_every needs follow", self.name);
+            }
+            return Ok(None);
+        };
+        if self.sqlite.is_none() {
+            bail!(
+                "source {}: follow backs up an SQLite database continuously; it needs sqlite = \"PATH\"",
+                self.name
+            );
+        }
+        let secs = |what: &str, v: &str| -> Result<std::time::Duration> {
+            let n = Span::parse(v)
+                .with_context(|| format!("source {}: {what}", self.name))?
+                .approx_seconds();
+            if n == 0 {
+                bail!("source {}: {what} must be at least 1s", self.name);
+            }
+            Ok(std::time::Duration::from_secs(n))
+        };
+        let every = secs(
+            "compact_every",
+            self.compact_every.as_deref().unwrap_or("10min"),
+        )?;
+        Ok(Some((secs("follow", f)?, every)))
     }
 
     /// `max_age` in seconds.
@@ -320,6 +356,7 @@ pub fn load(path: &Path) -> Result<Config> {
         s.target().map_err(|e| at(e.to_string()))?;
         s.max_age_secs()
             .map_err(|e| at(format!("source {}: max_age: {e}", s.name)))?;
+        s.following().map_err(|e| at(format!("{e:#}")))?;
         if let Some(r) = &s.retention {
             r.policy()
                 .map_err(|e| at(format!("source {}: {e}", s.name)))?;

@@ -201,3 +201,30 @@ pub fn lock(cli: &Cli, repo: &Repository, kind: LockKind, command: &str) -> Resu
     repo.lock(kind, &opts)?;
     Ok(())
 }
+
+/// Opens (without a lock) a repository of the configuration file, with its passphrase and
+/// S3 settings; append-only when it or the command line says so.
+///
+/// # Errors
+/// The passphrase cannot be read, or the repository cannot be opened.
+pub fn open_configured(
+    cli: &Cli,
+    name: &str,
+    rc: &crate::config::RepoConfig,
+) -> Result<Repository> {
+    let pass = crate::config::passphrase(name, rc)?;
+    open_with(cli, configured_backend(cli, rc)?, &pass)
+}
+
+/// The storage of a configured repository (append-only when it or the command line says so).
+///
+/// # Errors
+/// A malformed URL or S3 settings.
+pub fn configured_backend(cli: &Cli, rc: &crate::config::RepoConfig) -> Result<Arc<dyn Backend>> {
+    let b = backend_for(&rc.url, &s3_options_for(cli, rc))?;
+    Ok(if rc.append_only || cli.append_only {
+        append_only(b)
+    } else {
+        b
+    })
+}

@@ -166,6 +166,29 @@ impl Policy {
             && self.within.is_none()
     }
 
+    /// The compaction of a continuous backup (`backup --follow`), which takes a snapshot
+    /// every few seconds: every snapshot of the last hour (a restore to any moment of it),
+    /// the newest of each of the last 24 hours, then these rules' days, weeks and months.
+    /// Rules this policy sets itself are kept; with none at all, the usual 7 daily, 4 weekly
+    /// and 12 monthly. About 360 + 24 + 23 snapshots at a 10 s interval, so listing them
+    /// stays cheap.
+    #[must_use]
+    pub fn continuous(mut self) -> Policy {
+        if self.is_empty() {
+            (self.daily, self.weekly, self.monthly) = (7, 4, 12);
+        }
+        if self.within.is_none() {
+            self.within = Some(Span {
+                months: 0,
+                seconds: 3600,
+            });
+        }
+        if self.hourly == 0 {
+            self.hourly = 24;
+        }
+        self
+    }
+
     /// The rules as `--keep-…` options, for messages.
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
@@ -443,5 +466,35 @@ mod tests {
         })
         .expect("json");
         assert!(!json.contains("hourly"), "{json}");
+    }
+
+    #[test]
+    fn continuous_compaction_keeps_an_hour_then_hours_then_days() {
+        // Three days of snapshots every 10 s.
+        let start = DateTime::parse_from_rfc3339("2026-11-20T00:00:00+00:00").expect("time");
+        let snaps: Vec<(Id, DateTime<FixedOffset>)> = (0..3 * 8640u32)
+            .map(|i| {
+                let mut id = [0u8; 32];
+                id[..4].copy_from_slice(&i.to_be_bytes());
+                (Id(id), start + chrono::Duration::seconds(i64::from(i) * 10))
+            })
+            .collect();
+        let p = Policy::default().continuous();
+        assert_eq!((p.daily, p.weekly, p.monthly, p.hourly), (7, 4, 12, 24));
+        let kept = apply(&snaps, &p, &chrono::Utc)
+            .into_iter()
+            .filter(|v| !v.reasons.is_empty())
+            .count();
+        // 360 in the last hour, the newest of the 23 hours before, of the 2 days before.
+        assert_eq!(kept, 360 + 23 + 2, "kept {kept}");
+        // A policy's own rules stay.
+        let own = Policy {
+            daily: 30,
+            within: Some(Span::parse("2h").expect("span")),
+            ..Default::default()
+        }
+        .continuous();
+        assert_eq!((own.daily, own.weekly, own.hourly), (30, 0, 24));
+        assert_eq!(own.within, Some(Span::parse("2h").expect("span")));
     }
 }

@@ -233,11 +233,19 @@ impl Worker {
         if self.deferred.is_empty() {
             return Ok(());
         }
-        let todo = std::mem::take(&mut self.deferred);
+        let mut todo = std::mem::take(&mut self.deferred);
         self.deferred_bytes = 0;
         let level = self.ctx.level;
         let blobs = self.blobs();
-        // A base that is itself a delta gives way to its own base: read that one alone.
+        // A base that is itself a delta gives way to its own (full) base: their headers
+        // are read together, then every full base in one go.
+        let proposed: Vec<Id> = todo.iter().filter_map(|(_, _, b)| *b).collect();
+        let resolved = blobs.delta_bases(&proposed)?;
+        for (_, _, b) in &mut todo {
+            if let Some(full) = b.and_then(|x| resolved.get(&x)) {
+                *b = Some(*full);
+            }
+        }
         let wanted: Vec<Id> = todo
             .iter()
             .filter_map(|(_, _, b)| *b)

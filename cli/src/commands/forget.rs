@@ -123,3 +123,32 @@ pub fn run(cli: &Cli, a: &ForgetArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// Forgets the snapshots of source `name` that `policy` does not keep (an empty policy
+/// forgets nothing); returns how many.
+///
+/// # Errors
+/// Reading the snapshots or writing the forget records failed.
+pub(super) fn by_policy(
+    repo: &dbvault_core::Repository,
+    name: &str,
+    policy: &retention::Policy,
+) -> Result<usize> {
+    if policy.is_empty() {
+        return Ok(0);
+    }
+    let (snaps, _) = repo.readable_snapshots()?;
+    let list: Vec<_> = snaps
+        .iter()
+        .filter(|(_, x)| x.name == name)
+        .map(|(id, x)| (*id, x.name.clone(), x.time))
+        .collect();
+    let doomed: Vec<_> = retention::apply_grouped(&list, policy, &chrono::Local)
+        .into_values()
+        .flatten()
+        .filter(|v| v.reasons.is_empty())
+        .map(|v| v.id)
+        .collect();
+    repo.forget_snapshots(&doomed)?;
+    Ok(doomed.len())
+}

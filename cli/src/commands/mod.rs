@@ -32,6 +32,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Check(a) => return check::run(cli, a),
         Command::RestoreTest(a) => return restore_test::run(cli, a),
         Command::Run(a) => return run::run(cli, a),
+        Command::Follow(a) => follow::from_config(cli, a),
         Command::Status => return status::run(cli),
         Command::Init(a) => init::run(cli, a),
         Command::Backup(a) => backup::run(cli, a),

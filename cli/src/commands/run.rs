@@ -158,12 +158,7 @@ pub fn run(cli: &Cli, a: &RunArgs) -> Result<ExitCode> {
 
 /// Opens and locks (shared) a configured repository.
 fn open_configured(cli: &Cli, rname: &str, rc: &config::RepoConfig) -> Result<Repository> {
-    let pass = config::passphrase(rname, rc)?;
-    let mut backend = repo_access::backend_for(&rc.url, &repo_access::s3_options_for(cli, rc))?;
-    if rc.append_only || cli.append_only {
-        backend = repo_access::append_only(backend);
-    }
-    let repo = repo_access::open_with(cli, backend, &pass)?;
+    let repo = repo_access::open_configured(cli, rname, rc)?;
     repo_access::lock(cli, &repo, LockKind::Shared, "run")?;
     Ok(repo)
 }
@@ -231,21 +226,26 @@ fn step(repo: &str, what: &str, r: std::result::Result<String, String>) -> Step 
     }
 }
 
+/// What `backup` is given for a configured source.
+pub(super) fn job_of(s: &Source) -> Result<super::backup::Job> {
+    let (source, command, all_databases) = s.target()?;
+    Ok(super::backup::Job {
+        source,
+        command,
+        all_databases,
+        name: Some(s.name.clone()),
+        tags: s.tags.clone(),
+        jobs: None,
+        enable_row_security: s.enable_row_security,
+        selection: s.selection(),
+    })
+}
+
 /// Backs one source up, then applies its retention.
 fn back_up(cli: &Cli, repo: &Repository, cfg: &Config, s: &Source, rname: &str) -> SourceResult {
     let t0 = Instant::now();
     let outcome = (|| -> Result<(String, u64, u64)> {
-        let (source, command, all_databases) = s.target()?;
-        let job = super::backup::Job {
-            source,
-            command,
-            all_databases,
-            name: Some(s.name.clone()),
-            tags: s.tags.clone(),
-            jobs: None,
-            enable_row_security: s.enable_row_security,
-            selection: s.selection(),
-        };
+        let job = job_of(s)?;
         let sum = super::backup::backup_into(cli, repo, &job, None, None)?;
         Ok((
             sum.id.to_hex(),
@@ -292,30 +292,27 @@ fn forget_source(repo: &Repository, cfg: &Config, s: &Source, append_only: bool)
         // Deleting is the admin host's job (README: Append-only hosts).
         return Ok(0);
     }
-    let policy = match cfg.policy_of(s)? {
-        Some(p) => p,
-        None => match repo.policy()? {
-            Some(p) => p,
-            None => return Ok(0),
-        },
-    };
-    if policy.is_empty() {
-        return Ok(0);
+    match policy_for(repo, cfg, s)? {
+        Some(p) => super::forget::by_policy(repo, &s.name, &p),
+        None => Ok(0),
     }
-    let (snaps, _) = repo.readable_snapshots()?;
-    let list: Vec<_> = snaps
-        .iter()
-        .filter(|(_, x)| x.name == s.name)
-        .map(|(id, x)| (*id, x.name.clone(), x.time))
-        .collect();
-    let doomed: Vec<_> = retention::apply_grouped(&list, &policy, &chrono::Local)
-        .into_values()
-        .flatten()
-        .filter(|v| v.reasons.is_empty())
-        .map(|v| v.id)
-        .collect();
-    repo.forget_snapshots(&doomed)?;
-    Ok(doomed.len())
+}
+
+/// A source's retention: its own, else the file's, else the repository's stored policy. A
+/// followed source keeps its last hour and hours, as its follower does.
+pub(super) fn policy_for(
+    repo: &Repository,
+    cfg: &Config,
+    s: &Source,
+) -> Result<Option<retention::Policy>> {
+    let policy = match cfg.policy_of(s)? {
+        Some(p) => Some(p),
+        None => repo.policy()?,
+    };
+    Ok(match policy {
+        _ if s.follow.is_some() => Some(policy.unwrap_or_default().continuous()),
+        p => p,
+    })
 }
 
 /// True when no report of `kind` is younger than `every` (no `every`: always).

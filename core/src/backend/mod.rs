@@ -28,6 +28,7 @@ pub mod append_only;
 pub mod cache;
 pub mod conformance;
 pub mod local;
+pub mod recent;
 pub mod s3;
 
 use crate::Error;
