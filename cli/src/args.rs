@@ -380,6 +380,11 @@ pub struct SqlArgs {
     /// Rows as CSV (with a header line) instead of a table.
     #[arg(long)]
     pub csv: bool,
+    /// For a PostgreSQL snapshot: load this table's rows (repeatable; names as `restore
+    /// --table` takes them) into a scratch SQLite database and query that (README: how
+    /// types map).
+    #[arg(long, short = 't', value_name = "TABLE")]
+    pub table: Vec<String>,
 }
 
 /// `copy` options.

@@ -4,7 +4,9 @@ use std::io::BufRead;
 
 use anyhow::{bail, Result};
 use dbvault_core::lock::LockKind;
-use dbvault_formats::sqlite::remote::{Cell, SnapshotDb};
+use dbvault_core::{Repository, Snapshot};
+use dbvault_formats::postgres;
+use dbvault_formats::sqlite::remote::{Cell, Rows, SnapshotDb};
 use dbvault_formats::sqlite::snapshot::{database_part, FORMAT};
 
 use crate::args::{Cli, SqlArgs};
@@ -18,13 +20,6 @@ pub fn run(cli: &Cli, a: &SqlArgs) -> Result<()> {
         a.name.as_deref(),
         a.target_time.as_deref(),
     )?;
-    if snap.source.format != FORMAT {
-        bail!(
-            "snapshot {} is not of an SQLite database: `dbvault sql` reads SQLite snapshots (restore a PostgreSQL table with `restore --table T --to -`)",
-            id.short()
-        );
-    }
-    let db = SnapshotDb::open(&repo, database_part(&snap)?)?;
     let queries: Vec<String> = match &a.query {
         Some(q) => vec![q.clone()],
         None => std::io::stdin()
@@ -34,8 +29,21 @@ pub fn run(cli: &Cli, a: &SqlArgs) -> Result<()> {
             .filter(|l| !l.trim().is_empty())
             .collect(),
     };
+    if snap.source.format == postgres::meta::FORMAT {
+        return postgres_tables(cli, a, &repo, &snap, &queries);
+    }
+    if snap.source.format != FORMAT {
+        bail!(
+            "snapshot {} is neither an SQLite nor a PostgreSQL database's: `dbvault sql` cannot read it",
+            id.short()
+        );
+    }
+    if !a.table.is_empty() {
+        bail!("--table loads tables of a PostgreSQL snapshot; an SQLite snapshot is queried as it is (name its tables in the query)");
+    }
+    let db = SnapshotDb::open(&repo, database_part(&snap)?)?;
     for q in &queries {
-        query(cli, a, &db, q)?;
+        query(cli, a, &|sql| Ok(db.query(sql)?), q)?;
     }
     let r = db.reads();
     eprintln!(
@@ -46,6 +54,45 @@ pub fn run(cli: &Cli, a: &SqlArgs) -> Result<()> {
         snap.name,
         output::bytes(snap.bytes_in)
     );
+    Ok(())
+}
+
+/// A PostgreSQL snapshot's tables, loaded into a scratch SQLite database, then queried.
+fn postgres_tables(
+    cli: &Cli,
+    a: &SqlArgs,
+    repo: &Repository,
+    snap: &Snapshot,
+    queries: &[String],
+) -> Result<()> {
+    if a.table.is_empty() {
+        bail!("a PostgreSQL snapshot is queried through the tables you load: give --table NAME for each table the query reads (`dbvault ls SNAPSHOT` lists them)");
+    }
+    let (db, loaded) =
+        postgres::to_sqlite::Scratch::load(repo, snap, &a.table, &super::restore::print_notice)?;
+    for l in &loaded {
+        let types: Vec<String> = l
+            .columns
+            .iter()
+            .map(|(c, pg, s)| format!("{c} {pg}→{}", s.sqlite()))
+            .collect();
+        let more = types.len().saturating_sub(12);
+        eprintln!(
+            "dbvault: loaded {} as {}: {} row(s); {}{}",
+            l.source,
+            l.name,
+            l.rows,
+            types[..types.len() - more].join(", "),
+            if more > 0 {
+                format!(" and {more} more column(s)")
+            } else {
+                String::new()
+            }
+        );
+    }
+    for q in queries {
+        query(cli, a, &|sql| Ok(db.query(sql)?), q)?;
+    }
     Ok(())
 }
 
@@ -80,8 +127,8 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-fn query(cli: &Cli, a: &SqlArgs, db: &SnapshotDb, q: &str) -> Result<()> {
-    let res = db.query(q)?;
+fn query(cli: &Cli, a: &SqlArgs, run: &dyn Fn(&str) -> Result<Rows>, q: &str) -> Result<()> {
+    let res = run(q)?;
     let names = &res.columns;
     if cli.json {
         let out: Vec<serde_json::Value> = res

@@ -9,7 +9,8 @@
 //! - `meta`: the part kinds and what a table's part records;
 //! - `backup`, `data`, `lobs`, `server`: direct backups;
 //! - `load`, `restore`, `restore_db`, `restore_server`: restores;
-//! - `verify`: restore-test.
+//! - `verify`: restore-test;
+//! - `to_sqlite`: tables loaded into SQLite for `dbvault sql`.
 
 pub mod archive;
 pub mod backup;
@@ -30,6 +31,7 @@ pub mod select;
 pub mod server;
 mod setvals;
 pub mod tls;
+pub mod to_sqlite;
 pub mod tools;
 pub mod url;
 pub mod verify;

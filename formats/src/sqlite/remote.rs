@@ -299,26 +299,34 @@ impl SnapshotDb {
     /// SQLite errors (a syntax error, a write refused); damage or storage errors reading
     /// pages come back as SQLite I/O errors naming them.
     pub fn query(&self, sql: &str) -> Result<Rows> {
-        use rusqlite::types::ValueRef;
-        let err = |e| FormatError::sqlite("the query", e);
-        let mut st = self.conn.prepare(sql).map_err(err)?;
-        let columns: Vec<String> = st.column_names().into_iter().map(str::to_string).collect();
-        let n = columns.len();
-        let mut rows = st.query([]).map_err(err)?;
-        let mut out = Vec::new();
-        while let Some(r) = rows.next().map_err(err)? {
-            let mut row = Vec::with_capacity(n);
-            for i in 0..n {
-                row.push(match r.get_ref(i).map_err(err)? {
-                    ValueRef::Null => Cell::Null,
-                    ValueRef::Integer(v) => Cell::Integer(v),
-                    ValueRef::Real(v) => Cell::Real(v),
-                    ValueRef::Text(t) => Cell::Text(String::from_utf8_lossy(t).into_owned()),
-                    ValueRef::Blob(b) => Cell::Blob(b.to_vec()),
-                });
-            }
-            out.push(row);
-        }
-        Ok(Rows { columns, rows: out })
+        query(&self.conn, sql)
     }
+}
+
+/// Runs one query on `conn`, every row read into memory.
+///
+/// # Errors
+/// SQLite's error for the query, or a page that could not be read.
+pub fn query(conn: &Connection, sql: &str) -> Result<Rows> {
+    use rusqlite::types::ValueRef;
+    let err = |e| FormatError::sqlite("the query", e);
+    let mut st = conn.prepare(sql).map_err(err)?;
+    let columns: Vec<String> = st.column_names().into_iter().map(str::to_string).collect();
+    let n = columns.len();
+    let mut rows = st.query([]).map_err(err)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().map_err(err)? {
+        let mut row = Vec::with_capacity(n);
+        for i in 0..n {
+            row.push(match r.get_ref(i).map_err(err)? {
+                ValueRef::Null => Cell::Null,
+                ValueRef::Integer(v) => Cell::Integer(v),
+                ValueRef::Real(v) => Cell::Real(v),
+                ValueRef::Text(t) => Cell::Text(String::from_utf8_lossy(t).into_owned()),
+                ValueRef::Blob(b) => Cell::Blob(b.to_vec()),
+            });
+        }
+        out.push(row);
+    }
+    Ok(Rows { columns, rows: out })
 }
