@@ -297,13 +297,7 @@ impl Backup<'_> {
         meta: SnapshotMeta,
         adjust: impl FnOnce(&mut Snapshot),
     ) -> Result<BackupSummary> {
-        let out = self.join();
-        // New index files exist now (even after a failure): later reads must see them.
-        self.repo.invalidate_index();
-        let out = out?;
-        let mut parts = out.parts;
-        parts.sort_by_key(|(n, _)| *n);
-        let parts: Vec<Part> = parts.into_iter().map(|(_, p)| p).collect();
+        let (parts, out) = self.finish_parts()?;
         let parent = self.repo.predecessor(&meta.name)?;
         let mut snapshot = Snapshot {
             version: 1,
@@ -333,6 +327,21 @@ impl Backup<'_> {
             new_blobs: out.new_blobs,
             packs: out.packs,
         })
+    }
+
+    /// Waits for every pack and index file; returns the parts in order, without writing a
+    /// snapshot (a file record names them instead).
+    ///
+    /// # Errors
+    /// Pipeline (storage) errors.
+    pub(crate) fn finish_parts(&mut self) -> Result<(Vec<Part>, WorkerOut)> {
+        let out = self.join();
+        // New index files exist now (even after a failure): later reads must see them.
+        self.repo.invalidate_index();
+        let mut out = out?;
+        let mut parts = std::mem::take(&mut out.parts);
+        parts.sort_by_key(|(n, _)| *n);
+        Ok((parts.into_iter().map(|(_, p)| p).collect(), out))
     }
 
     /// Stops the pipeline without recording a snapshot. Data already written stays as

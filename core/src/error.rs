@@ -207,6 +207,15 @@ pub enum Error {
         /// `a shared` or `an exclusive`.
         kind: String,
     },
+    /// A create-only object exists with other content (a WAL segment pushed twice with
+    /// different bytes): nothing was overwritten.
+    #[error("{path}: {detail}")]
+    Conflict {
+        /// The object.
+        path: String,
+        /// What differs.
+        detail: String,
+    },
     /// Invalid argument given to an engine function.
     #[error("{0}")]
     Invalid(String),

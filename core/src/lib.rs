@@ -20,6 +20,7 @@ pub mod crypto;
 pub mod delta;
 pub mod diff;
 pub mod error;
+pub mod files;
 pub mod hash;
 pub mod history;
 pub mod id;

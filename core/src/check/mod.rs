@@ -112,6 +112,9 @@ pub struct CheckReport {
     pub warnings: Vec<Problem>,
     /// Snapshots checked.
     pub snapshots: usize,
+    /// File records checked (WAL segments).
+    #[serde(default)]
+    pub files: usize,
     /// Index files read.
     pub index_files: usize,
     /// Packs whose trailer was checked.
@@ -181,6 +184,12 @@ pub fn check(repo: &Repository, read: ReadData, progress: &dyn Fn(&str)) -> Resu
     let bad = packs::check_packs(repo, &index, read, &mut report)?;
     progress("walking the snapshots");
     walk::walk(repo, &index, &snaps, &bad, &mut report)?;
+    let (files, unreadable) = repo.file_records_as_snapshots()?;
+    report.files = files.len() + unreadable.len();
+    for e in unreadable {
+        report.problems.push(Problem::new("file", e.to_string()));
+    }
+    walk::walk_files(repo, &index, &files, &bad, &mut report);
     report.problems.sort();
     report.problems.dedup();
     report.ok = report.problems.is_empty();

@@ -87,6 +87,29 @@ fn merge(into: &mut Summary, from: &Summary) {
     }
 }
 
+/// Walks every file record (as one-part snapshots named by their path); adds a problem
+/// of kind `file` per (file, pack) damaged.
+pub(crate) fn walk_files(
+    repo: &Repository,
+    index: &Index,
+    files: &[(Id, Snapshot)],
+    bad: &Bad,
+    report: &mut CheckReport,
+) {
+    let mut w = Walker::new(repo, index, bad, false);
+    for (_, rec) in files {
+        for (_, pack, detail) in w.damaged_parts(rec) {
+            report.problems.push(Problem {
+                kind: "file".into(),
+                snapshot: None,
+                part: Some(rec.name.clone()),
+                pack: pack.map(|p| p.to_hex()),
+                detail,
+            });
+        }
+    }
+}
+
 /// Walks every part of every snapshot; adds a problem per (snapshot, part, pack) damaged.
 pub(crate) fn walk(
     repo: &Repository,

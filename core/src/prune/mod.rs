@@ -139,8 +139,22 @@ pub fn prune(
             "{e}; prune cannot tell what it needs (forget it, or repair with check)"
         )));
     }
-    progress(&format!("marking the data {} snapshots need", snaps.len()));
-    let used = mark(repo, &index, &snaps)?;
+    // Files (WAL segments) need their data as snapshots do; one that cannot be read
+    // stops prune as a damaged snapshot does.
+    let (files, unreadable) = repo.file_records_as_snapshots()?;
+    if let Some(e) = unreadable.into_iter().next() {
+        return Err(refuse(format!(
+            "{e}; prune cannot tell what it needs (run `dbvault check`)"
+        )));
+    }
+    progress(&format!(
+        "marking the data {} snapshots and {} files need",
+        snaps.len(),
+        files.len()
+    ));
+    let mut roots = snaps.clone();
+    roots.extend(files);
+    let used = mark(repo, &index, &roots)?;
     let mut report = PruneReport {
         dry_run: opts.dry_run,
         snapshots: snaps.len(),
