@@ -29,8 +29,9 @@ pub struct Cli {
     /// S3 region (else AWS_REGION).
     #[arg(long, global = true, value_name = "REGION")]
     pub s3_region: Option<String>,
-    /// Use path-style S3 addressing (most S3-compatible stores need it).
-    #[arg(long, global = true)]
+    /// Use path-style S3 addressing (most S3-compatible stores need it). Also
+    /// DBVAULT_S3_PATH_STYLE=1.
+    #[arg(long, global = true, env = "DBVAULT_S3_PATH_STYLE", value_parser = clap::builder::BoolishValueParser::new())]
     pub s3_path_style: bool,
     /// Seconds one S3 request may take before it is retried (default 120).
     #[arg(
@@ -102,12 +103,43 @@ pub enum Command {
     /// Copy snapshots into a second repository (offsite), re-encrypted under its keys,
     /// storing only what it lacks; a snapshot it already holds is never copied again.
     Copy(CopyArgs),
+    /// Store a PostgreSQL WAL file: `archive_command = 'dbvault wal-push %p'`. Exits 0 only
+    /// once it is durably stored.
+    WalPush(WalPushArgs),
+    /// Fetch a PostgreSQL WAL file: `restore_command = 'dbvault wal-fetch %f %p'`. Exits 1
+    /// when the archive does not have it.
+    WalFetch(WalFetchArgs),
     /// Manage passphrases: list, add, remove, change.
     Key {
         /// What to do.
         #[command(subcommand)]
         command: KeyCommand,
     },
+}
+
+/// `wal-push` options.
+#[derive(Args, Debug)]
+pub struct WalPushArgs {
+    /// The WAL file (`%p`).
+    #[arg(value_name = "PATH")]
+    pub path: PathBuf,
+    /// The source: the same name as the base backups' (`backup --physical --name`).
+    #[arg(long, default_value = "postgres")]
+    pub name: String,
+}
+
+/// `wal-fetch` options.
+#[derive(Args, Debug)]
+pub struct WalFetchArgs {
+    /// The WAL file's name (`%f`).
+    #[arg(value_name = "FILE")]
+    pub file: String,
+    /// Where to write it (`%p`).
+    #[arg(value_name = "PATH")]
+    pub dest: PathBuf,
+    /// The source, as for `wal-push`.
+    #[arg(long, default_value = "postgres")]
+    pub name: String,
 }
 
 /// `run` options.
@@ -270,6 +302,15 @@ pub struct BackupArgs {
     /// tablespaces, from `pg_dumpall --globals-only`) in one snapshot.
     #[arg(long)]
     pub all_databases: bool,
+    /// With a postgres:// SOURCE: a base backup of the whole cluster (pg_basebackup over
+    /// the replication protocol) for point-in-time recovery with the WAL that `wal-push`
+    /// archives under the same --name (default `postgres`).
+    #[arg(long, conflicts_with = "all_databases")]
+    pub physical: bool,
+    /// With --physical: how long to wait for the archive to hold the WAL the base backup
+    /// needs (default 5min).
+    #[arg(long, value_name = "DURATION", requires = "physical")]
+    pub wal_wait: Option<String>,
     /// With a postgres:// SOURCE: store only the rows row-level security lets the role
     /// see, as `pg_dump --enable-row-security` does (the snapshot says so). Without it, a
     /// table whose rows the role would not all see stops the backup.
@@ -422,16 +463,31 @@ pub struct RestoreArgs {
     /// Snapshot: id, unique id prefix, or `latest`.
     #[arg(value_name = "SNAPSHOT")]
     pub snapshot: String,
-    /// Where to: `-` for stdout, or `sqlite:PATH`.
+    /// Where to: `-` for stdout, `sqlite:PATH`, `postgres://…`, or `pgdata:DIR` (a
+    /// physical snapshot's data directory, ready to recover).
     #[arg(long, value_name = "TARGET")]
     pub to: String,
     /// With `latest`: the source name to pick from.
     #[arg(long)]
     pub name: Option<String>,
     /// With `latest`: the newest snapshot taken at or before this time (RFC 3339, e.g.
-    /// 2026-12-01T14:31:00+01:00, or `YYYY-MM-DD HH:MM[:SS]` in local time).
+    /// 2026-12-01T14:31:00+01:00, or `YYYY-MM-DD HH:MM[:SS]` in local time). With
+    /// `--to pgdata:DIR`, also where recovery stops.
     #[arg(long, value_name = "TIME")]
     pub target_time: Option<String>,
+    /// With `--to pgdata:DIR`: recover to this LSN (`0/16B3748`).
+    #[arg(long, value_name = "LSN")]
+    pub target_lsn: Option<String>,
+    /// With `--to pgdata:DIR`: recover to this transaction id.
+    #[arg(long, value_name = "XID")]
+    pub target_xid: Option<String>,
+    /// With `--to pgdata:DIR`: recover to this restore point (`pg_create_restore_point`).
+    #[arg(long, value_name = "NAME")]
+    pub target_name: Option<String>,
+    /// With `--to pgdata:DIR` and a target: promote, pause or shutdown when it is reached
+    /// (PostgreSQL's default: pause).
+    #[arg(long, value_name = "ACTION")]
+    pub target_action: Option<String>,
     /// From a whole-server snapshot: the database to restore (its roles come along; it is
     /// created on the target server when missing).
     #[arg(long, value_name = "NAME")]

@@ -16,7 +16,8 @@ pub struct PgCluster {
     pub port: u16,
 }
 
-fn pg_bin(tool: &str) -> PathBuf {
+/// A PostgreSQL server program of the newest installed version.
+pub fn pg_bin(tool: &str) -> PathBuf {
     let root = Path::new("/usr/lib/postgresql");
     let mut versions: Vec<u32> = std::fs::read_dir(root)
         .map(|d| {
@@ -32,7 +33,8 @@ fn pg_bin(tool: &str) -> PathBuf {
     root.join(v.to_string()).join("bin").join(tool)
 }
 
-fn as_postgres(tool: &str, args: &[&str]) -> Output {
+/// Runs a server program as the `postgres` user (when this is root).
+pub fn as_postgres(tool: &str, args: &[&str]) -> Output {
     let root = Command::new("id")
         .arg("-u")
         .output()

@@ -12,6 +12,7 @@ use std::process::{Command, Output, Stdio};
 pub mod cluster;
 pub mod garage;
 pub mod pgfixture;
+pub mod physical;
 pub mod proxy;
 
 pub use cluster::PgCluster;

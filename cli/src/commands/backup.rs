@@ -87,6 +87,8 @@ pub struct Job {
     pub enable_row_security: bool,
     /// PostgreSQL: pg_dump's `--table`, `--exclude-table`, … (whole database by default).
     pub selection: Selection,
+    /// PostgreSQL: a base backup of the cluster, waiting this long for its WAL.
+    pub physical: Option<std::time::Duration>,
 }
 
 /// The selection options as the formats crate takes them.
@@ -112,6 +114,14 @@ impl From<&BackupArgs> for Job {
             all_databases: a.all_databases,
             enable_row_security: a.enable_row_security,
             selection: selection(&a.selection),
+            physical: a.physical.then(|| {
+                a.wal_wait
+                    .as_deref()
+                    .and_then(|w| dbvault_core::retention::Span::parse(w).ok())
+                    .map_or(std::time::Duration::from_secs(300), |s| {
+                        std::time::Duration::from_secs(s.approx_seconds())
+                    })
+            }),
         }
     }
 }
@@ -145,6 +155,9 @@ pub fn run(cli: &Cli, a: &BackupArgs) -> Result<()> {
         None => None,
     };
     let time = a.time.as_ref().map(|_| snapshot_time(a)).transpose()?;
+    if let Some(w) = &a.wal_wait {
+        dbvault_core::retention::Span::parse(w).context("--wal-wait")?;
+    }
     let job = Job::from(a);
     if let Input::Postgres(url) = input(&job)? {
         output::warn_url_password(&PgSource::parse(url)?);
@@ -187,6 +200,9 @@ pub fn backup_into(
     };
     let summary = match inp {
         Input::Command(cmd) => backup_command(cli, repo, a, cmd, format, time.is_some(), meta)?,
+        Input::Postgres(url) if a.physical.is_some() => {
+            super::physical::backup(cli, repo, a, url, time.unwrap_or(now))?
+        }
         Input::Postgres(url) => {
             let pg = PgSource::parse(url)?;
             let name = a.name.clone().unwrap_or_else(|| {
@@ -284,7 +300,7 @@ pub fn backup_into(
 }
 
 /// Starts a backup with the latest snapshot of the same name as the base for deltas.
-fn start<'r>(repo: &'r Repository, name: &str) -> Result<Backup<'r>> {
+pub(super) fn start<'r>(repo: &'r Repository, name: &str) -> Result<Backup<'r>> {
     let parent = repo.newest_of(name).ok().flatten().map(|(_, s)| s);
     Ok(repo.start_backup_after(parent.as_ref())?)
 }

@@ -8,6 +8,7 @@ mod forget;
 mod init;
 mod key;
 mod ls;
+mod physical;
 mod policy;
 mod prune;
 mod restore;
@@ -17,6 +18,7 @@ mod snapshots;
 mod sql;
 mod stats;
 mod status;
+mod wal;
 
 use std::process::ExitCode;
 
@@ -47,6 +49,8 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Sql(a) => sql::run(cli, a),
         Command::Ls(a) => ls::run(cli, a),
         Command::Diff(a) => ls::diff(cli, a),
+        Command::WalPush(a) => wal::push(cli, a),
+        Command::WalFetch(a) => return wal::fetch(cli, a),
     }?;
     Ok(ExitCode::SUCCESS)
 }

@@ -82,6 +82,16 @@ fn pg_options(a: &RestoreArgs) -> postgres::RestoreOptions {
 }
 
 pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<()> {
+    if let Some(dir) = a.to.strip_prefix("pgdata:") {
+        return super::physical::restore(cli, a, Path::new(dir));
+    }
+    if a.target_lsn.is_some()
+        || a.target_xid.is_some()
+        || a.target_name.is_some()
+        || a.target_action.is_some()
+    {
+        bail!("--target-lsn, --target-xid, --target-name and --target-action recover a physical snapshot: restore it --to pgdata:DIR");
+    }
     let tgt = target(&a.to)?;
     if (a.schema_only || a.data_only) && a.to.starts_with("sqlite:") {
         bail!("--schema-only and --data-only are for PostgreSQL snapshots");

@@ -238,6 +238,7 @@ pub(super) fn job_of(s: &Source) -> Result<super::backup::Job> {
         jobs: None,
         enable_row_security: s.enable_row_security,
         selection: s.selection(),
+        physical: None,
     })
 }
 

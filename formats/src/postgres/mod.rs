@@ -10,7 +10,9 @@
 //! - `backup`, `data`, `lobs`, `server`: direct backups;
 //! - `load`, `restore`, `restore_db`, `restore_server`: restores;
 //! - `verify`: restore-test;
-//! - `to_sqlite`: tables loaded into SQLite for `dbvault sql`.
+//! - `to_sqlite`: tables loaded into SQLite for `dbvault sql`;
+//! - `wal`: WAL archiving (`wal-push`, `wal-fetch`);
+//! - `physical`: base backups and point-in-time recovery into a data directory.
 
 pub mod archive;
 pub mod backup;
@@ -22,6 +24,7 @@ pub mod lobs;
 pub mod meta;
 pub mod options;
 mod pgpass;
+pub mod physical;
 pub mod psql;
 pub mod restore;
 pub mod restore_db;
@@ -35,6 +38,7 @@ pub mod to_sqlite;
 pub mod tools;
 pub mod url;
 pub mod verify;
+pub mod wal;
 
 pub use backup::{backup, DirectOptions};
 pub use conn::PgSource;

@@ -1,0 +1,277 @@
+//! PostgreSQL WAL archiving into a repository: `archive_command = 'dbvault wal-push %p'`
+//! and `restore_command = 'dbvault wal-fetch %f %p'`, as library functions.
+//!
+//! Each WAL file (segment, timeline history, backup history, partial segment) is a file
+//! record ([`dbvault_core::files`]) in namespace `pgwal-<h>`, where `<h>` is a keyed hash of
+//! the source name (so a name never shows in the store's paths). A push returns only once
+//! the data and the record are durably stored, so PostgreSQL (which retries a failed
+//! `archive_command` forever) never loses a segment; the same file pushed again with the
+//! same bytes succeeds, with other bytes fails loudly and keeps the stored one.
+//!
+//! A source is bound to one cluster: its first segment records the cluster's system
+//! identifier (from the segment's long page header) as a marker file
+//! `system-identifier-<id>` in namespace `pgwal-<h>.cluster`; a segment of another cluster
+//! pushed under that name is refused.
+
+use std::io::Read;
+use std::path::Path;
+
+use dbvault_core::files::Stored;
+use dbvault_core::Repository;
+
+use crate::error::{FormatError, Result};
+
+/// XLogPageHeaderData flag: the page has the long header (first page of a segment).
+const XLP_LONG_HEADER: u16 = 0x0002;
+
+/// What a WAL file name says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WalFile {
+    /// `TTTTTTTTXXXXXXXXYYYYYYYY`: a segment of timeline T.
+    Segment {
+        /// Timeline.
+        timeline: u32,
+        /// Segment number across the timeline (log * segments-per-log + seg).
+        number: u64,
+    },
+    /// `TTTTTTTT.history`.
+    History(u32),
+    /// `…​.backup` (a base backup's history file) or `….partial` (the last segment of an
+    /// old timeline at promotion): kept, never needed for continuity.
+    Other,
+}
+
+fn hex_u32(s: &str) -> Option<u32> {
+    (s.len() == 8 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| u32::from_str_radix(s, 16).ok())
+        .flatten()
+}
+
+/// Parses a WAL file name (`000000010000000A000000FF`, `00000002.history`, …) for
+/// segments of `segments_per_log` (256 for 16 MiB segments).
+pub fn parse_name(name: &str, segments_per_log: u64) -> Option<WalFile> {
+    if let Some(t) = name.strip_suffix(".history") {
+        return hex_u32(t).map(WalFile::History);
+    }
+    if name.ends_with(".backup") || name.ends_with(".partial") {
+        return (name.len() > 24 && name[..24].bytes().all(|b| b.is_ascii_hexdigit()))
+            .then_some(WalFile::Other);
+    }
+    if name.len() != 24 {
+        return None;
+    }
+    let (t, l, s) = (
+        hex_u32(&name[..8])?,
+        hex_u32(&name[8..16])?,
+        hex_u32(&name[16..])?,
+    );
+    Some(WalFile::Segment {
+        timeline: t,
+        number: u64::from(l) * segments_per_log + u64::from(s),
+    })
+}
+
+/// The name of segment `number` of `timeline`.
+pub fn segment_name(timeline: u32, number: u64, segments_per_log: u64) -> String {
+    format!(
+        "{timeline:08X}{:08X}{:08X}",
+        number / segments_per_log,
+        number % segments_per_log
+    )
+}
+
+/// The system identifier and segment size a segment's first page names.
+///
+/// # Errors
+/// [`FormatError::Invalid`] when the page is not the start of a WAL segment.
+pub fn segment_header(page: &[u8]) -> Result<(u64, u32)> {
+    let u16_at = |o: usize| page.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |o: usize| {
+        page.get(o..o + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let u64_at = |o: usize| {
+        page.get(o..o + 8).map(|b| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(b);
+            u64::from_le_bytes(a)
+        })
+    };
+    let bad = || FormatError::Invalid("not a PostgreSQL WAL segment (no long page header)".into());
+    let info = u16_at(2).ok_or_else(bad)?;
+    if info & XLP_LONG_HEADER == 0 {
+        return Err(bad());
+    }
+    let sysid = u64_at(24).ok_or_else(bad)?;
+    let seg_size = u32_at(32).ok_or_else(bad)?;
+    if !seg_size.is_power_of_two() || seg_size < (1 << 20) {
+        return Err(bad());
+    }
+    Ok((sysid, seg_size))
+}
+
+/// The namespace of a source's WAL (see the module docs).
+pub fn namespace(repo: &Repository, source: &str) -> String {
+    let h = repo.keys().blob_id(format!("pgwal {source}").as_bytes());
+    format!("pgwal-{}", &h.to_hex()[..24])
+}
+
+fn cluster_namespace(repo: &Repository, source: &str) -> String {
+    format!("{}.cluster", namespace(repo, source))
+}
+
+/// The system identifier the source is bound to, if any.
+///
+/// # Errors
+/// Storage errors.
+pub fn bound_cluster(repo: &Repository, source: &str) -> Result<Option<u64>> {
+    Ok(repo
+        .file_names(&cluster_namespace(repo, source))?
+        .iter()
+        .filter_map(|n| n.strip_prefix("system-identifier-")?.parse().ok())
+        .min())
+}
+
+/// What a push did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pushed {
+    /// The file's name.
+    pub name: String,
+    /// Stored now, or already there with the same bytes.
+    pub stored: Stored,
+}
+
+/// Stores the WAL file at `path` for `source` (`archive_command`). The handle must hold
+/// a shared lock.
+///
+/// # Errors
+/// A name that is not a WAL file's; a segment of another cluster than the source's; the
+/// file already stored with other bytes ([`dbvault_core::Error::Conflict`]); reading and
+/// storage errors. On any error nothing PostgreSQL may then delete is claimed stored.
+pub fn push(repo: &Repository, source: &str, path: &Path) -> Result<Pushed> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| FormatError::Invalid(format!("{}: not a WAL file", path.display())))?
+        .to_string();
+    let kind = parse_name(&name, 256)
+        .ok_or_else(|| FormatError::Invalid(format!("{name}: not a WAL file name")))?;
+    let mut f =
+        std::fs::File::open(path).map_err(|e| FormatError::io(path.display().to_string(), e))?;
+    if let WalFile::Segment { .. } = kind {
+        let mut page = vec![0u8; 64];
+        f.read_exact(&mut page)
+            .map_err(|e| FormatError::io(path.display().to_string(), e))?;
+        let (sysid, _) =
+            segment_header(&page).map_err(|e| FormatError::Invalid(format!("{name}: {e}")))?;
+        bind(repo, source, sysid)?;
+        std::io::Seek::rewind(&mut f)
+            .map_err(|e| FormatError::io(path.display().to_string(), e))?;
+    }
+    let stored = repo.put_file(&namespace(repo, source), &name, f)?;
+    Ok(Pushed { name, stored })
+}
+
+/// Binds `source` to cluster `sysid` on its first segment; refuses another cluster's.
+fn bind(repo: &Repository, source: &str, sysid: u64) -> Result<()> {
+    match bound_cluster(repo, source)? {
+        Some(b) if b == sysid => Ok(()),
+        Some(b) => Err(FormatError::Invalid(format!(
+            "this segment is of the cluster with system identifier {sysid}, but source {source:?} archives the cluster {b}: refused (give this cluster another --name)"
+        ))),
+        None => {
+            let marker = format!("system-identifier-{sysid}");
+            repo.put_file(&cluster_namespace(repo, source), &marker, std::io::empty())?;
+            match bound_cluster(repo, source)? {
+                // Two clusters raced for a new name: the smaller identifier keeps it.
+                Some(b) if b != sysid => bind(repo, source, sysid),
+                _ => Ok(()),
+            }
+        }
+    }
+}
+
+/// Writes WAL file `name` of `source` to `dest` (`restore_command`), through a temporary
+/// file beside it renamed into place, so PostgreSQL never reads a partial file. Returns
+/// false when the archive does not have it (PostgreSQL asks for files that may not exist).
+///
+/// # Errors
+/// Damage and storage errors; writing `dest`.
+pub fn fetch(repo: &Repository, source: &str, name: &str, dest: &Path) -> Result<bool> {
+    let rec = match repo.file(&namespace(repo, source), name) {
+        Ok(r) => r,
+        Err(dbvault_core::Error::NotFound { .. }) => return Ok(false),
+        Err(dbvault_core::Error::Invalid(_)) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    let dir = dest
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".dbvault-wal-")
+        .tempfile_in(dir)
+        .map_err(|e| FormatError::io(dir.display().to_string(), e))?;
+    dbvault_core::restore::restore_part(repo, &rec.part, tmp.as_file_mut())?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| FormatError::io(dest.display().to_string(), e))?;
+    tmp.persist(dest)
+        .map_err(|e| FormatError::io(dest.display().to_string(), e.error))?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wal_names_parse_and_print() {
+        assert_eq!(
+            parse_name("000000010000000A000000FF", 256),
+            Some(WalFile::Segment {
+                timeline: 1,
+                number: 10 * 256 + 255
+            })
+        );
+        assert_eq!(
+            segment_name(1, 10 * 256 + 255, 256),
+            "000000010000000A000000FF"
+        );
+        assert_eq!(
+            parse_name("00000002.history", 256),
+            Some(WalFile::History(2))
+        );
+        assert_eq!(
+            parse_name("000000010000000000000002.00000028.backup", 256),
+            Some(WalFile::Other)
+        );
+        assert_eq!(
+            parse_name("000000010000000000000002.partial", 256),
+            Some(WalFile::Other)
+        );
+        for bad in [
+            "",
+            "x.history",
+            "00000001000000000000000",
+            "../../etc/passwd",
+        ] {
+            assert_eq!(parse_name(bad, 256), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_long_page_header_names_the_cluster() {
+        let mut page = vec![0u8; 64];
+        page[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+        page[2..4].copy_from_slice(&XLP_LONG_HEADER.to_le_bytes());
+        page[24..32].copy_from_slice(&7_300_000_000_000_000_001u64.to_le_bytes());
+        page[32..36].copy_from_slice(&(16u32 << 20).to_le_bytes());
+        assert_eq!(
+            segment_header(&page).expect("header"),
+            (7_300_000_000_000_000_001, 16 << 20)
+        );
+        page[2] = 0;
+        assert!(segment_header(&page).is_err());
+    }
+}
