@@ -191,6 +191,10 @@ pub struct ForgetArgs {
     /// Then prune (reclaim the space).
     #[arg(long)]
     pub prune: bool,
+    /// Physical sources: also keep WAL archived within this span (e.g. `14d`), beyond what
+    /// the kept base backups need.
+    #[arg(long, value_name = "DURATION")]
+    pub keep_wal_within: Option<String>,
 }
 
 /// `prune` options.

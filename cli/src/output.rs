@@ -42,6 +42,8 @@ pub fn part_json(p: &dbvault_core::Part) -> serde_json::Value {
         "chunks": p.chunks,
         "tables": (p.kind == dbvault_formats::sqlite::snapshot::PART_KIND)
             .then(|| dbvault_formats::sqlite::snapshot::DatabasePart::of(p).tables),
+        "base_backup": (p.kind == dbvault_formats::postgres::physical::PART_KIND)
+            .then(|| dbvault_formats::postgres::physical::BaseBackup::of(p)),
     })
 }
 

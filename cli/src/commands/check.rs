@@ -19,11 +19,15 @@ pub fn run(cli: &Cli, a: &CheckArgs) -> Result<ExitCode> {
     };
     let repo = repo_access::open_locked(cli, LockKind::Shared, "check")?;
     let quiet = cli.json;
-    let r = check(&repo, read, &move |m| {
+    let mut r = check(&repo, read, &move |m| {
         if !quiet {
             eprintln!("dbvault: check: {m}");
         }
     })?;
+    // The WAL archives: what each base backup needs, and no gap after the oldest.
+    let (snaps, _) = repo.readable_snapshots()?;
+    r.problems.extend(super::physical::problems(&repo, &snaps));
+    r.ok = r.problems.is_empty();
     let body = serde_json::to_value(&r)?;
     let stored = repo.save_report(&Report::now("check", r.ok, None, r.seconds, body.clone()));
     if let Err(e) = &stored {
@@ -62,8 +66,13 @@ pub fn describe(p: &Problem) -> String {
 
 fn print(r: &CheckReport) {
     crate::outln!(
-        "checked {} snapshots, {} index files, {} packs{} in {:.1} s",
+        "checked {} snapshots, {}{} index files, {} packs{} in {:.1} s",
         r.snapshots,
+        if r.files > 0 {
+            format!("{} WAL files, ", r.files)
+        } else {
+            String::new()
+        },
         r.index_files,
         r.packs,
         if r.packs_read > 0 {

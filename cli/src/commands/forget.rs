@@ -56,6 +56,19 @@ pub fn run(cli: &Cli, a: &ForgetArgs) -> Result<()> {
     if !a.dry_run {
         repo.forget_snapshots(&doomed)?;
     }
+    // WAL that no kept base backup needs goes with the base backups (before prune, so its
+    // data is reclaimed with theirs).
+    let keep_wal = a
+        .keep_wal_within
+        .as_deref()
+        .map(dbvault_core::retention::Span::parse)
+        .transpose()?;
+    let kept: Vec<_> = snaps
+        .iter()
+        .filter(|(id, _)| !doomed.contains(id))
+        .cloned()
+        .collect();
+    let wal = super::physical::forget_wal(&repo, &kept, keep_wal, a.dry_run)?;
     let pruned = if prune_after {
         Some(prune::run_on(cli, &repo, false, 50)?)
     } else {
@@ -89,6 +102,7 @@ pub fn run(cli: &Cli, a: &ForgetArgs) -> Result<()> {
             "policy": rules.describe(),
             "keep": keep,
             "forget": forget,
+            "wal": wal.iter().map(|(s, n)| serde_json::json!({"source": s, "files": n})).collect::<Vec<_>>(),
             "prune": pruned,
         }));
         return Ok(());
@@ -115,6 +129,12 @@ pub fn run(cli: &Cli, a: &ForgetArgs) -> Result<()> {
                 v.reasons.join(", ")
             );
         }
+    }
+    for (source, files) in &wal {
+        crate::outln!(
+            "{source}: WAL: {} {files} file(s) no kept base backup needs",
+            if a.dry_run { "would forget" } else { "forgot" }
+        );
     }
     if let Some(r) = &pruned {
         prune::print(r);

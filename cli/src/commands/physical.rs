@@ -137,6 +137,7 @@ pub fn restore(cli: &Cli, a: &RestoreArgs, dir: &Path) -> Result<()> {
     }
     let part = snap.part(physical::PART).context("no base.tar")?;
     let info = physical::BaseBackup::of(part);
+    reachable(&repo, &info, a)?;
     let target = restore::RecoveryTarget {
         time: a.target_time.as_deref().map(recovery_time).transpose()?,
         lsn: a.target_lsn.clone(),
@@ -168,9 +169,218 @@ pub fn restore(cli: &Cli, a: &RestoreArgs, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a recovery the archive cannot complete: WAL missing for the base backup to
+/// become consistent, or a gap before the target (PostgreSQL would stop there and carry on
+/// as if it were the end).
+fn reachable(repo: &Repository, b: &physical::BaseBackup, a: &RestoreArgs) -> Result<()> {
+    let arch = physical::archive::Archive::load(repo, &b.wal_source, b.segment_size)?;
+    let w = arch.window(b)?;
+    if let Some(m) = w.missing_for_consistency.first() {
+        bail!(
+            "the base backup needs WAL segment {m} to become consistent, and the archive of {:?} does not have it: restore an older base backup (`dbvault snapshots`)",
+            b.wal_source
+        );
+    }
+    let Some(gap) = &w.gap else { return Ok(()) };
+    let ns = dbvault_formats::postgres::wal::namespace(repo, &b.wal_source);
+    let last_time = repo.file(&ns, &w.last).map(|r| r.time).ok();
+    let before_gap = match (&a.target_time, &a.target_lsn) {
+        (Some(t), _) => last_time.is_some_and(|lt| output::parse_time(t).is_ok_and(|t| t <= lt)),
+        (_, Some(l)) => {
+            let per_log = 0x1_0000_0000 / b.segment_size.max(1);
+            let gap_start = match dbvault_formats::postgres::wal::parse_name(gap, per_log) {
+                Some(dbvault_formats::postgres::wal::WalFile::Segment { number, .. }) => {
+                    number * b.segment_size
+                }
+                _ => 0,
+            };
+            physical::parse_lsn(l).is_ok_and(|l| l < gap_start)
+        }
+        _ => false,
+    };
+    if !before_gap {
+        bail!(
+            "WAL segment {gap} is missing from the archive of {:?}: recovery would stop at {} (archived {}) and the server would carry on from there; give a --target-time or --target-lsn before it to recover up to the gap",
+            b.wal_source,
+            w.last,
+            last_time.map_or_else(|| "?".into(), |t| output::time(&t))
+        );
+    }
+    Ok(())
+}
+
 /// A time PostgreSQL reads unambiguously: with its zone, as RFC 3339 gives it.
 fn recovery_time(t: &str) -> Result<String> {
     Ok(output::parse_time(t)?
         .format("%Y-%m-%d %H:%M:%S%.6f%:z")
         .to_string())
+}
+
+/// What each physical source's archive lets recovery reach, one line each (for
+/// `snapshots`): from its oldest base backup to the last segment archived without a gap.
+pub fn windows(
+    repo: &Repository,
+    snaps: &[(dbvault_core::Id, dbvault_core::Snapshot)],
+) -> Vec<String> {
+    let mut by_name: std::collections::BTreeMap<&str, Vec<&dbvault_core::Snapshot>> =
+        Default::default();
+    for (_, s) in snaps
+        .iter()
+        .filter(|(_, s)| s.source.format == physical::FORMAT)
+    {
+        by_name.entry(&s.name).or_default().push(s);
+    }
+    let mut out = Vec::new();
+    for (name, list) in by_name {
+        let Some(oldest) = list.iter().min_by_key(|s| s.time) else {
+            continue;
+        };
+        let Some(b) = oldest.part(physical::PART).map(physical::BaseBackup::of) else {
+            continue;
+        };
+        let line = (|| -> Result<String> {
+            let a = physical::archive::Archive::load(repo, &b.wal_source, b.segment_size)?;
+            let w = a.window(&b)?;
+            let ns = dbvault_formats::postgres::wal::namespace(repo, &b.wal_source);
+            let until = repo
+                .file(&ns, &w.last)
+                .map(|r| output::time(&r.time))
+                .unwrap_or_else(|_| "?".into());
+            let mut l = format!(
+                "{name}: point-in-time recovery from {} to about {until} (WAL to {}, timeline {})",
+                output::time(&oldest.time),
+                w.last,
+                w.timeline
+            );
+            if let Some(g) = &w.gap {
+                l.push_str(&format!(
+                    "; ends at a gap: segment {g} is missing (run `dbvault check`)"
+                ));
+            }
+            if !w.missing_for_consistency.is_empty() {
+                l.push_str(&format!(
+                    "; the oldest base backup lacks {} to become consistent",
+                    w.missing_for_consistency.join(", ")
+                ));
+            }
+            Ok(l)
+        })();
+        out.push(line.unwrap_or_else(|e| format!("{name}: WAL archive unreadable: {e:#}")));
+    }
+    out
+}
+
+/// Damage of the WAL archives (for `check`): a base backup whose WAL to become consistent
+/// is not all there; a gap in the archive after the oldest base backup of a source.
+pub fn problems(
+    repo: &Repository,
+    snaps: &[(dbvault_core::Id, dbvault_core::Snapshot)],
+) -> Vec<dbvault_core::check::Problem> {
+    use dbvault_core::check::Problem;
+    let mut out = Vec::new();
+    let mut by_source: std::collections::BTreeMap<
+        String,
+        Vec<(
+            dbvault_core::Id,
+            physical::BaseBackup,
+            chrono::DateTime<chrono::FixedOffset>,
+        )>,
+    > = Default::default();
+    for (id, s) in snaps
+        .iter()
+        .filter(|(_, s)| s.source.format == physical::FORMAT)
+    {
+        if let Some(b) = s.part(physical::PART).map(physical::BaseBackup::of) {
+            by_source
+                .entry(b.wal_source.clone())
+                .or_default()
+                .push((*id, b, s.time));
+        }
+    }
+    for (source, list) in by_source {
+        let seg = list.first().map_or(16 << 20, |(_, b, _)| b.segment_size);
+        let a = match physical::archive::Archive::load(repo, &source, seg) {
+            Ok(a) => a,
+            Err(e) => {
+                out.push(Problem::new(
+                    "wal",
+                    format!("the WAL archive of {source:?} cannot be read: {e}"),
+                ));
+                continue;
+            }
+        };
+        let oldest = list.iter().min_by_key(|(_, _, t)| *t).map(|(id, _, _)| *id);
+        for (id, b, _) in &list {
+            match a.window(b) {
+                Ok(w) => {
+                    if !w.missing_for_consistency.is_empty() {
+                        let mut p = Problem::new(
+                            "wal",
+                            format!(
+                                "the base backup needs WAL segment(s) {} to become consistent, which the archive of {source:?} lacks",
+                                w.missing_for_consistency.join(", ")
+                            ),
+                        );
+                        p.snapshot = Some(id.to_hex());
+                        out.push(p);
+                    }
+                    if let (Some(g), true) = (&w.gap, Some(*id) == oldest) {
+                        out.push(Problem::new(
+                            "wal",
+                            format!(
+                                "WAL segment {g} is missing from the archive of {source:?}: recovery cannot go past it though later segments exist"
+                            ),
+                        ));
+                    }
+                }
+                Err(e) => out.push(Problem::new("wal", e.to_string())),
+            }
+        }
+    }
+    out
+}
+
+/// Removes (unless `dry_run`) each physical source's WAL files that no base backup in
+/// `kept` needs, keeping those archived within `keep_within`; returns (source, files).
+///
+/// # Errors
+/// Reading the archive, or removing (an append-only host cannot).
+pub fn forget_wal(
+    repo: &Repository,
+    kept: &[(dbvault_core::Id, dbvault_core::Snapshot)],
+    keep_within: Option<dbvault_core::retention::Span>,
+    dry_run: bool,
+) -> Result<Vec<(String, usize)>> {
+    let mut by_source: std::collections::BTreeMap<String, Vec<physical::BaseBackup>> =
+        Default::default();
+    for (_, s) in kept
+        .iter()
+        .filter(|(_, s)| s.source.format == physical::FORMAT)
+    {
+        if let Some(b) = s.part(physical::PART).map(physical::BaseBackup::of) {
+            by_source.entry(b.wal_source.clone()).or_default().push(b);
+        }
+    }
+    let now = chrono::Local::now().fixed_offset();
+    let mut out = Vec::new();
+    for (source, bases) in by_source {
+        let a = physical::archive::Archive::load(repo, &source, bases[0].segment_size)?;
+        let ns = dbvault_formats::postgres::wal::namespace(repo, &source);
+        let mut gone = a.unneeded(&bases);
+        if let Some(span) = keep_within {
+            let since = span.before(now);
+            let mut older = Vec::new();
+            for n in gone {
+                if repo.file(&ns, &n).map(|r| r.time < since).unwrap_or(true) {
+                    older.push(n);
+                }
+            }
+            gone = older;
+        }
+        if !dry_run && !gone.is_empty() {
+            repo.remove_files(&ns, &gone)?;
+        }
+        out.push((source, gone.len()));
+    }
+    Ok(out)
 }

@@ -130,5 +130,8 @@ fn list(
             crate::outln!("  {name}: {n} snapshot(s) from {from} to {to}");
         }
     }
+    for l in super::physical::windows(repo, &snaps) {
+        crate::outln!("  {l}");
+    }
     Ok(())
 }

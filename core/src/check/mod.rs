@@ -90,7 +90,9 @@ pub struct Problem {
 }
 
 impl Problem {
-    fn new(kind: &str, detail: impl Into<String>) -> Problem {
+    /// A problem of `kind` (`index`, `snapshot`, `pack`, `data`, `part`, `file`, `wal`)
+    /// that names no snapshot, part or pack yet.
+    pub fn new(kind: &str, detail: impl Into<String>) -> Problem {
         Problem {
             kind: kind.into(),
             snapshot: None,

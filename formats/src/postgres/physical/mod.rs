@@ -3,6 +3,7 @@
 //! data directory with the recovery settings that replay the archive to a target
 //! ([`restore`]).
 
+pub mod archive;
 pub mod backup;
 pub mod restore;
 pub mod tar;
