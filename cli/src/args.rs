@@ -140,6 +140,13 @@ pub struct WalFetchArgs {
     /// The source, as for `wal-push`.
     #[arg(long, default_value = "postgres")]
     pub name: String,
+    /// Segments to fetch ahead, in a background process, into the cache directory's
+    /// `wal-prefetch/` (0: none). Recovery then finds each next segment there.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub prefetch: u64,
+    /// Internal: be the background process that fetches ahead (FILE is the first).
+    #[arg(long, hide = true)]
+    pub prefetch_only: bool,
 }
 
 /// `run` options.

@@ -155,7 +155,7 @@ pub fn open_with(cli: &Cli, backend: Arc<dyn Backend>, pass: &str) -> Result<Rep
 
 /// Where caches of remote repositories live: `$DBVAULT_CACHE_DIR`, else
 /// `$XDG_CACHE_HOME/dbvault`, else `~/.cache/dbvault` (none without a home).
-fn cache_dir() -> Option<std::path::PathBuf> {
+pub fn cache_dir() -> Option<std::path::PathBuf> {
     let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
     if let Some(d) = var("DBVAULT_CACHE_DIR") {
         return Some(d.into());

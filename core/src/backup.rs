@@ -86,6 +86,15 @@ impl Repository {
     /// # Errors
     /// [`Error::NotLocked`]; a damaged or unreadable index.
     pub fn start_backup_after(&self, parent: Option<&Snapshot>) -> Result<Backup<'_>> {
+        self.start_backup_at(parent, self.config().compression)
+    }
+
+    /// [`Repository::start_backup_after`] with zstd `level` instead of the repository's
+    /// (WAL compresses much better at 6 than at 1, and is written once).
+    ///
+    /// # Errors
+    /// As [`Repository::start_backup_after`].
+    pub fn start_backup_at(&self, parent: Option<&Snapshot>, level: i32) -> Result<Backup<'_>> {
         // Fail now, not after reading the whole source.
         self.ensure_lock(crate::lock::LockKind::Shared, "a backup")?;
         let index = self.index()?;
@@ -96,7 +105,7 @@ impl Repository {
             keys: self.keys().clone(),
             backend: self.backend().clone(),
             index,
-            level: self.config().compression,
+            level,
             pack_target: self.config().pack_target as usize,
             parent: parent
                 .map(|p| {

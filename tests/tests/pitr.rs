@@ -1,4 +1,4 @@
-//! Point-in-time recovery against a real cluster (`initdb`): WAL archived by
+//! Point-in-time recovery against a real cluster (`initdb`, pgbench): WAL archived by
 //! `archive_command = 'dbvault wal-push %p'`, a base backup with `backup --physical`, then
 //! writes, a recorded time T, a `DROP TABLE` and more writes. Restored to T, the server
 //! has the table with exactly the rows committed before T; restored to the end, the table
@@ -58,6 +58,22 @@ fn round_trip(archive: &Archive, extra_env: &[(String, String)]) {
         "postgres",
         "CREATE TABLE warm (id int); INSERT INTO warm SELECT generate_series(1, 50000)",
     );
+    let pgbench = |args: &[&str]| {
+        let out = std::process::Command::new("pgbench")
+            .arg("-h")
+            .arg(&pg.dir)
+            .args(["-p", &pg.port.to_string(), "-U", "postgres"])
+            .args(args)
+            .arg("postgres")
+            .output()
+            .expect("pgbench (apt-get install postgresql-client)");
+        assert!(
+            out.status.success(),
+            "pgbench: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    pgbench(&["-i", "-s", "2", "-q"]);
 
     let url = pg.url("postgres");
     let b = ok(
@@ -67,6 +83,8 @@ fn round_trip(archive: &Archive, extra_env: &[(String, String)]) {
     .json();
     assert!(b["bytes_in"].as_u64().expect("bytes") > 10 << 20, "{b}");
 
+    pgbench(&["-c", "2", "-T", "3"]);
+    let accounts = pg.sql("postgres", "SELECT sum(abalance) FROM pgbench_accounts");
     pg.sql(
         "postgres",
         "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT i, 'before ' || i FROM generate_series(1, 1000) i",
@@ -115,6 +133,11 @@ fn round_trip(archive: &Archive, extra_env: &[(String, String)]) {
         s.log()
     );
     assert!(s.try_sql("postgres", "SELECT * FROM later").is_err());
+    // pgbench's writes between the base backup and T are there too.
+    assert_eq!(
+        s.try_sql("postgres", "SELECT sum(abalance) FROM pgbench_accounts"),
+        Ok(accounts.trim().to_string())
+    );
     drop(s);
 
     // To the end: the table is gone, the later writes are there.

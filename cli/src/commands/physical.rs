@@ -18,6 +18,10 @@ use crate::{output, repo_access};
 
 /// The default source name of physical backups and their WAL.
 const DEFAULT_NAME: &str = "postgres";
+/// zstd level of base backups: measured on a pgbench cluster (185 MB), a full base backup
+/// stored 21.0 MB at level 1, 19.4 at 3, 17.9 at 6, in about the same time (pg_basebackup
+/// sets the pace), and the next one after 30 s of pgbench 7.7, 7.8 and 6.5 MB.
+const BASE_LEVEL: i32 = 6;
 
 /// Takes a base backup of the cluster at `url`.
 pub fn backup(
@@ -32,7 +36,8 @@ pub fn backup(
     }
     let pg = PgSource::parse(url)?;
     let name = a.name.clone().unwrap_or_else(|| DEFAULT_NAME.into());
-    let b = super::backup::start(repo, &name)?;
+    let parent = repo.newest_of(&name).ok().flatten().map(|(_, s)| s);
+    let b = repo.start_backup_at(parent.as_ref(), BASE_LEVEL)?;
     let progress = Progress::start(
         &format!("base backup of {}", pg.describe()),
         b.progress(),

@@ -1,7 +1,13 @@
 //! `dbvault wal-push %p` and `dbvault wal-fetch %f %p`: PostgreSQL's archive and restore
 //! commands. Quiet on success (PostgreSQL logs what they print); one line on failure.
+//!
+//! `wal-fetch` fetches ahead: after handing PostgreSQL a segment it starts a background
+//! `dbvault` (one at a time, one repository open for many segments) that puts the next
+//! `--prefetch` segments in the cache directory's `wal-prefetch/<source>/`, where the next
+//! `wal-fetch` takes them from without opening the repository at all.
 
-use std::process::ExitCode;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
 
 use anyhow::Result;
 use dbvault_core::files::Stored;
@@ -30,7 +36,26 @@ pub fn push(cli: &Cli, a: &WalPushArgs) -> Result<()> {
     Ok(())
 }
 
+/// Where segments fetched ahead for `source` wait (none without a cache directory).
+fn spool(source: &str) -> Option<PathBuf> {
+    let safe: String = source
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    repo_access::cache_dir().map(|d| d.join("wal-prefetch").join(safe))
+}
+
 pub fn fetch(cli: &Cli, a: &WalFetchArgs) -> Result<ExitCode> {
+    let spool = spool(&a.name).filter(|_| a.prefetch > 0);
+    if a.prefetch_only {
+        return prefetch_worker(cli, a, spool.as_deref());
+    }
+    if let Some(s) = &spool {
+        if wal::take_prefetched(s, &a.file, &a.dest)? {
+            start_prefetch(a, s);
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
     let repo = repo_access::open_locked(cli, LockKind::Shared, "wal-fetch")?;
     let found = wal::fetch(&repo, &a.name, &a.file, &a.dest)?;
     repo.unlock();
@@ -38,5 +63,71 @@ pub fn fetch(cli: &Cli, a: &WalFetchArgs) -> Result<ExitCode> {
         eprintln!("dbvault: {} is not in the archive of {}", a.file, a.name);
         return Ok(ExitCode::from(1));
     }
+    if let Some(s) = &spool {
+        start_prefetch(a, s);
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the background fetcher for the segments after `a.file`, unless one runs.
+fn start_prefetch(a: &WalFetchArgs, spool: &Path) {
+    if wal::following(&a.file, 1, 256).is_empty() || std::fs::create_dir_all(spool).is_err() {
+        return;
+    }
+    #[cfg(unix)]
+    {
+        // WAL in the clear: for this user's eyes only, as the data directory is.
+        use std::os::unix::fs::PermissionsExt;
+        if std::fs::set_permissions(spool, std::fs::Permissions::from_mode(0o700)).is_err() {
+            return;
+        }
+    }
+    let lock = spool.join(".running");
+    // A fetcher that died leaves its mark; after a minute it no longer counts.
+    let stale = std::fs::metadata(&lock)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t.elapsed().is_ok_and(|e| e.as_secs() > 60));
+    if stale {
+        let _ = std::fs::remove_file(&lock);
+    }
+    if std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&lock)
+        .is_err()
+    {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        let _ = std::fs::remove_file(&lock);
+        return;
+    };
+    // Same repository, passphrase file and store options: they are in our arguments and
+    // environment, which the child inherits.
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    args.push("--prefetch-only".into());
+    let spawned = std::process::Command::new(exe)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    if spawned.is_err() {
+        let _ = std::fs::remove_file(&lock);
+    }
+}
+
+fn prefetch_worker(cli: &Cli, a: &WalFetchArgs, spool: Option<&Path>) -> Result<ExitCode> {
+    let Some(spool) = spool else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let r = (|| -> Result<()> {
+        let repo = repo_access::open_locked(cli, LockKind::Shared, "wal-fetch (ahead)")?;
+        let next = wal::following(&a.file, a.prefetch, 256);
+        wal::prefetch(&repo, &a.name, &next, spool)?;
+        repo.unlock();
+        Ok(())
+    })();
+    let _ = std::fs::remove_file(spool.join(".running"));
+    r.map(|()| ExitCode::SUCCESS)
 }

@@ -221,6 +221,78 @@ pub fn fetch(repo: &Repository, source: &str, name: &str, dest: &Path) -> Result
     Ok(true)
 }
 
+/// The segment names after `name` on its timeline, `count` of them (none for a file that
+/// is not a segment).
+pub fn following(name: &str, count: u64, segments_per_log: u64) -> Vec<String> {
+    match parse_name(name, segments_per_log) {
+        Some(WalFile::Segment { timeline, number }) => (1..=count)
+            .map(|k| segment_name(timeline, number + k, segments_per_log))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Fetches `names` of `source` into `spool` (each through a temporary file renamed into
+/// place, so a file there is always whole), in order, stopping at the first the archive
+/// does not have; files already there are skipped. Returns how many were fetched.
+///
+/// # Errors
+/// Damage and storage errors; writing the spool.
+pub fn prefetch(repo: &Repository, source: &str, names: &[String], spool: &Path) -> Result<usize> {
+    std::fs::create_dir_all(spool).map_err(|e| FormatError::io(spool.display().to_string(), e))?;
+    let mut n = 0;
+    for name in names {
+        let dest = spool.join(name);
+        if dest.exists() {
+            continue;
+        }
+        if !fetch(repo, source, name, &dest)? {
+            break;
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Moves a prefetched `name` from `spool` to `dest` when it is there (a copy through a
+/// temporary file beside `dest` when they are on different file systems). Spooled files
+/// before `name` are dropped: recovery has gone past them.
+///
+/// # Errors
+/// Writing `dest`.
+pub fn take_prefetched(spool: &Path, name: &str, dest: &Path) -> Result<bool> {
+    let src = spool.join(name);
+    if let Ok(rd) = std::fs::read_dir(spool) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.len() == 24 && n.as_str() < name {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    if !src.exists() {
+        return Ok(false);
+    }
+    let io = |e| FormatError::io(dest.display().to_string(), e);
+    if std::fs::rename(&src, dest).is_ok() {
+        return Ok(true);
+    }
+    let dir = dest
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".dbvault-wal-")
+        .tempfile_in(dir)
+        .map_err(io)?;
+    let mut f = std::fs::File::open(&src).map_err(io)?;
+    std::io::copy(&mut f, tmp.as_file_mut()).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(dest).map_err(|e| io(e.error))?;
+    let _ = std::fs::remove_file(&src);
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,8 +1,14 @@
-//! Cutting pg_basebackup's tar stream into chunks that dedup page by page: each 512-byte
-//! header is a chunk, a member's data is cut every 8 KiB from its start (PostgreSQL's
-//! page size, so an unchanged page of a relation file is the same chunk in every base
-//! backup), the last piece carries the member's padding, and what follows the end
-//! marker is the last chunk. The chunks concatenated are the stream, byte for byte.
+//! Cutting pg_basebackup's tar stream into chunks that change only where the cluster did:
+//!
+//! - each 512-byte header is two chunks: its first 100 bytes (the member's name, the same
+//!   in every base backup, so the next backup finds its place in the previous one file by
+//!   file, whatever was added or removed before it) and the rest (size, mtime, checksum);
+//! - a member's data is cut every [`SPAN`] bytes from its start (a whole number of
+//!   PostgreSQL's 8 KiB pages): an unchanged span is the same chunk in every base backup,
+//!   and a changed one is stored as a delta against the same span of the previous backup,
+//!   costing about the changed pages' bytes;
+//! - the last piece carries the member's padding, and what follows the end marker is the
+//!   last chunk. The chunks concatenated are the stream, byte for byte.
 //! Small members the backup needs to describe itself (`backup_label`, `backup_manifest`,
 //! `global/pg_control`, `PG_VERSION`) are kept as they pass.
 
@@ -11,6 +17,11 @@ use std::io::{self, Read};
 
 /// PostgreSQL's block size: the unit of change of relation files.
 pub const PAGE: usize = 8192;
+/// Data is cut in spans of this many bytes (8 pages: each compressed with its neighbours,
+/// which compresses pages of one table about twice as well as page by page).
+pub const SPAN: usize = 8 * PAGE;
+/// The name field of a tar header.
+const NAME: usize = 100;
 const BLOCK: usize = 512;
 /// Members kept whole when they pass (none is larger than this).
 const KEPT: [&str; 4] = [
@@ -26,6 +37,8 @@ pub struct TarChunks<R> {
     r: R,
     /// Data bytes (with padding) of the current member still to hand out.
     left: u64,
+    /// The rest of the current header, handed out after its name.
+    header_rest: Option<Vec<u8>>,
     /// Member being kept, and its data so far.
     keeping: Option<(String, u64, Vec<u8>)>,
     /// Kept members, by name.
@@ -69,6 +82,7 @@ impl<R: Read> TarChunks<R> {
         TarChunks {
             r,
             left: 0,
+            header_rest: None,
             keeping: None,
             kept: BTreeMap::new(),
             ended: false,
@@ -101,8 +115,11 @@ impl<R: Read> TarChunks<R> {
         if self.done {
             return Ok(None);
         }
+        if let Some(rest) = self.header_rest.take() {
+            return Ok(Some(rest));
+        }
         if self.left > 0 {
-            let n = self.left.min(PAGE as u64) as usize;
+            let n = self.left.min(SPAN as u64) as usize;
             // The piece that ends the data takes the padding along.
             let n = if self.left - (n as u64) < BLOCK as u64 {
                 self.left as usize
@@ -180,6 +197,8 @@ impl<R: Read> TarChunks<R> {
                 self.keeping = None;
             }
         }
+        let mut h = h;
+        self.header_rest = Some(h.split_off(NAME));
         Ok(Some(h))
     }
 }
@@ -210,7 +229,7 @@ mod tests {
 
     #[test]
     fn pages_are_chunks_and_the_stream_is_kept_byte_for_byte() {
-        let rel: Vec<u8> = (0..3 * PAGE + 100).map(|i| (i % 251) as u8).collect();
+        let rel: Vec<u8> = (0..3 * SPAN + 100).map(|i| (i % 251) as u8).collect();
         let mut tar = member("backup_label", b"START WAL LOCATION: 0/2000028\n");
         tar.extend(member("base/5/1259", &rel));
         tar.extend(vec![0u8; 1024 + 8192]);
@@ -220,9 +239,10 @@ mod tests {
             chunks.push(c);
         }
         assert_eq!(chunks.concat(), tar);
-        // header, label data; header, three pages, the tail with its padding; end.
+        // header (name, rest), label data; header, three spans, the tail with its padding.
         let sizes: Vec<usize> = chunks.iter().map(Vec::len).collect();
-        assert_eq!(sizes[..7], [512, 512, 512, PAGE, PAGE, PAGE, 512]);
+        assert_eq!(sizes[..9], [100, 412, 512, 100, 412, SPAN, SPAN, SPAN, 512]);
+        assert!(chunks[3].starts_with(b"base/5/1259\0"));
         assert_eq!(t.kept["backup_label"], b"START WAL LOCATION: 0/2000028\n");
         assert!(t.ended);
         // Truncated: an error, never a short archive.
