@@ -322,6 +322,11 @@ pub struct BackupArgs {
     /// needs (default 5min).
     #[arg(long, value_name = "DURATION", requires = "physical")]
     pub wal_wait: Option<String>,
+    /// With --physical, on the database host: read this data directory itself (two files
+    /// at a time) between pg_backup_start and pg_backup_stop, instead of receiving
+    /// pg_basebackup's stream.
+    #[arg(long, value_name = "DIR", requires = "physical")]
+    pub pgdata: Option<PathBuf>,
     /// With a postgres:// SOURCE: store only the rows row-level security lets the role
     /// see, as `pg_dump --enable-row-security` does (the snapshot says so). Without it, a
     /// table whose rows the role would not all see stops the backup.

@@ -2,7 +2,8 @@
 //! `archive_command = 'dbvault wal-push %p'`, a base backup with `backup --physical`, then
 //! writes, a recorded time T, a `DROP TABLE` and more writes. Restored to T, the server
 //! has the table with exactly the rows committed before T; restored to the end, the table
-//! is gone and the later writes are there. Locally and on S3 (Garage). The same segment
+//! is gone and the later writes are there. Locally (the base backup reading the data
+//! directory itself) and on S3 (Garage; through the replication protocol). The same segment
 //! pushed again with other bytes, and a segment of another cluster, are refused.
 
 use std::time::{Duration, Instant};
@@ -46,7 +47,9 @@ fn archive_now(pg: &PgCluster) {
     }
 }
 
-fn round_trip(archive: &Archive, extra_env: &[(String, String)]) {
+/// `pgdata`: the base backup reads the data directory itself (else the replication
+/// protocol).
+fn round_trip(archive: &Archive, extra_env: &[(String, String)], pgdata: bool) {
     let dbv = |args: &[&str]| run_cmd(archive.dbvault(args), None);
     ok(dbv(&["init"]), "init");
     let settings = format!(
@@ -76,11 +79,12 @@ fn round_trip(archive: &Archive, extra_env: &[(String, String)]) {
     pgbench(&["-i", "-s", "2", "-q"]);
 
     let url = pg.url("postgres");
-    let b = ok(
-        dbv(&["--json", "backup", &url, "--physical", "--name", "pg"]),
-        "base backup",
-    )
-    .json();
+    let data = pg.dir.join("data").display().to_string();
+    let mut args = vec!["--json", "backup", &url, "--physical", "--name", "pg"];
+    if pgdata {
+        args.extend(["--pgdata", &data]);
+    }
+    let b = ok(dbv(&args), "base backup").json();
     assert!(b["bytes_in"].as_u64().expect("bytes") > 10 << 20, "{b}");
 
     pgbench(&["-c", "2", "-T", "3"]);
@@ -229,7 +233,7 @@ fn round_trip(archive: &Archive, extra_env: &[(String, String)]) {
 #[test]
 fn point_in_time_recovery_from_a_local_repository() {
     let archive = Archive::local();
-    round_trip(&archive, &[]);
+    round_trip(&archive, &[], true);
     // Another cluster's WAL under the same name is refused.
     let dbv = |args: &[&str]| run_cmd(archive.dbvault(args), None);
     let other = PgCluster::new();
@@ -257,5 +261,5 @@ fn point_in_time_recovery_from_s3() {
     let mut env = g.env();
     env.push(("DBVAULT_S3_PATH_STYLE".into(), "1".into()));
     let archive = Archive::s3(&g.url("pitr"), env.clone());
-    round_trip(&archive, &env);
+    round_trip(&archive, &env, false);
 }

@@ -120,9 +120,16 @@ fn the_archive_survives_kills_gaps_promotions_and_retention() {
     assert_eq!(c["ok"], true, "{c}");
 
     // After a promotion: timeline 2 archived too, and a PITR to a point on it.
-    ok(
-        dbv(&["backup", &url, "--physical", "--name", "pg"]),
+    // The second base backup reads the data directory itself.
+    let data = pg.dir.join("data").display().to_string();
+    let r = ok(
+        dbv(&["--json", "backup", &url, "--physical", "--name", "pg", "--pgdata", &data]),
         "base backup 2",
+    )
+    .json();
+    assert!(
+        r["bytes_added"].as_u64().expect("added") < r["bytes_in"].as_u64().expect("in") / 4,
+        "the second base backup stored too much of what the first had: {r}"
     );
     let r1 = archive.dir.join("r1");
     ok(

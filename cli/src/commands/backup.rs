@@ -89,6 +89,8 @@ pub struct Job {
     pub selection: Selection,
     /// PostgreSQL: a base backup of the cluster, waiting this long for its WAL.
     pub physical: Option<std::time::Duration>,
+    /// With `physical`, on the database host: its data directory, read directly.
+    pub pgdata: Option<std::path::PathBuf>,
 }
 
 /// The selection options as the formats crate takes them.
@@ -122,6 +124,7 @@ impl From<&BackupArgs> for Job {
                         std::time::Duration::from_secs(s.approx_seconds())
                     })
             }),
+            pgdata: a.pgdata.clone(),
         }
     }
 }

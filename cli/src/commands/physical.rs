@@ -46,6 +46,7 @@ pub fn backup(
     let opts = PhysicalOptions {
         wal_source: name.clone(),
         wal_wait: a.physical.unwrap_or(std::time::Duration::from_secs(300)),
+        pgdata: a.pgdata.clone(),
     };
     let r = physical::backup::backup(&b, repo, &pg, &opts);
     progress.finish();

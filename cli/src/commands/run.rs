@@ -239,6 +239,7 @@ pub(super) fn job_of(s: &Source) -> Result<super::backup::Job> {
         enable_row_security: s.enable_row_security,
         selection: s.selection(),
         physical: None,
+        pgdata: None,
     })
 }
 

@@ -28,6 +28,9 @@ pub struct PhysicalOptions {
     pub wal_source: String,
     /// How long to wait for the archive to hold the backup's WAL.
     pub wal_wait: Duration,
+    /// On the database host: read this data directory itself ([`super::local`]) instead
+    /// of receiving pg_basebackup's stream.
+    pub pgdata: Option<std::path::PathBuf>,
 }
 
 fn pg_err(context: &str, message: impl Into<String>) -> FormatError {
@@ -41,9 +44,9 @@ fn pg_err(context: &str, message: impl Into<String>) -> FormatError {
 /// `repo` is the repository `b` writes to (its WAL archive is checked).
 ///
 /// # Errors
-/// pg_basebackup's error (named); a truncated or malformed stream; the archive not
-/// holding the backup's WAL within `opts.wal_wait` (naming the segment missing); a WAL
-/// archive of another cluster under that name; storage errors.
+/// pg_basebackup's or the server's error (named); a truncated or malformed stream; the
+/// archive not holding the backup's WAL within `opts.wal_wait` (naming the segment
+/// missing); a WAL archive of another cluster under that name; storage errors.
 pub fn backup(
     b: &Backup<'_>,
     repo: &Repository,
@@ -55,6 +58,56 @@ pub fn backup(
         .trim()
         .parse()
         .map_err(|_| pg_err("wal_segment_size", "not a number"))?;
+    let info = match &opts.pgdata {
+        Some(dir) => {
+            let (pipe, producer) = super::local::start(src, dir)?;
+            let producer = RefCell::new(Some(producer));
+            let stop = || -> Result<Option<String>> {
+                let h = producer
+                    .borrow_mut()
+                    .take()
+                    .ok_or_else(|| pg_err("pg_backup_stop", "asked twice"))?;
+                let s = h
+                    .join()
+                    .map_err(|_| pg_err("pg_backup_stop", "the copying thread panicked"))??;
+                Ok(Some(s.stop_lsn))
+            };
+            let r = ingest(b, pipe, seg_size, &opts.wal_source, &stop);
+            if let Some(h) = producer.borrow_mut().take() {
+                // The stream failed before its end: the producer still ends the backup.
+                let _ = h.join();
+            }
+            r?
+        }
+        None => replicated(b, src, seg_size, opts)?,
+    };
+    match wal::bound_cluster(repo, &opts.wal_source)? {
+        Some(c) if c.to_string() != info.system_identifier => {
+            return Err(FormatError::Invalid(format!(
+                "the cluster's system identifier is {}, but the WAL archived as {:?} is of cluster {c}: give --name the source its archive_command uses",
+                info.system_identifier, opts.wal_source
+            )))
+        }
+        _ => {}
+    }
+    wait_for_wal(repo, src, &info, opts)?;
+    let source = SourceInfo {
+        kind: "postgres".into(),
+        identity: src.describe(),
+        format: FORMAT.into(),
+        server_version: Some(info.server_version.clone()),
+        notes: Vec::new(),
+    };
+    Ok((source, info))
+}
+
+/// Through the replication protocol: pg_basebackup's tar stream on its stdout.
+fn replicated(
+    b: &Backup<'_>,
+    src: &PgSource,
+    seg_size: u64,
+    opts: &PhysicalOptions,
+) -> Result<BaseBackup> {
     let mut child = src
         .tool("pg_basebackup")?
         .args([
@@ -84,34 +137,7 @@ pub fn backup(
         }
         s
     });
-    let tc = RefCell::new(TarChunks::new(std::io::BufReader::with_capacity(
-        1 << 20,
-        out,
-    )));
-    // What the stream says of itself, known once it has been read (for the part's meta).
-    let described: RefCell<Option<Result<BaseBackup>>> = RefCell::new(None);
-    let stored = b.add_chunks_then(
-        PART,
-        |take| loop {
-            let next = tc.borrow_mut().next_chunk();
-            match next.map_err(dbvault_core::Error::Source)? {
-                Some(c) => take(c)?,
-                None => return Ok(()),
-            }
-        },
-        || {
-            let r = describe(&tc.borrow(), seg_size, &opts.wal_source);
-            let meta = r.as_ref().map(BaseBackup::to_meta).unwrap_or_default();
-            *described.borrow_mut() = Some(r);
-            PartInput {
-                chunking: Chunking::ContentDefined,
-                name: PART.into(),
-                kind: PART_KIND.into(),
-                rows: None,
-                meta,
-            }
-        },
-    );
+    let r = ingest(b, out, seg_size, &opts.wal_source, &|| Ok(None));
     let status = child
         .wait()
         .map_err(|e| FormatError::io("pg_basebackup", e))?;
@@ -124,35 +150,60 @@ pub fn backup(
             .unwrap_or("failed");
         return Err(pg_err("pg_basebackup", first));
     }
+    r
+}
+
+/// Stores a base backup's tar stream as the snapshot's part; returns what it says of
+/// itself. `stop` gives the stop LSN once the stream has ended, when the stream's own
+/// `backup_manifest` does not.
+fn ingest(
+    b: &Backup<'_>,
+    reader: impl Read,
+    seg_size: u64,
+    wal_source: &str,
+    stop: &dyn Fn() -> Result<Option<String>>,
+) -> Result<BaseBackup> {
+    let tc = RefCell::new(TarChunks::new(std::io::BufReader::with_capacity(1 << 20, reader)));
+    // What the stream says of itself, known once it has been read (for the part's meta).
+    let described: RefCell<Option<Result<BaseBackup>>> = RefCell::new(None);
+    let stored = b.add_chunks_then(
+        PART,
+        |take| loop {
+            let next = tc.borrow_mut().next_chunk();
+            match next.map_err(dbvault_core::Error::Source)? {
+                Some(c) => take(c)?,
+                None => return Ok(()),
+            }
+        },
+        || {
+            let r = stop().and_then(|s| describe(&tc.borrow(), seg_size, wal_source, s));
+            let meta = r.as_ref().map(BaseBackup::to_meta).unwrap_or_default();
+            *described.borrow_mut() = Some(r);
+            PartInput {
+                chunking: Chunking::ContentDefined,
+                name: PART.into(),
+                kind: PART_KIND.into(),
+                rows: None,
+                meta,
+            }
+        },
+    );
     stored?;
     if !tc.borrow().ended {
-        return Err(pg_err("pg_basebackup", "the tar stream ended early"));
+        return Err(pg_err("base backup", "the tar stream ended early"));
     }
-    let info = described
+    described
         .into_inner()
-        .unwrap_or_else(|| Err(pg_err("pg_basebackup", "the stream was not described")))?;
-    match wal::bound_cluster(repo, &opts.wal_source)? {
-        Some(c) if c.to_string() != info.system_identifier => {
-            return Err(FormatError::Invalid(format!(
-                "the cluster's system identifier is {}, but the WAL archived as {:?} is of cluster {c}: give --name the source its archive_command uses",
-                info.system_identifier, opts.wal_source
-            )))
-        }
-        _ => {}
-    }
-    wait_for_wal(repo, src, &info, opts)?;
-    let source = SourceInfo {
-        kind: "postgres".into(),
-        identity: src.describe(),
-        format: FORMAT.into(),
-        server_version: Some(info.server_version.clone()),
-        notes: Vec::new(),
-    };
-    Ok((source, info))
+        .unwrap_or_else(|| Err(pg_err("base backup", "the stream was not described")))
 }
 
 /// What the stream says of itself: `backup_label`, `backup_manifest`, `pg_control`.
-fn describe<R: Read>(tc: &TarChunks<R>, seg_size: u64, wal_source: &str) -> Result<BaseBackup> {
+fn describe<R: Read>(
+    tc: &TarChunks<R>,
+    seg_size: u64,
+    wal_source: &str,
+    stop: Option<String>,
+) -> Result<BaseBackup> {
     let text = |n: &str| {
         tc.kept
             .get(n)
@@ -172,17 +223,19 @@ fn describe<R: Read>(tc: &TarChunks<R>, seg_size: u64, wal_source: &str) -> Resu
     let timeline: u32 = field("START TIMELINE:")?
         .parse()
         .map_err(|_| pg_err("backup_label", "bad START TIMELINE"))?;
-    let manifest: serde_json::Value = serde_json::from_str(&text("backup_manifest")?)
-        .map_err(|e| pg_err("backup_manifest", e.to_string()))?;
-    let ranges = manifest["WAL-Ranges"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let stop_lsn = ranges
-        .last()
-        .and_then(|r| r["End-LSN"].as_str())
-        .ok_or_else(|| pg_err("backup_manifest", "no WAL-Ranges"))?
-        .to_string();
+    let stop_lsn = match stop {
+        Some(s) => s,
+        None => {
+            let manifest: serde_json::Value = serde_json::from_str(&text("backup_manifest")?)
+                .map_err(|e| pg_err("backup_manifest", e.to_string()))?;
+            let ranges = manifest["WAL-Ranges"].as_array().cloned().unwrap_or_default();
+            ranges
+                .last()
+                .and_then(|r| r["End-LSN"].as_str())
+                .ok_or_else(|| pg_err("backup_manifest", "no WAL-Ranges"))?
+                .to_string()
+        }
+    };
     let control = tc
         .kept
         .get("global/pg_control")

@@ -5,6 +5,7 @@
 
 pub mod archive;
 pub mod backup;
+pub mod local;
 pub mod restore;
 pub mod tar;
 
