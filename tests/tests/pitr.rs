@@ -166,7 +166,9 @@ fn round_trip(archive: &Archive, extra_env: &[(String, String)], pgdata: bool) {
     );
     assert_eq!(
         s.try_sql("postgres", "SELECT answer FROM later"),
-        Ok("42".into())
+        Ok("42".into()),
+        "{}",
+        s.log()
     );
     assert_eq!(
         s.try_sql("postgres", "SELECT count(*) FROM warm"),

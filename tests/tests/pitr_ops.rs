@@ -123,7 +123,16 @@ fn the_archive_survives_kills_gaps_promotions_and_retention() {
     // The second base backup reads the data directory itself.
     let data = pg.dir.join("data").display().to_string();
     let r = ok(
-        dbv(&["--json", "backup", &url, "--physical", "--name", "pg", "--pgdata", &data]),
+        dbv(&[
+            "--json",
+            "backup",
+            &url,
+            "--physical",
+            "--name",
+            "pg",
+            "--pgdata",
+            &data,
+        ]),
         "base backup 2",
     )
     .json();

@@ -88,13 +88,22 @@ fn restore_command(cli: &Cli, source: &str) -> Result<String> {
     } else {
         abs(Path::new(repo)).display().to_string()
     };
-    let mut words = vec![
+    let mut words = Vec::new();
+    // The recovering server's environment is not this one: a cache directory given here
+    // goes along (the prefetched segments live there).
+    if let Some(d) = std::env::var_os("DBVAULT_CACHE_DIR").filter(|d| !d.is_empty()) {
+        words.extend([
+            "env".to_string(),
+            sh_quote(&format!("DBVAULT_CACHE_DIR={}", Path::new(&d).display())),
+        ]);
+    }
+    words.extend([
         sh_quote(&exe.display().to_string()),
         "--repo".into(),
         sh_quote(&repo),
         "--password-file".into(),
         sh_quote(&abs(pw).display().to_string()),
-    ];
+    ]);
     let endpoint = cli
         .s3_endpoint
         .clone()

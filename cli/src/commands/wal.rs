@@ -3,7 +3,8 @@
 //!
 //! `wal-fetch` fetches ahead: after handing PostgreSQL a segment it starts a background
 //! `dbvault` (one at a time, one repository open for many segments) that puts the next
-//! `--prefetch` segments in the cache directory's `wal-prefetch/<source>/`, where the next
+//! `--prefetch` segments in the cache directory's `wal-prefetch/<repository and source>/`,
+//! where the next
 //! `wal-fetch` takes them from without opening the repository at all.
 
 use std::path::{Path, PathBuf};
@@ -36,17 +37,17 @@ pub fn push(cli: &Cli, a: &WalPushArgs) -> Result<()> {
     Ok(())
 }
 
-/// Where segments fetched ahead for `source` wait (none without a cache directory).
-fn spool(source: &str) -> Option<PathBuf> {
-    let safe: String = source
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    repo_access::cache_dir().map(|d| d.join("wal-prefetch").join(safe))
+/// Where segments fetched ahead for `source` of this repository wait (none without a cache
+/// directory): one directory per repository and source, so two recoveries on one host
+/// from different repositories never hand each other a segment.
+fn spool(cli: &Cli, source: &str) -> Option<PathBuf> {
+    let repo = cli.repo.as_deref().unwrap_or("");
+    let key = dbvault_core::Id::hash_of(format!("{repo}\0{source}").as_bytes()).to_hex();
+    repo_access::cache_dir().map(|d| d.join("wal-prefetch").join(&key.as_str()[..32]))
 }
 
 pub fn fetch(cli: &Cli, a: &WalFetchArgs) -> Result<ExitCode> {
-    let spool = spool(&a.name).filter(|_| a.prefetch > 0);
+    let spool = spool(cli, &a.name).filter(|_| a.prefetch > 0);
     if a.prefetch_only {
         return prefetch_worker(cli, a, spool.as_deref());
     }

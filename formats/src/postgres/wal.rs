@@ -254,9 +254,10 @@ pub fn prefetch(repo: &Repository, source: &str, names: &[String], spool: &Path)
     Ok(n)
 }
 
-/// Moves a prefetched `name` from `spool` to `dest` when it is there (a copy through a
-/// temporary file beside `dest` when they are on different file systems). Spooled files
-/// before `name` are dropped: recovery has gone past them.
+/// Moves a prefetched `name` from `spool` to `dest` when it is there and was fetched
+/// within the hour (a copy through a temporary file beside `dest` when they are on
+/// different file systems). Spooled files before `name` are dropped: recovery has gone
+/// past them.
 ///
 /// # Errors
 /// Writing `dest`.
@@ -271,6 +272,15 @@ pub fn take_prefetched(spool: &Path, name: &str, dest: &Path) -> Result<bool> {
         }
     }
     if !src.exists() {
+        return Ok(false);
+    }
+    // A file left by an earlier recovery (an hour is far longer than any wait between two
+    // segments of one) is not trusted: it is fetched again from the repository.
+    let fresh = std::fs::metadata(&src)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t.elapsed().is_ok_and(|e| e.as_secs() < 3600));
+    if !fresh {
+        let _ = std::fs::remove_file(&src);
         return Ok(false);
     }
     let io = |e| FormatError::io(dest.display().to_string(), e);

@@ -163,7 +163,10 @@ fn ingest(
     wal_source: &str,
     stop: &dyn Fn() -> Result<Option<String>>,
 ) -> Result<BaseBackup> {
-    let tc = RefCell::new(TarChunks::new(std::io::BufReader::with_capacity(1 << 20, reader)));
+    let tc = RefCell::new(TarChunks::new(std::io::BufReader::with_capacity(
+        1 << 20,
+        reader,
+    )));
     // What the stream says of itself, known once it has been read (for the part's meta).
     let described: RefCell<Option<Result<BaseBackup>>> = RefCell::new(None);
     let stored = b.add_chunks_then(
@@ -228,7 +231,10 @@ fn describe<R: Read>(
         None => {
             let manifest: serde_json::Value = serde_json::from_str(&text("backup_manifest")?)
                 .map_err(|e| pg_err("backup_manifest", e.to_string()))?;
-            let ranges = manifest["WAL-Ranges"].as_array().cloned().unwrap_or_default();
+            let ranges = manifest["WAL-Ranges"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             ranges
                 .last()
                 .and_then(|r| r["End-LSN"].as_str())

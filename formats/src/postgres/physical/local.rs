@@ -50,7 +50,6 @@ struct Entry {
     dir: bool,
     mode: u32,
     mtime: u64,
-    size: u64,
 }
 
 fn io(p: &Path, e: std::io::Error) -> FormatError {
@@ -93,7 +92,6 @@ fn walk(root: &Path) -> Result<Vec<Entry>> {
                 dir: md.is_dir(),
                 mode: md.permissions().mode() & 0o7777,
                 mtime: md.mtime().max(0) as u64,
-                size: if md.is_dir() { 0 } else { md.size() },
             };
             if r == "global/pg_control" {
                 control = Some(entry);
@@ -114,7 +112,6 @@ fn walk(root: &Path) -> Result<Vec<Entry>> {
                         dir: true,
                         mode: md.permissions().mode() & 0o7777,
                         mtime: md.mtime().max(0) as u64,
-                        size: 0,
                     });
                 }
             }
@@ -131,14 +128,20 @@ fn walk(root: &Path) -> Result<Vec<Entry>> {
 /// A ustar header for `e` (or a file named `rel` of `size` bytes).
 fn header(rel: &str, dir: bool, mode: u32, size: u64, mtime: u64) -> Result<Vec<u8>> {
     let mut h = vec![0u8; 512];
-    let name = if dir { format!("{rel}/") } else { rel.to_string() };
+    let name = if dir {
+        format!("{rel}/")
+    } else {
+        rel.to_string()
+    };
     let (prefix, base) = if name.len() <= 100 {
         ("", name.as_str())
     } else {
         let cut = name[..name.len().min(156)]
             .rfind('/')
             .filter(|&i| name.len() - i - 1 <= 100)
-            .ok_or_else(|| FormatError::Invalid(format!("{rel}: path too long for a tar header")))?;
+            .ok_or_else(|| {
+                FormatError::Invalid(format!("{rel}: path too long for a tar header"))
+            })?;
         (&name[..cut], &name[cut + 1..])
     };
     h[..base.len()].copy_from_slice(base.as_bytes());
@@ -188,22 +191,28 @@ impl Read for Pipe {
     }
 }
 
-/// One file's bytes, read by a reader thread: exactly `size` bytes (a file that shrank
-/// while read is padded with zeros, one that grew is cut: WAL replay mends both, as for
-/// pg_basebackup).
-fn read_file(e: &Entry, out: &SyncSender<Result<Vec<u8>>>) {
-    let mut f = match std::fs::File::open(&e.path) {
-        Ok(f) => f,
+/// What a reader thread hands over for a file: its size when opened, then its bytes.
+enum Piece {
+    Size(u64),
+    Data(Vec<u8>),
+    End,
+}
+
+/// One file, read by a reader thread: its size at the moment it is opened (files grow
+/// during the copy: `pg_xact` must hold the pages zeroed before the backup started), then
+/// exactly that many bytes (a file that shrank while read is padded with zeros, one that
+/// grew is cut: WAL replay mends both, as for pg_basebackup).
+fn read_file(e: &Entry, out: &SyncSender<Result<Piece>>) {
+    use std::os::unix::fs::MetadataExt;
+    let (mut f, size) = match std::fs::File::open(&e.path).and_then(|f| {
+        let size = f.metadata()?.size();
+        Ok((f, size))
+    }) {
+        Ok(x) => x,
         // Dropped since the walk (a dropped table): PostgreSQL does not need it.
         Err(x) if x.kind() == std::io::ErrorKind::NotFound => {
-            let mut left = e.size;
-            while left > 0 {
-                let n = left.min(PIECE as u64) as usize;
-                if out.send(Ok(vec![0u8; n])).is_err() {
-                    return;
-                }
-                left -= n as u64;
-            }
+            let _ = out.send(Ok(Piece::Size(0)));
+            let _ = out.send(Ok(Piece::End));
             return;
         }
         Err(x) => {
@@ -211,7 +220,10 @@ fn read_file(e: &Entry, out: &SyncSender<Result<Vec<u8>>>) {
             return;
         }
     };
-    let mut left = e.size;
+    if out.send(Ok(Piece::Size(size))).is_err() {
+        return;
+    }
+    let mut left = size;
     while left > 0 {
         let n = left.min(PIECE as u64) as usize;
         let mut b = vec![0u8; n];
@@ -227,11 +239,12 @@ fn read_file(e: &Entry, out: &SyncSender<Result<Vec<u8>>>) {
                 }
             }
         }
-        if out.send(Ok(b)).is_err() {
+        if out.send(Ok(Piece::Data(b))).is_err() {
             return;
         }
         left -= n as u64;
     }
+    let _ = out.send(Ok(Piece::End));
 }
 
 /// Starts the backup on the server and the producer; returns the stream to read and the
@@ -273,11 +286,15 @@ pub fn start(
             pgdata.display()
         )));
     }
-    let entries = walk(pgdata)?;
+    // Readable before the server is asked to start: an error then leaves nothing to end.
+    std::fs::read_dir(pgdata).map_err(|e| io(pgdata, e))?;
     rows(&rt, &client, start_fn)?;
+    let root = pgdata.to_path_buf();
     let (tx, rx) = sync_channel::<Vec<u8>>(8);
     let producer = std::thread::spawn(move || -> Result<Stopped> {
-        let sent = produce(&entries, &tx);
+        // Listed after the start: files created since are in, and each file's size is
+        // taken when it is read.
+        let sent = walk(&root).and_then(|entries| produce(&entries, &tx));
         // Always end the backup on the server, even when copying failed.
         let stopped = rows(&rt, &client, stop_fn);
         sent?;
@@ -316,36 +333,39 @@ fn produce(entries: &[Entry], tx: &SyncSender<Vec<u8>>) -> Result<()> {
         // Reader k reads files k, k+2, …, each into a channel of its own, in order.
         let mut readers = Vec::new();
         for k in 0..2 {
-            let (ftx, frx) = sync_channel::<Result<Vec<u8>>>(4);
+            let (ftx, frx) = sync_channel::<Result<Piece>>(4);
             let mine: Vec<&Entry> = files.iter().skip(k).step_by(2).copied().collect();
             scope.spawn(move || {
                 for e in mine {
                     read_file(e, &ftx);
-                    // An empty piece ends each file.
-                    if ftx.send(Ok(Vec::new())).is_err() {
-                        return;
-                    }
                 }
             });
             readers.push(frx);
         }
         let mut nth = 0usize;
         for e in entries {
-            tx.send(header(&e.rel, e.dir, e.mode, e.size, e.mtime)?)
-                .map_err(|_| stopped())?;
             if e.dir {
+                tx.send(header(&e.rel, true, e.mode, 0, e.mtime)?)
+                    .map_err(|_| stopped())?;
                 continue;
             }
             let rx = &readers[nth % 2];
             nth += 1;
+            let Piece::Size(size) = rx.recv().map_err(|_| stopped())?? else {
+                return Err(FormatError::Invalid("a reader lost its place".into()));
+            };
+            tx.send(header(&e.rel, false, e.mode, size, e.mtime)?)
+                .map_err(|_| stopped())?;
             loop {
-                let piece = rx.recv().map_err(|_| stopped())??;
-                if piece.is_empty() {
-                    break;
+                match rx.recv().map_err(|_| stopped())?? {
+                    Piece::Data(b) => tx.send(b).map_err(|_| stopped())?,
+                    Piece::End => break,
+                    Piece::Size(_) => {
+                        return Err(FormatError::Invalid("a reader lost its place".into()))
+                    }
                 }
-                tx.send(piece).map_err(|_| stopped())?;
             }
-            let pad = (512 - (e.size % 512) as usize) % 512;
+            let pad = (512 - (size % 512) as usize) % 512;
             if pad > 0 {
                 tx.send(vec![0u8; pad]).map_err(|_| stopped())?;
             }
