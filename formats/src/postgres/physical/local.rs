@@ -80,7 +80,7 @@ fn walk(root: &Path) -> Result<Vec<Entry>> {
             let md = std::fs::symlink_metadata(e.path()).map_err(|x| io(&e.path(), x))?;
             if md.file_type().is_symlink() {
                 return Err(FormatError::Invalid(format!(
-                    "{r} is a symbolic link (a tablespace or a linked pg_wal): back this cluster up without --pgdata, through the replication protocol"
+                    "{r} is a symbolic link (a tablespace or a linked pg_wal): physical backups of clusters with tablespaces are not supported yet"
                 )));
             }
             if SKIP_FILES.contains(&name.as_str()) || name.starts_with("pgsql_tmp") {
