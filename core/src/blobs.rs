@@ -180,17 +180,12 @@ impl Blobs<'_> {
             .map_err(|e| e.in_pack(loc.pack))
     }
 
-    /// The full base each of the delta blobs `ids` names, read from their headers with one
-    /// range read per run of neighbouring blobs (non-deltas and unknown ids are left out).
-    /// The next backup's deltas stay one level deep by using these bases, and learning
-    /// them one request per chunk is what made a continuous backup's snapshot cost dozens.
-    ///
-    /// # Errors
-    /// [`Error::Corrupt`], backend errors.
-    pub fn delta_bases(&self, ids: &[Id]) -> Result<HashMap<Id, Id>> {
+    /// The indexed blobs of `ids` that `keep` accepts, sorted by place and grouped into
+    /// range reads (wider ones on an object store, where requests cost more than bytes).
+    fn runs(&self, ids: &[Id], keep: impl Fn(&BlobLoc) -> bool) -> Vec<Run> {
         let mut locs: Vec<(Id, BlobLoc)> = ids
             .iter()
-            .filter_map(|id| self.index.get(id).filter(|l| l.delta).map(|l| (*id, l)))
+            .filter_map(|id| self.index.get(id).filter(|l| keep(l)).map(|l| (*id, l)))
             .collect();
         locs.sort_by_key(|(id, l)| (l.pack, l.offset, *id));
         locs.dedup_by_key(|(id, _)| *id);
@@ -199,7 +194,18 @@ impl Blobs<'_> {
         } else {
             (MAX_RUN, MAX_GAP)
         };
-        let runs = group(locs, max_run, max_gap, u64::MAX);
+        group(locs, max_run, max_gap, u64::MAX)
+    }
+
+    /// The full base each of the delta blobs `ids` names, read from their headers with one
+    /// range read per run of neighbouring blobs (non-deltas and unknown ids are left out).
+    /// The next backup's deltas stay one level deep by using these bases, and learning
+    /// them one request per chunk is what made a continuous backup's snapshot cost dozens.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`], backend errors.
+    pub fn delta_bases(&self, ids: &[Id]) -> Result<HashMap<Id, Id>> {
+        let runs = self.runs(ids, |l| l.delta);
         let found: Vec<Vec<(Id, Id)>> = runs
             .par_iter()
             .map(|run| {
@@ -231,18 +237,7 @@ impl Blobs<'_> {
     /// # Errors
     /// [`Error::Corrupt`], backend errors.
     pub fn read_many(&self, ids: &[Id]) -> Result<HashMap<Id, Vec<u8>>> {
-        let mut locs: Vec<(Id, BlobLoc)> = ids
-            .iter()
-            .filter_map(|id| self.index.get(id).map(|l| (*id, l)))
-            .collect();
-        locs.sort_by_key(|(id, l)| (l.pack, l.offset, *id));
-        locs.dedup_by_key(|(id, _)| *id);
-        let (max_run, max_gap) = if self.backend.remote() {
-            (REMOTE_MAX_RUN, REMOTE_MAX_GAP)
-        } else {
-            (MAX_RUN, MAX_GAP)
-        };
-        let runs = group(locs, max_run, max_gap, u64::MAX);
+        let runs = self.runs(ids, |_| true);
         let opened: Vec<Vec<Vec<u8>>> = runs
             .par_iter()
             .map(|r| fetch(*self, r))

@@ -460,3 +460,19 @@ pub fn sh(cmd: &str, env: &[(&str, &str)]) -> Run {
     }
     run_cmd(c, None)
 }
+
+/// For a database an application filled with rows `id` = 1, 2, 3, …: the row count of
+/// `table`, whether its ids are exactly 1..=count (a prefix of the commits), and what
+/// `PRAGMA integrity_check` says.
+pub fn sqlite_prefix(path: &Path, table: &str) -> (i64, bool, String) {
+    let c = rusqlite::Connection::open(path).expect("open");
+    let check: String = c
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity_check");
+    let (n, max): (i64, Option<i64>) = c
+        .query_row(&format!("SELECT count(*), max(id) FROM {table}"), [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .expect("count");
+    (n, max.unwrap_or(0) == n, check)
+}

@@ -31,18 +31,8 @@ fn follow(repo: &Repo, db: &std::path::Path) -> Child {
     .expect("spawn --follow")
 }
 
-/// Row count and whether ids are exactly 1..=count (a prefix of the commits).
 fn prefix(path: &std::path::Path) -> (i64, bool, String) {
-    let c = rusqlite::Connection::open(path).expect("open");
-    let check: String = c
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .expect("integrity_check");
-    let (n, max): (i64, Option<i64>) = c
-        .query_row("SELECT count(*), max(id) FROM t", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .expect("count");
-    (n, max.unwrap_or(0) == n, check)
+    dbvault_tests::sqlite_prefix(path, "t")
 }
 
 #[test]

@@ -17,16 +17,7 @@ use dbvault_tests::{run_cmd, Run, PASSWORD};
 const BASELINE: Duration = Duration::from_secs(3);
 
 fn prefix(path: &std::path::Path) -> (i64, bool, String) {
-    let c = rusqlite::Connection::open(path).expect("open");
-    let check: String = c
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .expect("integrity_check");
-    let (n, max): (i64, Option<i64>) = c
-        .query_row("SELECT count(*), max(id) FROM w", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .expect("count");
-    (n, max.unwrap_or(0) == n, check)
+    dbvault_tests::sqlite_prefix(path, "w")
 }
 
 #[test]

@@ -204,21 +204,29 @@ pub fn fetch(repo: &Repository, source: &str, name: &str, dest: &Path) -> Result
         Err(dbvault_core::Error::Invalid(_)) => return Ok(false),
         Err(e) => return Err(e.into()),
     };
+    write_beside(dest, |f| {
+        dbvault_core::restore::restore_part(repo, &rec.part, f)?;
+        Ok(())
+    })?;
+    Ok(true)
+}
+
+/// Writes `dest` through a temporary file beside it, synced, then renamed into place: a
+/// reader never sees a partial file.
+fn write_beside(dest: &Path, fill: impl FnOnce(&mut std::fs::File) -> Result<()>) -> Result<()> {
     let dir = dest
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    let io = |e| FormatError::io(dest.display().to_string(), e);
     let mut tmp = tempfile::Builder::new()
         .prefix(".dbvault-wal-")
         .tempfile_in(dir)
-        .map_err(|e| FormatError::io(dir.display().to_string(), e))?;
-    dbvault_core::restore::restore_part(repo, &rec.part, tmp.as_file_mut())?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| FormatError::io(dest.display().to_string(), e))?;
-    tmp.persist(dest)
-        .map_err(|e| FormatError::io(dest.display().to_string(), e.error))?;
-    Ok(true)
+        .map_err(io)?;
+    fill(tmp.as_file_mut())?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(dest).map_err(|e| io(e.error))?;
+    Ok(())
 }
 
 /// The segment names after `name` on its timeline, `count` of them (none for a file that
@@ -287,18 +295,11 @@ pub fn take_prefetched(spool: &Path, name: &str, dest: &Path) -> Result<bool> {
     if std::fs::rename(&src, dest).is_ok() {
         return Ok(true);
     }
-    let dir = dest
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".dbvault-wal-")
-        .tempfile_in(dir)
-        .map_err(io)?;
-    let mut f = std::fs::File::open(&src).map_err(io)?;
-    std::io::copy(&mut f, tmp.as_file_mut()).map_err(io)?;
-    tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(dest).map_err(|e| io(e.error))?;
+    write_beside(dest, |out| {
+        let mut f = std::fs::File::open(&src).map_err(io)?;
+        std::io::copy(&mut f, out).map_err(io)?;
+        Ok(())
+    })?;
     let _ = std::fs::remove_file(&src);
     Ok(true)
 }
