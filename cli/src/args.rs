@@ -147,6 +147,10 @@ pub struct WalFetchArgs {
     /// Internal: be the background process that fetches ahead (FILE is the first).
     #[arg(long, hide = true)]
     pub prefetch_only: bool,
+    /// Internal: ask the dbvault that runs a throwaway recovery, listening on this socket
+    /// (it has the repository open; the server's user may not be able to read it).
+    #[arg(long, hide = true, value_name = "SOCKET")]
+    pub relay: Option<PathBuf>,
 }
 
 /// `run` options.
@@ -554,7 +558,11 @@ pub struct RestoreTestArgs {
     #[arg(long)]
     pub name: Option<String>,
     /// PostgreSQL server for the scratch database (a URL naming a database to connect to,
-    /// e.g. postgres://user@host/postgres; default: the PG* environment).
+    /// e.g. postgres://user@host/postgres; default: the PG* environment). Not for physical
+    /// snapshots: they are recovered on a throwaway server of their own.
     #[arg(long, value_name = "URL")]
     pub scratch: Option<String>,
+    /// Physical snapshots: recover to this time instead of the end of the archive.
+    #[arg(long, value_name = "TIME")]
+    pub target_time: Option<String>,
 }

@@ -129,6 +129,18 @@ fn restore_command(cli: &Cli, source: &str) -> Result<String> {
     Ok(words.join(" "))
 }
 
+/// The `restore_command` of a throwaway recovery: this dbvault asking the relay.
+pub fn relay_command(socket: &Path) -> String {
+    let exe = std::env::current_exe()
+        .map(|e| e.display().to_string())
+        .unwrap_or_else(|_| "dbvault".into());
+    format!(
+        "{} wal-fetch --relay {} %f %p",
+        sh_quote(&exe),
+        sh_quote(&socket.display().to_string())
+    )
+}
+
 /// Restores a physical snapshot into a data directory, ready to recover.
 pub fn restore(cli: &Cli, a: &RestoreArgs, dir: &Path) -> Result<()> {
     if dir.as_os_str().is_empty() {
@@ -225,7 +237,7 @@ fn reachable(repo: &Repository, b: &physical::BaseBackup, a: &RestoreArgs) -> Re
 }
 
 /// A time PostgreSQL reads unambiguously: with its zone, as RFC 3339 gives it.
-fn recovery_time(t: &str) -> Result<String> {
+pub fn recovery_time(t: &str) -> Result<String> {
     Ok(output::parse_time(t)?
         .format("%Y-%m-%d %H:%M:%S%.6f%:z")
         .to_string())

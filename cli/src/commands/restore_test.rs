@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use dbvault_core::check::Problem;
 use dbvault_core::lock::LockKind;
 use dbvault_core::report::Report;
-use dbvault_formats::postgres::{self, PgSource};
+use dbvault_formats::postgres::{self, physical, PgSource};
 use dbvault_formats::sqlite;
 
 use crate::args::{Cli, RestoreTestArgs};
@@ -18,6 +18,9 @@ use crate::repo_access;
 pub fn run(cli: &Cli, a: &RestoreTestArgs) -> Result<ExitCode> {
     let repo = repo_access::open_locked(cli, LockKind::Shared, "restore-test")?;
     let (id, snap) = repo.find_snapshot(&a.snapshot, a.name.as_deref())?;
+    if a.target_time.is_some() && snap.source.format != physical::FORMAT {
+        bail!("--target-time is for physical snapshots (a logical one holds one moment)");
+    }
     let started = Instant::now();
     let notify = &super::restore::print_notice;
     let out = match snap.source.format.as_str() {
@@ -29,6 +32,24 @@ pub fn run(cli: &Cli, a: &RestoreTestArgs) -> Result<ExitCode> {
                 .map_err(|e| anyhow::Error::from(e).context("the restore-test could not be done"))?
         }
         sqlite::snapshot::FORMAT => sqlite::verify::restore_test(&repo, &id, &snap, notify)?,
+        physical::FORMAT => {
+            if a.scratch.is_some() {
+                bail!("--scratch is for logical snapshots: a physical one is recovered on a throwaway server of its own");
+            }
+            let o = physical::throwaway::RecoverOptions {
+                target: physical::restore::RecoveryTarget {
+                    time: a
+                        .target_time
+                        .as_deref()
+                        .map(super::physical::recovery_time)
+                        .transpose()?,
+                    ..Default::default()
+                },
+                restore_command: &super::physical::relay_command,
+            };
+            physical::verify::restore_test(&repo, &id, &snap, &o, notify)
+                .map_err(|e| anyhow::Error::from(e).context("the restore-test could not be done"))?
+        }
         _ => bail!(
             "snapshot {} is a raw stream ({}): restore-test needs a PostgreSQL or SQLite snapshot",
             id.short(),

@@ -13,6 +13,7 @@ use std::process::{ExitCode, Stdio};
 use anyhow::Result;
 use dbvault_core::files::Stored;
 use dbvault_core::lock::LockKind;
+use dbvault_formats::postgres::physical::relay;
 use dbvault_formats::postgres::wal;
 
 use crate::args::{Cli, WalFetchArgs, WalPushArgs};
@@ -47,6 +48,16 @@ fn spool(cli: &Cli, source: &str) -> Option<PathBuf> {
 }
 
 pub fn fetch(cli: &Cli, a: &WalFetchArgs) -> Result<ExitCode> {
+    if let Some(socket) = &a.relay {
+        return Ok(match relay::ask(socket, &a.file, &a.dest)? {
+            relay::Reply::Ok => ExitCode::SUCCESS,
+            relay::Reply::Missing => ExitCode::from(1),
+            relay::Reply::Error(e) => {
+                eprintln!("dbvault: {}: {e}", a.file);
+                ExitCode::from(1)
+            }
+        });
+    }
     let spool = spool(cli, &a.name).filter(|_| a.prefetch > 0);
     if a.prefetch_only {
         return prefetch_worker(cli, a, spool.as_deref());

@@ -94,6 +94,18 @@ impl PgSource {
     /// # Errors
     /// [`FormatError::Postgres`] with psql's error.
     pub fn query(&self, sql: &str) -> Result<String> {
+        Ok(self
+            .query_lines(sql)?
+            .into_iter()
+            .next()
+            .unwrap_or_default())
+    }
+
+    /// Runs one query with psql and returns its output lines (columns separated by `|`).
+    ///
+    /// # Errors
+    /// [`FormatError::Postgres`] with psql's error.
+    pub fn query_lines(&self, sql: &str) -> Result<Vec<String>> {
         let out = self
             .command("psql")?
             .args([
@@ -119,9 +131,8 @@ impl PgSource {
         }
         Ok(String::from_utf8_lossy(&out.stdout)
             .lines()
-            .next()
-            .unwrap_or("")
-            .to_string())
+            .map(str::to_string)
+            .collect())
     }
 }
 

@@ -105,6 +105,19 @@ pub(crate) fn replace_database(url: &str, db: &str) -> String {
     format!("{}{}/{db}{query}", &url[..start], &rest[..auth_end])
 }
 
+/// `s` with every byte but unreserved ones and `/` percent-encoded (for a URL's path or
+/// query value).
+pub(crate) fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 pub(crate) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());

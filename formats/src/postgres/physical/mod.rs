@@ -6,8 +6,11 @@
 pub mod archive;
 pub mod backup;
 pub mod local;
+pub mod relay;
 pub mod restore;
 pub mod tar;
+pub mod throwaway;
+pub mod verify;
 
 use serde::{Deserialize, Serialize};
 

@@ -1,0 +1,219 @@
+//! Point-in-time recovery in daily use, against real clusters: restore-test of a physical
+//! snapshot on a throwaway server (passes; fails naming a missing or damaged WAL segment;
+//! leaves no server or directory behind), and one table restored as it was at a time
+//! beside the live one.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use dbvault_tests::physical::Archive;
+use dbvault_tests::{bin, run_cmd, PgCluster, Run};
+
+fn ok(r: Run, what: &str) -> Run {
+    assert_eq!(r.code, Some(0), "{what}: {}\n{}", r.stderr, r.text());
+    r
+}
+
+/// Switches to a new segment and waits until the server archived everything before it.
+fn archive_now(pg: &PgCluster) {
+    let seg = pg.sql("postgres", "SELECT pg_walfile_name(pg_current_wal_lsn())");
+    pg.sql("postgres", "SELECT pg_switch_wal()");
+    let t0 = Instant::now();
+    loop {
+        let last = pg.sql(
+            "postgres",
+            "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
+        );
+        if last.trim() >= seg.trim() {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "segment {seg} not archived after 90 s (last {last}):\n{}",
+            pg.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A dbvault command run as root (as on a backup host), on the archive's repository.
+fn as_root(archive: &Archive, args: &[&str]) -> Run {
+    let mut c = Command::new(bin());
+    c.env("DBVAULT_REPO", &archive.repo)
+        .env("DBVAULT_PASSWORD_FILE", archive.dir.join("pw"))
+        .env("DBVAULT_CACHE_DIR", archive.dir.join("root-cache"))
+        .env_remove("DBVAULT_PASSWORD")
+        .args(args);
+    let r = run_cmd(c, None);
+    // What root wrote (the report) goes back to the repository's owner.
+    let _ = Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(&archive.dir)
+        .status();
+    r
+}
+
+/// No process runs with `dir` on its command line, and `dir` is gone.
+fn nothing_left(dir: &str) {
+    assert!(!Path::new(dir).exists(), "{dir} was left behind");
+    for p in std::fs::read_dir("/proc").expect("proc").flatten() {
+        let cmd = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        assert!(!cmd.contains(dir), "a process was left running: {cmd}");
+    }
+}
+
+/// The throwaway directory a restore-test report names.
+fn scratch_dir(report: &serde_json::Value) -> String {
+    let s = report["scratch"].as_str().expect("scratch").to_string();
+    s.split_whitespace()
+        .find(|w| w.contains("dbvault-recover-"))
+        .expect("a directory in the scratch text")
+        .to_string()
+}
+
+/// The archive's file records of the WAL segments, path by name.
+fn segment_records(archive: &Archive) -> Vec<std::path::PathBuf> {
+    let files = Path::new(&archive.repo).join("files");
+    let mut v = Vec::new();
+    for ns in std::fs::read_dir(&files).expect("files").flatten() {
+        if ns.file_name().to_string_lossy().ends_with(".cluster") {
+            continue;
+        }
+        for f in std::fs::read_dir(ns.path()).expect("ns").flatten() {
+            if f.file_name().len() == 24 {
+                v.push(f.path());
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+fn cluster(archive: &Archive) -> PgCluster {
+    let settings = format!("archive_mode = on\n{}\n", archive.archive_command("pg"));
+    PgCluster::with_tcp(Some((&settings, "local replication all trust")))
+}
+
+#[test]
+fn restore_test_of_a_physical_snapshot_checks_the_recovered_cluster() {
+    let archive = Archive::local();
+    let dbv = |args: &[&str]| run_cmd(archive.dbvault(args), None);
+    ok(dbv(&["init"]), "init");
+    let pg = cluster(&archive);
+    pg.sql(
+        "postgres",
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT i, 'a' FROM generate_series(1, 1000) i",
+    );
+    pg.sql("postgres", "CREATE DATABASE other");
+    pg.sql(
+        "other",
+        "CREATE TABLE o (id int); INSERT INTO o VALUES (1), (2), (3)",
+    );
+    ok(
+        dbv(&["backup", &pg.url("postgres"), "--physical", "--name", "pg"]),
+        "base backup",
+    );
+    // Rows after the base backup: only replaying the archive brings them.
+    pg.sql(
+        "postgres",
+        "INSERT INTO t SELECT i, 'b' FROM generate_series(1001, 2500) i",
+    );
+    archive_now(&pg);
+    pg.sql("postgres", "INSERT INTO t VALUES (2501, 'c')");
+    archive_now(&pg);
+
+    // As root on the backup host: the throwaway server runs as postgres.
+    let r = ok(
+        as_root(
+            &archive,
+            &["--json", "restore-test", "latest", "--name", "pg"],
+        ),
+        "restore-test",
+    );
+    let rep = r.json();
+    assert_eq!(rep["ok"], true, "{rep}");
+    let rows = |rep: &serde_json::Value, name: &str| {
+        rep["tables"]
+            .as_array()
+            .expect("tables")
+            .iter()
+            .find(|t| t["name"] == name)
+            .and_then(|t| t["rows_restored"].as_u64())
+    };
+    assert_eq!(rows(&rep, "postgres/public.t"), Some(2501), "{rep}");
+    assert_eq!(rows(&rep, "other/public.o"), Some(3), "{rep}");
+    let notes = rep["notes"].to_string();
+    assert!(
+        notes.contains("pg_amcheck checked 2 database(s): no corruption"),
+        "{notes}"
+    );
+    nothing_left(&scratch_dir(&rep));
+    // snapshots shows the report.
+    let s = ok(dbv(&["--json", "snapshots"]), "snapshots").json();
+    assert_eq!(s[0]["restore_test"]["last_ok"], true, "{s}");
+
+    // As the postgres user, to a time before the last row: it is not there.
+    let before = pg.sql(
+        "postgres",
+        "SELECT to_char(clock_timestamp(), 'YYYY-MM-DD\"T\"HH24:MI:SS.USOF')",
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    pg.sql("postgres", "INSERT INTO t VALUES (2502, 'd')");
+    archive_now(&pg);
+    let at = format!("{}:00", before.trim());
+    let r = ok(
+        dbv(&[
+            "--json",
+            "restore-test",
+            "latest",
+            "--name",
+            "pg",
+            "--target-time",
+            &at,
+        ]),
+        "restore-test to a time",
+    );
+    assert_eq!(
+        rows(&r.json(), "postgres/public.t"),
+        Some(2501),
+        "{}",
+        r.text()
+    );
+
+    // A damaged segment the recovery needs: exit 3, named.
+    let records = segment_records(&archive);
+    let last = records.last().expect("segments").clone();
+    let name = last.file_name().unwrap().to_string_lossy().into_owned();
+    let saved = std::fs::read(&last).expect("record");
+    let mut bad = saved.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x40;
+    std::fs::write(&last, &bad).expect("damage");
+    let r = as_root(
+        &archive,
+        &["--json", "restore-test", "latest", "--name", "pg"],
+    );
+    assert_eq!(r.code, Some(3), "{}\n{}", r.text(), r.stderr);
+    let rep = r.json();
+    assert!(rep["problems"].to_string().contains(&name), "{rep}");
+    nothing_left(&scratch_dir(&rep));
+    std::fs::write(&last, &saved).expect("repair");
+
+    // A missing segment in the middle: exit 3, named.
+    let middle = records[records.len() - 2].clone();
+    let name = middle.file_name().unwrap().to_string_lossy().into_owned();
+    let moved = archive.dir.join("moved-segment");
+    std::fs::rename(&middle, &moved).expect("move");
+    let r = as_root(
+        &archive,
+        &["--json", "restore-test", "latest", "--name", "pg"],
+    );
+    assert_eq!(r.code, Some(3), "{}\n{}", r.text(), r.stderr);
+    let rep = r.json();
+    assert!(rep["problems"].to_string().contains(&name), "{rep}");
+    std::fs::rename(&moved, &middle).expect("move back");
+    let s = ok(dbv(&["--json", "snapshots"]), "snapshots").json();
+    assert_eq!(s[0]["restore_test"]["last_ok"], false, "{s}");
+}
