@@ -217,3 +217,98 @@ fn restore_test_of_a_physical_snapshot_checks_the_recovered_cluster() {
     let s = ok(dbv(&["--json", "snapshots"]), "snapshots").json();
     assert_eq!(s[0]["restore_test"]["last_ok"], false, "{s}");
 }
+
+#[test]
+fn one_table_comes_back_as_it_was_at_a_time_beside_the_live_one() {
+    let archive = Archive::local();
+    let dbv = |args: &[&str]| run_cmd(archive.dbvault(args), None);
+    ok(dbv(&["init"]), "init");
+    let pg = cluster(&archive);
+    let sql = |q: &str| pg.sql("postgres", q);
+    sql("CREATE TABLE orders (id serial PRIMARY KEY, v text NOT NULL CHECK (v <> ''), at int DEFAULT 7)");
+    sql("CREATE INDEX orders_v ON orders (v)");
+    sql("CREATE TABLE keep (k int)");
+    sql("INSERT INTO orders (v) SELECT 'night-' || i FROM generate_series(1, 500) i");
+    ok(
+        dbv(&["backup", &pg.url("postgres"), "--physical", "--name", "pg"]),
+        "base backup",
+    );
+    // The day's changes, which last night's backup does not have.
+    sql("INSERT INTO orders (v) SELECT 'day-' || i FROM generate_series(1, 300) i");
+    sql("UPDATE orders SET v = v || '-changed' WHERE id % 7 = 0");
+    sql("INSERT INTO keep VALUES (1)");
+    archive_now(&pg);
+    let fingerprint = |table: &str| {
+        sql(&format!(
+            "SELECT count(*) || ' ' || md5(string_agg(id || ':' || v || ':' || at, ',' ORDER BY id)) FROM {table}"
+        ))
+    };
+    let before = fingerprint("orders");
+    let t = sql("SELECT to_char(clock_timestamp(), 'YYYY-MM-DD\"T\"HH24:MI:SS.USOF')");
+    let at = format!("{}:00", t.trim());
+    std::thread::sleep(Duration::from_millis(50));
+    // 14:32: the wrong rows deleted; other tables go on changing.
+    sql("DELETE FROM orders WHERE id > 10");
+    sql("INSERT INTO keep VALUES (2)");
+    archive_now(&pg);
+
+    let r = ok(
+        dbv(&[
+            "restore",
+            "latest",
+            "--name",
+            "pg",
+            "--target-time",
+            &at,
+            "--table",
+            "orders",
+            "--rename-table",
+            "orders_at",
+            "--to",
+            &pg.url("postgres"),
+        ]),
+        "table as of a time",
+    );
+    assert_eq!(fingerprint("orders_at"), before, "{}", r.stderr);
+    assert!(before.starts_with("800 "), "{before}");
+    let indexes = sql("SELECT string_agg(indexdef, '; ' ORDER BY indexname) FROM pg_indexes WHERE tablename = 'orders_at'");
+    assert!(
+        indexes.contains("(v)") && indexes.contains("UNIQUE"),
+        "{indexes}"
+    );
+    let check = sql("SELECT count(*) FROM pg_constraint WHERE conrelid = 'orders_at'::regclass AND contype = 'c'");
+    assert_eq!(check.trim(), "1");
+    // The live table and the others are untouched.
+    assert!(fingerprint("orders").starts_with("10 "));
+    assert_eq!(
+        sql("SELECT string_agg(k::text, ',' ORDER BY k) FROM keep").trim(),
+        "1,2"
+    );
+    let dir = r
+        .stderr
+        .split_whitespace()
+        .find(|w| w.contains("dbvault-recover-"))
+        .unwrap_or_else(|| panic!("no throwaway directory named: {}", r.stderr))
+        .to_string();
+    nothing_left(&dir);
+
+    // A time past the archive's end is refused, and nothing is restored.
+    let r = dbv(&[
+        "restore",
+        "latest",
+        "--name",
+        "pg",
+        "--target-time",
+        "2099-01-01T00:00:00Z",
+        "--table",
+        "orders",
+        "--rename-table",
+        "orders_future",
+        "--to",
+        &pg.url("postgres"),
+    ]);
+    assert_ne!(r.code, Some(0), "{}", r.stderr);
+    let exists = sql("SELECT count(*) FROM pg_class WHERE relname = 'orders_future'");
+    assert_eq!(exists.trim(), "0", "{}", r.stderr);
+    eprintln!("future: {}", r.stderr);
+}

@@ -196,6 +196,82 @@ pub fn restore(cli: &Cli, a: &RestoreArgs, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `restore PHYSICAL-SNAPSHOT --table NAME [--target-…] --to postgres://…` (or `--to -`):
+/// the tables as they were at the target, through a throwaway recovery. `url`: the
+/// database URL of the target, `Some(None)` for stdout, `None` for a target it cannot be.
+pub fn restore_tables(
+    repo: &Repository,
+    id: &dbvault_core::Id,
+    snap: &dbvault_core::Snapshot,
+    a: &RestoreArgs,
+    url: &Option<Option<String>>,
+) -> Result<()> {
+    let Some(url) = url else {
+        bail!("a physical snapshot restores --to pgdata:DIR, or single tables --to postgres://… or --to -");
+    };
+    if a.tables.is_empty() {
+        bail!(
+            "snapshot {} is a physical base backup: restore the cluster --to pgdata:DIR, or single tables as of a time with --table NAME [--target-time T] --to postgres://…",
+            id.short()
+        );
+    }
+    let live = url.as_deref().map(PgSource::parse).transpose()?;
+    if let Some(l) = &live {
+        output::warn_url_password(l);
+    }
+    let database = match (a.database.clone(), live.as_ref().and_then(PgSource::url_database)) {
+        (Some(d), _) | (None, Some(d)) => d,
+        (None, None) => bail!("say which database of the cluster the table is in: --database NAME (or name it in the --to URL)"),
+    };
+    let info = physical::BaseBackup::of(snap.part(physical::PART).context("no base.tar")?);
+    reachable(repo, &info, a)?;
+    let target = restore::RecoveryTarget {
+        time: a.target_time.as_deref().map(recovery_time).transpose()?,
+        lsn: a.target_lsn.clone(),
+        xid: a.target_xid.clone(),
+        name: a.target_name.clone(),
+        action: None,
+    };
+    if a.target_action.is_some() {
+        bail!("--target-action is for --to pgdata:DIR (a table restore's throwaway server always ends its recovery)");
+    }
+    let o = physical::throwaway::RecoverOptions {
+        target,
+        restore_command: &relay_command,
+    };
+    let mut stdout = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
+    let to = match &live {
+        Some(db) => dbvault_formats::postgres::Target::Database(db),
+        None => dbvault_formats::postgres::Target::Script(&mut stdout),
+    };
+    let t0 = std::time::Instant::now();
+    let served = physical::table::restore_tables_at(
+        repo,
+        snap,
+        &o,
+        &database,
+        &super::restore::pg_options(a),
+        to,
+        &super::restore::print_notice,
+    )?;
+    std::io::Write::flush(&mut stdout)?;
+    eprintln!(
+        "dbvault: {} of database {database} restored as of {} from base backup {} ({}) and WAL to {}, in {:.1} s; the throwaway server is gone",
+        a.tables.join(", "),
+        a.target_time
+            .as_deref()
+            .or(a.target_lsn.as_deref())
+            .or(a.target_xid.as_deref())
+            .or(a.target_name.as_deref())
+            .unwrap_or("the end of the archive"),
+        id.short(),
+        output::time(&snap.time),
+        served.segments.last().map_or("(none)", String::as_str),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 /// Refuses a recovery the archive cannot complete: WAL missing for the base backup to
 /// become consistent, or a gap before the target (PostgreSQL would stop there and carry on
 /// as if it were the end).

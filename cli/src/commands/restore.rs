@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{bail, Result};
 use dbvault_core::lock::LockKind;
 use dbvault_formats::notice::Notice;
-use dbvault_formats::postgres::{self, meta, restore_server, PgSource};
+use dbvault_formats::postgres::{self, meta, physical, restore_server, PgSource};
 use dbvault_formats::read::write_part;
 use dbvault_formats::sqlite::snapshot as sqlite;
 
@@ -33,6 +33,15 @@ fn target(to: &str) -> Result<Target<'_>> {
         return Ok(Target::Postgres(to));
     }
     bail!("unknown restore target {to:?}: use - (stdout), postgres://… or sqlite:PATH")
+}
+
+/// The database URL a target names (`None`: stdout; an SQLite file is refused).
+fn tgt_url(t: &Target<'_>) -> Option<Option<String>> {
+    match t {
+        Target::Stdout => Some(None),
+        Target::Postgres(u) => Some(Some((*u).to_string())),
+        Target::Sqlite(_) => None,
+    }
 }
 
 /// Prints what a restore tells as it goes, on stderr.
@@ -70,7 +79,7 @@ fn pg_target<'a>(
     }
 }
 
-fn pg_options(a: &RestoreArgs) -> postgres::RestoreOptions {
+pub(super) fn pg_options(a: &RestoreArgs) -> postgres::RestoreOptions {
     postgres::RestoreOptions {
         tables: a.tables.clone(),
         rename_table: a.rename_table.clone(),
@@ -84,13 +93,6 @@ fn pg_options(a: &RestoreArgs) -> postgres::RestoreOptions {
 pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<()> {
     if let Some(dir) = a.to.strip_prefix("pgdata:") {
         return super::physical::restore(cli, a, Path::new(dir));
-    }
-    if a.target_lsn.is_some()
-        || a.target_xid.is_some()
-        || a.target_name.is_some()
-        || a.target_action.is_some()
-    {
-        bail!("--target-lsn, --target-xid, --target-name and --target-action recover a physical snapshot: restore it --to pgdata:DIR");
     }
     let tgt = target(&a.to)?;
     if (a.schema_only || a.data_only) && a.to.starts_with("sqlite:") {
@@ -106,6 +108,16 @@ pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<()> {
         a.name.as_deref(),
         a.target_time.as_deref(),
     )?;
+    if snap.source.format == physical::FORMAT {
+        return super::physical::restore_tables(&repo, &id, &snap, a, &tgt_url(&tgt));
+    }
+    if a.target_lsn.is_some()
+        || a.target_xid.is_some()
+        || a.target_name.is_some()
+        || a.target_action.is_some()
+    {
+        bail!("--target-lsn, --target-xid, --target-name and --target-action recover a physical snapshot (restore it --to pgdata:DIR, or one table --table NAME --to postgres://…)");
+    }
     // A selective or filtered snapshot says so before anyone takes it for the whole database.
     for n in &snap.source.notes {
         eprintln!("dbvault: note: snapshot {}: {n}", id.short());

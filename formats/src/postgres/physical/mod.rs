@@ -8,6 +8,7 @@ pub mod backup;
 pub mod local;
 pub mod relay;
 pub mod restore;
+pub mod table;
 pub mod tar;
 pub mod throwaway;
 pub mod verify;

@@ -304,6 +304,11 @@ pub fn with_recovered<T>(
             relay: &relay,
             bin: bin.clone(),
         };
+        notify(crate::notice::Notice::Done(format!(
+            "dbvault: recovering base backup {} on a throwaway server in {}",
+            info.start_lsn,
+            dir.display()
+        )));
         wait_recovered(&mut server, &rec, &log)?;
         let out = f(&rec)?;
         drop(server);
@@ -330,6 +335,22 @@ fn wait_recovered(server: &mut Server, rec: &Recovered<'_>, log: &Path) -> Resul
                 .iter()
                 .map(|(n, e)| format!("WAL file {n} could not be handed over: {e}"))
                 .collect();
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            if text.contains("recovery ended before configured recovery target was reached") {
+                let last = text
+                    .lines()
+                    .filter_map(|l| {
+                        l.split("last completed transaction was at log time ")
+                            .nth(1)
+                    })
+                    .last()
+                    .map_or_else(String::new, |t| {
+                        format!(" (its last transaction is from {})", t.trim())
+                    });
+                return Err(FormatError::Invalid(format!(
+                    "the archive ends before the recovery target{last}: give an earlier target"
+                )));
+            }
             return Err(FormatError::Invalid(format!(
                 "the throwaway server stopped during recovery ({status}){}; its log ends:\n{}",
                 if failed.is_empty() {
