@@ -191,6 +191,18 @@ pub struct Source {
     pub follow: Option<String>,
     /// With `follow`: how often the follower applies the retention (default `"10min"`).
     pub compact_every: Option<String>,
+    /// With `postgres`: base backups of the whole cluster (`backup --physical`), its WAL
+    /// archived by the server's `archive_command` with `wal-push --name` this source's name.
+    #[serde(default)]
+    pub physical: bool,
+    /// With `physical`, on the database host: read the data directory directly (`--pgdata`).
+    pub pgdata: Option<PathBuf>,
+    /// With `physical`: how long a base backup waits for its WAL to be archived (default
+    /// `"5min"`).
+    pub wal_wait: Option<String>,
+    /// With `physical`: the server's `archive_timeout`, to judge a stalled archive by when
+    /// the server cannot be asked (default: the server's own setting).
+    pub archive_timeout: Option<String>,
 }
 
 impl Source {
@@ -255,6 +267,48 @@ impl Source {
             self.compact_every.as_deref().unwrap_or("10min"),
         )?;
         Ok(Some((secs("follow", f)?, every)))
+    }
+
+    /// `wal_wait`, when this source takes base backups; checks the physical options.
+    pub fn physical_wait(&self) -> Result<Option<std::time::Duration>> {
+        if !self.physical {
+            for (k, set) in [
+                ("pgdata", self.pgdata.is_some()),
+                ("wal_wait", self.wal_wait.is_some()),
+                ("archive_timeout", self.archive_timeout.is_some()),
+            ] {
+                if set {
+                    bail!("source {}: {k} needs physical = true", self.name);
+                }
+            }
+            return Ok(None);
+        }
+        if self.postgres.is_none() {
+            bail!(
+                "source {}: physical = true takes base backups of a PostgreSQL cluster: give postgres = \"postgres://…\"",
+                self.name
+            );
+        }
+        if !self.selection().is_whole() || self.enable_row_security {
+            bail!(
+                "source {}: a physical source copies the whole cluster (table/schema selections and enable_row_security are for logical sources)",
+                self.name
+            );
+        }
+        let wait = Span::parse(self.wal_wait.as_deref().unwrap_or("5min"))
+            .with_context(|| format!("source {}: wal_wait", self.name))?;
+        if let Some(t) = &self.archive_timeout {
+            Span::parse(t).with_context(|| format!("source {}: archive_timeout", self.name))?;
+        }
+        Ok(Some(std::time::Duration::from_secs(wait.approx_seconds())))
+    }
+
+    /// `archive_timeout` in seconds, when configured.
+    pub fn archive_timeout_secs(&self) -> Option<u64> {
+        self.archive_timeout
+            .as_deref()
+            .and_then(|t| Span::parse(t).ok())
+            .map(|s| s.approx_seconds())
     }
 
     /// `max_age` in seconds.
@@ -357,6 +411,7 @@ pub fn load(path: &Path) -> Result<Config> {
         s.max_age_secs()
             .map_err(|e| at(format!("source {}: max_age: {e}", s.name)))?;
         s.following().map_err(|e| at(format!("{e:#}")))?;
+        s.physical_wait().map_err(|e| at(format!("{e:#}")))?;
         if let Some(r) = &s.retention {
             r.policy()
                 .map_err(|e| at(format!("source {}: {e}", s.name)))?;

@@ -312,3 +312,93 @@ fn one_table_comes_back_as_it_was_at_a_time_beside_the_live_one() {
     assert_eq!(exists.trim(), "0", "{}", r.stderr);
     eprintln!("future: {}", r.stderr);
 }
+
+#[test]
+fn a_configured_physical_source_is_backed_up_watched_and_alarms_when_archiving_stalls() {
+    let archive = Archive::local();
+    let dbv = |args: &[&str]| run_cmd(archive.dbvault(args), None);
+    ok(dbv(&["init"]), "init");
+    let settings = format!("archive_mode = on\n{}\n", archive.archive_command("pgconf"));
+    let pg = PgCluster::with_tcp(Some((&settings, "local replication all trust")));
+    let sql = |q: &str| pg.sql("postgres", q);
+    sql("CREATE TABLE t (id int)");
+    let cfg = archive.dir.join("dbvault.toml");
+    let metrics = archive.dir.join("dbvault.prom");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[repository.local]\nurl = \"{}\"\npassword_file = \"{}\"\n\n[metrics]\ntextfile = \"{}\"\n\n\
+             [[source]]\nname = \"pgconf\"\npostgres = \"{}\"\nphysical = true\nwal_wait = \"20s\"\n",
+            archive.repo,
+            archive.dir.join("pw").display(),
+            metrics.display(),
+            pg.url("postgres")
+        ),
+    )
+    .expect("config");
+    let _ = Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(&archive.dir)
+        .status();
+    let with_cfg = |args: &[&str]| {
+        let mut all = vec!["--config", cfg.to_str().expect("path")];
+        all.extend_from_slice(args);
+        dbv(&all)
+    };
+    let gauge = |name: &str| {
+        let text = std::fs::read_to_string(&metrics).expect("metrics");
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}{{source=\"pgconf\"}}")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    };
+
+    // run takes the base backup; status shows the archive.
+    let r = ok(with_cfg(&["run"]), "run");
+    assert!(r.text().contains("WAL: newest segment"), "{}", r.text());
+    let s = ok(with_cfg(&["--json", "status"]), "status").json();
+    let wal = &s["sources"][0]["wal"];
+    assert!(wal["newest_segment"].as_str().is_some(), "{s}");
+    assert!(wal["age_seconds"].as_i64().is_some_and(|a| a >= 0), "{s}");
+    assert!(wal["stalled"].is_null(), "{s}");
+    assert_eq!(s["sources"][0]["snapshots"], 1, "{s}");
+    assert_eq!(gauge("dbvault_wal_archiving_ok"), 1.0);
+    assert!(gauge("dbvault_wal_last_archived_timestamp_seconds") > 1.7e9);
+
+    // Pushes start failing: status exits 1 naming it, and so does run, with the metric.
+    sql("ALTER SYSTEM SET archive_command = '/bin/false'");
+    sql("SELECT pg_reload_conf()");
+    std::thread::sleep(Duration::from_millis(500));
+    sql("INSERT INTO t SELECT generate_series(1, 1000)");
+    sql("SELECT pg_switch_wal()");
+    let t0 = Instant::now();
+    while sql("SELECT failed_count FROM pg_stat_archiver").trim() == "0" {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no failed push:\n{}",
+            pg.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let r = with_cfg(&["status"]);
+    assert_eq!(r.code, Some(1), "{}", r.text());
+    assert!(
+        r.text().contains("STALLED: archiving is failing"),
+        "{}",
+        r.text()
+    );
+    assert!(r.text().contains("stopped archiving WAL"), "{}", r.text());
+    let r = with_cfg(&["run"]);
+    assert_eq!(r.code, Some(1), "{}", r.text());
+    assert!(r.text().contains("WAL archiving stalled"), "{}", r.text());
+    assert_eq!(gauge("dbvault_wal_archiving_ok"), 0.0);
+    assert!(gauge("dbvault_wal_push_failures") >= 1.0);
+
+    // Fixed: the waiting segments are pushed and status is clean again.
+    sql("ALTER SYSTEM RESET archive_command");
+    sql("SELECT pg_reload_conf()");
+    archive_now(&pg);
+    let r = ok(with_cfg(&["status"]), "status after the fix");
+    assert!(!r.text().contains("STALLED"), "{}", r.text());
+}

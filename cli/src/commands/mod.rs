@@ -19,6 +19,7 @@ mod sql;
 mod stats;
 mod status;
 mod wal;
+mod wal_health;
 
 use std::process::ExitCode;
 

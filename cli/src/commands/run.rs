@@ -30,6 +30,8 @@ struct SourceResult {
     /// Newest snapshot time (unix seconds), for the metrics.
     last_success: Option<i64>,
     error: Option<String>,
+    /// Physical sources: the WAL archive.
+    wal: Option<super::wal_health::WalHealth>,
 }
 
 /// One maintenance step's outcome.
@@ -130,6 +132,9 @@ pub fn run(cli: &Cli, a: &RunArgs) -> Result<ExitCode> {
                 ),
                 Some(e) => crate::outln!("  FAILED  {:<20} {e}", r.name),
             }
+            if let Some(w) = &r.wal {
+                crate::outln!("          {:<20} {}", "", w.describe());
+            }
         }
         for s in &steps {
             crate::outln!(
@@ -210,6 +215,7 @@ fn failed(s: &Source, repo: &str, error: String) -> SourceResult {
         forgotten: 0,
         last_success: None,
         error: Some(error),
+        wal: None,
     }
 }
 
@@ -238,8 +244,8 @@ pub(super) fn job_of(s: &Source) -> Result<super::backup::Job> {
         jobs: None,
         enable_row_security: s.enable_row_security,
         selection: s.selection(),
-        physical: None,
-        pgdata: None,
+        physical: s.physical_wait()?,
+        pgdata: s.pgdata.clone(),
     })
 }
 
@@ -267,6 +273,7 @@ fn back_up(cli: &Cli, repo: &Repository, cfg: &Config, s: &Source, rname: &str) 
             forgotten: 0,
             last_success: None,
             error: None,
+            wal: None,
         },
         Err(e) => failed(s, rname, format!("{e:#}")),
     };
@@ -280,6 +287,19 @@ fn back_up(cli: &Cli, repo: &Repository, cfg: &Config, s: &Source, rname: &str) 
             r.error = Some(format!("retention: {e:#}"));
         }
         Err(_) => {}
+    }
+    // The alarm: a base backup is worth little when the WAL after it is not archived.
+    if s.physical {
+        let w = super::wal_health::of(repo, s);
+        if let Some(why) = &w.stalled {
+            r.ok = false;
+            let alarm = format!("WAL archiving stalled: {why}");
+            r.error = Some(match r.error.take() {
+                Some(e) => format!("{e}; {alarm}"),
+                None => alarm,
+            });
+        }
+        r.wal = Some(w);
     }
     r.last_success = repo
         .newest_of(&s.name)
@@ -442,6 +462,32 @@ fn write_metrics(path: &std::path::Path, results: &[SourceResult]) -> Result<()>
         "dbvault_dedup_ratio",
         "Bytes read over bytes added by the last backup.",
         per(&|r| (r.ok && r.bytes_added > 0).then(|| r.bytes_in as f64 / r.bytes_added as f64)),
+    );
+    let wal = |f: &dyn Fn(&super::wal_health::WalHealth) -> Option<f64>| -> Vec<(String, f64)> {
+        results
+            .iter()
+            .filter_map(|r| r.wal.as_ref().and_then(f).map(|v| (r.name.clone(), v)))
+            .collect()
+    };
+    metric(
+        "dbvault_wal_archiving_ok",
+        "Physical sources: 1 if WAL archiving is working, 0 if it has stalled.",
+        wal(&|w| Some(if w.stalled.is_none() { 1.0 } else { 0.0 })),
+    );
+    metric(
+        "dbvault_wal_last_archived_timestamp_seconds",
+        "Physical sources: when the newest WAL segment in the repository was archived.",
+        wal(&|w| w.newest_archived_at.map(|t| t as f64)),
+    );
+    metric(
+        "dbvault_wal_archive_age_seconds",
+        "Physical sources: age of the newest WAL segment in the repository.",
+        wal(&|w| w.age_seconds.map(|t| t as f64)),
+    );
+    metric(
+        "dbvault_wal_push_failures",
+        "Physical sources: failed archive_command runs the server counts (pg_stat_archiver).",
+        wal(&|w| w.server.as_ref().map(|s| s.failed_count as f64)),
     );
     let dir = path.parent().unwrap_or(std::path::Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;

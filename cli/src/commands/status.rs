@@ -1,6 +1,7 @@
 //! `dbvault status`: per configured source, its newest snapshot and whether it is overdue
 //! (older than the source's `max_age`, default 26 h), and when it last passed a
-//! restore-test. Exit 1 when a source missed its backup.
+//! restore-test; for physical sources, the WAL archive's newest segment and whether
+//! archiving has stalled. Exit 1 when a source missed its backup or stopped archiving.
 
 use std::process::ExitCode;
 
@@ -23,6 +24,8 @@ struct SourceStatus {
     snapshots: usize,
     last_restore_test_passed: Option<String>,
     error: Option<String>,
+    /// Physical sources: the WAL archive.
+    wal: Option<super::wal_health::WalHealth>,
 }
 
 pub fn run(cli: &Cli) -> Result<ExitCode> {
@@ -59,10 +62,16 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
                 .filter(|r| mine.iter().any(|(id, _)| Some(*id) == r.snapshot))
                 .map(|r| r.time)
                 .max();
+            let wal = match &opened {
+                Ok(repo) if s.physical => Some(super::wal_health::of(repo, s)),
+                _ => None,
+            };
+            let stalled = wal.as_ref().is_some_and(|w| w.stalled.is_some());
             let (ok, state, error) = match (&opened, age) {
                 (Err(e), _) => (false, "UNKNOWN".to_string(), Some(format!("{e:#}"))),
                 (Ok(_), None) => (false, "NEVER".to_string(), None),
                 (Ok(_), Some(a)) if a > max_age as i64 => (false, "MISSED".to_string(), None),
+                (Ok(_), Some(_)) if stalled => (false, "STALLED".to_string(), None),
                 (Ok(_), Some(_)) => (true, "ok".to_string(), None),
             };
             out.push(SourceStatus {
@@ -76,6 +85,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
                 snapshots: mine.len(),
                 last_restore_test_passed: passed.map(|t| crate::output::time(&t)),
                 error,
+                wal,
             });
         }
     }
@@ -107,10 +117,20 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
             if let Some(e) = &s.error {
                 crate::outln!("  {e}");
             }
+            if let Some(w) = &s.wal {
+                crate::outln!("  {}", w.describe());
+            }
         }
         let missed = out.iter().filter(|s| !s.ok).count();
-        if missed > 0 {
-            crate::outln!("{missed} source(s) missed their backup");
+        let stalled = out
+            .iter()
+            .filter(|s| s.wal.as_ref().is_some_and(|w| w.stalled.is_some()))
+            .count();
+        if stalled > 0 {
+            crate::outln!("{stalled} source(s) stopped archiving WAL: point-in-time recovery is not covered past their newest segment");
+        }
+        if missed > stalled {
+            crate::outln!("{} source(s) missed their backup", missed - stalled);
         } else {
             crate::outln!("every source is backed up");
         }

@@ -137,7 +137,46 @@ fn replicated(
         }
         s
     });
-    let r = ingest(b, out, seg_size, &opts.wal_source, &|| Ok(None));
+    // The server holds the end of the stream back until the backup's WAL is archived;
+    // with archiving stalled it would wait forever, so silence longer than `wal_wait`
+    // ends it.
+    let child = std::sync::Mutex::new(child);
+    let last = std::sync::atomic::AtomicU64::new(0);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let killed = std::sync::atomic::AtomicBool::new(false);
+    let t0 = Instant::now();
+    let r = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            use std::sync::atomic::Ordering::SeqCst;
+            while !done.load(SeqCst) {
+                std::thread::sleep(Duration::from_millis(200));
+                let idle = (t0.elapsed().as_millis() as u64).saturating_sub(last.load(SeqCst));
+                if idle > opts.wal_wait.as_millis() as u64 {
+                    killed.store(true, SeqCst);
+                    if let Ok(mut c) = child.lock() {
+                        let _ = c.kill();
+                    }
+                    return;
+                }
+            }
+        });
+        let watched = Watched {
+            inner: out,
+            last: &last,
+            t0,
+        };
+        let r = ingest(b, watched, seg_size, &opts.wal_source, &|| Ok(None));
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        r
+    });
+    if killed.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(FormatError::Invalid(format!(
+            "the server sent nothing for {} s: it waits for the backup's WAL to be archived, and archiving is stalled (pg_stat_archiver says what fails; is archive_command = 'dbvault wal-push --name {} %p' set, with this repository?)",
+            opts.wal_wait.as_secs(),
+            opts.wal_source
+        )));
+    }
+    let mut child = child.into_inner().unwrap_or_else(|p| p.into_inner());
     let status = child
         .wait()
         .map_err(|e| FormatError::io("pg_basebackup", e))?;
@@ -151,6 +190,24 @@ fn replicated(
         return Err(pg_err("pg_basebackup", first));
     }
     r
+}
+
+/// A reader that notes when it last gave bytes (milliseconds since `t0`).
+struct Watched<'a, R> {
+    inner: R,
+    last: &'a std::sync::atomic::AtomicU64,
+    t0: Instant,
+}
+
+impl<R: Read> Read for Watched<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.last.store(
+            self.t0.elapsed().as_millis() as u64,
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        Ok(n)
+    }
 }
 
 /// Stores a base backup's tar stream as the snapshot's part; returns what it says of

@@ -4,6 +4,7 @@
 //! ([`restore`]).
 
 pub mod archive;
+pub mod archiver;
 pub mod backup;
 pub mod local;
 pub mod relay;
