@@ -328,7 +328,7 @@ fn a_configured_physical_source_is_backed_up_watched_and_alarms_when_archiving_s
         &cfg,
         format!(
             "[repository.local]\nurl = \"{}\"\npassword_file = \"{}\"\n\n[metrics]\ntextfile = \"{}\"\n\n\
-             [[source]]\nname = \"pgconf\"\npostgres = \"{}\"\nphysical = true\nwal_wait = \"20s\"\n",
+             [[source]]\nname = \"pgconf\"\npostgres = \"{}\"\nphysical = true\nwal_wait = \"20s\"\nretention = {{ keep_last = 1 }}\n",
             archive.repo,
             archive.dir.join("pw").display(),
             metrics.display(),
@@ -401,4 +401,17 @@ fn a_configured_physical_source_is_backed_up_watched_and_alarms_when_archiving_s
     archive_now(&pg);
     let r = ok(with_cfg(&["status"]), "status after the fix");
     assert!(!r.text().contains("STALLED"), "{}", r.text());
+
+    // The next run's base backup replaces the first (keep_last = 1), and the WAL only the
+    // first needed goes with it.
+    let before = segment_records(&archive);
+    ok(with_cfg(&["run"]), "second run");
+    let after = segment_records(&archive);
+    let s = ok(with_cfg(&["--json", "status"]), "status").json();
+    assert_eq!(s["sources"][0]["snapshots"], 1, "{s}");
+    assert!(
+        !after.contains(&before[0]) && after.len() < before.len(),
+        "the first base backup's WAL was kept: {before:?} -> {after:?}"
+    );
+    ok(dbv(&["check"]), "check after retention");
 }

@@ -170,5 +170,11 @@ pub(super) fn by_policy(
         .map(|v| v.id)
         .collect();
     repo.forget_snapshots(&doomed)?;
+    // A physical source's WAL goes with its base backups, as in `forget`.
+    let kept: Vec<_> = snaps
+        .into_iter()
+        .filter(|(id, x)| x.name == name && !doomed.contains(id))
+        .collect();
+    super::physical::forget_wal(repo, &kept, None, false)?;
     Ok(doomed.len())
 }
