@@ -1,13 +1,14 @@
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 //! Criterion benchmarks of the engine on seeded, dump-like data: content-defined and
-//! row-aligned chunking, keyed hashing, compress+seal on one and two threads, and the whole
-//! backup pipeline.
+//! row-aligned chunking, keyed hashing, compress+seal and open+decompress+verify on one and
+//! two threads (the compute floor of a backup and of a restore), and the whole backup
+//! pipeline.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use dbvault_benches::bench_repo;
 use dbvault_core::backup::{PartInput, SnapshotMeta};
 use dbvault_core::chunker::{chunks, ChunkerParams, LineChunks, LineParams};
-use dbvault_core::crypto::{seal_blob, Keys};
+use dbvault_core::crypto::{open_blob, seal_blob, Keys};
 use dbvault_core::SourceInfo;
 use dbvault_tests::dump_like;
 use rayon::prelude::*;
@@ -99,6 +100,48 @@ fn sealing(c: &mut Criterion) {
     g.finish();
 }
 
+/// Open (XChaCha20-Poly1305), decompress and check the keyed id of 64 KiB blobs on one and
+/// two threads: what every restored byte costs before it is written (the restore's floor).
+fn opening(c: &mut Criterion) {
+    let data = dump_like(SIZE, 5);
+    let keys = Keys::from_master(&[8u8; 32]);
+    let blobs: Vec<_> = data
+        .chunks(64 << 10)
+        .map(|c| {
+            let id = keys.blob_id(c);
+            (id, seal_blob(&keys, &id, c, 1).expect("seal"), c.len())
+        })
+        .collect();
+    let mut g = c.benchmark_group("open");
+    g.throughput(Throughput::Bytes(SIZE as u64));
+    g.sample_size(10);
+    for threads in [1usize, 2] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("pool");
+        g.bench_with_input(
+            BenchmarkId::new("xchacha_zstd_verify_64k_blobs", threads),
+            &threads,
+            |b, _| {
+                b.iter(|| {
+                    pool.install(|| {
+                        blobs
+                            .par_iter()
+                            .map(|(id, s, n)| {
+                                open_blob(&keys, id, s, *n, &|| "bench".into())
+                                    .map(|p| p.len())
+                                    .unwrap_or(0)
+                            })
+                            .sum::<usize>()
+                    })
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
 /// The whole backup pipeline (read, chunk, hash, dedup, compress, seal, pack, write) into
 /// a local repository, on every core.
 fn pipeline(c: &mut Criterion) {
@@ -132,5 +175,5 @@ fn pipeline(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, chunking, hashing, sealing, pipeline);
+criterion_group!(benches, chunking, hashing, sealing, opening, pipeline);
 criterion_main!(benches);

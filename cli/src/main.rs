@@ -3,6 +3,7 @@
 mod args;
 mod commands;
 mod config;
+mod malloc;
 mod output;
 mod repo_access;
 
@@ -11,6 +12,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    malloc::tune();
     let cli = args::Cli::parse(); // usage errors exit with 2
     match commands::run(&cli) {
         Ok(code) => code,

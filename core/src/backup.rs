@@ -28,7 +28,9 @@ use crate::{Error, Id, Repository, Result};
 pub use crate::input::{Chunking, PartInput};
 pub use crate::worker::{LIST_AVG, LIST_MAX};
 
-const BATCH_BYTES: usize = 4 << 20;
+/// Chunk bytes handed to the pack worker at a time. With one batch queued, one being
+/// filled and one being sealed (plus its sealed copy), about 4 of these are in memory.
+const BATCH_BYTES: usize = 1 << 20;
 
 /// What a finished backup reports.
 #[derive(Clone, Debug)]
@@ -98,7 +100,7 @@ impl Repository {
         // Fail now, not after reading the whole source.
         self.ensure_lock(crate::lock::LockKind::Shared, "a backup")?;
         let index = self.index()?;
-        let (tx, rx) = sync_channel(2);
+        let (tx, rx) = sync_channel(1);
         let failure = Arc::new(Mutex::new(None));
         let ctx = WorkerCtx {
             lock: self.lock_handle("a backup")?,

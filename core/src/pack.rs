@@ -130,8 +130,16 @@ pub struct PackBuilder {
 impl PackBuilder {
     /// An empty pack with room for `capacity` bytes.
     pub fn with_capacity(capacity: usize) -> Self {
+        Self::with_buffer(Vec::new(), capacity)
+    }
+
+    /// An empty pack built in `buf` (a stored pack's, recycled), with room for `capacity`
+    /// bytes: reserved exactly, so a pack a little over its target never doubles it.
+    pub fn with_buffer(mut buf: Vec<u8>, capacity: usize) -> Self {
+        buf.clear();
+        buf.reserve_exact(capacity);
         PackBuilder {
-            buf: Vec::with_capacity(capacity),
+            buf,
             entries: Vec::new(),
         }
     }
