@@ -62,7 +62,8 @@ pub struct SnapshotMeta {
 pub struct Backup<'r> {
     repo: &'r Repository,
     tx: Option<SyncSender<Job>>,
-    worker: Option<JoinHandle<Result<WorkerOut>>>,
+    /// Its error, if any, is in `failure`.
+    worker: Option<JoinHandle<std::result::Result<WorkerOut, ()>>>,
     failure: Arc<Mutex<Option<Error>>>,
     next_part: AtomicU32,
     progress: Arc<AtomicU64>,
@@ -122,13 +123,14 @@ impl Repository {
         let worker = std::thread::Builder::new()
             .name("dbvault-pack".into())
             .spawn(move || {
-                let r = run_worker(rx, ctx);
-                if let Err(e) = &r {
-                    // Producers see a closed channel; they pick the cause up from here.
-                    *f2.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Some(Error::Invalid(e.to_string()));
-                }
-                r
+                let r = run_worker(&rx, ctx);
+                r.map_err(|e| {
+                    // The cause, whole, for whoever asks first: a producer whose send
+                    // failed, or `join`. Stored before the channel closes, so a producer
+                    // woken by the closing finds it.
+                    *f2.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    drop(rx);
+                })
             })
             .map_err(|e| Error::Invalid(format!("cannot start a thread: {e}")))?;
         Ok(Backup {
@@ -289,8 +291,16 @@ impl Backup<'_> {
             .worker
             .take()
             .ok_or_else(|| Error::Invalid("backup already finished".into()))?;
-        w.join()
-            .map_err(|_| Error::Invalid("the backup pipeline panicked".into()))?
+        match w.join() {
+            Ok(Ok(out)) => Ok(out),
+            Ok(Err(())) => Err(self
+                .failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .unwrap_or_else(|| Error::Invalid("the backup pipeline stopped".into()))),
+            Err(_) => Err(Error::Invalid("the backup pipeline panicked".into())),
+        }
     }
 
     /// Waits for every pack and index file, then writes the snapshot.

@@ -111,7 +111,7 @@ fn pack_buffers(uploads: usize) -> usize {
     uploads.clamp(1, 2) + 1
 }
 
-pub(crate) fn run_worker(rx: Receiver<Job>, ctx: WorkerCtx) -> Result<WorkerOut> {
+pub(crate) fn run_worker(rx: &Receiver<Job>, ctx: WorkerCtx) -> Result<WorkerOut> {
     // Rendezvous: a pack goes to the writer only when it takes it.
     let (ptx, prx) = sync_channel::<PackBuilder>(0);
     // Stored packs' buffers come back here; only the uploaders hold senders, so when they
@@ -144,7 +144,7 @@ pub(crate) fn run_worker(rx: Receiver<Job>, ctx: WorkerCtx) -> Result<WorkerOut>
         defer_limit: if backend_remote { DEFER_REMOTE } else { 0 },
     };
     let result = (|| {
-        for job in rx {
+        for job in rx.iter() {
             match job {
                 Job::Begin { part, name } => w.begin(part, &name)?,
                 Job::Chunks { part, chunks } => w.add_chunks(part, chunks)?,
