@@ -66,6 +66,13 @@ fn hashing(c: &mut Criterion) {
     g.finish();
 }
 
+fn pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("pool")
+}
+
 /// Compress (zstd level 1, the repository default) and seal 32 KiB blobs on one and two
 /// threads: the CPU stage that rayon spreads over the cores.
 fn sealing(c: &mut Criterion) {
@@ -75,10 +82,7 @@ fn sealing(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(SIZE as u64));
     g.sample_size(10);
     for threads in [1usize, 2] {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .expect("pool");
+        let pool = pool(threads);
         g.bench_with_input(
             BenchmarkId::new("zstd1_xchacha_32k_blobs", threads),
             &threads,
@@ -116,10 +120,7 @@ fn opening(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(SIZE as u64));
     g.sample_size(10);
     for threads in [1usize, 2] {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .expect("pool");
+        let pool = pool(threads);
         g.bench_with_input(
             BenchmarkId::new("xchacha_zstd_verify_64k_blobs", threads),
             &threads,

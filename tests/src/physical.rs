@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use crate::cluster::{as_postgres, pg_bin};
 use crate::{bin, hex_tag, PASSWORD};
@@ -26,7 +27,44 @@ fn chown(p: &Path) {
         .status();
 }
 
+/// Switches to a new segment and waits (90 s at most) until the server archived every
+/// segment before it: `sql` asks the server, `log` gives its log when it does not.
+pub fn archive_now(sql: &dyn Fn(&str) -> String, log: &dyn Fn() -> String) {
+    let seg = sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    sql("SELECT pg_switch_wal()");
+    let t0 = Instant::now();
+    loop {
+        let last = sql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver");
+        if last.trim() >= seg.trim() {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "segment {seg} not archived after 90 s (last {last}):\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 impl Archive {
+    /// The file records of the archived WAL (segments, history and backup-history files)
+    /// of a local repository, sorted by path.
+    pub fn wal_records(&self) -> Vec<PathBuf> {
+        let files = Path::new(&self.repo).join("files");
+        let mut v = Vec::new();
+        for ns in std::fs::read_dir(&files).expect("files").flatten() {
+            if ns.file_name().to_string_lossy().ends_with(".cluster") {
+                continue;
+            }
+            for f in std::fs::read_dir(ns.path()).expect("ns").flatten() {
+                v.push(f.path());
+            }
+        }
+        v.sort();
+        v
+    }
+
     /// A local repository (not yet initialised).
     pub fn local() -> Archive {
         let dir = std::env::temp_dir().join(format!("dbvault-pitr-{}", hex_tag()));

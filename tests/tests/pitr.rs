@@ -6,7 +6,7 @@
 //! directory itself) and on S3 (Garage; through the replication protocol). The same segment
 //! pushed again with other bytes, and a segment of another cluster, are refused.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dbvault_tests::garage::Garage;
 use dbvault_tests::physical::{Archive, Restored};
@@ -25,26 +25,8 @@ fn ok(r: Run, what: &str) -> Run {
     r
 }
 
-/// Waits until the server has archived the segment it is writing now (after a switch).
 fn archive_now(pg: &PgCluster) {
-    let seg = pg.sql("postgres", "SELECT pg_walfile_name(pg_current_wal_lsn())");
-    pg.sql("postgres", "SELECT pg_switch_wal()");
-    let t0 = Instant::now();
-    loop {
-        let last = pg.sql(
-            "postgres",
-            "SELECT coalesce(last_archived_wal, '') || ' ' || failed_count FROM pg_stat_archiver",
-        );
-        if last.split_whitespace().next().unwrap_or("") >= seg.trim() {
-            return;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "segment {seg} not archived after 60 s ({last}):\n{}",
-            pg.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    dbvault_tests::physical::archive_now(&|q| pg.sql("postgres", q), &|| pg.log());
 }
 
 /// `pgdata`: the base backup reads the data directory itself (else the replication

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use dbvault_tests::physical::Archive;
+use dbvault_tests::physical::{self, Archive};
 use dbvault_tests::{bin, run_cmd, PgCluster, Run};
 
 fn ok(r: Run, what: &str) -> Run {
@@ -15,26 +15,8 @@ fn ok(r: Run, what: &str) -> Run {
     r
 }
 
-/// Switches to a new segment and waits until the server archived everything before it.
 fn archive_now(pg: &PgCluster) {
-    let seg = pg.sql("postgres", "SELECT pg_walfile_name(pg_current_wal_lsn())");
-    pg.sql("postgres", "SELECT pg_switch_wal()");
-    let t0 = Instant::now();
-    loop {
-        let last = pg.sql(
-            "postgres",
-            "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
-        );
-        if last.trim() >= seg.trim() {
-            return;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(90),
-            "segment {seg} not archived after 90 s (last {last}):\n{}",
-            pg.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    physical::archive_now(&|q| pg.sql("postgres", q), &|| pg.log());
 }
 
 /// A dbvault command run as root (as on a backup host), on the archive's repository.
@@ -75,19 +57,8 @@ fn scratch_dir(report: &serde_json::Value) -> String {
 
 /// The archive's file records of the WAL segments, path by name.
 fn segment_records(archive: &Archive) -> Vec<std::path::PathBuf> {
-    let files = Path::new(&archive.repo).join("files");
-    let mut v = Vec::new();
-    for ns in std::fs::read_dir(&files).expect("files").flatten() {
-        if ns.file_name().to_string_lossy().ends_with(".cluster") {
-            continue;
-        }
-        for f in std::fs::read_dir(ns.path()).expect("ns").flatten() {
-            if f.file_name().len() == 24 {
-                v.push(f.path());
-            }
-        }
-    }
-    v.sort();
+    let mut v = archive.wal_records();
+    v.retain(|p| p.file_name().is_some_and(|n| n.len() == 24));
     v
 }
 

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use dbvault_tests::garage::Garage;
-use dbvault_tests::physical::{Archive, Restored};
+use dbvault_tests::physical::{archive_now, Archive, Restored};
 use dbvault_tests::{bin, run_cmd, PgCluster, Run};
 
 fn ok(r: Run, what: &str) -> Run {
@@ -23,44 +23,23 @@ fn give(p: &Path) {
         .status();
 }
 
-/// Switches to a new segment and waits until the server archived everything before it.
-fn archive_now(sql: &dyn Fn(&str) -> String, log: &dyn Fn() -> String) {
-    let seg = sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
-    sql("SELECT pg_switch_wal()");
-    let t0 = Instant::now();
-    loop {
-        let last = sql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver");
-        if last.trim() >= seg.trim() {
-            return;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(90),
-            "segment {seg} not archived after 90 s (last {last}):\n{}",
-            log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 fn server_time(sql: &dyn Fn(&str) -> String) -> String {
     let t = sql("SELECT to_char(clock_timestamp(), 'YYYY-MM-DD\"T\"HH24:MI:SS.USOF')");
     format!("{}:00", t.trim())
 }
 
-/// The archive's WAL segment names, from `files/` of a local repository.
+/// The archive's WAL file names.
 fn archived(archive: &Archive) -> Vec<String> {
-    let files = Path::new(&archive.repo).join("files");
-    let mut v = Vec::new();
-    for ns in std::fs::read_dir(&files).expect("files").flatten() {
-        if ns.file_name().to_string_lossy().ends_with(".cluster") {
-            continue;
-        }
-        for f in std::fs::read_dir(ns.path()).expect("ns").flatten() {
-            v.push(f.file_name().to_string_lossy().into_owned());
-        }
-    }
-    v.sort();
-    v
+    archive
+        .wal_records()
+        .iter()
+        .map(|p| {
+            p.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect()
 }
 
 #[test]
