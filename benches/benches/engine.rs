@@ -15,10 +15,26 @@ use rayon::prelude::*;
 
 const SIZE: usize = 32 << 20;
 
+/// 32 MiB of seeded dump-like data, or, with `DBVAULT_BENCH_FILE=PATH`, the first 32 MiB of
+/// that file (a real pg_dump, to state the floor for the bytes shopbench backs up).
+fn input(seed: u64) -> Vec<u8> {
+    match std::env::var_os("DBVAULT_BENCH_FILE") {
+        Some(p) => {
+            use std::io::Read;
+            let mut v = Vec::new();
+            std::fs::File::open(&p)
+                .and_then(|f| f.take(SIZE as u64).read_to_end(&mut v))
+                .expect("DBVAULT_BENCH_FILE");
+            v
+        }
+        None => dump_like(SIZE, seed),
+    }
+}
+
 fn chunking(c: &mut Criterion) {
-    let data = dump_like(SIZE, 1);
+    let data = input(1);
     let mut g = c.benchmark_group("chunking");
-    g.throughput(Throughput::Bytes(SIZE as u64));
+    g.throughput(Throughput::Bytes(data.len() as u64));
     g.sample_size(10);
     g.bench_function("fastcdc_64k_keyed", |b| {
         b.iter(|| {
@@ -51,10 +67,10 @@ fn chunking(c: &mut Criterion) {
 }
 
 fn hashing(c: &mut Criterion) {
-    let data = dump_like(SIZE, 2);
+    let data = input(2);
     let keys = Keys::from_master(&[5u8; 32]);
     let mut g = c.benchmark_group("hashing");
-    g.throughput(Throughput::Bytes(SIZE as u64));
+    g.throughput(Throughput::Bytes(data.len() as u64));
     g.sample_size(10);
     g.bench_function("keyed_blake3_32k_blobs", |b| {
         b.iter(|| {
@@ -76,10 +92,10 @@ fn pool(threads: usize) -> rayon::ThreadPool {
 /// Compress (zstd level 1, the repository default) and seal 32 KiB blobs on one and two
 /// threads: the CPU stage that rayon spreads over the cores.
 fn sealing(c: &mut Criterion) {
-    let data = dump_like(SIZE, 3);
+    let data = input(3);
     let keys = Keys::from_master(&[6u8; 32]);
     let mut g = c.benchmark_group("seal");
-    g.throughput(Throughput::Bytes(SIZE as u64));
+    g.throughput(Throughput::Bytes(data.len() as u64));
     g.sample_size(10);
     for threads in [1usize, 2] {
         let pool = pool(threads);
@@ -107,7 +123,7 @@ fn sealing(c: &mut Criterion) {
 /// Open (XChaCha20-Poly1305), decompress and check the keyed id of 64 KiB blobs on one and
 /// two threads: what every restored byte costs before it is written (the restore's floor).
 fn opening(c: &mut Criterion) {
-    let data = dump_like(SIZE, 5);
+    let data = input(5);
     let keys = Keys::from_master(&[8u8; 32]);
     let blobs: Vec<_> = data
         .chunks(64 << 10)
@@ -117,7 +133,7 @@ fn opening(c: &mut Criterion) {
         })
         .collect();
     let mut g = c.benchmark_group("open");
-    g.throughput(Throughput::Bytes(SIZE as u64));
+    g.throughput(Throughput::Bytes(data.len() as u64));
     g.sample_size(10);
     for threads in [1usize, 2] {
         let pool = pool(threads);
@@ -146,9 +162,9 @@ fn opening(c: &mut Criterion) {
 /// The whole backup pipeline (read, chunk, hash, dedup, compress, seal, pack, write) into
 /// a local repository, on every core.
 fn pipeline(c: &mut Criterion) {
-    let data = dump_like(SIZE, 4);
+    let data = input(4);
     let mut g = c.benchmark_group("pipeline");
-    g.throughput(Throughput::Bytes(SIZE as u64));
+    g.throughput(Throughput::Bytes(data.len() as u64));
     g.sample_size(10);
     g.bench_function("first_backup", |b| {
         b.iter(|| {
