@@ -341,6 +341,17 @@ pub(crate) struct Run {
     pub(crate) blobs: Vec<(Id, BlobLoc)>,
 }
 
+/// How many of `items`, from the first, fit in `limit` bytes as `size` counts them: at
+/// least one, so an item larger than the limit goes alone.
+pub(crate) fn fitting<T>(items: &[T], limit: u64, size: impl Fn(&T) -> u64) -> usize {
+    let (mut n, mut total) = (0, 0);
+    while n < items.len() && (n == 0 || total + size(&items[n]) <= limit) {
+        total += size(&items[n]);
+        n += 1;
+    }
+    n
+}
+
 /// Groups blobs, in the given order, into runs: one range read each, over blobs of one
 /// pack that follow each other with gaps of at most `MAX_GAP` (reading a gap costs less
 /// than a request to an object store), and of at most `max_raw` plaintext bytes.

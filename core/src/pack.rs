@@ -128,16 +128,12 @@ pub struct PackBuilder {
 }
 
 impl PackBuilder {
-    /// An empty pack with room for `capacity` bytes.
-    pub fn with_capacity(capacity: usize) -> Self {
-        Self::with_buffer(Vec::new(), capacity)
-    }
-
-    /// An empty pack built in `buf` (a stored pack's, recycled), with room for `capacity`
-    /// bytes: reserved exactly, so a pack a little over its target never doubles it.
-    pub fn with_buffer(mut buf: Vec<u8>, capacity: usize) -> Self {
+    /// An empty pack of about `target` bytes, built in `buf` (a stored pack's, recycled, or
+    /// a new one). Room is reserved exactly for the target and the blob that crosses it
+    /// plus the trailer, so a pack a little over its target never doubles the buffer.
+    pub fn for_target(mut buf: Vec<u8>, target: usize) -> Self {
         buf.clear();
-        buf.reserve_exact(capacity);
+        buf.reserve_exact(target + (1 << 20));
         PackBuilder {
             buf,
             entries: Vec::new(),

@@ -13,7 +13,7 @@ use std::sync::mpsc::sync_channel;
 
 use rayon::prelude::*;
 
-use crate::blobs::{fetch, group, part_chunk_ids, Blobs, Run, MAX_GAP, MAX_RUN};
+use crate::blobs::{fetch, fitting, group, part_chunk_ids, Blobs, Run, MAX_GAP, MAX_RUN};
 use crate::index::Index;
 use crate::pack::{pack_path, read_trailer};
 use crate::snapshot::Part;
@@ -194,12 +194,7 @@ pub fn for_each_chunk(
         let produce = || -> Result<()> {
             let mut start = 0;
             while start < runs.len() {
-                let mut end = start;
-                let mut raw = 0;
-                while end < runs.len() && (end == start || raw + runs[end].raw <= batch_raw) {
-                    raw += runs[end].raw;
-                    end += 1;
-                }
+                let end = start + fitting(&runs[start..], batch_raw, |r| r.raw);
                 let blobs = Blobs {
                     backend: repo.backend().as_ref(),
                     keys: repo.keys(),

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use rayon::prelude::*;
 
 use crate::backend::Backend;
-use crate::blobs::{tree_levels, Blobs};
+use crate::blobs::{fitting, tree_levels, Blobs};
 use crate::crypto::Keys;
 use crate::delta::{seal_chunk, ParentPart};
 use crate::hash::AlignedHasher;
@@ -25,7 +25,7 @@ const PACKS_PER_INDEX: usize = 64;
 /// are read with few requests.
 const DEFER_REMOTE: usize = 16 << 20;
 /// New chunk bytes sealed at once (in parallel).
-const SEAL_SLICE: usize = 1 << 20;
+const SEAL_SLICE: u64 = 1 << 20;
 
 /// A list blob ends after an id whose first two bytes are 0 modulo this: lists are
 /// content-defined (64 ids on average), so a changed chunk rewrites one small list, not a
@@ -129,7 +129,7 @@ pub(crate) fn run_worker(rx: &Receiver<Job>, ctx: WorkerCtx) -> Result<WorkerOut
         .spawn(move || run_writer(prx, free_tx, backend.as_ref(), &keys, &lock))
         .map_err(|e| Error::Invalid(format!("cannot start a thread: {e}")))?;
     let backend_remote = ctx.backend.remote();
-    let pack = PackBuilder::with_buffer(Vec::new(), ctx.pack_target + (1 << 20));
+    let pack = PackBuilder::for_target(Vec::new(), ctx.pack_target);
     let mut w = Worker {
         ctx,
         pending: HashSet::new(),
@@ -281,11 +281,7 @@ impl Worker {
         // are one slice's, not all that was put aside.
         let mut rest = &todo[..];
         while !rest.is_empty() {
-            let (mut n, mut raw) = (0, 0);
-            while n < rest.len() && (n == 0 || raw + rest[n].1.len() <= SEAL_SLICE) {
-                raw += rest[n].1.len();
-                n += 1;
-            }
+            let n = fitting(rest, SEAL_SLICE, |(_, c, _)| c.len() as u64);
             let (slice, tail) = rest.split_at(n);
             rest = tail;
             let blobs = self.blobs();
@@ -405,7 +401,7 @@ impl Worker {
         self.to_writer.send(full).map_err(|_| stopped())?;
         if !last {
             let buf = self.free.recv().map_err(|_| stopped())?;
-            self.pack = PackBuilder::with_buffer(buf, self.ctx.pack_target + (1 << 20));
+            self.pack = PackBuilder::for_target(buf, self.ctx.pack_target);
         }
         Ok(())
     }

@@ -36,7 +36,7 @@ pub(crate) fn repack(
     progress(&format!("repacking {} packs", wanted.len()));
     let target = repo.config().pack_target as usize;
     let mut out = Vec::new();
-    let mut builder = PackBuilder::with_capacity(target + (1 << 20));
+    let mut builder = PackBuilder::for_target(Vec::new(), target);
     let mut order: Vec<(Id, usize)> = wanted.into_iter().collect();
     order.sort_unstable();
     for (pack, count) in order {
