@@ -3,7 +3,7 @@
 //! Chunks of a part mostly sit next to each other in a few packs, so reads are coalesced
 //! into runs of adjacent blobs (one range read each, see `blobs`). Batches of runs are
 //! fetched and opened in parallel (rayon) while a writer thread writes the previous batch
-//! in order and hashes it; the part's recorded BLAKE3 and size are checked at the end.
+//! in order and hashes it (on the pool, a megabyte piece per task); the part's recorded BLAKE3 and size are checked at the end.
 //! Every blob is authenticated and checked against its id before a byte of it is written,
 //! so damage gives an error, never wrong output; a store that cannot be reached gives its
 //! own error, never a damage report.
@@ -13,6 +13,7 @@ use std::sync::mpsc::sync_channel;
 
 use rayon::prelude::*;
 
+use crate::hash::TreeHash;
 use crate::blobs::{fetch, fitting, group, part_chunk_ids, Blobs, Run, MAX_GAP, MAX_RUN};
 use crate::index::Index;
 use crate::pack::{pack_path, read_trailer};
@@ -135,11 +136,43 @@ pub fn restore_part(
     part: &Part,
     out: &mut (dyn Write + Send),
 ) -> Result<PartReport> {
+    // Chunks are written a megabyte or more at a time with one vectored write: no copy
+    // into a buffer (a `BufWriter` passes writes larger than itself through).
+    let mut pending: Vec<Vec<u8>> = Vec::new();
+    let mut pending_bytes = 0usize;
     let report = for_each_chunk(repo, part, &mut |chunk| {
-        out.write_all(&chunk).map_err(Error::Output)
+        pending_bytes += chunk.len();
+        pending.push(chunk);
+        if pending_bytes >= WRITE_BYTES {
+            write_chunks(out, &pending).map_err(Error::Output)?;
+            pending.clear();
+            pending_bytes = 0;
+        }
+        Ok(())
     })?;
+    write_chunks(out, &pending).map_err(Error::Output)?;
     out.flush().map_err(Error::Output)?;
     Ok(report)
+}
+
+/// Bytes of chunks gathered for one vectored write.
+const WRITE_BYTES: usize = 2 << 20;
+
+/// `write_all` for several buffers.
+fn write_chunks(out: &mut (dyn Write + Send), chunks: &[Vec<u8>]) -> std::io::Result<()> {
+    let mut slices: Vec<std::io::IoSlice<'_>> =
+        chunks.iter().map(|c| std::io::IoSlice::new(c)).collect();
+    let mut bufs = &mut slices[..];
+    std::io::IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match out.write_vectored(bufs) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => std::io::IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Hands one part's chunks, in order and verified, to `sink` (called on a thread of its
@@ -173,17 +206,13 @@ pub fn for_each_chunk(
     // run a part per connection, so every batch held here is held once per connection.
     let (tx, rx) = sync_channel::<Vec<Vec<Vec<u8>>>>(0);
     std::thread::scope(|s| {
-        let writer = s.spawn(move || -> Result<(u64, blake3::Hash)> {
-            let mut h = blake3::Hasher::new();
-            let mut n = 0u64;
+        let writer = s.spawn(move || -> Result<()> {
             for batch in rx {
                 for chunk in batch.into_iter().flatten() {
-                    h.update(&chunk);
-                    n += chunk.len() as u64;
                     sink(chunk)?;
                 }
             }
-            Ok((n, h.finalize()))
+            Ok(())
         });
         let remote = repo.backend().remote();
         let batch_raw = if remote {
@@ -191,7 +220,10 @@ pub fn for_each_chunk(
         } else {
             BATCH_RAW_BYTES
         };
-        let produce = || -> Result<()> {
+        // Hashed on the pool a megabyte piece per task, right after each batch is opened:
+        // one thread hashing every byte was the restore's longest stage.
+        let mut hash = TreeHash::default();
+        let mut produce = || -> Result<()> {
             let mut start = 0;
             while start < runs.len() {
                 let end = start + fitting(&runs[start..], batch_raw, |r| r.raw);
@@ -216,6 +248,7 @@ pub fn for_each_chunk(
                                 .ok_or_else(|| Error::MissingBlob { id: id.to_hex() })
                         })
                         .collect::<Result<Vec<_>>>()?;
+                    hash.update_batch(&chunks.iter().map(Vec::as_slice).collect::<Vec<_>>());
                     if tx.send(vec![chunks]).is_err() {
                         break;
                     }
@@ -235,6 +268,7 @@ pub fn for_each_chunk(
                         )
                     })
                     .collect::<Result<_>>()?;
+                hash.update_batch(&batch.iter().flatten().map(Vec::as_slice).collect::<Vec<_>>());
                 if tx.send(batch).is_err() {
                     return Ok(()); // the writer failed; its error is reported below
                 }
@@ -248,7 +282,9 @@ pub fn for_each_chunk(
             .join()
             .map_err(|_| Error::Invalid("restore writer panicked".into()))?;
         produced.map_err(in_part)?;
-        let (n, hash) = written?;
+        written?;
+        let n = hash.len();
+        let hash = hash.finalize();
         if n != part.size || hash.to_hex().as_str() != part.blake3 {
             return Err(Error::corrupt(
                 format!("part {:?}", part.name),

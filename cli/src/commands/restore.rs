@@ -123,7 +123,7 @@ pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<()> {
         eprintln!("dbvault: note: snapshot {}: {n}", id.short());
     }
     let notify = &print_notice;
-    let mut stdout = BufWriter::with_capacity(1 << 20, std::io::stdout());
+    let mut stdout = BufWriter::with_capacity(1 << 20, raw_stdout()?);
     if snap.source.kind == postgres::server::KIND {
         let Some(db) = &a.database else {
             let names: Vec<String> = restore_server::databases(&snap).into_keys().collect();
@@ -198,4 +198,11 @@ pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<()> {
         }
     }
     Ok(stdout.flush()?)
+}
+
+/// Standard output without std's line buffering in front: the restore writes megabytes at
+/// a time, and `Stdout` would copy the bytes after each last newline into its own buffer.
+fn raw_stdout() -> Result<std::fs::File> {
+    use std::os::fd::AsFd;
+    Ok(std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?))
 }
