@@ -1,5 +1,5 @@
-//! Hashing helpers: BLAKE3 fed in aligned pieces, and a part's BLAKE3 computed a megabyte
-//! at a time on several threads (BLAKE3 is a tree: an aligned 1 MiB piece is a subtree
+//! Hashing helpers: BLAKE3 fed in aligned pieces, and a part's BLAKE3 computed a piece
+//! at a time on several threads (BLAKE3 is a tree: an aligned 256 KiB piece is a subtree
 //! whose chaining value can be found on any thread, then joined in order).
 
 use blake3::hazmat::{merge_subtrees_non_root, merge_subtrees_root, ChainingValue, HasherExt, Mode};
@@ -62,8 +62,9 @@ impl AlignedHasher {
 }
 
 /// Bytes per piece of a [`TreeHash`]: a power of two, so every piece but the last is a
-/// complete BLAKE3 subtree.
-pub const TREE_PIECE: u64 = 1 << 20;
+/// complete BLAKE3 subtree; small enough that a backup's 1 MiB batch makes several tasks
+/// to share with the chunk ids, large enough that a task is not mostly overhead.
+pub const TREE_PIECE: u64 = 256 << 10;
 
 /// The BLAKE3 of a stream fed batch by batch, the pieces of each batch hashed in parallel
 /// (rayon). Equal to `blake3::hash` of the concatenation; a restore checks a part's

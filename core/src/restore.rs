@@ -2,8 +2,9 @@
 //!
 //! Chunks of a part mostly sit next to each other in a few packs, so reads are coalesced
 //! into runs of adjacent blobs (one range read each, see `blobs`). Batches of runs are
-//! fetched and opened in parallel (rayon) while a writer thread writes the previous batch
-//! in order and hashes it (on the pool, a megabyte piece per task); the part's recorded BLAKE3 and size are checked at the end.
+//! fetched, opened and hashed in parallel (rayon; the part's BLAKE3 a piece per task) while
+//! a writer thread writes the previous batch in order; the part's recorded BLAKE3 and size
+//! are checked at the end.
 //! Every blob is authenticated and checked against its id before a byte of it is written,
 //! so damage gives an error, never wrong output; a store that cannot be reached gives its
 //! own error, never a damage report.
@@ -220,7 +221,7 @@ pub fn for_each_chunk(
         } else {
             BATCH_RAW_BYTES
         };
-        // Hashed on the pool a megabyte piece per task, right after each batch is opened:
+        // Hashed on the pool a piece per task, right after each batch is opened:
         // one thread hashing every byte was the restore's longest stage.
         let mut hash = TreeHash::default();
         let mut produce = || -> Result<()> {

@@ -12,7 +12,7 @@ use crate::backend::Backend;
 use crate::blobs::{fitting, tree_levels, Blobs};
 use crate::crypto::Keys;
 use crate::delta::{seal_chunk, ParentPart};
-use crate::hash::AlignedHasher;
+use crate::hash::TreeHash;
 use crate::index::{encode_file, index_path, Index};
 use crate::input::PartInput;
 use crate::lock::LockHandle;
@@ -76,8 +76,9 @@ pub(crate) struct WorkerCtx {
 #[derive(Default)]
 struct PartState {
     /// BLAKE3 of the part's plaintext, fed here (not by the reading thread, which is the
-    /// bottleneck when little is new) in parallel with the chunk ids.
-    hasher: AlignedHasher,
+    /// bottleneck when little is new) in pieces on the pool alongside the chunk ids, so
+    /// neither thread waits for a serial hash of the whole batch.
+    hasher: TreeHash,
     /// `levels[0]`: chunk ids not yet in a list; `levels[l]`: ids of level-`l` lists not
     /// yet in a level `l + 1` list. A tree, so a terabyte's manifest stays small.
     levels: Vec<Vec<Id>>,
@@ -211,11 +212,7 @@ impl Worker {
                     .map(|c| keys.blob_id(c))
                     .collect::<Vec<Id>>()
             },
-            || {
-                chunks.iter().for_each(|c| {
-                    st.hasher.update(c);
-                })
-            },
+            || st.hasher.update_batch(&chunks.iter().map(Vec::as_slice).collect::<Vec<_>>()),
         );
         let mut fresh = Vec::new();
         for (i, id) in ids.iter().enumerate() {
