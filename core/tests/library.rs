@@ -82,8 +82,8 @@ fn restored(repo: &Repository, id: &Id) -> Vec<u8> {
     out
 }
 
-#[test]
-fn backup_restore_forget_prune_and_check_through_the_api() {
+/// A new repository in a temporary directory (a cheap KDF: tests open it often).
+fn new_repository() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     let kdf = KdfParams {
         m_kib: 64,
@@ -97,6 +97,12 @@ fn backup_restore_forget_prune_and_check_through_the_api() {
         RepoConfig::default(),
     )
     .expect("init");
+    dir
+}
+
+#[test]
+fn backup_restore_forget_prune_and_check_through_the_api() {
+    let dir = new_repository();
 
     // Five nights: a part that stays, and a night's own data.
     let repo = open(dir.path(), LockKind::Shared);
@@ -187,19 +193,7 @@ fn backup_restore_forget_prune_and_check_through_the_api() {
 
 #[test]
 fn a_restore_checks_the_whole_part_against_the_hash_recorded_at_backup() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let kdf = KdfParams {
-        m_kib: 64,
-        t: 1,
-        p: 1,
-    };
-    Repository::init(
-        Arc::new(LocalBackend::new(dir.path())),
-        b"pw",
-        kdf,
-        RepoConfig::default(),
-    )
-    .expect("init");
+    let dir = new_repository();
     let repo = open(dir.path(), LockKind::Shared);
     // Several batches and a megabyte piece split across them, and a short tail.
     let stream = data((9 << 20) + 12_345, 7);
