@@ -2,7 +2,9 @@
 //! at a time on several threads (BLAKE3 is a tree: an aligned 256 KiB piece is a subtree
 //! whose chaining value can be found on any thread, then joined in order).
 
-use blake3::hazmat::{merge_subtrees_non_root, merge_subtrees_root, ChainingValue, HasherExt, Mode};
+use blake3::hazmat::{
+    merge_subtrees_non_root, merge_subtrees_root, ChainingValue, HasherExt, Mode,
+};
 use rayon::prelude::*;
 
 /// BLAKE3 fed in 64 KiB pieces. blake3's SIMD path needs input aligned to its 1 KiB
@@ -90,10 +92,10 @@ struct Segment<'a> {
 
 impl TreeHash {
     /// Adds the next bytes of the stream, given as slices in order.
-    pub fn update_batch(&mut self, slices: &[&[u8]]) {
-        let mut segs: Vec<Segment<'_>> = Vec::new();
+    pub fn update_batch<'a>(&mut self, slices: impl IntoIterator<Item = &'a [u8]>) {
+        let mut segs: Vec<Segment<'a>> = Vec::new();
         let mut off = self.len;
-        for mut s in slices.iter().copied() {
+        for mut s in slices {
             while !s.is_empty() {
                 let room = (TREE_PIECE - off % TREE_PIECE) as usize;
                 let (head, rest) = s.split_at(room.min(s.len()));
@@ -136,18 +138,13 @@ impl TreeHash {
 
     /// Files a complete piece.
     fn push(&mut self, piece: blake3::Hasher) {
-        let Some(first) = self.first.take() else {
-            if self.stack.is_empty() {
-                self.first = Some(piece);
-                return;
-            }
-            return self.push_after(piece);
-        };
-        self.stack.push((first.finalize_non_root(), 1));
-        self.push_after(piece);
-    }
-
-    fn push_after(&mut self, piece: blake3::Hasher) {
+        if self.first.is_none() && self.stack.is_empty() {
+            self.first = Some(piece);
+            return;
+        }
+        if let Some(first) = self.first.take() {
+            self.stack.push((first.finalize_non_root(), 1));
+        }
         // A later piece exists, so equal neighbours are interior nodes now.
         while let [.., (l, a), (r, b)] = self.stack[..] {
             if a != b {
@@ -253,8 +250,7 @@ mod tests {
                     }
                     let mut t = TreeHash::default();
                     for b in data[..len].chunks(batch) {
-                        let slices: Vec<&[u8]> = b.chunks(piece).collect();
-                        t.update_batch(&slices);
+                        t.update_batch(b.chunks(piece));
                     }
                     assert_eq!(t.len(), len as u64);
                     assert_eq!(

@@ -14,8 +14,8 @@ use std::sync::mpsc::sync_channel;
 
 use rayon::prelude::*;
 
-use crate::hash::TreeHash;
 use crate::blobs::{fetch, fitting, group, part_chunk_ids, Blobs, Run, MAX_GAP, MAX_RUN};
+use crate::hash::TreeHash;
 use crate::index::Index;
 use crate::pack::{pack_path, read_trailer};
 use crate::snapshot::Part;
@@ -249,7 +249,7 @@ pub fn for_each_chunk(
                                 .ok_or_else(|| Error::MissingBlob { id: id.to_hex() })
                         })
                         .collect::<Result<Vec<_>>>()?;
-                    hash.update_batch(&chunks.iter().map(Vec::as_slice).collect::<Vec<_>>());
+                    hash.update_batch(chunks.iter().map(Vec::as_slice));
                     if tx.send(vec![chunks]).is_err() {
                         break;
                     }
@@ -269,7 +269,7 @@ pub fn for_each_chunk(
                         )
                     })
                     .collect::<Result<_>>()?;
-                hash.update_batch(&batch.iter().flatten().map(Vec::as_slice).collect::<Vec<_>>());
+                hash.update_batch(batch.iter().flatten().map(Vec::as_slice));
                 if tx.send(batch).is_err() {
                     return Ok(()); // the writer failed; its error is reported below
                 }

@@ -212,7 +212,7 @@ impl Worker {
                     .map(|c| keys.blob_id(c))
                     .collect::<Vec<Id>>()
             },
-            || st.hasher.update_batch(&chunks.iter().map(Vec::as_slice).collect::<Vec<_>>()),
+            || st.hasher.update_batch(chunks.iter().map(Vec::as_slice)),
         );
         let mut fresh = Vec::new();
         for (i, id) in ids.iter().enumerate() {

@@ -204,5 +204,7 @@ pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<()> {
 /// a time, and `Stdout` would copy the bytes after each last newline into its own buffer.
 fn raw_stdout() -> Result<std::fs::File> {
     use std::os::fd::AsFd;
-    Ok(std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?))
+    Ok(std::fs::File::from(
+        std::io::stdout().as_fd().try_clone_to_owned()?,
+    ))
 }
