@@ -534,6 +534,10 @@ pub struct RestoreArgs {
     /// `pg_restore -f -` writes it) instead of the archive itself.
     #[arg(long)]
     pub plain: bool,
+    /// Into a database: the sessions loading tables and building keys at once, like
+    /// `pg_restore -j` (default: the cores plus one, at most 5; 1 loads one table at a time).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: Option<u16>,
 }
 
 /// `check` options.

@@ -493,3 +493,52 @@ fn passwords_in_urls_stay_secret_and_schema_or_data_only_work() {
     src.sql(&format!("DROP OWNED BY {role} CASCADE"));
     dbvault_tests::psql("postgres", &format!("DROP ROLE {role}"));
 }
+
+/// Foreign keys are added while other tables still load (as soon as both their tables are
+/// in): a web of keys, a table with two, one onto itself, one onto a partitioned table
+/// (left to the end), comes back whole and validated with one session and with several.
+#[test]
+fn a_web_of_foreign_keys_comes_back_validated_with_any_number_of_sessions() {
+    let src = PgDb::new("fkweb");
+    src.sql(
+        "CREATE TABLE public.a (id int PRIMARY KEY);
+         CREATE TABLE public.b (id int PRIMARY KEY, a_id int NOT NULL REFERENCES public.a(id));
+         CREATE TABLE public.c (id int PRIMARY KEY, a_id int REFERENCES public.a(id),
+           b_id int REFERENCES public.b(id), parent int REFERENCES public.c(id));
+         CREATE TABLE public.p (id int, k int, PRIMARY KEY (id, k)) PARTITION BY RANGE (k);
+         CREATE TABLE public.p1 PARTITION OF public.p FOR VALUES FROM (0) TO (1000000);
+         CREATE TABLE public.d (id int PRIMARY KEY, p_id int, p_k int,
+           FOREIGN KEY (p_id, p_k) REFERENCES public.p(id, k));
+         INSERT INTO public.a SELECT g FROM generate_series(1, 20000) g;
+         INSERT INTO public.b SELECT g, 1 + g % 20000 FROM generate_series(1, 30000) g;
+         INSERT INTO public.c SELECT g, 1 + g % 20000, 1 + g % 30000, NULLIF(g - 1, 0)
+           FROM generate_series(1, 40000) g;
+         INSERT INTO public.p SELECT g, g FROM generate_series(1, 5000) g;
+         INSERT INTO public.d SELECT g, g, g FROM generate_series(1, 5000) g;",
+    );
+    let repo = Repo::new();
+    repo.run(&["backup", &src.url()], None).ok();
+    let keys = "SELECT string_agg(conname || ':' || convalidated, ',' ORDER BY conname) \
+                FROM pg_constraint WHERE contype = 'f'";
+    let want = src.sql(keys);
+    // The key onto the partitioned table is also one per partition.
+    assert_eq!(want.matches(":true").count(), 6, "{want}");
+    for jobs in ["1", "4"] {
+        let dst = PgDb::new(&format!("fkweb{jobs}"));
+        repo.run(
+            &["restore", "latest", "--to", &dst.url(), "--jobs", jobs],
+            None,
+        )
+        .ok();
+        assert_eq!(dst.sql(keys), want, "--jobs {jobs}");
+        assert_eq!(dst.fingerprint(), src.fingerprint(), "--jobs {jobs}");
+        assert_eq!(dst.schema(), src.schema(), "--jobs {jobs}");
+    }
+    // Not a number of sessions: refused before anything is read.
+    let bad = repo.run(
+        &["restore", "latest", "--to", &src.url(), "--jobs", "0"],
+        None,
+    );
+    assert_eq!(bad.code, Some(2), "{}", bad.stderr);
+    assert!(bad.stderr.contains("--jobs"), "{}", bad.stderr);
+}

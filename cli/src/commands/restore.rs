@@ -87,6 +87,7 @@ pub(super) fn pg_options(a: &RestoreArgs) -> postgres::RestoreOptions {
         data_only: a.data_only,
         clean: a.clean,
         plain: a.plain,
+        jobs: a.jobs.map(usize::from),
     }
 }
 

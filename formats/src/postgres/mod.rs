@@ -8,7 +8,7 @@
 //! - `dump`, `script`: pg_dump's plain format (split into parts; entries of a script);
 //! - `meta`: the part kinds and what a table's part records;
 //! - `backup`, `data`, `lobs`, `server`: direct backups;
-//! - `load`, `restore`, `restore_db`, `restore_server`: restores;
+//! - `load`, `restore`, `restore_db`, `restore_jobs`, `restore_server`: restores;
 //! - `verify`: restore-test;
 //! - `to_sqlite`: tables loaded into SQLite for `dbvault sql`;
 //! - `wal`: WAL archiving (`wal-push`, `wal-fetch`);
@@ -28,6 +28,7 @@ pub mod physical;
 pub mod psql;
 pub mod restore;
 pub mod restore_db;
+mod restore_jobs;
 pub mod restore_server;
 pub mod script;
 pub mod select;

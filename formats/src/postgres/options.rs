@@ -19,6 +19,8 @@ pub struct RestoreOptions {
     pub clean: bool,
     /// A snapshot made from a custom-format archive: the SQL script, not the archive.
     pub plain: bool,
+    /// Into a database: sessions loading tables at once (`None`: the cores plus one).
+    pub jobs: Option<usize>,
 }
 
 /// Where a restore goes.

@@ -11,6 +11,7 @@ use super::conn::PgSource;
 use super::load::Loader;
 use super::meta::{section, tables, TablePart, LARGE_OBJECTS, POST_DATA, PRE_DATA};
 use super::options::RestoreOptions;
+use super::restore_jobs::{ForeignKey, Job, Jobs};
 use super::script::table_script;
 use crate::error::{FormatError, Result};
 use crate::notice::{Notice, Notify};
@@ -39,7 +40,13 @@ struct PostPlan {
     per_table: HashMap<String, Vec<String>>,
     /// Keys and indexes of no loaded table, and sequence values: in parallel after the data.
     first: Vec<(u64, String)>,
-    /// Foreign keys: in parallel once every key they reference exists.
+    /// Foreign keys between two loaded tables: run by the data phase as soon as both
+    /// tables are in.
+    keys: Vec<ForeignKey>,
+    /// Partitions' indexes attached to their parents' (which are invalid until then):
+    /// after every index, before the foreign keys that may need a parent's key.
+    attach: String,
+    /// Other foreign keys: in parallel once every key they reference exists.
     fks: Vec<(u64, String)>,
     /// Triggers, comments, grants, materialized view refreshes: last, in dump order.
     rest: String,
@@ -77,7 +84,20 @@ fn plan_post(snap: &Snapshot, post: &str) -> PostPlan {
                 None => plan.first.push((cost(&e.text), e.text)),
             },
             Some("SEQUENCE SET") => plan.first.push((0, e.text)),
-            Some("FK CONSTRAINT") => plan.fks.push((cost(&e.text), e.text)),
+            Some("INDEX ATTACH") => plan.attach.push_str(&e.text),
+            Some("FK CONSTRAINT") => {
+                let refs = parts
+                    .iter()
+                    .find(|(q, _, _)| e.text.contains(&format!(" REFERENCES {q}(")));
+                match (on_table(&e.text), refs) {
+                    (Some(on), Some(refs)) => plan.keys.push(ForeignKey {
+                        tables: [on.1.clone(), refs.1.clone()],
+                        cost: on.2.max(refs.2),
+                        sql: e.text,
+                    }),
+                    _ => plan.fks.push((cost(&e.text), e.text)),
+                }
+            }
             Some(_) => plan.rest.push_str(&e.text),
             // The preamble and the closing block: each session brings its own.
             None => {}
@@ -172,44 +192,42 @@ pub(crate) fn restore_database(
         })?;
     }
     if !a.schema_only {
-        // Largest tables first (popped from the end): the parallel load ends together.
-        let mut order: Vec<&Part> = tables(snap).collect();
-        order.sort_by_key(|p| p.size);
-        let queue = std::sync::Mutex::new(order);
-        let source = url;
-        let session = preamble_sql(&preamble);
         let per_table = if a.data_only {
             HashMap::new()
         } else {
             std::mem::take(&mut plan.per_table)
         };
+        let keys = if a.data_only {
+            Vec::new()
+        } else {
+            std::mem::take(&mut plan.keys)
+        };
+        let queue = Jobs::new(tables(snap).collect(), keys);
+        let session = preamble_sql(&preamble);
         // One more connection than cores: the server, the index builds and our
         // decompression overlap (measured: 3 connections beat 2 on two cores).
-        let jobs = jobs() + 1;
+        let jobs = a.jobs.unwrap_or(jobs() + 1).max(1);
         std::thread::scope(|s| -> Result<()> {
             let workers: Vec<_> = (0..jobs)
                 .map(|_| {
                     s.spawn(|| -> Result<()> {
-                        let loader = Loader::connect(source)?;
+                        let loader = Loader::connect(url)?;
                         loader.execute("setting up the session", &session)?;
-                        loop {
-                            let Some(part) = queue.lock().map_err(|_| poisoned())?.pop() else {
-                                return Ok(());
+                        while let Some(job) = queue.next()? {
+                            let r = match &job {
+                                Job::Table(part) => load_table(
+                                    repo, part, a, url, &loader, &preamble, &epilogue, sent, notify,
+                                )
+                                .and_then(|()| build_indexes(&loader, part, &per_table)),
+                                Job::Key(k) => loader.execute(
+                                    &format!("restoring {}: {}", k.tables[0], first_line(&k.sql)),
+                                    &k.sql,
+                                ),
                             };
-                            load_table(
-                                repo, part, a, url, &loader, &preamble, &epilogue, sent, notify,
-                            )?;
-                            for sql in per_table.get(&part.name).into_iter().flatten() {
-                                let first = sql
-                                    .lines()
-                                    .find(|l| !l.starts_with("--") && !l.trim().is_empty())
-                                    .unwrap_or("");
-                                loader.execute(
-                                    &format!("restoring {}: {}", part.name, first.trim()),
-                                    sql,
-                                )?;
-                            }
+                            queue.finished(&job, r.is_ok())?;
+                            r?;
                         }
+                        Ok(())
                     })
                 })
                 .collect();
@@ -218,6 +236,9 @@ pub(crate) fn restore_database(
             }
             Ok(())
         })?;
+        // Keys of a table that failed never get here (the error is returned above).
+        plan.fks
+            .extend(queue.left()?.into_iter().map(|k| (k.cost, k.sql)));
         if let Some(lo) = section(snap, LARGE_OBJECTS) {
             let session = (preamble.as_str(), epilogue.as_str());
             psql_part(
@@ -247,6 +268,9 @@ pub(crate) fn restore_database(
             1,
         )?;
     } else {
+        // With --schema-only no table was loaded: their foreign keys come here.
+        plan.fks
+            .extend(plan.keys.into_iter().map(|k| (k.cost, k.sql)));
         let mut first = plan.first;
         // With --schema-only no table was loaded: its keys and indexes come here.
         first.extend(plan.per_table.into_values().flatten().map(|t| (0, t)));
@@ -258,6 +282,16 @@ pub(crate) fn restore_database(
             &epilogue,
             jobs,
         )?;
+        if !plan.attach.is_empty() {
+            run_parallel(
+                url,
+                "attaching partitions' indexes",
+                vec![(0, plan.attach)],
+                &preamble,
+                &epilogue,
+                1,
+            )?;
+        }
         run_parallel(
             url,
             "creating foreign keys",
@@ -282,6 +316,29 @@ pub(crate) fn restore_database(
         tables(snap).count(),
         url.public()
     )));
+    Ok(())
+}
+
+/// The first line of a statement that is not a comment, for error messages.
+fn first_line(sql: &str) -> &str {
+    sql.lines()
+        .find(|l| !l.starts_with("--") && !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+}
+
+/// Builds a loaded table's keys and indexes.
+fn build_indexes(
+    loader: &Loader,
+    part: &Part,
+    per_table: &HashMap<String, Vec<String>>,
+) -> Result<()> {
+    for sql in per_table.get(&part.name).into_iter().flatten() {
+        loader.execute(
+            &format!("restoring {}: {}", part.name, first_line(sql)),
+            sql,
+        )?;
+    }
     Ok(())
 }
 
