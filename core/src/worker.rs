@@ -449,17 +449,19 @@ fn run_writer(
                     break;
                 };
                 let path = pack_path(&id);
-                let r = backend.create_unique(&path, &data);
-                if r.is_ok() {
+                let (r, data) = backend.create_unique_owned(&path, data);
+                let r = r.map(|()| {
                     // Lists (and deltas, which are small) are read by the next backup and
                     // by restores: a caching backend keeps them now.
                     for e in entries.iter().filter(|e| e.kind != BlobKind::Data) {
                         let (off, len) = (e.offset as usize, e.len as usize);
                         backend.keep_range(&path, off as u64, &data[off..off + len]);
                     }
-                }
-                let r = r.map(|()| (id, entries, data.len() as u64));
-                // The worker may be gone (the last pack): then the buffer is dropped.
+                    (id, entries, data.len() as u64)
+                });
+                // Back to the packer even after a failure: it may be waiting for a buffer
+                // before it hands over the pack that lets the writer see the error. The
+                // worker may be gone (the last pack): then the buffer is dropped.
                 let _ = free.try_send(data);
                 let failed = r.is_err();
                 if done_tx.send(r).is_err() || failed {

@@ -95,6 +95,14 @@ impl Backend for CachedBackend {
         Ok(())
     }
 
+    fn create_unique_owned(&self, path: &str, data: Vec<u8>) -> (Result<()>, Vec<u8>) {
+        let (r, data) = self.inner.create_unique_owned(path, data);
+        if r.is_ok() && cacheable(path) && matches_name(path, &data) {
+            self.keep(path, &data);
+        }
+        (r, data)
+    }
+
     fn read(&self, path: &str) -> Result<Vec<u8>> {
         if !cacheable(path) {
             return self.inner.read(path);

@@ -38,6 +38,13 @@ pub fn run(b: &dyn Backend) -> Result<()> {
         return Err(fail("create_unique stored other bytes".into()));
     }
     b.remove("index/uniq")?;
+    // create_unique_owned: stores the bytes and gives the same buffer's bytes back
+    let (r, back) = b.create_unique_owned("index/owned", unique.clone());
+    r?;
+    if back != unique || b.read("index/owned")? != unique {
+        return Err(fail("create_unique_owned stored or gave back other bytes".into()));
+    }
+    b.remove("index/owned")?;
     // ranges
     if b.read_range("data/ab/obj1", 1000, 50)? != data[1000..1050] {
         return Err(fail("read_range returned other bytes".into()));

@@ -69,6 +69,18 @@ pub trait Backend: Send + Sync {
         }
     }
 
+    /// [`Backend::create_unique`] taking the bytes by value, so that a store which sends
+    /// them from memory (S3) need not copy them first. The buffer comes back whatever the
+    /// outcome. Why: a backup's pack buffers are recycled, and a copy per upload in flight
+    /// was two more packs in memory on S3; a buffer lost on a failed upload would leave the
+    /// packer waiting for it for ever.
+    ///
+    /// # Errors
+    /// As [`Backend::create_unique`], in the first element.
+    fn create_unique_owned(&self, path: &str, data: Vec<u8>) -> (Result<()>, Vec<u8>) {
+        (self.create_unique(path, &data), data)
+    }
+
     /// Reads a whole object.
     ///
     /// # Errors

@@ -103,6 +103,13 @@ impl Backend for Recent {
         self.keep_written(path, data);
         Ok(())
     }
+    fn create_unique_owned(&self, path: &str, data: Vec<u8>) -> (Result<()>, Vec<u8>) {
+        let (r, data) = self.inner.create_unique_owned(path, data);
+        if r.is_ok() {
+            self.keep_written(path, &data);
+        }
+        (r, data)
+    }
     fn read(&self, path: &str) -> Result<Vec<u8>> {
         self.inner.read(path)
     }

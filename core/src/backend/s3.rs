@@ -29,6 +29,7 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
+use bytes::Bytes;
 
 use super::{Backend, ObjectInfo};
 use crate::error::StorageKind;
@@ -248,8 +249,9 @@ impl S3Backend {
         }
     }
 
-    /// Writes an object; `look` first checks that the path is free (see `create`).
-    fn put(&self, path: &str, data: &[u8], look: bool) -> Result<()> {
+    /// Writes an object; `look` first checks that the path is free (see `create`). The
+    /// bytes are shared with each attempt's request, not copied, and given back.
+    fn put(&self, path: &str, data: Bytes, look: bool) -> Result<Bytes> {
         let key = self.key(path);
         // Some stores (Garage) accept If-None-Match but do not enforce it: look first. The
         // header still closes the race on stores that do.
@@ -265,7 +267,8 @@ impl S3Backend {
             }
         }
         if data.len() > MULTIPART_ABOVE {
-            return self.put_multipart(path, &key, data);
+            self.put_multipart(path, &key, &data)?;
+            return Ok(data);
         }
         loop {
             let conditional = self.conditional.load(Ordering::Relaxed);
@@ -275,12 +278,12 @@ impl S3Backend {
                 .put_object()
                 .bucket(&self.bucket)
                 .key(&key)
-                .body(ByteStream::from(data.to_vec()));
+                .body(ByteStream::from(data.clone()));
             if conditional {
                 req = req.if_none_match("*");
             }
             match self.rt.block_on(req.send()) {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(data),
                 Err(e) if status(&e) == Some(412) => {
                     return Err(Error::AlreadyExists {
                         path: path.to_string(),
@@ -295,7 +298,7 @@ impl S3Backend {
         }
     }
 
-    fn put_multipart(&self, path: &str, key: &str, data: &[u8]) -> Result<()> {
+    fn put_multipart(&self, path: &str, key: &str, data: &Bytes) -> Result<()> {
         self.count("create_multipart_upload", path);
         let up = self
             .rt
@@ -313,7 +316,8 @@ impl S3Backend {
             .to_string();
         let result = (|| -> Result<()> {
             let mut parts = Vec::new();
-            for (i, chunk) in data.chunks(PART_SIZE).enumerate() {
+            for (i, start) in (0..data.len()).step_by(PART_SIZE).enumerate() {
+                let chunk = data.slice(start..data.len().min(start + PART_SIZE));
                 let n =
                     i32::try_from(i + 1).map_err(|_| io(&self.url_of(path), "too many parts"))?;
                 self.count("upload_part", path);
@@ -326,7 +330,7 @@ impl S3Backend {
                             .key(key)
                             .upload_id(&id)
                             .part_number(n)
-                            .body(ByteStream::from(chunk.to_vec()))
+                            .body(ByteStream::from(chunk))
                             .send(),
                     )
                     .map_err(|e| sdk(&self.url_of(path), &e))?;
@@ -397,7 +401,8 @@ impl S3Backend {
                     .body
                     .collect()
                     .await
-                    .map(|b| b.into_bytes().to_vec())
+                    // One copy (the body's pieces joined), not two.
+                    .map(|b| Vec::from(b.into_bytes()))
                     .map_err(|e| {
                         Error::storage(
                             self.url_of(path),
@@ -444,15 +449,23 @@ impl Backend for S3Backend {
     }
 
     fn create(&self, path: &str, data: &[u8]) -> Result<()> {
-        self.put(path, data, true)
+        self.put(path, Bytes::copy_from_slice(data), true).map(drop)
     }
 
     /// No look before the write: an object already there holds these very bytes.
     fn create_unique(&self, path: &str, data: &[u8]) -> Result<()> {
-        match self.put(path, data, false) {
-            Err(Error::AlreadyExists { .. }) => Ok(()),
-            r => r,
-        }
+        self.create_unique_owned(path, data.to_vec()).0
+    }
+
+    fn create_unique_owned(&self, path: &str, data: Vec<u8>) -> (Result<()>, Vec<u8>) {
+        let data = Bytes::from(data);
+        let r = match self.put(path, data.clone(), false) {
+            Ok(_) | Err(Error::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(e),
+        };
+        // The requests are gone: the buffer is ours again (copied only if the SDK still
+        // held a piece of it).
+        (r, Vec::from(data))
     }
 
     fn read(&self, path: &str) -> Result<Vec<u8>> {
