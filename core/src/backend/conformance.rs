@@ -42,7 +42,9 @@ pub fn run(b: &dyn Backend) -> Result<()> {
     let (r, back) = b.create_unique_owned("index/owned", unique.clone());
     r?;
     if back != unique || b.read("index/owned")? != unique {
-        return Err(fail("create_unique_owned stored or gave back other bytes".into()));
+        return Err(fail(
+            "create_unique_owned stored or gave back other bytes".into(),
+        ));
     }
     b.remove("index/owned")?;
     // ranges

@@ -25,6 +25,7 @@ pub mod meta;
 pub mod options;
 mod pgpass;
 pub mod physical;
+mod post_plan;
 pub mod psql;
 pub mod restore;
 pub mod restore_db;
