@@ -5,6 +5,7 @@
 //! BLAKE3 of its bytes and stored at `data/<first two hex digits>/<id>`. Packs target about
 //! 16 MiB, so a terabyte is tens of thousands of objects, not millions.
 
+use crate::backend::{Backend, Spool};
 use crate::crypto::Keys;
 use crate::{Error, Id, Result};
 
@@ -120,10 +121,51 @@ pub fn decode_entries<'a>(
     Ok((out, rest))
 }
 
-/// Builds one pack in memory.
+/// Where a pack's bytes go while it is built.
+enum Body {
+    /// In memory, stored whole when finished.
+    Mem(Vec<u8>),
+    /// Written to the store as they come ([`Backend::spool`]), hashed on the way, since
+    /// the pack's name is the hash of its bytes.
+    Spool(Box<dyn Spool>, blake3::Hasher),
+}
+
+impl Default for Body {
+    fn default() -> Self {
+        Body::Mem(Vec::new())
+    }
+}
+
+/// A finished pack's bytes: in memory, or spooled and waiting for their name.
+pub enum PackBytes {
+    /// The whole pack.
+    Mem(Vec<u8>),
+    /// Written; [`Spool::finish_unique`] puts it in place.
+    Spooled(Box<dyn Spool>),
+}
+
+impl PackBytes {
+    /// Stores the pack at `path` as [`Backend::create_unique`] does. Gives back the memory
+    /// buffer (for reuse and for the caller's look at it), whatever the outcome.
+    ///
+    /// # Errors
+    /// The store's error, in the first element.
+    pub fn store(self, backend: &dyn Backend, path: &str) -> (Result<()>, Option<Vec<u8>>) {
+        match self {
+            PackBytes::Mem(data) => {
+                let (r, data) = backend.create_unique_owned(path, data);
+                (r, Some(data))
+            }
+            PackBytes::Spooled(spool) => (spool.finish_unique(path), None),
+        }
+    }
+}
+
+/// Builds one pack, in memory or spooled to the store.
 #[derive(Default)]
 pub struct PackBuilder {
-    buf: Vec<u8>,
+    body: Body,
+    len: usize,
     entries: Vec<PackEntry>,
 }
 
@@ -135,15 +177,58 @@ impl PackBuilder {
         buf.clear();
         buf.reserve_exact(target + (1 << 20));
         PackBuilder {
-            buf,
+            body: Body::Mem(buf),
+            len: 0,
             entries: Vec::new(),
         }
     }
 
+    /// An empty pack written to `spool` as blobs are added: no pack in memory.
+    pub fn spooled(spool: Box<dyn Spool>) -> Self {
+        PackBuilder {
+            body: Body::Spool(spool, blake3::Hasher::new()),
+            len: 0,
+            entries: Vec::new(),
+        }
+    }
+
+    /// A new pack for `backend`: spooled when the store can, else in `buf`.
+    ///
+    /// # Errors
+    /// The store's error when a spool cannot be started.
+    pub fn new_for(backend: &dyn Backend, buf: Vec<u8>, target: usize) -> Result<Self> {
+        Ok(match backend.spool()? {
+            Some(spool) => PackBuilder::spooled(spool),
+            None => PackBuilder::for_target(buf, target),
+        })
+    }
+
+    fn append(&mut self, data: &[u8]) -> Result<()> {
+        match &mut self.body {
+            Body::Mem(buf) => buf.extend_from_slice(data),
+            Body::Spool(spool, hasher) => {
+                spool.write(data)?;
+                hasher.update(data);
+            }
+        }
+        self.len += data.len();
+        Ok(())
+    }
+
     /// Appends a sealed blob (`base`: the base of a delta).
-    pub fn add(&mut self, kind: BlobKind, id: Id, sealed: &[u8], raw_len: u32, base: Option<Id>) {
-        let offset = self.buf.len() as u32;
-        self.buf.extend_from_slice(sealed);
+    ///
+    /// # Errors
+    /// A spooled pack's store error (a full disk).
+    pub fn add(
+        &mut self,
+        kind: BlobKind,
+        id: Id,
+        sealed: &[u8],
+        raw_len: u32,
+        base: Option<Id>,
+    ) -> Result<()> {
+        let offset = self.len as u32;
+        self.append(sealed)?;
         self.entries.push(PackEntry {
             kind,
             id,
@@ -152,11 +237,12 @@ impl PackBuilder {
             raw_len,
             base,
         });
+        Ok(())
     }
 
     /// Bytes so far.
     pub fn len(&self) -> usize {
-        self.buf.len()
+        self.len
     }
 
     /// True when nothing was added.
@@ -164,20 +250,43 @@ impl PackBuilder {
         self.entries.is_empty()
     }
 
-    /// Seals the trailer; returns the pack bytes, its id and its entries.
+    /// Seals the trailer; returns the pack's id, bytes, entries and length.
     ///
     /// # Errors
-    /// Only if the random source fails.
-    pub fn finish(mut self, keys: &Keys) -> Result<(Id, Vec<u8>, Vec<PackEntry>)> {
+    /// If the random source fails; a spooled pack's store error.
+    pub fn finish(mut self, keys: &Keys) -> Result<FinishedPack> {
         let mut plain = Vec::with_capacity(4 + self.entries.len() * ENTRY_LEN);
         plain.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
         encode_entries(&mut plain, &self.entries);
         let trailer = keys.seal(&plain, TRAILER_AAD)?;
-        self.buf.extend_from_slice(&trailer);
-        self.buf
-            .extend_from_slice(&(trailer.len() as u32).to_le_bytes());
-        Ok((Id::hash_of(&self.buf), self.buf, self.entries))
+        self.append(&trailer)?;
+        self.append(&(trailer.len() as u32).to_le_bytes())?;
+        let len = self.len as u64;
+        let (id, bytes) = match self.body {
+            Body::Mem(buf) => (Id::hash_of(&buf), PackBytes::Mem(buf)),
+            Body::Spool(spool, hasher) => {
+                (Id(*hasher.finalize().as_bytes()), PackBytes::Spooled(spool))
+            }
+        };
+        Ok(FinishedPack {
+            id,
+            bytes,
+            entries: self.entries,
+            len,
+        })
     }
+}
+
+/// A sealed pack, ready to store.
+pub struct FinishedPack {
+    /// Its name: the BLAKE3 of its bytes.
+    pub id: Id,
+    /// Its bytes.
+    pub bytes: PackBytes,
+    /// The blobs it holds.
+    pub entries: Vec<PackEntry>,
+    /// Its length in bytes.
+    pub len: u64,
 }
 
 /// Reads and checks the trailer of a pack given its last bytes (`tail` must hold at least
@@ -259,29 +368,45 @@ pub fn read_trailer(
 mod tests {
     use super::*;
 
-    #[test]
-    fn build_and_parse() {
-        let keys = Keys::from_master(&[3u8; 32]);
-        let mut b = PackBuilder::default();
+    /// The same blobs in a pack, the delta last; returns its keys-independent parts.
+    fn fill(b: &mut PackBuilder, keys: &Keys) -> Id {
         for i in 0..10u8 {
             let plain = vec![i; 1000];
             let id = keys.blob_id(&plain);
-            let sealed = crate::crypto::seal_blob(&keys, &id, &plain, 3).unwrap();
-            b.add(BlobKind::Data, id, &sealed, 1000, None);
+            let sealed = crate::crypto::seal_blob(keys, &id, &plain, 3).unwrap();
+            b.add(BlobKind::Data, id, &sealed, 1000, None).unwrap();
         }
         // A delta entry carries its base through the trailer and index files.
         let base = keys.blob_id(&[4u8; 1000]);
         let plain = b"a delta's payload".to_vec();
         let did = keys.blob_id(&plain);
-        let sealed = crate::crypto::seal_blob(&keys, &did, &plain, 3).unwrap();
+        let sealed = crate::crypto::seal_blob(keys, &did, &plain, 3).unwrap();
         b.add(
             BlobKind::Delta,
             did,
             &sealed,
             plain.len() as u32,
             Some(base),
-        );
-        let (id, bytes, entries) = b.finish(&keys).unwrap();
+        )
+        .unwrap();
+        base
+    }
+
+    #[test]
+    fn build_and_parse() {
+        let keys = Keys::from_master(&[3u8; 32]);
+        let mut b = PackBuilder::default();
+        let base = fill(&mut b, &keys);
+        let FinishedPack {
+            id,
+            bytes,
+            entries,
+            len,
+        } = b.finish(&keys).unwrap();
+        let PackBytes::Mem(bytes) = bytes else {
+            panic!("a default pack is built in memory")
+        };
+        assert_eq!(len, bytes.len() as u64);
         assert_eq!(id, Id::hash_of(&bytes));
         assert_eq!(entries[10].base, Some(base));
         let (_, ix) = crate::index::encode_file(&keys, &[(id, entries.clone())]).unwrap();
@@ -297,5 +422,48 @@ mod tests {
         let n = bad.len();
         bad[n - 10] ^= 0x40;
         assert!(parse_trailer(&keys, &bad, n as u64, "p").is_err());
+    }
+
+    #[test]
+    fn a_spooled_pack_is_the_pack_built_in_memory() {
+        let keys = Keys::from_master(&[3u8; 32]);
+        let dir = tempfile::tempdir().unwrap();
+        let local = crate::backend::local::LocalBackend::new(dir.path());
+        let mut spooled = PackBuilder::new_for(&local, Vec::new(), 1 << 20).unwrap();
+        let mut mem = PackBuilder::default();
+        fill(&mut spooled, &keys);
+        fill(&mut mem, &keys);
+        // Sealing uses random nonces: compare the entries, the stored pack against its
+        // name, and what a blob of it opens to.
+        let (s, m) = (spooled.finish(&keys).unwrap(), mem.finish(&keys).unwrap());
+        assert!(matches!(s.bytes, PackBytes::Spooled(_)));
+        assert_eq!(s.entries, m.entries);
+        let path = pack_path(&s.id);
+        s.bytes.store(&local, &path).0.unwrap();
+        let stored = local.read(&path).unwrap();
+        assert_eq!(Id::hash_of(&stored), s.id);
+        assert_eq!(stored.len() as u64, s.len);
+        assert_eq!(
+            parse_trailer(&keys, &stored, s.len, "p").unwrap(),
+            m.entries
+        );
+        let e = s.entries[4];
+        let sealed = &stored[e.offset as usize..(e.offset + e.len) as usize];
+        let plain = crate::crypto::open_blob(&keys, &e.id, sealed, 1000, &|| "b".into()).unwrap();
+        assert_eq!(plain, vec![4u8; 1000]);
+        // Nothing but the pack is left in data/: the temp file went with the finish.
+        let mut names = Vec::new();
+        for d in std::fs::read_dir(dir.path().join("data")).unwrap() {
+            names.push(d.unwrap().file_name().to_string_lossy().into_owned());
+        }
+        assert_eq!(names, vec![path[5..7].to_string()]);
+        // A spool dropped unfinished leaves nothing.
+        let mut gone = PackBuilder::new_for(&local, Vec::new(), 1 << 20).unwrap();
+        fill(&mut gone, &keys);
+        drop(gone);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("data")).unwrap().count(),
+            1
+        );
     }
 }

@@ -26,6 +26,36 @@ const BATCH_RAW_BYTES: u64 = 4 << 20;
 /// The same from an object store: one batch is read with one request per pack span, so
 /// larger batches save requests.
 const REMOTE_BATCH_RAW_BYTES: u64 = 16 << 20;
+/// The smallest batch when several parts are restored at once.
+const MIN_BATCH_RAW_BYTES: u64 = 1 << 20;
+
+/// Parts being restored now in this process. A restore into a database reads a part per
+/// connection; the batches of all of them share the budget of one restore (two batches),
+/// so memory does not grow with the connections. Why: three connections at 4 MiB batches
+/// took a scale-10 restore to 65 MiB; the server, not the batch size, sets their pace.
+static ACTIVE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Counts a restore in [`ACTIVE`] while it lives.
+struct Active;
+
+impl Active {
+    fn new() -> Active {
+        ACTIVE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Active
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        ACTIVE.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// This restore's share of the batch budget (`full`: one restore's batch).
+fn batch_share(full: u64) -> u64 {
+    let n = ACTIVE.load(std::sync::atomic::Ordering::Relaxed).max(1);
+    (full / n).clamp(MIN_BATCH_RAW_BYTES.min(full), full)
+}
 /// Plaintext bytes one run of a restore may open at once. A run of small deltas holds the
 /// bases they need as well (each base is a whole chunk), so without this cap 2 MiB of
 /// deltas could hold tens of MiB of bases.
@@ -216,18 +246,19 @@ pub fn for_each_chunk(
             Ok(())
         });
         let remote = repo.backend().remote();
-        let batch_raw = if remote {
+        let full_batch = if remote {
             REMOTE_BATCH_RAW_BYTES
         } else {
             BATCH_RAW_BYTES
         };
+        let _active = Active::new();
         // Hashed on the pool a piece per task, right after each batch is opened:
         // one thread hashing every byte was the restore's longest stage.
         let mut hash = TreeHash::default();
         let mut produce = || -> Result<()> {
             let mut start = 0;
             while start < runs.len() {
-                let end = start + fitting(&runs[start..], batch_raw, |r| r.raw);
+                let end = start + fitting(&runs[start..], batch_share(full_batch), |r| r.raw);
                 let blobs = Blobs {
                     backend: repo.backend().as_ref(),
                     keys: repo.keys(),

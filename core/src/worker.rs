@@ -16,7 +16,7 @@ use crate::hash::TreeHash;
 use crate::index::{encode_file, index_path, Index};
 use crate::input::PartInput;
 use crate::lock::LockHandle;
-use crate::pack::{pack_path, BlobKind, PackBuilder, PackEntry};
+use crate::pack::{pack_path, BlobKind, FinishedPack, PackBuilder, PackEntry};
 use crate::snapshot::Part;
 use crate::{Error, Id, Result};
 
@@ -105,9 +105,10 @@ struct Worker {
     defer_limit: usize,
 }
 
-/// Pack buffers a backup holds at once: one being filled, and one per upload in flight (at
-/// most two). They are recycled, so the packs' share of memory is fixed: 2 x 17 MiB on
-/// local disk, 3 x 17 MiB on an object store.
+/// Packs a backup holds at once: one being filled, and one per upload in flight (at most
+/// two). Their buffers are recycled, so the packs' share of memory is fixed: 3 x 17 MiB on
+/// an object store; none on a local disk, where packs are spooled to temp files as they
+/// are built and a buffer is only a token.
 fn pack_buffers(uploads: usize) -> usize {
     uploads.clamp(1, 2) + 1
 }
@@ -130,7 +131,7 @@ pub(crate) fn run_worker(rx: &Receiver<Job>, ctx: WorkerCtx) -> Result<WorkerOut
         .spawn(move || run_writer(prx, free_tx, backend.as_ref(), &keys, &lock))
         .map_err(|e| Error::Invalid(format!("cannot start a thread: {e}")))?;
     let backend_remote = ctx.backend.remote();
-    let pack = PackBuilder::for_target(Vec::new(), ctx.pack_target);
+    let pack = PackBuilder::new_for(ctx.backend.as_ref(), Vec::new(), ctx.pack_target)?;
     let mut w = Worker {
         ctx,
         pending: HashSet::new(),
@@ -302,7 +303,7 @@ impl Worker {
         base: Option<Id>,
     ) -> Result<()> {
         self.new_blobs += 1;
-        self.pack.add(kind, id, sealed, raw_len as u32, base);
+        self.pack.add(kind, id, sealed, raw_len as u32, base)?;
         if self.pack.len() >= self.ctx.pack_target {
             self.flush_pack(false)?;
         }
@@ -398,7 +399,7 @@ impl Worker {
         self.to_writer.send(full).map_err(|_| stopped())?;
         if !last {
             let buf = self.free.recv().map_err(|_| stopped())?;
-            self.pack = PackBuilder::for_target(buf, self.ctx.pack_target);
+            self.pack = PackBuilder::new_for(self.ctx.backend.as_ref(), buf, self.ctx.pack_target)?;
         }
         Ok(())
     }
@@ -420,9 +421,6 @@ fn write_index(
     Ok(bytes.len() as u64)
 }
 
-/// One pack ready to store: id, sealed bytes, entries.
-type Sealed = (Id, Vec<u8>, Vec<PackEntry>);
-
 /// Stores packs as they come, `backend.uploads()` at a time, and after every
 /// `PACKS_PER_INDEX` stored packs an index file naming them. An index file only ever names
 /// packs whose upload has returned, so an interrupted backup leaves unindexed packs (prune
@@ -436,7 +434,7 @@ fn run_writer(
     lock: &LockHandle,
 ) -> Result<(u64, u64)> {
     std::thread::scope(|s| {
-        let (jobs, job_rx) = sync_channel::<Sealed>(0);
+        let (jobs, job_rx) = sync_channel::<FinishedPack>(0);
         // Shared by the uploaders only: when the last one stops (on an error), sending
         // fails instead of blocking.
         let job_rx = Arc::new(Mutex::new(job_rx));
@@ -445,24 +443,35 @@ fn run_writer(
             let (done_tx, job_rx, free) = (done_tx.clone(), job_rx.clone(), free.clone());
             s.spawn(move || loop {
                 let next = job_rx.lock().map(|r| r.recv());
-                let Ok(Ok((id, data, entries))) = next else {
+                let Ok(Ok(FinishedPack {
+                    id,
+                    bytes,
+                    entries,
+                    len,
+                })) = next
+                else {
                     break;
                 };
                 let path = pack_path(&id);
-                let (r, data) = backend.create_unique_owned(&path, data);
-                let r = r.map(|()| {
+                let (r, data) = bytes.store(backend, &path);
+                if let (Ok(()), Some(data)) = (&r, &data) {
                     // Lists (and deltas, which are small) are read by the next backup and
                     // by restores: a caching backend keeps them now.
                     for e in entries.iter().filter(|e| e.kind != BlobKind::Data) {
                         let (off, len) = (e.offset as usize, e.len as usize);
                         backend.keep_range(&path, off as u64, &data[off..off + len]);
                     }
-                    (id, entries, data.len() as u64)
-                });
+                }
+                // A store error after the lock was taken over (a prune that found this
+                // backup stalled removes its temp files) is the lost lock: say that.
+                let r = r
+                    .map_err(|e| lock.ensure_held().err().unwrap_or(e))
+                    .map(|()| (id, entries, len));
                 // Back to the packer even after a failure: it may be waiting for a buffer
-                // before it hands over the pack that lets the writer see the error. The
-                // worker may be gone (the last pack): then the buffer is dropped.
-                let _ = free.try_send(data);
+                // before it hands over the pack that lets the writer see the error (a
+                // spooled pack's buffer is an empty token). The worker may be gone (the
+                // last pack): then the buffer is dropped.
+                let _ = free.try_send(data.unwrap_or_default());
                 let failed = r.is_err();
                 if done_tx.send(r).is_err() || failed {
                     break;

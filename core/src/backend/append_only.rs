@@ -34,6 +34,9 @@ impl Backend for AppendOnly {
     fn create_unique(&self, path: &str, data: &[u8]) -> Result<()> {
         self.inner.create_unique(path, data)
     }
+    fn spool(&self) -> Result<Option<Box<dyn super::Spool>>> {
+        self.inner.spool()
+    }
     fn create_unique_owned(&self, path: &str, data: Vec<u8>) -> (Result<()>, Vec<u8>) {
         self.inner.create_unique_owned(path, data)
     }

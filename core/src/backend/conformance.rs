@@ -47,6 +47,27 @@ pub fn run(b: &dyn Backend) -> Result<()> {
         ));
     }
     b.remove("index/owned")?;
+    // spool (optional): pieces become one object only when finished; a second spool of
+    // the same bytes to the same name is success; a dropped one leaves nothing listed.
+    if b.spool()?.is_some() {
+        let before = b.list("data/")?.len();
+        for _ in 0..2 {
+            let mut sp = b.spool()?.ok_or_else(|| fail("spool vanished".into()))?;
+            sp.write(&data[..1000])?;
+            sp.write(&data[1000..])?;
+            sp.finish_unique("data/cd/spooled")?;
+        }
+        if b.read("data/cd/spooled")? != data {
+            return Err(fail("a spooled object holds other bytes".into()));
+        }
+        let mut dropped = b.spool()?.ok_or_else(|| fail("spool vanished".into()))?;
+        dropped.write(b"never finished")?;
+        drop(dropped);
+        if b.list("data/")?.len() != before + 1 {
+            return Err(fail("a spool left other objects listed".into()));
+        }
+        b.remove("data/cd/spooled")?;
+    }
     // ranges
     if b.read_range("data/ab/obj1", 1000, 50)? != data[1000..1050] {
         return Err(fail("read_range returned other bytes".into()));

@@ -4,13 +4,15 @@
 //! (which fails if the name is taken, so objects are never overwritten), remove the temp
 //! name, fsync the directory. Temp files left by a crash start with `.tmp-` and are never
 //! listed. Files are 0600 and directories 0700: repository files are not world-readable.
+//! A spooled object ([`Backend::spool`]: a pack written blob by blob) is the same temp file
+//! in `data/`, written as it comes, then fsynced and linked into place the same way.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use super::{Backend, ObjectInfo};
+use super::{Backend, ObjectInfo, Spool};
 use crate::{Error, Result};
 
 const TMP_PREFIX: &str = ".tmp-";
@@ -82,6 +84,67 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// A new private temp file in `dir`.
+fn temp_file(dir: &Path) -> Result<io::Result<(File, PathBuf)>> {
+    let mut rnd = [0u8; 8];
+    crate::crypto::fill_random(&mut rnd)?;
+    let tmp = dir.join(format!("{TMP_PREFIX}{}", hex::encode(rnd)));
+    Ok(OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map(|f| (f, tmp)))
+}
+
+/// What a spool's errors name: the pack has no name until it is finished.
+const SPOOL_WHAT: &str = "data/ (a new pack)";
+
+/// A temp file in `data/` that becomes an object when finished.
+struct LocalSpool {
+    backend: LocalBackend,
+    /// `None` once finished.
+    file: Option<(File, PathBuf)>,
+}
+
+impl Spool for LocalSpool {
+    fn write(&mut self, data: &[u8]) -> Result<()> {
+        let Some((f, _)) = self.file.as_mut() else {
+            return Err(Error::Invalid("write to a finished spool".into()));
+        };
+        f.write_all(data).map_err(|e| Error::io(SPOOL_WHAT, e))
+    }
+
+    fn finish_unique(mut self: Box<Self>, path: &str) -> Result<()> {
+        let Some((f, tmp)) = self.file.take() else {
+            return Err(Error::Invalid("a spool finished twice".into()));
+        };
+        let target = self.backend.full(path);
+        let dir = target.parent().unwrap_or(&self.backend.root).to_path_buf();
+        let result = (|| -> Result<()> {
+            f.sync_all().map_err(|e| map_err(path, e))?;
+            drop(f);
+            self.backend.ensure_dir(&dir)?;
+            match fs::hard_link(&tmp, &target) {
+                // Named by its bytes: what is there already is this.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                r => r.map_err(|e| map_err(path, e))?,
+            }
+            fsync_dir(&dir).map_err(|e| map_err(path, e))
+        })();
+        let _ = fs::remove_file(&tmp);
+        result
+    }
+}
+
+impl Drop for LocalSpool {
+    fn drop(&mut self) {
+        if let Some((_, tmp)) = self.file.take() {
+            let _ = fs::remove_file(tmp);
+        }
+    }
+}
+
 impl Backend for LocalBackend {
     fn location(&self) -> String {
         self.root.display().to_string()
@@ -96,15 +159,8 @@ impl Backend for LocalBackend {
             });
         }
         self.ensure_dir(&dir)?;
-        let mut rnd = [0u8; 8];
-        crate::crypto::fill_random(&mut rnd)?;
-        let tmp = dir.join(format!("{TMP_PREFIX}{}", hex::encode(rnd)));
+        let (mut f, tmp) = temp_file(&dir)?.map_err(|e| map_err(path, e))?;
         let result = (|| -> io::Result<()> {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
             f.write_all(data)?;
             f.sync_all()?;
             drop(f);
@@ -115,6 +171,15 @@ impl Backend for LocalBackend {
         let _ = fs::remove_file(&tmp);
         result.map_err(|e| map_err(path, e))?;
         fsync_dir(&dir).map_err(|e| map_err(path, e))
+    }
+
+    fn spool(&self) -> Result<Option<Box<dyn Spool>>> {
+        let dir = self.full("data");
+        self.ensure_dir(&dir)?;
+        Ok(Some(Box::new(LocalSpool {
+            backend: self.clone(),
+            file: Some(temp_file(&dir)?.map_err(|e| Error::io(SPOOL_WHAT, e))?),
+        })))
     }
 
     fn read(&self, path: &str) -> Result<Vec<u8>> {

@@ -81,6 +81,17 @@ pub trait Backend: Send + Sync {
         (self.create_unique(path, &data), data)
     }
 
+    /// Starts an object written piece by piece, for stores that keep objects in files: a
+    /// backup then streams each pack to disk as its blobs are sealed instead of holding it
+    /// whole in memory (two 17 MiB buffers on a local disk). `None` (the default): the
+    /// store takes whole buffers ([`Backend::create_unique_owned`]).
+    ///
+    /// # Errors
+    /// The store's error (a directory that cannot be made).
+    fn spool(&self) -> Result<Option<Box<dyn Spool>>> {
+        Ok(None)
+    }
+
     /// Reads a whole object.
     ///
     /// # Errors
@@ -148,4 +159,23 @@ pub trait Backend: Send + Sync {
     fn uploads(&self) -> usize {
         1
     }
+}
+
+/// An object being written piece by piece ([`Backend::spool`]), put in place whole by
+/// [`Spool::finish_unique`]. Dropped unfinished, it leaves nothing behind: a reader never
+/// sees part of an object.
+pub trait Spool: Send {
+    /// Appends `data`.
+    ///
+    /// # Errors
+    /// The store's error (a full disk).
+    fn write(&mut self, data: &[u8]) -> Result<()>;
+
+    /// Puts what was written at `path`, durably, as [`Backend::create_unique`] does: an
+    /// object already there holds these very bytes (its name is their hash), so it is
+    /// success.
+    ///
+    /// # Errors
+    /// As [`Backend::create_unique`].
+    fn finish_unique(self: Box<Self>, path: &str) -> Result<()>;
 }

@@ -463,9 +463,11 @@ impl Backend for S3Backend {
             Ok(_) | Err(Error::AlreadyExists { .. }) => Ok(()),
             Err(e) => Err(e),
         };
-        // The requests are gone: the buffer is ours again (copied only if the SDK still
-        // held a piece of it).
-        (r, Vec::from(data))
+        // The requests are gone: the buffer is ours again, unless the SDK still holds a
+        // piece of it. Then a new one is made later rather than a copy now, which for a
+        // moment held the pack twice.
+        let buf = data.try_into_mut().map(Vec::from).unwrap_or_default();
+        (r, buf)
     }
 
     fn read(&self, path: &str) -> Result<Vec<u8>> {

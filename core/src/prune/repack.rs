@@ -6,7 +6,7 @@ use super::mark::Bits;
 use super::{refuse, Fate};
 use crate::index::Index;
 use crate::pack::{pack_path, parse_trailer, PackBuilder, PackEntry};
-use crate::{Error, Id, Repository, Result};
+use crate::{Id, Repository, Result};
 
 /// Copies the needed blobs of the packs to repack into new packs, sealed bytes as they
 /// are (authenticated first), entries (with delta bases) from each pack's own trailer.
@@ -36,7 +36,8 @@ pub(crate) fn repack(
     progress(&format!("repacking {} packs", wanted.len()));
     let target = repo.config().pack_target as usize;
     let mut out = Vec::new();
-    let mut builder = PackBuilder::for_target(Vec::new(), target);
+    let new = || PackBuilder::new_for(repo.backend().as_ref(), Vec::new(), target);
+    let mut builder = new()?;
     let mut order: Vec<(Id, usize)> = wanted.into_iter().collect();
     order.sort_unstable();
     for (pack, count) in order {
@@ -60,10 +61,10 @@ pub(crate) fn repack(
             repo.keys()
                 .open(sealed, &e.id.0, &|| what.clone())
                 .map_err(|err| refuse(err.to_string()))?;
-            builder.add(e.kind, e.id, sealed, e.raw_len, e.base);
+            builder.add(e.kind, e.id, sealed, e.raw_len, e.base)?;
             copied += 1;
             if builder.len() >= target {
-                out.push(store(repo, std::mem::take(&mut builder))?);
+                out.push(store(repo, std::mem::replace(&mut builder, new()?))?);
             }
         }
         if copied != count {
@@ -79,10 +80,9 @@ pub(crate) fn repack(
 }
 
 fn store(repo: &Repository, builder: PackBuilder) -> Result<(Id, Vec<PackEntry>, u64)> {
-    let (id, bytes, entries) = builder.finish(repo.keys())?;
-    match repo.backend().create_unique(&pack_path(&id), &bytes) {
-        Ok(()) | Err(Error::AlreadyExists { .. }) => {}
-        Err(e) => return Err(e),
-    }
-    Ok((id, entries, bytes.len() as u64))
+    let p = builder.finish(repo.keys())?;
+    p.bytes
+        .store(repo.backend().as_ref(), &pack_path(&p.id))
+        .0?;
+    Ok((p.id, p.entries, p.len))
 }
