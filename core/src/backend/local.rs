@@ -97,6 +97,20 @@ fn temp_file(dir: &Path) -> Result<io::Result<(File, PathBuf)>> {
         .map(|f| (f, tmp)))
 }
 
+/// Makes the temp file `tmp` (written through `f`) the object at `target` in `dir`: fsync
+/// it, hard-link it to `target` (refused, `AlreadyExists`, if the name is taken), remove
+/// the temp name, fsync the directory. The temp name is removed whatever happens.
+fn put_in_place(f: File, tmp: &Path, target: &Path, dir: &Path) -> io::Result<()> {
+    let linked = f.sync_all().and_then(|()| {
+        drop(f);
+        // link() refuses an existing target: create-only without a check-then-act race.
+        fs::hard_link(tmp, target)
+    });
+    let _ = fs::remove_file(tmp);
+    linked?;
+    fsync_dir(dir)
+}
+
 /// What a spool's errors name: the pack has no name until it is finished.
 const SPOOL_WHAT: &str = "data/ (a new pack)";
 
@@ -116,24 +130,18 @@ impl Spool for LocalSpool {
     }
 
     fn finish_unique(mut self: Box<Self>, path: &str) -> Result<()> {
+        let target = self.backend.full(path);
+        let dir = target.parent().unwrap_or(&self.backend.root).to_path_buf();
+        // Before the file is taken: on failure, drop removes it.
+        self.backend.ensure_dir(&dir)?;
         let Some((f, tmp)) = self.file.take() else {
             return Err(Error::Invalid("a spool finished twice".into()));
         };
-        let target = self.backend.full(path);
-        let dir = target.parent().unwrap_or(&self.backend.root).to_path_buf();
-        let result = (|| -> Result<()> {
-            f.sync_all().map_err(|e| map_err(path, e))?;
-            drop(f);
-            self.backend.ensure_dir(&dir)?;
-            match fs::hard_link(&tmp, &target) {
-                // Named by its bytes: what is there already is this.
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                r => r.map_err(|e| map_err(path, e))?,
-            }
-            fsync_dir(&dir).map_err(|e| map_err(path, e))
-        })();
-        let _ = fs::remove_file(&tmp);
-        result
+        match put_in_place(f, &tmp, &target, &dir) {
+            // Named by its bytes: what is there already is this.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            r => r.map_err(|e| map_err(path, e)),
+        }
     }
 }
 
@@ -160,17 +168,11 @@ impl Backend for LocalBackend {
         }
         self.ensure_dir(&dir)?;
         let (mut f, tmp) = temp_file(&dir)?.map_err(|e| map_err(path, e))?;
-        let result = (|| -> io::Result<()> {
-            f.write_all(data)?;
-            f.sync_all()?;
-            drop(f);
-            // link() refuses an existing target: create-only without a check-then-act race.
-            fs::hard_link(&tmp, &target)?;
-            Ok(())
-        })();
-        let _ = fs::remove_file(&tmp);
-        result.map_err(|e| map_err(path, e))?;
-        fsync_dir(&dir).map_err(|e| map_err(path, e))
+        if let Err(e) = f.write_all(data) {
+            let _ = fs::remove_file(&tmp);
+            return Err(map_err(path, e));
+        }
+        put_in_place(f, &tmp, &target, &dir).map_err(|e| map_err(path, e))
     }
 
     fn spool(&self) -> Result<Option<Box<dyn Spool>>> {
