@@ -167,6 +167,9 @@ pub struct PackBuilder {
     body: Body,
     len: usize,
     entries: Vec<PackEntry>,
+    /// A spooled pack's small blobs (not `Data`) by offset, for a caching store to keep
+    /// once the pack is stored; `None`: not kept.
+    small: Option<Vec<(u32, Vec<u8>)>>,
 }
 
 impl PackBuilder {
@@ -180,6 +183,7 @@ impl PackBuilder {
             body: Body::Mem(buf),
             len: 0,
             entries: Vec::new(),
+            small: None,
         }
     }
 
@@ -189,6 +193,7 @@ impl PackBuilder {
             body: Body::Spool(spool, blake3::Hasher::new()),
             len: 0,
             entries: Vec::new(),
+            small: None,
         }
     }
 
@@ -198,7 +203,10 @@ impl PackBuilder {
     /// The store's error when a spool cannot be started.
     pub fn new_for(backend: &dyn Backend, buf: Vec<u8>, target: usize) -> Result<Self> {
         Ok(match backend.spool()? {
-            Some(spool) => PackBuilder::spooled(spool),
+            Some(spool) => PackBuilder {
+                small: backend.keeps_ranges().then(Vec::new),
+                ..PackBuilder::spooled(spool)
+            },
             None => PackBuilder::for_target(buf, target),
         })
     }
@@ -229,6 +237,9 @@ impl PackBuilder {
     ) -> Result<()> {
         let offset = self.len as u32;
         self.append(sealed)?;
+        if let (Some(small), false) = (&mut self.small, kind == BlobKind::Data) {
+            small.push((offset, sealed.to_vec()));
+        }
         self.entries.push(PackEntry {
             kind,
             id,
@@ -273,6 +284,7 @@ impl PackBuilder {
             bytes,
             entries: self.entries,
             len,
+            small: self.small.unwrap_or_default(),
         })
     }
 }
@@ -287,6 +299,28 @@ pub struct FinishedPack {
     pub entries: Vec<PackEntry>,
     /// Its length in bytes.
     pub len: u64,
+    /// A spooled pack's small blobs by offset, when the store keeps ranges.
+    pub small: Vec<(u32, Vec<u8>)>,
+}
+
+impl FinishedPack {
+    /// The pack's blobs other than `Data` (lists, deltas) as `(offset, sealed bytes)`:
+    /// from `data`, the stored pack's bytes when they were in memory, else the copies a
+    /// spooled pack kept.
+    pub fn small_blobs<'a>(
+        entries: &'a [PackEntry],
+        small: &'a [(u32, Vec<u8>)],
+        data: Option<&'a [u8]>,
+    ) -> Vec<(u64, &'a [u8])> {
+        match data {
+            Some(d) => entries
+                .iter()
+                .filter(|e| e.kind != BlobKind::Data)
+                .map(|e| (u64::from(e.offset), &d[e.offset as usize..(e.offset + e.len) as usize]))
+                .collect(),
+            None => small.iter().map(|(o, b)| (u64::from(*o), b.as_slice())).collect(),
+        }
+    }
 }
 
 /// Reads and checks the trailer of a pack given its last bytes (`tail` must hold at least
@@ -402,6 +436,7 @@ mod tests {
             bytes,
             entries,
             len,
+            ..
         } = b.finish(&keys).unwrap();
         let PackBytes::Mem(bytes) = bytes else {
             panic!("a default pack is built in memory")

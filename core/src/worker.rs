@@ -448,18 +448,18 @@ fn run_writer(
                     bytes,
                     entries,
                     len,
+                    small,
                 })) = next
                 else {
                     break;
                 };
                 let path = pack_path(&id);
                 let (r, data) = bytes.store(backend, &path);
-                if let (Ok(()), Some(data)) = (&r, &data) {
+                if r.is_ok() {
                     // Lists (and deltas, which are small) are read by the next backup and
                     // by restores: a caching backend keeps them now.
-                    for e in entries.iter().filter(|e| e.kind != BlobKind::Data) {
-                        let (off, len) = (e.offset as usize, e.len as usize);
-                        backend.keep_range(&path, off as u64, &data[off..off + len]);
+                    for (off, b) in FinishedPack::small_blobs(&entries, &small, data.as_deref()) {
+                        backend.keep_range(&path, off, b);
                     }
                 }
                 // A store error after the lock was taken over (a prune that found this

@@ -173,6 +173,7 @@ fn s3(g: &Garage, prefix: &str) -> S3Backend {
         path_style: true,
         credentials: Some((g.key_id.clone(), g.secret.clone())),
         attempt_timeout: None,
+        spool_dir: None,
     };
     S3Backend::new(&g.url(prefix), &o).expect("backend")
 }

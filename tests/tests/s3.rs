@@ -14,6 +14,7 @@ fn options(g: &Garage) -> S3Options {
         path_style: true,
         credentials: Some((g.key_id.clone(), g.secret.clone())),
         attempt_timeout: None,
+        spool_dir: None,
     }
 }
 
@@ -26,6 +27,54 @@ fn the_backend_contract_holds_on_garage() {
     let big = dump_like(40 << 20, 3);
     dbvault_core::backend::Backend::create(&b, "data/ab/big", &big).expect("multipart");
     assert!(dbvault_core::backend::Backend::read(&b, "data/ab/big").expect("read") == big);
+}
+
+#[test]
+fn packs_spooled_to_local_files_keep_the_contract_and_their_checksums() {
+    use dbvault_core::backend::Backend;
+    let g = Garage::start();
+    let spool = tempfile::tempdir().expect("tempdir");
+    let b = S3Backend::new(
+        &g.url("spooled"),
+        &S3Options {
+            spool_dir: Some(spool.path().to_path_buf()),
+            ..options(&g)
+        },
+    )
+    .expect("backend");
+    dbvault_core::backend::conformance::run(&b).unwrap_or_else(|e| panic!("{e}\n{}", g.log()));
+    let files = || std::fs::read_dir(spool.path()).expect("ls").count();
+    assert_eq!(files(), 0, "finished and dropped spools leave no files");
+    // A spooled object larger than one request goes up in parts, each checksummed.
+    let big = dump_like(40 << 20, 4);
+    let mut sp = b.spool().expect("spool").expect("a spool");
+    for piece in big.chunks(3 << 20) {
+        sp.write(piece).expect("write");
+    }
+    sp.finish_unique("data/ab/bigspool").expect("multipart from a file");
+    assert!(b.read("data/ab/bigspool").expect("read") == big);
+    // Bytes that change on the local disk between spooling and upload are refused by the
+    // store (the CRC32 was taken as they were written), and nothing is stored.
+    for (len, name) in [(1 << 20, "data/ab/damaged"), (40 << 20, "data/ab/damagedbig")] {
+        let mut sp = b.spool().expect("spool").expect("a spool");
+        sp.write(&big[..len]).expect("write");
+        let file = std::fs::read_dir(spool.path())
+            .expect("ls")
+            .next()
+            .expect("the spool file")
+            .expect("entry")
+            .path();
+        let mut bytes = std::fs::read(&file).expect("read spool file");
+        bytes[len / 2] ^= 1;
+        std::fs::write(&file, &bytes).expect("damage");
+        let e = sp.finish_unique(name).expect_err("a damaged spool file must be refused");
+        assert!(e.to_string().contains(name), "{e}");
+        assert!(
+            matches!(b.read(name), Err(dbvault_core::Error::NotFound { .. })),
+            "nothing stored at {name}"
+        );
+        assert_eq!(files(), 0, "a failed upload removes its spool file");
+    }
 }
 
 #[test]

@@ -105,6 +105,7 @@ fn the_store_dying_mid_backup_loses_nothing() {
             path_style: true,
             credentials: Some((g.key_id.clone(), g.secret.clone())),
             attempt_timeout: None,
+            spool_dir: None,
         },
     )
     .expect("backend");

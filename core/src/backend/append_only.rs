@@ -72,6 +72,9 @@ impl Backend for AppendOnly {
     fn keep_range(&self, path: &str, offset: u64, data: &[u8]) {
         self.inner.keep_range(path, offset, data);
     }
+    fn keeps_ranges(&self) -> bool {
+        self.inner.keeps_ranges()
+    }
     fn forget_range(&self, path: &str, offset: u64, len: u64) {
         self.inner.forget_range(path, offset, len);
     }

@@ -135,6 +135,14 @@ impl Backend for CachedBackend {
         }
     }
 
+    fn keeps_ranges(&self) -> bool {
+        true
+    }
+
+    fn spool(&self) -> Result<Option<Box<dyn super::Spool>>> {
+        self.inner.spool()
+    }
+
     fn forget_range(&self, path: &str, offset: u64, len: u64) {
         if let Some(key) = range_key(path, offset, len) {
             let _ = self.cache.remove(&key);

@@ -140,6 +140,13 @@ pub trait Backend: Send + Sync {
     /// Asks a caching wrapper to keep a copy of a range of a pack (best effort).
     fn keep_range(&self, _path: &str, _offset: u64, _data: &[u8]) {}
 
+    /// Whether [`Backend::keep_range`] keeps anything (a caching wrapper is in the stack).
+    /// A spooled pack then holds copies of its small blobs (lists, deltas) to hand over
+    /// once it is stored, since its bytes are not in memory to take them from.
+    fn keeps_ranges(&self) -> bool {
+        false
+    }
+
     /// Drops a kept copy of a range found damaged.
     fn forget_range(&self, _path: &str, _offset: u64, _len: u64) {}
 

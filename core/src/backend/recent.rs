@@ -148,6 +148,9 @@ impl Backend for Recent {
     fn keep_range(&self, path: &str, offset: u64, data: &[u8]) {
         self.inner.keep_range(path, offset, data);
     }
+    fn keeps_ranges(&self) -> bool {
+        self.inner.keeps_ranges()
+    }
     fn forget_range(&self, path: &str, offset: u64, len: u64) {
         // A damaged copy here is impossible short of a memory fault; drop it all the same.
         self.kept().drop_path(path);

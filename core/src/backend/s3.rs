@@ -19,25 +19,29 @@
 //! standard retry strategy (exponential backoff with jitter, [`MAX_ATTEMPTS`] attempts), then
 //! reported as one [`Error::Storage`] naming the object and the cause.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{BehaviorVersion, Region};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 
-use super::{Backend, ObjectInfo};
+use super::{Backend, ObjectInfo, Spool};
+use spool::Source;
+
+mod spool;
 use crate::error::StorageKind;
 use crate::{Error, Result};
 
 /// Objects larger than this are uploaded in parts.
 pub const MULTIPART_ABOVE: usize = 32 << 20;
-const PART_SIZE: usize = 16 << 20;
+pub(crate) const PART_SIZE: usize = 16 << 20;
 /// Pack uploads a backup keeps in flight: enough to hide a round trip per pack, few enough
 /// that memory stays bounded (each holds one pack).
 const UPLOADS: usize = 4;
@@ -58,17 +62,24 @@ pub struct S3Options {
     /// How long one attempt of a request may take before it is retried (default 120 s:
     /// a 16 MiB pack over a slow link).
     pub attempt_timeout: Option<Duration>,
+    /// A local directory where a backup writes each pack as it is built, then uploads it
+    /// from there ([`Backend::spool`]): no pack in memory. `None`: packs are built and
+    /// sent from memory (17 MiB each, three at once).
+    pub spool_dir: Option<PathBuf>,
 }
 
-/// An S3 bucket and prefix.
+/// An S3 bucket and prefix. A clone shares the connection, the runtime and the counts
+/// (a spool holds one to upload its pack when finished).
+#[derive(Clone)]
 pub struct S3Backend {
-    rt: tokio::runtime::Runtime,
+    rt: Arc<tokio::runtime::Runtime>,
     client: Client,
     bucket: String,
     prefix: String,
-    requests: AtomicU64,
+    requests: Arc<AtomicU64>,
     trace: bool,
-    conditional: std::sync::atomic::AtomicBool,
+    conditional: Arc<AtomicBool>,
+    spool_dir: Option<PathBuf>,
 }
 
 fn io(path: &str, msg: impl Into<String>) -> Error {
@@ -222,13 +233,14 @@ impl S3Backend {
             None => {}
         }
         Ok(S3Backend {
-            rt,
+            rt: Arc::new(rt),
             client: Client::from_conf(b.build()),
             bucket: bucket.to_string(),
             prefix,
-            requests: AtomicU64::new(0),
+            requests: Arc::new(AtomicU64::new(0)),
             trace: std::env::var_os("DBVAULT_TRACE_S3").is_some(),
-            conditional: std::sync::atomic::AtomicBool::new(true),
+            conditional: Arc::new(AtomicBool::new(true)),
+            spool_dir: opts.spool_dir.clone(),
         })
     }
 
@@ -250,8 +262,8 @@ impl S3Backend {
     }
 
     /// Writes an object; `look` first checks that the path is free (see `create`). The
-    /// bytes are shared with each attempt's request, not copied, and given back.
-    fn put(&self, path: &str, data: Bytes, look: bool) -> Result<Bytes> {
+    /// bytes are shared with each attempt's request, not copied.
+    fn put(&self, path: &str, data: &Source, look: bool) -> Result<()> {
         let key = self.key(path);
         // Some stores (Garage) accept If-None-Match but do not enforce it: look first. The
         // header still closes the race on stores that do.
@@ -266,24 +278,38 @@ impl S3Backend {
                 Err(e) => return Err(e),
             }
         }
-        if data.len() > MULTIPART_ABOVE {
-            self.put_multipart(path, &key, &data)?;
-            return Ok(data);
+        if data.len() > MULTIPART_ABOVE as u64 {
+            return self.put_multipart(path, &key, data);
         }
         loop {
             let conditional = self.conditional.load(Ordering::Relaxed);
             self.count("put_object", path);
-            let mut req = self
-                .client
-                .put_object()
-                .bucket(&self.bucket)
-                .key(&key)
-                .body(ByteStream::from(data.clone()));
-            if conditional {
-                req = req.if_none_match("*");
-            }
-            match self.rt.block_on(req.send()) {
-                Ok(_) => return Ok(data),
+            let sent = self.rt.block_on(async {
+                let mut req = self
+                    .client
+                    .put_object()
+                    .bucket(&self.bucket)
+                    .key(&key)
+                    .body(data.body(0, data.len(), &self.url_of(path)).await?);
+                if conditional {
+                    req = req.if_none_match("*");
+                }
+                Ok::<_, Error>(match data.crc32(0) {
+                    // A file: its CRC32 in a header, which the store checks, and the
+                    // payload unsigned (signing streamed chunks with a trailing checksum
+                    // is what some stores, Garage among them, get wrong).
+                    Some(crc) => {
+                        req.checksum_crc32(crc)
+                            .customize()
+                            .disable_payload_signing()
+                            .send()
+                            .await
+                    }
+                    None => req.send().await,
+                })
+            })?;
+            match sent {
+                Ok(_) => return Ok(()),
                 Err(e) if status(&e) == Some(412) => {
                     return Err(Error::AlreadyExists {
                         path: path.to_string(),
@@ -298,7 +324,7 @@ impl S3Backend {
         }
     }
 
-    fn put_multipart(&self, path: &str, key: &str, data: &Bytes) -> Result<()> {
+    fn put_multipart(&self, path: &str, key: &str, data: &Source) -> Result<()> {
         self.count("create_multipart_upload", path);
         let up = self
             .rt
@@ -317,23 +343,32 @@ impl S3Backend {
         let result = (|| -> Result<()> {
             let mut parts = Vec::new();
             for (i, start) in (0..data.len()).step_by(PART_SIZE).enumerate() {
-                let chunk = data.slice(start..data.len().min(start + PART_SIZE));
                 let n =
                     i32::try_from(i + 1).map_err(|_| io(&self.url_of(path), "too many parts"))?;
+                let len = (data.len() - start).min(PART_SIZE as u64);
                 self.count("upload_part", path);
-                let r = self
-                    .rt
-                    .block_on(
-                        self.client
-                            .upload_part()
-                            .bucket(&self.bucket)
-                            .key(key)
-                            .upload_id(&id)
-                            .part_number(n)
-                            .body(ByteStream::from(chunk))
-                            .send(),
-                    )
-                    .map_err(|e| sdk(&self.url_of(path), &e))?;
+                let r = self.rt.block_on(async {
+                    let body = data.body(start, len, &self.url_of(path)).await?;
+                    let req = self
+                        .client
+                        .upload_part()
+                        .bucket(&self.bucket)
+                        .key(key)
+                        .upload_id(&id)
+                        .part_number(n)
+                        .body(body);
+                    match data.crc32(start) {
+                        Some(crc) => {
+                            req.checksum_crc32(crc)
+                                .customize()
+                                .disable_payload_signing()
+                                .send()
+                                .await
+                        }
+                        None => req.send().await,
+                    }
+                    .map_err(|e| sdk(&self.url_of(path), &e))
+                })?;
                 parts.push(
                     CompletedPart::builder()
                         .part_number(n)
@@ -449,7 +484,7 @@ impl Backend for S3Backend {
     }
 
     fn create(&self, path: &str, data: &[u8]) -> Result<()> {
-        self.put(path, Bytes::copy_from_slice(data), true).map(drop)
+        self.put(path, &Source::Mem(Bytes::copy_from_slice(data)), true)
     }
 
     /// No look before the write: an object already there holds these very bytes.
@@ -458,16 +493,26 @@ impl Backend for S3Backend {
     }
 
     fn create_unique_owned(&self, path: &str, data: Vec<u8>) -> (Result<()>, Vec<u8>) {
-        let data = Bytes::from(data);
-        let r = match self.put(path, data.clone(), false) {
-            Ok(_) | Err(Error::AlreadyExists { .. }) => Ok(()),
+        let data = Source::Mem(Bytes::from(data));
+        let r = match self.put(path, &data, false) {
+            Ok(()) | Err(Error::AlreadyExists { .. }) => Ok(()),
             Err(e) => Err(e),
+        };
+        let Source::Mem(data) = data else {
+            return (r, Vec::new());
         };
         // The requests are gone: the buffer is ours again, unless the SDK still holds a
         // piece of it. Then a new one is made later rather than a copy now, which for a
         // moment held the pack twice.
         let buf = data.try_into_mut().map(Vec::from).unwrap_or_default();
         (r, buf)
+    }
+
+    fn spool(&self) -> Result<Option<Box<dyn Spool>>> {
+        match &self.spool_dir {
+            Some(dir) => Ok(Some(Box::new(spool::FileSpool::new(self.clone(), dir)?))),
+            None => Ok(None),
+        }
     }
 
     fn read(&self, path: &str) -> Result<Vec<u8>> {
