@@ -250,6 +250,103 @@ impl Blobs<'_> {
     }
 }
 
+/// The sealed bytes of many blobs, read with few requests ([`Blobs::read_sealed`]) and
+/// opened one by one later: a restore from an object store reads a large batch at once
+/// (requests cost more than bytes) but holds only its compressed form, opening a few MiB at
+/// a time.
+pub(crate) struct Sealed {
+    runs: Vec<Run>,
+    data: Vec<Vec<u8>>,
+    /// Where each blob is: its run, and its place in the run.
+    at: HashMap<Id, (usize, usize)>,
+}
+
+impl Blobs<'_> {
+    /// Reads the sealed bytes of `ids` (those the index has), one range read per run of
+    /// neighbouring blobs, in parallel.
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub(crate) fn read_sealed(&self, ids: &[Id]) -> Result<Sealed> {
+        let runs = self.runs(ids, |_| true);
+        let data = runs
+            .par_iter()
+            .map(|r| {
+                self.backend
+                    .read_range(&pack_path(&r.pack), r.offset, r.len)
+                    .map_err(|e| e.in_pack(r.pack))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let at = runs
+            .iter()
+            .enumerate()
+            .flat_map(|(i, r)| r.blobs.iter().enumerate().map(move |(j, (id, _))| (*id, (i, j))))
+            .collect();
+        Ok(Sealed { runs, data, at })
+    }
+}
+
+impl Sealed {
+    fn get(&self, id: &Id) -> Option<(&Run, &BlobLoc, &[u8])> {
+        let &(i, j) = self.at.get(id)?;
+        let (run, data) = (&self.runs[i], &self.data[i]);
+        let loc = &run.blobs[j].1;
+        let start = (u64::from(loc.offset) - run.offset) as usize;
+        Some((run, loc, &data[start..start + loc.len as usize]))
+    }
+
+    /// Whether a blob is held here.
+    pub(crate) fn has(&self, id: &Id) -> bool {
+        self.at.contains_key(id)
+    }
+
+    /// Plaintext size of a blob held here (0 if it is not).
+    pub(crate) fn raw(&self, id: &Id) -> u64 {
+        self.get(id).map_or(0, |(_, loc, _)| u64::from(loc.raw_len))
+    }
+
+    /// The bases the deltas held here need, read together (one request per run of them).
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`], backend errors.
+    pub(crate) fn bases(&self, blobs: Blobs<'_>) -> Result<HashMap<Id, Vec<u8>>> {
+        let wanted: Vec<Id> = self
+            .at
+            .keys()
+            .par_bridge()
+            .filter_map(|id| {
+                let (run, loc, sealed) = self.get(id)?;
+                loc.delta.then(|| {
+                    let path = pack_path(&run.pack);
+                    delta_base(blobs.keys, id, sealed, &|| format!("pack {path}"))
+                        .map(|(base, _)| base)
+                        .map_err(|e| e.in_pack(run.pack))
+                })
+            })
+            .collect::<Result<_>>()?;
+        if wanted.is_empty() {
+            return Ok(HashMap::new());
+        }
+        blobs.read_many(&wanted)
+    }
+
+    /// Opens and verifies one blob held here (a delta's base from `bases`, else read).
+    ///
+    /// # Errors
+    /// [`Error::MissingBlob`] if it is not held here; as [`Blobs::open_with`].
+    pub(crate) fn open(
+        &self,
+        blobs: Blobs<'_>,
+        id: &Id,
+        bases: &HashMap<Id, Vec<u8>>,
+    ) -> Result<Vec<u8>> {
+        let (run, loc, sealed) = self
+            .get(id)
+            .ok_or_else(|| Error::MissingBlob { id: id.to_hex() })?;
+        blobs.open_with(id, loc, sealed, &pack_path(&run.pack), bases)
+    }
+}
+
 /// Reads, opens and verifies one blob.
 ///
 /// # Errors

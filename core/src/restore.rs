@@ -14,7 +14,7 @@ use std::sync::mpsc::sync_channel;
 
 use rayon::prelude::*;
 
-use crate::blobs::{fetch, fitting, group, part_chunk_ids, Blobs, Run, MAX_GAP, MAX_RUN};
+use crate::blobs::{fetch, fitting, group, part_chunk_ids, Blobs, Run, Sealed, MAX_GAP, MAX_RUN};
 use crate::hash::TreeHash;
 use crate::index::Index;
 use crate::pack::{pack_path, read_trailer};
@@ -23,8 +23,8 @@ use crate::{Error, Id, Repository, Result};
 
 /// Plaintext bytes per parallel batch: bounds memory whatever the compression ratio.
 const BATCH_RAW_BYTES: u64 = 4 << 20;
-/// The same from an object store: one batch is read with one request per pack span, so
-/// larger batches save requests.
+/// Plaintext bytes read at once from an object store: one request per pack span, so
+/// larger reads save requests. They are held sealed and opened a batch at a time.
 const REMOTE_BATCH_RAW_BYTES: u64 = 16 << 20;
 /// The smallest batch when several parts are restored at once.
 const MIN_BATCH_RAW_BYTES: u64 = 1 << 20;
@@ -186,6 +186,54 @@ pub fn restore_part(
     Ok(report)
 }
 
+/// Reads `runs` from an object store and hands their blobs, opened and verified, in
+/// order, a batch share at a time to `send` (false: stop). Reads are large (one request per
+/// pack span of [`REMOTE_BATCH_RAW_BYTES`] of plaintext) and made by a thread of their own
+/// while the previous read is opened; only sealed bytes are held in bulk.
+fn from_store(
+    blobs: Blobs<'_>,
+    runs: &[Run],
+    send: &mut dyn FnMut(Vec<Vec<u8>>) -> bool,
+) -> Result<()> {
+    std::thread::scope(|s| {
+        // One read ahead: its sealed bytes (about a quarter of its plaintext for a dump).
+        let (ftx, frx) = sync_channel::<Result<(Vec<Id>, Sealed)>>(0);
+        s.spawn(move || {
+            let mut start = 0;
+            while start < runs.len() {
+                let end = start + fitting(&runs[start..], REMOTE_BATCH_RAW_BYTES, |r| r.raw);
+                let ids: Vec<Id> = runs[start..end]
+                    .iter()
+                    .flat_map(|r| r.blobs.iter().map(|(id, _)| *id))
+                    .collect();
+                let read = blobs.read_sealed(&ids).map(|s| (ids, s));
+                let failed = read.is_err();
+                if ftx.send(read).is_err() || failed {
+                    return;
+                }
+                start = end;
+            }
+        });
+        for read in frx {
+            let (ids, sealed) = read?;
+            let bases = sealed.bases(blobs)?;
+            let mut i = 0;
+            while i < ids.len() {
+                let n = fitting(&ids[i..], batch_share(BATCH_RAW_BYTES), |id| sealed.raw(id));
+                let chunks = ids[i..i + n]
+                    .par_iter()
+                    .map(|id| sealed.open(blobs, id, &bases))
+                    .collect::<Result<Vec<_>>>()?;
+                if !send(chunks) {
+                    return Ok(()); // the writer failed; its error is reported
+                }
+                i += n;
+            }
+        }
+        Ok(())
+    })
+}
+
 /// Bytes of chunks gathered for one vectored write.
 const WRITE_BYTES: usize = 2 << 20;
 
@@ -246,47 +294,25 @@ pub fn for_each_chunk(
             Ok(())
         });
         let remote = repo.backend().remote();
-        let full_batch = if remote {
-            REMOTE_BATCH_RAW_BYTES
-        } else {
-            BATCH_RAW_BYTES
-        };
         let _active = Active::new();
         // Hashed on the pool a piece per task, right after each batch is opened:
         // one thread hashing every byte was the restore's longest stage.
         let mut hash = TreeHash::default();
         let mut produce = || -> Result<()> {
-            let mut start = 0;
-            while start < runs.len() {
-                let end = start + fitting(&runs[start..], batch_share(full_batch), |r| r.raw);
+            if remote {
                 let blobs = Blobs {
                     backend: repo.backend().as_ref(),
                     keys: repo.keys(),
                     index: &index,
                 };
-                if remote {
-                    // One read per pack span the batch needs, not one per run: the
-                    // chunks of a changed database alternate between old and new packs.
-                    let ids: Vec<Id> = runs[start..end]
-                        .iter()
-                        .flat_map(|r| r.blobs.iter().map(|(id, _)| *id))
-                        .collect();
-                    let got = blobs.read_many(&ids)?;
-                    let chunks = ids
-                        .iter()
-                        .map(|id| {
-                            got.get(id)
-                                .cloned()
-                                .ok_or_else(|| Error::MissingBlob { id: id.to_hex() })
-                        })
-                        .collect::<Result<Vec<_>>>()?;
+                return from_store(blobs, &runs, &mut |chunks| {
                     hash.update_batch(chunks.iter().map(Vec::as_slice));
-                    if tx.send(vec![chunks]).is_err() {
-                        break;
-                    }
-                    start = end;
-                    continue;
-                }
+                    tx.send(vec![chunks]).is_ok()
+                });
+            }
+            let mut start = 0;
+            while start < runs.len() {
+                let end = start + fitting(&runs[start..], batch_share(BATCH_RAW_BYTES), |r| r.raw);
                 let batch: Vec<Vec<Vec<u8>>> = runs[start..end]
                     .par_iter()
                     .map(|r| {

@@ -270,11 +270,9 @@ impl Worker {
             .filter_map(|(_, _, b)| *b)
             .filter(|b| self.ctx.index.get(b).is_some_and(|l| !l.delta))
             .collect();
-        let bases = if wanted.is_empty() {
-            HashMap::new()
-        } else {
-            blobs.read_many(&wanted)?
-        };
+        // The bases are read together (few requests) but kept sealed, and each slice opens
+        // only its own: opened all at once they were as large as what was put aside.
+        let stored = blobs.read_sealed(&wanted)?;
         // Sealed a slice at a time (in parallel within it), so the sealed copies in memory
         // are one slice's, not all that was put aside.
         let mut rest = &todo[..];
@@ -283,6 +281,17 @@ impl Worker {
             let (slice, tail) = rest.split_at(n);
             rest = tail;
             let blobs = self.blobs();
+            let mut ids: Vec<Id> = slice.iter().filter_map(|(_, _, b)| *b).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            let none = HashMap::new();
+            // A base the read did not bring (not indexed as a full blob) is left to
+            // `seal_chunk`, which then stores the chunk whole.
+            let bases: HashMap<Id, Vec<u8>> = ids
+                .par_iter()
+                .filter(|id| stored.has(id))
+                .map(|id| stored.open(blobs, id, &none).map(|b| (*id, b)))
+                .collect::<Result<_>>()?;
             let sealed: Vec<(BlobKind, Vec<u8>, Option<Id>)> = slice
                 .par_iter()
                 .map(|(id, c, base)| seal_chunk(blobs, id, c, *base, level, &bases))
