@@ -201,7 +201,10 @@ fn from_store(
         s.spawn(move || {
             let mut start = 0;
             while start < runs.len() {
-                let end = start + fitting(&runs[start..], REMOTE_BATCH_RAW_BYTES, |r| r.raw);
+                // Plaintext and half as many sealed bytes: incompressible data is as large
+                // sealed, and one read is held while the one before it is opened.
+                let end = start
+                    + fitting(&runs[start..], REMOTE_BATCH_RAW_BYTES, |r| r.raw.max(2 * r.len));
                 let ids: Vec<Id> = runs[start..end]
                     .iter()
                     .flat_map(|r| r.blobs.iter().map(|(id, _)| *id))
