@@ -106,9 +106,9 @@ struct Worker {
 }
 
 /// Packs a backup holds at once: one being filled, and one per upload in flight (at most
-/// two). Their buffers are recycled, so the packs' share of memory is fixed: 3 x 17 MiB on
-/// an object store; none on a local disk, where packs are spooled to temp files as they
-/// are built and a buffer is only a token.
+/// two). Their buffers are recycled, so the packs' share of memory is fixed: none where
+/// packs are spooled to files as they are built (a local disk; S3 with a spool directory)
+/// and a buffer is only a token, else 3 x 17 MiB.
 fn pack_buffers(uploads: usize) -> usize {
     uploads.clamp(1, 2) + 1
 }

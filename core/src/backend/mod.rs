@@ -81,10 +81,11 @@ pub trait Backend: Send + Sync {
         (self.create_unique(path, &data), data)
     }
 
-    /// Starts an object written piece by piece, for stores that keep objects in files: a
-    /// backup then streams each pack to disk as its blobs are sealed instead of holding it
-    /// whole in memory (two 17 MiB buffers on a local disk). `None` (the default): the
-    /// store takes whole buffers ([`Backend::create_unique_owned`]).
+    /// Starts an object written piece by piece: a backup then streams each pack to a file
+    /// as its blobs are sealed instead of holding it whole in memory (17 MiB per pack). A
+    /// local disk writes the object's own temp file; S3 writes a local file and uploads it
+    /// when finished. `None` (the default): the store takes whole buffers
+    /// ([`Backend::create_unique_owned`]).
     ///
     /// # Errors
     /// The store's error (a directory that cannot be made).

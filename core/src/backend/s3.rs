@@ -10,6 +10,8 @@
 //!   harmless: every object but locks is named by the hash of its content, and lock names
 //!   are random. S3 shows an object only once its PUT or
 //!   multipart completion succeeded, so a reader never sees a partial object.
+//! - `spool`: with a spool directory, a local temp file uploaded when finished, its CRC32
+//!   sent for the store to check (see `spool.rs`); without one, none (packs in memory).
 //! - `read_range`: a ranged `GetObject`, checked to return exactly the bytes asked for.
 //! - `list`: `ListObjectsV2`, every page.
 //! - `remove`: `DeleteObject` (deleting a missing key succeeds on S3).
