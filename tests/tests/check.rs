@@ -484,3 +484,41 @@ fn a_pack_every_snapshot_needs_gives_a_short_report() {
     let problems = v.json()["problems"].as_array().map_or(0, Vec::len);
     assert!(problems >= 14, "--json has {problems} problems");
 }
+
+#[test]
+fn read_data_pins_a_damaged_delta_base_on_the_deltas_too() {
+    // The bases of a pack's deltas are read together; when that read fails, each delta is
+    // opened alone so that the damage is named where it is.
+    let repo = Repo::new();
+    let data = dump_like(2 << 20, 43);
+    repo.backup(&data, &["--name", "db"]);
+    let first = packs(&repo);
+    let mut edited = data.clone();
+    edited[1_000_000] ^= 1;
+    let b = repo.backup(&edited, &["--name", "db"]);
+    assert!(
+        b["bytes_added"].as_u64().expect("n") < 20_000,
+        "the edit was not stored as a delta"
+    );
+    let second: Vec<PathBuf> = packs(&repo)
+        .into_iter()
+        .filter(|p| !first.contains(p))
+        .collect();
+    assert_eq!(second.len(), 1, "one new pack: the delta and its chunk lists");
+    let (r, v) = check(&repo, &["--read-data"]);
+    assert_eq!(r.code, Some(0), "{v}");
+    // Every blob of the first pack damaged, the delta's base among them.
+    let len = std::fs::metadata(&first[0]).expect("m").len() as usize;
+    for at in (0..len.saturating_sub(4096)).step_by(4096) {
+        flip(&first[0], at);
+    }
+    let (r, v) = check(&repo, &["--read-data"]);
+    assert_eq!(r.code, Some(3), "{}", r.stderr);
+    let named = |pack: &Path| {
+        problems(&v)
+            .iter()
+            .any(|p| p["kind"] == "data" && p["pack"] == name_of(pack).as_str())
+    };
+    assert!(named(&first[0]), "the base's pack: {v}");
+    assert!(named(&second[0]), "the delta's pack: {v}");
+}

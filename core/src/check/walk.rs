@@ -19,6 +19,8 @@ pub(crate) struct Walker<'a> {
     /// Read lists through the backend's cache (a hint for a restore), rather than from
     /// the store (`check`, which verifies what is stored).
     cached: bool,
+    /// Lists of the part being walked, read ahead from the store a level at a time.
+    ahead: HashMap<Id, Vec<u8>>,
 }
 
 impl Walker<'_> {
@@ -49,10 +51,10 @@ impl Walker<'_> {
         let summary = if !own.is_empty() {
             own
         } else {
-            let read = if self.cached {
-                self.blobs.read_list(id)
-            } else {
-                self.blobs.read(id)
+            let read = match self.ahead.remove(id) {
+                Some(b) => Ok(b),
+                None if self.cached => self.blobs.read_list(id),
+                None => self.blobs.read(id),
             };
             match read {
                 Err(e) => {
@@ -149,6 +151,50 @@ impl<'a> Walker<'a> {
             bad,
             memo: HashMap::new(),
             cached,
+            ahead: HashMap::new(),
+        }
+    }
+
+    /// Reads the lists of `part`'s tree that are not walked yet, a level at a time with
+    /// one request per pack span: read one by one, a check of an S3 repository was a
+    /// request per list (hundreds, one after the other). A level that does not read back
+    /// whole is left to the walk, which reads its lists one by one and names the damage.
+    fn read_ahead(&mut self, part: &crate::Part) {
+        let mut level: Vec<Id> = part
+            .lists
+            .iter()
+            .filter(|id| !self.memo.contains_key(*id))
+            .copied()
+            .collect();
+        for depth in (1..=part.depth).rev() {
+            if level.is_empty() {
+                break;
+            }
+            let read = if self.cached {
+                self.blobs.read_lists(&level).map(|v| level.iter().copied().zip(v).collect())
+            } else {
+                self.blobs.read_many(&level)
+            };
+            let Ok(read) = read else {
+                break;
+            };
+            let mut next = Vec::new();
+            if depth > 1 {
+                for bytes in level.iter().filter_map(|id| read.get(id)) {
+                    if bytes.len() % 32 == 0 {
+                        next.extend(
+                            bytes
+                                .chunks_exact(32)
+                                .filter_map(|c| c.try_into().ok().map(Id))
+                                .filter(|id| !self.memo.contains_key(id)),
+                        );
+                    }
+                }
+                next.sort_unstable();
+                next.dedup();
+            }
+            self.ahead.extend(read);
+            level = next;
         }
     }
 
@@ -156,10 +202,12 @@ impl<'a> Walker<'a> {
     pub(crate) fn damaged_parts(&mut self, snap: &Snapshot) -> Vec<(String, Option<Id>, String)> {
         let mut out = Vec::new();
         for part in &snap.parts {
+            self.read_ahead(part);
             let mut s = Summary::new();
             for id in &part.lists {
                 merge(&mut s, &self.subtree(id, part.depth));
             }
+            self.ahead.clear();
             for (pack, (n, why)) in s {
                 out.push((
                     part.name.clone(),
