@@ -50,16 +50,27 @@ pub(crate) fn mark(repo: &Repository, index: &Index, snaps: &[(Id, Snapshot)]) -
                     id.short()
                 ))
             };
-            // (blob, levels above the chunks): a list is read only when first marked, so
-            // the trees many snapshots share are walked once.
-            let mut stack: Vec<(Id, u32)> = part.lists.iter().map(|id| (*id, part.depth)).collect();
-            while let Some((id, level)) = stack.pop() {
-                let pos = index.position(&id).ok_or_else(|| missing(&id))?;
-                if !bits.set(pos) || level == 0 {
-                    continue;
+            // A level of the tree at a time: a list is read only when first marked, so the
+            // trees many snapshots share are walked once, and the lists of a level are
+            // read together (the cache's copies, else one request per pack span; one
+            // request per list made a prune on S3 hundreds of them, one after the other).
+            let mut level = part.lists.clone();
+            for above in (0..=part.depth).rev() {
+                let mut unread = Vec::new();
+                for id in &level {
+                    let pos = index.position(id).ok_or_else(|| missing(id))?;
+                    if bits.set(pos) && above > 0 {
+                        unread.push(*id);
+                    }
                 }
-                let bytes = blobs.read(&id)?;
-                stack.extend(list_ids(&bytes, part)?.map(|c| (c, level - 1)));
+                if unread.is_empty() {
+                    break;
+                }
+                let mut below = Vec::new();
+                for bytes in blobs.read_lists(&unread)? {
+                    below.extend(list_ids(&bytes, part)?);
+                }
+                level = below;
             }
         }
     }
