@@ -41,6 +41,26 @@ mod spool;
 use crate::error::StorageKind;
 use crate::{Error, Result};
 
+/// Sends a `PutObject` or `UploadPart` request (inside an async block). With a CRC32 (a
+/// spooled file's): the CRC32 in a header, which the store checks, and the payload
+/// unsigned, since signing streamed chunks with a trailing checksum is what some stores,
+/// Garage among them, get wrong. Without (bytes in memory): as the SDK sends them, signed
+/// and checksummed.
+macro_rules! send_checked {
+    ($req:expr, $crc:expr) => {
+        match $crc {
+            Some(crc) => {
+                $req.checksum_crc32(crc)
+                    .customize()
+                    .disable_payload_signing()
+                    .send()
+                    .await
+            }
+            None => $req.send().await,
+        }
+    };
+}
+
 /// Objects larger than this are uploaded in parts.
 pub const MULTIPART_ABOVE: usize = 32 << 20;
 pub(crate) const PART_SIZE: usize = 16 << 20;
@@ -296,19 +316,7 @@ impl S3Backend {
                 if conditional {
                     req = req.if_none_match("*");
                 }
-                Ok::<_, Error>(match data.crc32(0) {
-                    // A file: its CRC32 in a header, which the store checks, and the
-                    // payload unsigned (signing streamed chunks with a trailing checksum
-                    // is what some stores, Garage among them, get wrong).
-                    Some(crc) => {
-                        req.checksum_crc32(crc)
-                            .customize()
-                            .disable_payload_signing()
-                            .send()
-                            .await
-                    }
-                    None => req.send().await,
-                })
+                Ok::<_, Error>(send_checked!(req, data.crc32(0)))
             })?;
             match sent {
                 Ok(_) => return Ok(()),
@@ -359,17 +367,7 @@ impl S3Backend {
                         .upload_id(&id)
                         .part_number(n)
                         .body(body);
-                    match data.crc32(start) {
-                        Some(crc) => {
-                            req.checksum_crc32(crc)
-                                .customize()
-                                .disable_payload_signing()
-                                .send()
-                                .await
-                        }
-                        None => req.send().await,
-                    }
-                    .map_err(|e| sdk(&self.url_of(path), &e))
+                    send_checked!(req, data.crc32(start)).map_err(|e| sdk(&self.url_of(path), &e))
                 })?;
                 parts.push(
                     CompletedPart::builder()
