@@ -231,7 +231,27 @@ impl Drop for FileSpool {
 
 #[cfg(test)]
 mod tests {
-    use super::base64_4;
+    use super::{base64_4, remove_stale, PREFIX};
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn only_spool_files_a_day_old_are_swept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = |name: &str, age_h: u64| {
+            let p = dir.path().join(name);
+            let f = std::fs::File::create(&p).expect("create");
+            f.set_modified(SystemTime::now() - Duration::from_secs(age_h * 3600))
+                .expect("mtime");
+            p
+        };
+        let stale = file(&format!("{PREFIX}0011"), 25);
+        let live = file(&format!("{PREFIX}2233"), 1);
+        let other = file("someone-elses-file", 48);
+        remove_stale(dir.path());
+        assert!(!stale.exists(), "a left-over a day old is removed");
+        assert!(live.exists(), "a live backup's spool is kept");
+        assert!(other.exists(), "files not named as spools are never touched");
+    }
 
     #[test]
     fn crc_headers_are_base64_of_the_big_endian_crc() {
