@@ -44,6 +44,20 @@ fn packs_spooled_to_local_files_keep_the_contract_and_their_checksums() {
     .expect("backend");
     dbvault_core::backend::conformance::run(&b).unwrap_or_else(|e| panic!("{e}\n{}", g.log()));
     let files = || std::fs::read_dir(spool.path()).expect("ls").count();
+    // A spool directory that cannot be made (here under a file): packs go up from memory.
+    let blocked = spool.path().join("a-file");
+    std::fs::write(&blocked, b"x").expect("file");
+    let mem = S3Backend::new(
+        &g.url("spool-blocked"),
+        &S3Options {
+            spool_dir: Some(blocked.join("spool")),
+            ..options(&g)
+        },
+    )
+    .expect("backend");
+    assert!(mem.spool().expect("spool").is_none(), "no spool where none can be made");
+    dbvault_core::backend::conformance::run(&mem).unwrap_or_else(|e| panic!("{e}\n{}", g.log()));
+    std::fs::remove_file(&blocked).expect("rm");
     assert_eq!(files(), 0, "finished and dropped spools leave no files");
     // A spooled object larger than one request goes up in parts, each checksummed.
     let big = dump_like(40 << 20, 4);

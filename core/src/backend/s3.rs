@@ -516,11 +516,15 @@ impl Backend for S3Backend {
         (r, buf)
     }
 
+    /// A spool file when the spool directory takes one; else `None`, and the pack is built
+    /// in memory as without a spool directory: a read-only home (a locked-down service)
+    /// costs memory, not the backup.
     fn spool(&self) -> Result<Option<Box<dyn Spool>>> {
-        match &self.spool_dir {
-            Some(dir) => Ok(Some(Box::new(spool::FileSpool::new(self.clone(), dir)?))),
-            None => Ok(None),
-        }
+        Ok(self
+            .spool_dir
+            .as_ref()
+            .and_then(|dir| spool::FileSpool::new(self.clone(), dir).ok())
+            .map(|s| Box::new(s) as Box<dyn Spool>))
     }
 
     fn read(&self, path: &str) -> Result<Vec<u8>> {
