@@ -202,9 +202,10 @@ fn from_store(
             let mut start = 0;
             while start < runs.len() {
                 // Plaintext and half as many sealed bytes: incompressible data is as large
-                // sealed, and one read is held while the one before it is opened.
-                let end = start
-                    + fitting(&runs[start..], REMOTE_BATCH_RAW_BYTES, |r| r.raw.max(2 * r.len));
+                // sealed, and one read is held while the one before it is opened. Parts
+                // restored at once (a connection each) share the budget.
+                let budget = batch_share(REMOTE_BATCH_RAW_BYTES);
+                let end = start + fitting(&runs[start..], budget, |r| r.raw.max(2 * r.len));
                 let ids: Vec<Id> = runs[start..end]
                     .iter()
                     .flat_map(|r| r.blobs.iter().map(|(id, _)| *id))
