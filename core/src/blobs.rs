@@ -280,7 +280,12 @@ impl Blobs<'_> {
         let at = runs
             .iter()
             .enumerate()
-            .flat_map(|(i, r)| r.blobs.iter().enumerate().map(move |(j, (id, _))| (*id, (i, j))))
+            .flat_map(|(i, r)| {
+                r.blobs
+                    .iter()
+                    .enumerate()
+                    .map(move |(j, (id, _))| (*id, (i, j)))
+            })
             .collect();
         Ok(Sealed { runs, data, at })
     }

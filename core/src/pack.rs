@@ -316,9 +316,17 @@ impl FinishedPack {
             Some(d) => entries
                 .iter()
                 .filter(|e| e.kind != BlobKind::Data)
-                .map(|e| (u64::from(e.offset), &d[e.offset as usize..(e.offset + e.len) as usize]))
+                .map(|e| {
+                    (
+                        u64::from(e.offset),
+                        &d[e.offset as usize..(e.offset + e.len) as usize],
+                    )
+                })
                 .collect(),
-            None => small.iter().map(|(o, b)| (u64::from(*o), b.as_slice())).collect(),
+            None => small
+                .iter()
+                .map(|(o, b)| (u64::from(*o), b.as_slice()))
+                .collect(),
         }
     }
 }

@@ -504,7 +504,11 @@ fn read_data_pins_a_damaged_delta_base_on_the_deltas_too() {
         .into_iter()
         .filter(|p| !first.contains(p))
         .collect();
-    assert_eq!(second.len(), 1, "one new pack: the delta and its chunk lists");
+    assert_eq!(
+        second.len(),
+        1,
+        "one new pack: the delta and its chunk lists"
+    );
     let (r, v) = check(&repo, &["--read-data"]);
     assert_eq!(r.code, Some(0), "{v}");
     // Every blob of the first pack damaged, the delta's base among them.

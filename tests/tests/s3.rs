@@ -55,7 +55,10 @@ fn packs_spooled_to_local_files_keep_the_contract_and_their_checksums() {
         },
     )
     .expect("backend");
-    assert!(mem.spool().expect("spool").is_none(), "no spool where none can be made");
+    assert!(
+        mem.spool().expect("spool").is_none(),
+        "no spool where none can be made"
+    );
     dbvault_core::backend::conformance::run(&mem).unwrap_or_else(|e| panic!("{e}\n{}", g.log()));
     std::fs::remove_file(&blocked).expect("rm");
     assert_eq!(files(), 0, "finished and dropped spools leave no files");
@@ -65,11 +68,15 @@ fn packs_spooled_to_local_files_keep_the_contract_and_their_checksums() {
     for piece in big.chunks(3 << 20) {
         sp.write(piece).expect("write");
     }
-    sp.finish_unique("data/ab/bigspool").expect("multipart from a file");
+    sp.finish_unique("data/ab/bigspool")
+        .expect("multipart from a file");
     assert!(b.read("data/ab/bigspool").expect("read") == big);
     // Bytes that change on the local disk between spooling and upload are refused by the
     // store (the CRC32 was taken as they were written), and nothing is stored.
-    for (len, name) in [(1 << 20, "data/ab/damaged"), (40 << 20, "data/ab/damagedbig")] {
+    for (len, name) in [
+        (1 << 20, "data/ab/damaged"),
+        (40 << 20, "data/ab/damagedbig"),
+    ] {
         let mut sp = b.spool().expect("spool").expect("a spool");
         sp.write(&big[..len]).expect("write");
         let file = std::fs::read_dir(spool.path())
@@ -81,7 +88,9 @@ fn packs_spooled_to_local_files_keep_the_contract_and_their_checksums() {
         let mut bytes = std::fs::read(&file).expect("read spool file");
         bytes[len / 2] ^= 1;
         std::fs::write(&file, &bytes).expect("damage");
-        let e = sp.finish_unique(name).expect_err("a damaged spool file must be refused");
+        let e = sp
+            .finish_unique(name)
+            .expect_err("a damaged spool file must be refused");
         assert!(e.to_string().contains(name), "{e}");
         assert!(
             matches!(b.read(name), Err(dbvault_core::Error::NotFound { .. })),

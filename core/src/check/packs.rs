@@ -269,7 +269,9 @@ fn read_data(
         let bases = blobs.read_many(&wanted).unwrap_or_default();
         let opened: Vec<(Id, crate::Result<Vec<u8>>)> = slice
             .par_iter()
-            .map(|(blob, loc, sealed, _, _)| (*blob, blobs.open_with(blob, loc, sealed, path, &bases)))
+            .map(|(blob, loc, sealed, _, _)| {
+                (*blob, blobs.open_with(blob, loc, sealed, path, &bases))
+            })
             .collect();
         for (blob, r) in opened {
             if let Err(err) = r {

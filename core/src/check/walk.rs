@@ -171,7 +171,9 @@ impl<'a> Walker<'a> {
                 break;
             }
             let read = if self.cached {
-                self.blobs.read_lists(&level).map(|v| level.iter().copied().zip(v).collect())
+                self.blobs
+                    .read_lists(&level)
+                    .map(|v| level.iter().copied().zip(v).collect())
             } else {
                 self.blobs.read_many(&level)
             };

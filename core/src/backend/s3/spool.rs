@@ -59,7 +59,12 @@ impl Source {
     pub(super) fn crc32(&self, offset: u64) -> Option<String> {
         match self {
             Source::Mem(_) => None,
-            Source::File { crc, part_crcs, len, .. } => {
+            Source::File {
+                crc,
+                part_crcs,
+                len,
+                ..
+            } => {
                 let c = if *len > MULTIPART_ABOVE as u64 {
                     *part_crcs.get((offset / PART_SIZE as u64) as usize)?
                 } else {
@@ -250,7 +255,10 @@ mod tests {
         remove_stale(dir.path());
         assert!(!stale.exists(), "a left-over a day old is removed");
         assert!(live.exists(), "a live backup's spool is kept");
-        assert!(other.exists(), "files not named as spools are never touched");
+        assert!(
+            other.exists(),
+            "files not named as spools are never touched"
+        );
     }
 
     #[test]
