@@ -256,47 +256,57 @@ impl Blobs<'_> {
 /// a time.
 pub(crate) struct Sealed {
     runs: Vec<Run>,
+    /// Each run's blobs one after the other, without the bytes between them.
     data: Vec<Vec<u8>>,
-    /// Where each blob is: its run, and its place in the run.
-    at: HashMap<Id, (usize, usize)>,
+    /// Where each blob is: its run, its place in the run, and its start in the run's data.
+    at: HashMap<Id, (usize, usize, usize)>,
 }
 
 impl Blobs<'_> {
-    /// Reads the sealed bytes of `ids` (those the index has), one range read per run of
-    /// neighbouring blobs, in parallel.
+    /// Reads the sealed bytes of `ids` (those the index has), one request per run of
+    /// neighbouring blobs, in parallel. Only the blobs are kept, not the bytes between
+    /// them (on an object store a run spans up to 2 MiB gaps, mostly other tables' blobs).
     ///
     /// # Errors
-    /// Backend errors.
+    /// Backend errors; [`Error::Corrupt`] for a short read.
     pub(crate) fn read_sealed(&self, ids: &[Id]) -> Result<Sealed> {
         let runs = self.runs(ids, |_| true);
         let data = runs
             .par_iter()
             .map(|r| {
-                self.backend
-                    .read_range(&pack_path(&r.pack), r.offset, r.len)
-                    .map_err(|e| e.in_pack(r.pack))
+                let pieces: Vec<(u64, u64)> = r
+                    .blobs
+                    .iter()
+                    .map(|(_, l)| (u64::from(l.offset), u64::from(l.len)))
+                    .collect();
+                let path = pack_path(&r.pack);
+                let data = self
+                    .backend
+                    .read_pieces(&path, &pieces)
+                    .map_err(|e| e.in_pack(r.pack))?;
+                if data.len() as u64 != pieces.iter().map(|p| p.1).sum::<u64>() {
+                    return Err(Error::corrupt(&path, "a read returned too few bytes"));
+                }
+                Ok(data)
             })
             .collect::<Result<Vec<_>>>()?;
-        let at = runs
-            .iter()
-            .enumerate()
-            .flat_map(|(i, r)| {
-                r.blobs
-                    .iter()
-                    .enumerate()
-                    .map(move |(j, (id, _))| (*id, (i, j)))
-            })
-            .collect();
+        let mut at = HashMap::with_capacity(runs.iter().map(|r| r.blobs.len()).sum());
+        for (i, r) in runs.iter().enumerate() {
+            let mut start = 0;
+            for (j, (id, loc)) in r.blobs.iter().enumerate() {
+                at.insert(*id, (i, j, start));
+                start += loc.len as usize;
+            }
+        }
         Ok(Sealed { runs, data, at })
     }
 }
 
 impl Sealed {
     fn get(&self, id: &Id) -> Option<(&Run, &BlobLoc, &[u8])> {
-        let &(i, j) = self.at.get(id)?;
+        let &(i, j, start) = self.at.get(id)?;
         let (run, data) = (&self.runs[i], &self.data[i]);
         let loc = &run.blobs[j].1;
-        let start = (u64::from(loc.offset) - run.offset) as usize;
         Some((run, loc, &data[start..start + loc.len as usize]))
     }
 

@@ -174,7 +174,8 @@ pub fn restore_part(
     let report = for_each_chunk(repo, part, &mut |chunk| {
         pending_bytes += chunk.len();
         pending.push(chunk);
-        if pending_bytes >= WRITE_BYTES {
+        // Parts restored at once (a connection each) share the write budget too.
+        if pending_bytes as u64 >= batch_share(WRITE_BYTES) {
             write_chunks(out, &pending).map_err(Error::Output)?;
             pending.clear();
             pending_bytes = 0;
@@ -239,7 +240,7 @@ fn from_store(
 }
 
 /// Bytes of chunks gathered for one vectored write.
-const WRITE_BYTES: usize = 2 << 20;
+const WRITE_BYTES: u64 = 2 << 20;
 
 /// `write_all` for several buffers.
 fn write_chunks(out: &mut (dyn Write + Send), chunks: &[Vec<u8>]) -> std::io::Result<()> {

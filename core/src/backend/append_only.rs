@@ -46,6 +46,9 @@ impl Backend for AppendOnly {
     fn read_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
         self.inner.read_range(path, offset, len)
     }
+    fn read_pieces(&self, path: &str, pieces: &[(u64, u64)]) -> Result<Vec<u8>> {
+        self.inner.read_pieces(path, pieces)
+    }
     fn size(&self, path: &str) -> Result<u64> {
         self.inner.size(path)
     }

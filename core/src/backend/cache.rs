@@ -123,6 +123,9 @@ impl Backend for CachedBackend {
     fn read_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
         self.inner.read_range(path, offset, len)
     }
+    fn read_pieces(&self, path: &str, pieces: &[(u64, u64)]) -> Result<Vec<u8>> {
+        self.inner.read_pieces(path, pieces)
+    }
 
     fn cached_range(&self, path: &str, offset: u64, len: u64) -> Option<Vec<u8>> {
         let bytes = self.cache.read(&range_key(path, offset, len)?).ok()?;

@@ -80,6 +80,20 @@ pub fn run(b: &dyn Backend) -> Result<()> {
     {
         return Err(fail("read_range past the end succeeded".into()));
     }
+    // pieces of one span: only they come back, in order
+    let pieces = [(7, 3), (1000, 50), (1050, 1), (data.len() as u64 - 9, 9)];
+    let want: Vec<u8> = pieces
+        .iter()
+        .flat_map(|&(o, l)| data[o as usize..(o + l) as usize].to_vec())
+        .collect();
+    if b.read_pieces("data/ab/obj1", &pieces)? != want {
+        return Err(fail("read_pieces returned other bytes".into()));
+    }
+    if b.read_pieces("data/ab/obj1", &[(data.len() as u64 - 5, 10)])
+        .is_ok()
+    {
+        return Err(fail("read_pieces past the end succeeded".into()));
+    }
     if b.size("data/ab/obj1")? != data.len() as u64 {
         return Err(fail("size differs from the stored length".into()));
     }

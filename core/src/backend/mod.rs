@@ -11,8 +11,9 @@
 //!   existing object untouched.
 //! - [`Backend::create_unique`]: the same for a name unique to the bytes (a content hash or
 //!   a random id): an object already there is success, and the backend need not look first.
-//! - [`Backend::read`] / [`Backend::read_range`]: return exactly the stored bytes, or
-//!   [`Error::NotFound`]. A range past the end is an error, never a short read.
+//! - [`Backend::read`] / [`Backend::read_range`] / [`Backend::read_pieces`]: return exactly
+//!   the stored bytes, or [`Error::NotFound`]. A range past the end is an error, never a
+//!   short read.
 //! - [`Backend::size`]: the size of a complete object, or [`Error::NotFound`].
 //! - [`Backend::list`]: every complete object under a prefix with its size, in no particular
 //!   order; never a temporary or partial object.
@@ -28,6 +29,7 @@ pub mod append_only;
 pub mod cache;
 pub mod conformance;
 pub mod local;
+pub(crate) mod pieces;
 pub mod recent;
 pub mod s3;
 
@@ -105,6 +107,24 @@ pub trait Backend: Send + Sync {
     /// [`crate::Error::NotFound`] if absent; [`crate::Error::Corrupt`] if the object is
     /// shorter than `offset + len`; [`crate::Error::Storage`] otherwise.
     fn read_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>>;
+
+    /// Reads `pieces` (offset, length; sorted by offset, not overlapping) of one object
+    /// with one read of the span that covers them, and returns them one after the other.
+    /// A store that streams (S3) drops the bytes between them as they arrive, so only the
+    /// pieces are ever held. The default reads the span with [`Backend::read_range`].
+    ///
+    /// # Errors
+    /// As [`Backend::read_range`] for the span.
+    fn read_pieces(&self, path: &str, pieces: &[(u64, u64)]) -> Result<Vec<u8>> {
+        let Some((offset, len)) = pieces::span(pieces) else {
+            return Ok(Vec::new());
+        };
+        Ok(pieces::cut(
+            &self.read_range(path, offset, len)?,
+            offset,
+            pieces,
+        ))
+    }
 
     /// Size of an object.
     ///

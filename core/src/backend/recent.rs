@@ -127,6 +127,29 @@ impl Backend for Recent {
         self.kept().add(path, offset, b.clone(), self.budget);
         Ok(b)
     }
+    fn read_pieces(&self, path: &str, pieces: &[(u64, u64)]) -> Result<Vec<u8>> {
+        if !path.starts_with("data/") {
+            return self.inner.read_pieces(path, pieces);
+        }
+        let found: Option<Vec<Vec<u8>>> = {
+            let kept = self.kept();
+            pieces.iter().map(|&(o, l)| kept.find(path, o, l)).collect()
+        };
+        if let Some(found) = found {
+            return Ok(found.concat());
+        }
+        let b = self.inner.read_pieces(path, pieces)?;
+        if b.len() as u64 != pieces.iter().map(|p| p.1).sum::<u64>() {
+            return Err(Error::corrupt(path, "short range read"));
+        }
+        let mut kept = self.kept();
+        let mut at = 0;
+        for &(o, l) in pieces {
+            kept.add(path, o, b[at..at + l as usize].to_vec(), self.budget);
+            at += l as usize;
+        }
+        Ok(b)
+    }
     fn size(&self, path: &str) -> Result<u64> {
         self.inner.size(path)
     }

@@ -33,6 +33,7 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 
+use super::pieces::PieceFilter;
 use super::{Backend, ObjectInfo, Spool};
 use spool::Source;
 
@@ -264,6 +265,16 @@ impl S3Backend {
     }
 
     fn get(&self, path: &str, range: Option<(u64, u64)>) -> Result<Vec<u8>> {
+        self.get_pieces(path, range, None)
+    }
+
+    /// A GET of `range` (whole object: `None`) that keeps only `pieces` of it when given.
+    fn get_pieces(
+        &self,
+        path: &str,
+        range: Option<(u64, u64)>,
+        pieces: Option<&[(u64, u64)]>,
+    ) -> Result<Vec<u8>> {
         match range {
             Some((off, len)) => self.count("get_object", &format!("{path} {off}+{len}")),
             None => self.count("get_object", path),
@@ -279,20 +290,28 @@ impl S3Backend {
             }
             req = req.range(format!("bytes={off}-{}", off + len - 1));
         }
-        let out = self.rt.block_on(async {
+        let (out, seen) = self.rt.block_on(async {
             let r = req.send().await;
             match r {
                 Ok(o) => {
                     // Pieces copied into one buffer of the announced size as they arrive:
                     // collecting them first and joining them held each read two or three
                     // times over (a 16 MiB range read, 48 MiB for a moment).
-                    let size = o.content_length().and_then(|n| usize::try_from(n).ok());
+                    // With pieces, only they are kept (see `pieces`).
+                    let mut filter = pieces.map(|p| PieceFilter::new(range.map_or(0, |r| r.0), p));
+                    let size = match &filter {
+                        Some(f) => Some(f.wanted()),
+                        None => o.content_length().and_then(|n| usize::try_from(n).ok()),
+                    };
                     let mut out = Vec::with_capacity(size.unwrap_or(0).min(MULTIPART_ABOVE));
                     let mut body = o.body;
                     loop {
                         match body.try_next().await {
-                            Ok(Some(piece)) => out.extend_from_slice(&piece),
-                            Ok(None) => break Ok(out),
+                            Ok(Some(piece)) => match &mut filter {
+                                Some(f) => f.take(&piece, &mut out),
+                                None => out.extend_from_slice(&piece),
+                            },
+                            Ok(None) => break Ok((out, filter.map(|f| f.seen()))),
                             Err(e) => {
                                 break Err(Error::storage(
                                     self.url_of(path),
@@ -316,10 +335,11 @@ impl S3Backend {
             }
         })?;
         if let Some((_, len)) = range {
-            if out.len() as u64 != len {
+            let got = seen.unwrap_or(out.len() as u64);
+            if got != len {
                 return Err(Error::corrupt(
                     path,
-                    format!("a read of {len} bytes returned {}", out.len()),
+                    format!("a read of {len} bytes returned {got}"),
                 ));
             }
         }
@@ -383,6 +403,13 @@ impl Backend for S3Backend {
 
     fn read_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
         self.get(path, Some((offset, len)))
+    }
+
+    fn read_pieces(&self, path: &str, pieces: &[(u64, u64)]) -> Result<Vec<u8>> {
+        match super::pieces::span(pieces) {
+            Some(span) => self.get_pieces(path, Some(span), Some(pieces)),
+            None => Ok(Vec::new()),
+        }
     }
 
     fn size(&self, path: &str) -> Result<u64> {
