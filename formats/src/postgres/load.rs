@@ -70,6 +70,18 @@ impl Loader {
         (&self.rt, &self.client)
     }
 
+    /// The server's version as a number (`150004` for 15.4).
+    ///
+    /// # Errors
+    /// The server's error.
+    pub fn server_version_num(&self) -> Result<u32> {
+        let row = self
+            .rt
+            .block_on(self.client.query_one("SHOW server_version_num", &[]))
+            .map_err(|e| pg_err("reading the server version", e))?;
+        Ok(row.get::<_, String>(0).parse().unwrap_or(0))
+    }
+
     /// Runs SQL statements (no psql meta-commands) on this connection.
     ///
     /// # Errors

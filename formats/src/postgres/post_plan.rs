@@ -95,6 +95,7 @@ pub(crate) fn plan_post(snap: &Snapshot, post: &str) -> PostPlan {
                     (Some(on), Some(refs)) => plan.keys.push(ForeignKey {
                         tables: [on.0.clone(), refs.0.clone()],
                         cost: on.1.max(refs.1),
+                        indexed: false,
                         sql: e.text,
                     }),
                     _ => plan.fks.push((names.cost(&e.text), e.text)),
@@ -105,12 +106,78 @@ pub(crate) fn plan_post(snap: &Snapshot, post: &str) -> PostPlan {
             None => {}
         }
     }
+    for k in &mut plan.keys {
+        let indexes = plan.per_table.get(&k.tables[0]).into_iter().flatten();
+        k.indexed = fk_columns(&k.sql).is_some_and(|fk| {
+            indexes
+                .filter_map(|i| index_columns(i))
+                .any(|cols| cols.starts_with(&fk))
+        });
+    }
     plan
+}
+
+/// The text between `(` at `at` and the next `)`, split at commas; `None` when it holds
+/// another `(` (an expression).
+fn column_list(text: &str, at: usize) -> Option<Vec<&str>> {
+    let inner = &text[at..];
+    let end = inner.find(')')?;
+    let list = &inner[..end];
+    (!list.contains('(')).then(|| list.split(',').map(str::trim).collect())
+}
+
+/// The referencing columns of a foreign key entry (`FOREIGN KEY (a, b) REFERENCES …`).
+fn fk_columns(text: &str) -> Option<Vec<&str>> {
+    const KEY: &str = "FOREIGN KEY (";
+    column_list(text, text.find(KEY)? + KEY.len())
+}
+
+/// The columns of a primary key, unique constraint or plain b-tree index entry, in index
+/// order. `None` for anything whose order a scan cannot follow over the whole table: a
+/// partial index, an expression, a sort option (`DESC`, an operator class).
+fn index_columns(text: &str) -> Option<Vec<&str>> {
+    if text.contains(" WHERE ") {
+        return None;
+    }
+    let cols = [
+        " PRIMARY KEY (",
+        " UNIQUE (",
+        " UNIQUE NULLS NOT DISTINCT (",
+        " USING btree (",
+    ]
+    .iter()
+    .find_map(|k| text.find(k).map(|i| i + k.len()))
+    .and_then(|at| column_list(text, at))?;
+    let plain =
+        |c: &&str| !c.contains(' ') || (c.len() > 1 && c.starts_with('"') && c.ends_with('"'));
+    cols.iter().all(plain).then_some(cols)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_foreign_key_is_indexed_when_an_index_leads_with_its_columns() {
+        let fk = "ALTER TABLE ONLY public.items\n    ADD CONSTRAINT f FOREIGN KEY (order_id) REFERENCES public.orders(id);";
+        assert_eq!(fk_columns(fk), Some(vec!["order_id"]));
+        let pk =
+            "ALTER TABLE ONLY public.items\n    ADD CONSTRAINT p PRIMARY KEY (order_id, line);";
+        assert_eq!(index_columns(pk), Some(vec!["order_id", "line"]));
+        let ix = "CREATE INDEX i ON public.items USING btree (product_id) INCLUDE (qty);";
+        assert_eq!(index_columns(ix), Some(vec!["product_id"]));
+        let un = "ALTER TABLE ONLY public.t\n    ADD CONSTRAINT u UNIQUE NULLS NOT DISTINCT (\"A b\", c);";
+        assert_eq!(index_columns(un), Some(vec!["\"A b\"", "c"]));
+        // Whose order a whole scan cannot follow.
+        for no in [
+            "CREATE INDEX i ON public.t USING btree (a) WHERE (a > 0);",
+            "CREATE INDEX i ON public.t USING btree (lower(a));",
+            "CREATE INDEX i ON public.t USING btree (a DESC);",
+            "CREATE INDEX i ON public.t USING hash (a);",
+        ] {
+            assert_eq!(index_columns(no), None, "{no}");
+        }
+    }
 
     fn names() -> Tables {
         Tables(

@@ -23,6 +23,9 @@ pub(crate) struct ForeignKey {
     pub tables: [String; 2],
     /// The size of the larger table: larger ones are started first.
     pub cost: u64,
+    /// Whether an index of the referencing table leads with the key's columns (see
+    /// `restore_db::add_key`).
+    pub indexed: bool,
     /// The statement (pg_dump's entry).
     pub sql: String,
 }
@@ -176,6 +179,7 @@ mod tests {
         ForeignKey {
             tables: [on.into(), refs.into()],
             cost,
+            indexed: false,
             sql: format!("{on}->{refs}"),
         }
     }
