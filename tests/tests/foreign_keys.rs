@@ -12,6 +12,16 @@ fn backup_and_restore(repo: &Repo, src: &PgDb, tag: &str) -> (dbvault_tests::Run
     (r, dst)
 }
 
+/// The restore failed on the foreign key `key`.
+fn failed_on(r: &dbvault_tests::Run, key: &str) {
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(key) && r.stderr.contains("violates foreign key"),
+        "{}",
+        r.stderr
+    );
+}
+
 #[test]
 fn rows_that_break_a_foreign_key_fail_the_restore_whatever_the_plan() {
     let src = PgDb::new("fk");
@@ -31,12 +41,7 @@ fn rows_that_break_a_foreign_key_fail_the_restore_whatever_the_plan() {
     // (order_id, line): its foreign key is checked by the merge plan.
     src.sql("SET session_replication_role = replica; INSERT INTO items VALUES (999999, 1);");
     let (r, _) = backup_and_restore(&repo, &src, "fk_items");
-    assert_eq!(r.code, Some(1), "{}", r.stderr);
-    assert!(
-        r.stderr.contains("items_order_id_fkey") && r.stderr.contains("violates foreign key"),
-        "{}",
-        r.stderr
-    );
+    failed_on(&r, "items_order_id_fkey");
 
     // The same in `notes`, whose key no index leads with: the server's own plan.
     src.sql(
@@ -44,12 +49,7 @@ fn rows_that_break_a_foreign_key_fail_the_restore_whatever_the_plan() {
          SET session_replication_role = replica; INSERT INTO notes VALUES (888888, 'lost');",
     );
     let (r, _) = backup_and_restore(&repo, &src, "fk_notes");
-    assert_eq!(r.code, Some(1), "{}", r.stderr);
-    assert!(
-        r.stderr.contains("notes_order_id_fkey") && r.stderr.contains("violates foreign key"),
-        "{}",
-        r.stderr
-    );
+    failed_on(&r, "notes_order_id_fkey");
 
     // Consistent again: the restore succeeds with every key in place.
     src.sql("DELETE FROM notes WHERE order_id = 888888;");
