@@ -284,7 +284,7 @@ impl Blobs<'_> {
                     .backend
                     .read_pieces(&path, &pieces)
                     .map_err(|e| e.in_pack(r.pack))?;
-                if data.len() as u64 != pieces.iter().map(|p| p.1).sum::<u64>() {
+                if data.len() as u64 != crate::backend::pieces::wanted(&pieces) {
                     return Err(Error::corrupt(&path, "a read returned too few bytes"));
                 }
                 Ok(data)

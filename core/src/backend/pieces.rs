@@ -15,6 +15,11 @@ pub(crate) fn span(pieces: &[(u64, u64)]) -> Option<(u64, u64)> {
     Some((first.0, last.0 + last.1 - first.0))
 }
 
+/// The bytes of all `pieces`: what a read of them returns.
+pub(crate) fn wanted(pieces: &[(u64, u64)]) -> u64 {
+    pieces.iter().map(|p| p.1).sum()
+}
+
 /// Keeps the bytes of a span's pieces as the span streams by, and drops the rest.
 pub(crate) struct PieceFilter<'a> {
     pieces: &'a [(u64, u64)],
@@ -41,7 +46,7 @@ impl<'a> PieceFilter<'a> {
 
     /// The wanted bytes in all: the capacity the output needs.
     pub(crate) fn wanted(&self) -> usize {
-        self.pieces.iter().map(|p| p.1 as usize).sum()
+        wanted(self.pieces) as usize
     }
 
     /// Appends to `out` the bytes of `chunk` (the span's next bytes) that lie in a piece.

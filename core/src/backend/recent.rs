@@ -139,7 +139,7 @@ impl Backend for Recent {
             return Ok(found.concat());
         }
         let b = self.inner.read_pieces(path, pieces)?;
-        if b.len() as u64 != pieces.iter().map(|p| p.1).sum::<u64>() {
+        if b.len() as u64 != super::pieces::wanted(pieces) {
             return Err(Error::corrupt(path, "short range read"));
         }
         let mut kept = self.kept();

@@ -294,10 +294,10 @@ impl S3Backend {
             let r = req.send().await;
             match r {
                 Ok(o) => {
-                    // Pieces copied into one buffer of the announced size as they arrive:
-                    // collecting them first and joining them held each read two or three
-                    // times over (a 16 MiB range read, 48 MiB for a moment).
-                    // With pieces, only they are kept (see `pieces`).
+                    // The body copied into one buffer of the announced size as it arrives:
+                    // collecting its parts first and joining them held each read two or
+                    // three times over (a 16 MiB range read, 48 MiB for a moment). With
+                    // `pieces`, only they are kept (see `super::pieces`).
                     let mut filter = pieces.map(|p| PieceFilter::new(range.map_or(0, |r| r.0), p));
                     let size = match &filter {
                         Some(f) => Some(f.wanted()),
