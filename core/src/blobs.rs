@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use rayon::prelude::*;
 
-use crate::crypto::{delta_base, finish_delta, open_blob};
+use crate::crypto::{delta_base, finish_delta, open_blob, IdCheck};
 use crate::index::{BlobLoc, Index};
 use crate::pack::pack_path;
 use crate::snapshot::Part;
@@ -122,10 +122,11 @@ impl Blobs<'_> {
     /// # Errors
     /// [`Error::Corrupt`] naming the pack, [`Error::MissingBlob`] for a missing base.
     pub fn open_at(&self, id: &Id, loc: &BlobLoc, sealed: &[u8], path: &str) -> Result<Vec<u8>> {
-        self.open_with(id, loc, sealed, path, &HashMap::new())
+        self.open_with(id, loc, sealed, path, &HashMap::new(), IdCheck::Rehash)
     }
 
-    /// [`Blobs::open_at`], taking a delta's base from `bases` when it is there.
+    /// [`Blobs::open_at`], taking a delta's base from `bases` when it is there, and
+    /// checking the id as `check` says.
     ///
     /// # Errors
     /// As [`Blobs::open_at`].
@@ -136,15 +137,15 @@ impl Blobs<'_> {
         sealed: &[u8],
         path: &str,
         bases: &HashMap<Id, Vec<u8>>,
+        check: IdCheck,
     ) -> Result<Vec<u8>> {
         let what = || format!("pack {path}");
         if !loc.delta {
-            return open_blob(self.keys, id, sealed, loc.raw_len as usize, &what)
+            return open_blob(self.keys, id, sealed, loc.raw_len as usize, &what, check)
                 .map_err(|e| e.in_pack(loc.pack));
         }
-        let (base_id, payload) =
-            delta_base(self.keys, id, sealed, &what).map_err(|e| e.in_pack(loc.pack))?;
-        self.finish_delta(id, loc, &base_id, &payload, path, bases)
+        let head = delta_base(self.keys, id, sealed, &what).map_err(|e| e.in_pack(loc.pack))?;
+        self.finish_delta(id, loc, &head, path, bases, check)
     }
 
     /// The rest of opening a delta whose header [`delta_base`] read: its base (from `bases`
@@ -153,10 +154,10 @@ impl Blobs<'_> {
         &self,
         id: &Id,
         loc: &BlobLoc,
-        base_id: &Id,
-        payload: &[u8],
+        (base_id, payload): &(Id, Vec<u8>),
         path: &str,
         bases: &HashMap<Id, Vec<u8>>,
+        check: IdCheck,
     ) -> Result<Vec<u8>> {
         let what = || format!("pack {path}");
         let base_loc = self.index.get(base_id).ok_or_else(|| Error::MissingBlob {
@@ -176,8 +177,16 @@ impl Blobs<'_> {
                 &read
             }
         };
-        finish_delta(self.keys, id, payload, loc.raw_len as usize, base, &what)
-            .map_err(|e| e.in_pack(loc.pack))
+        finish_delta(
+            self.keys,
+            id,
+            payload,
+            loc.raw_len as usize,
+            base,
+            &what,
+            check,
+        )
+        .map_err(|e| e.in_pack(loc.pack))
     }
 
     /// The indexed blobs of `ids` that `keep` accepts, sorted by place and grouped into
@@ -240,7 +249,7 @@ impl Blobs<'_> {
         let runs = self.runs(ids, |_| true);
         let opened: Vec<Vec<Vec<u8>>> = runs
             .par_iter()
-            .map(|r| fetch(*self, r))
+            .map(|r| fetch(*self, r, IdCheck::Rehash))
             .collect::<Result<_>>()?;
         Ok(runs
             .iter()
@@ -354,11 +363,12 @@ impl Sealed {
         blobs: Blobs<'_>,
         id: &Id,
         bases: &HashMap<Id, Vec<u8>>,
+        check: IdCheck,
     ) -> Result<Vec<u8>> {
         let (run, loc, sealed) = self
             .get(id)
             .ok_or_else(|| Error::MissingBlob { id: id.to_hex() })?;
-        blobs.open_with(id, loc, sealed, &pack_path(&run.pack), bases)
+        blobs.open_with(id, loc, sealed, &pack_path(&run.pack), bases, check)
     }
 }
 
@@ -501,7 +511,9 @@ pub(crate) fn group(
     runs
 }
 
-pub(crate) fn fetch(blobs: Blobs<'_>, run: &Run) -> Result<Vec<Vec<u8>>> {
+/// Reads one run and opens its blobs (their delta bases read together and re-hashed),
+/// checking each id as `check` says.
+pub(crate) fn fetch(blobs: Blobs<'_>, run: &Run, check: IdCheck) -> Result<Vec<Vec<u8>>> {
     let path = pack_path(&run.pack);
     let data = blobs
         .backend
@@ -533,8 +545,8 @@ pub(crate) fn fetch(blobs: Blobs<'_>, run: &Run) -> Result<Vec<Vec<u8>>> {
         .par_iter()
         .zip(&heads)
         .map(|((id, loc), head)| match head {
-            Some((base, payload)) => blobs.finish_delta(id, loc, base, payload, &path, &bases),
-            None => blobs.open_with(id, loc, sealed(loc), &path, &bases),
+            Some(head) => blobs.finish_delta(id, loc, head, &path, &bases, check),
+            None => blobs.open_with(id, loc, sealed(loc), &path, &bases, check),
         })
         .collect()
 }

@@ -459,7 +459,15 @@ mod tests {
         assert_eq!(parsed, entries);
         let e = entries[4];
         let sealed = &bytes[e.offset as usize..(e.offset + e.len) as usize];
-        let plain = crate::crypto::open_blob(&keys, &e.id, sealed, 1000, &|| "b".into()).unwrap();
+        let plain = crate::crypto::open_blob(
+            &keys,
+            &e.id,
+            sealed,
+            1000,
+            &|| "b".into(),
+            crate::crypto::IdCheck::Rehash,
+        )
+        .unwrap();
         assert_eq!(plain, vec![4u8; 1000]);
         let mut bad = bytes.clone();
         let n = bad.len();
@@ -492,7 +500,15 @@ mod tests {
         );
         let e = s.entries[4];
         let sealed = &stored[e.offset as usize..(e.offset + e.len) as usize];
-        let plain = crate::crypto::open_blob(&keys, &e.id, sealed, 1000, &|| "b".into()).unwrap();
+        let plain = crate::crypto::open_blob(
+            &keys,
+            &e.id,
+            sealed,
+            1000,
+            &|| "b".into(),
+            crate::crypto::IdCheck::Rehash,
+        )
+        .unwrap();
         assert_eq!(plain, vec![4u8; 1000]);
         // Nothing but the pack is left in data/: the temp file went with the finish.
         let mut names = Vec::new();

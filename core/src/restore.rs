@@ -5,9 +5,13 @@
 //! fetched, opened and hashed in parallel (rayon; the part's BLAKE3 a piece per task) while
 //! a writer thread writes the previous batch in order; the part's recorded BLAKE3 and size
 //! are checked at the end.
-//! Every blob is authenticated and checked against its id before a byte of it is written,
-//! so damage gives an error, never wrong output; a store that cannot be reached gives its
-//! own error, never a damage report.
+//! Every blob is authenticated before a byte of it is written, and its tag binds it to its
+//! id (the id is the associated data), so damage gives an error, never wrong output; a store
+//! that cannot be reached gives its own error, never a damage report. The part's chunks are
+//! not re-hashed to their ids one by one ([`IdCheck::TagOnly`]): the part's BLAKE3 covers
+//! the same bytes end to end, and the keyed hash on top hashed every byte twice. Blobs
+//! used on their own (chunk lists, delta bases) are re-hashed, and `check --read-data`
+//! re-hashes every blob.
 
 use std::io::Write;
 use std::sync::mpsc::sync_channel;
@@ -15,6 +19,7 @@ use std::sync::mpsc::sync_channel;
 use rayon::prelude::*;
 
 use crate::blobs::{fetch, fitting, group, part_chunk_ids, Blobs, Run, Sealed, MAX_GAP, MAX_RUN};
+use crate::crypto::IdCheck;
 use crate::hash::TreeHash;
 use crate::index::Index;
 use crate::pack::{pack_path, read_trailer};
@@ -227,7 +232,7 @@ fn from_store(
                 let n = fitting(&ids[i..], batch_share(BATCH_RAW_BYTES), |id| sealed.raw(id));
                 let chunks = ids[i..i + n]
                     .par_iter()
-                    .map(|id| sealed.open(blobs, id, &bases))
+                    .map(|id| sealed.open(blobs, id, &bases, IdCheck::TagOnly))
                     .collect::<Result<Vec<_>>>()?;
                 if !send(chunks) {
                     return Ok(()); // the writer failed; its error is reported
@@ -328,6 +333,7 @@ pub fn for_each_chunk(
                                 index: &index,
                             },
                             r,
+                            IdCheck::TagOnly,
                         )
                     })
                     .collect::<Result<_>>()?;

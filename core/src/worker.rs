@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use crate::backend::Backend;
 use crate::blobs::{fitting, tree_levels, Blobs};
-use crate::crypto::Keys;
+use crate::crypto::{IdCheck, Keys};
 use crate::delta::{seal_chunk, ParentPart};
 use crate::hash::TreeHash;
 use crate::index::{encode_file, index_path, Index};
@@ -290,7 +290,11 @@ impl Worker {
             let bases: HashMap<Id, Vec<u8>> = ids
                 .par_iter()
                 .filter(|id| stored.has(id))
-                .map(|id| stored.open(blobs, id, &none).map(|b| (*id, b)))
+                .map(|id| {
+                    stored
+                        .open(blobs, id, &none, IdCheck::Rehash)
+                        .map(|b| (*id, b))
+                })
                 .collect::<Result<_>>()?;
             let sealed: Vec<(BlobKind, Vec<u8>, Option<Id>)> = slice
                 .par_iter()

@@ -7,9 +7,12 @@ use std::time::Duration;
 use chrono::{DateTime, FixedOffset, TimeZone, Utc};
 use dbvault_core::backend::local::LocalBackend;
 use dbvault_core::backup::{Chunking, PartInput, SnapshotMeta};
+use dbvault_core::blobs::part_chunk_ids;
 use dbvault_core::check::{check, ReadData};
+use dbvault_core::crypto::seal_blob;
 use dbvault_core::keyfile::KdfParams;
 use dbvault_core::lock::{LockKind, LockOptions};
+use dbvault_core::pack::pack_path;
 use dbvault_core::prune::{prune, PruneOptions};
 use dbvault_core::restore::restore_part;
 use dbvault_core::retention::{apply, Policy};
@@ -212,4 +215,46 @@ fn a_restore_checks_the_whole_part_against_the_hash_recorded_at_backup() {
         "{err}"
     );
     assert!(err.is_damage(), "{err:?}");
+}
+
+#[test]
+fn a_blob_that_authenticates_but_holds_other_bytes_fails_the_restore_and_check_names_it() {
+    // What a writer's bug would leave: a blob sealed with the key under its id, holding
+    // other bytes. A restore trusts each chunk's tag (it binds the id) and catches this
+    // with the part's hash; `check --read-data` re-hashes every blob and names it.
+    let dir = new_repository();
+    let repo = open(dir.path(), LockKind::Shared);
+    let stream = data(3 << 20, 11);
+    let id = backup(&repo, &stream, 1);
+    let part = repo.load_snapshot(&id).expect("snapshot").parts[0].clone();
+    let index = repo.index().expect("index");
+    let chunk = part_chunk_ids(&repo, &index, &part).expect("ids")[1];
+    let loc = index.get(&chunk).expect("indexed");
+    let other = data(loc.raw_len as usize, 12);
+    let forged = seal_blob(repo.keys(), &chunk, &other, 3).expect("seal");
+    assert_eq!(forged.len(), loc.len as usize, "incompressible either way");
+    let pack = dir.path().join(pack_path(&loc.pack));
+    let mut bytes = std::fs::read(&pack).expect("pack");
+    let at = loc.offset as usize;
+    bytes[at..at + forged.len()].copy_from_slice(&forged);
+    let _ = std::fs::remove_file(&pack);
+    std::fs::write(&pack, &bytes).expect("write");
+
+    let err = restore_part(&repo, &part, &mut Vec::new()).expect_err("must refuse");
+    assert!(
+        err.to_string()
+            .contains("restored bytes do not match the hash recorded at backup"),
+        "{err}"
+    );
+    assert!(err.is_damage(), "{err:?}");
+    let report = check(&repo, ReadData::All, &|_| {}).expect("check");
+    assert!(!report.ok);
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.detail.contains("does not match its id")),
+        "{:?}",
+        report.problems
+    );
 }

@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use super::{Bad, CheckReport, Problem, ReadData};
 use crate::blobs::{fitting, Blobs};
-use crate::crypto::delta_base;
+use crate::crypto::{delta_base, IdCheck};
 use crate::index::{read_file, BlobLoc, Index};
 use crate::pack::{pack_path, read_trailer};
 use crate::{Id, Repository, Result};
@@ -270,7 +270,10 @@ fn read_data(
         let opened: Vec<(Id, crate::Result<Vec<u8>>)> = slice
             .par_iter()
             .map(|(blob, loc, sealed, _, _)| {
-                (*blob, blobs.open_with(blob, loc, sealed, path, &bases))
+                (
+                    *blob,
+                    blobs.open_with(blob, loc, sealed, path, &bases, IdCheck::Rehash),
+                )
             })
             .collect();
         for (blob, r) in opened {
