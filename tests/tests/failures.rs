@@ -305,3 +305,64 @@ fn a_damaged_snapshot_does_not_hide_the_others() {
     assert_eq!(r.code, Some(1));
     assert!(one_line(&r.stderr).contains("damaged"), "{}", r.stderr);
 }
+
+/// A tmpfs of a few MiB on a temp dir, unmounted when dropped: a disk that fills up.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn new(mib: u32) -> SmallDisk {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .status();
+        assert!(
+            st.is_ok_and(|s| s.success()),
+            "mounting a {mib} MiB tmpfs failed: the full-disk test needs root (`.ci/run` runs \
+             the tests as root)"
+        );
+        SmallDisk { dir }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_the_backup_in_one_line_and_loses_nothing() {
+    let disk = SmallDisk::new(12);
+    let dir = tempfile::tempdir_in(disk.dir.path()).expect("tempdir");
+    let repo = Repo {
+        path: dir.path().join("repo"),
+        dir,
+    };
+    repo.run(&["init"], None).ok();
+    let first = random_bytes(4 << 20, 1);
+    repo.backup(&first, &[]);
+    let before = repo.files();
+
+    // Packs are written a MiB at a time: the disk fills in the middle of one.
+    let r = repo.run(&["backup", "-"], Some(&random_bytes(16 << 20, 2)));
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    let line = one_line(&r.stderr);
+    assert!(
+        line.contains("no snapshot recorded") && line.contains("No space left on device"),
+        "{line}"
+    );
+    // Nothing of the failed backup is left, not even its temp files; the first one
+    // restores and checks.
+    assert!(
+        repo.files() == before,
+        "the failed backup left files behind"
+    );
+    assert_eq!(repo.snapshot_ids().len(), 1);
+    assert!(repo.restore("latest").ok().stdout == first);
+    repo.run(&["check", "--read-data"], None).ok();
+}
