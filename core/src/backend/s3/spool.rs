@@ -110,11 +110,17 @@ fn base64_4(b: [u8; 4]) -> String {
         .collect()
 }
 
+/// Bytes gathered before a write to the spool file: blobs come a few KiB at a time, and a
+/// system call each (with the kernel zeroing the rest of each page begun) held up the
+/// thread the sealing waits for. Smaller than a local disk's spool buffer: an S3 command's
+/// memory has less room.
+const BUFFER: usize = 256 << 10;
+
 /// A pack being written to a file in the spool directory, uploaded when finished.
 pub(super) struct FileSpool {
     store: S3Backend,
     /// `None` once finished.
-    file: Option<(File, PathBuf)>,
+    file: Option<(std::io::BufWriter<File>, PathBuf)>,
     len: u64,
     /// CRC32 of everything written, and of each finished `PART_SIZE` piece plus the
     /// current one.
@@ -145,7 +151,7 @@ impl FileSpool {
             .map_err(io)?;
         Ok(FileSpool {
             store,
-            file: Some((f, path)),
+            file: Some((std::io::BufWriter::with_capacity(BUFFER, f), path)),
             len: 0,
             crc: crc32fast::Hasher::new(),
             parts: Vec::new(),
@@ -204,8 +210,15 @@ impl Spool for FileSpool {
         let Some((f, file)) = self.file.take() else {
             return Err(Error::Invalid("a spool finished twice".into()));
         };
-        // Closed before the upload opens it by name (its bytes are in the page cache).
-        drop(f);
+        // Written out and closed before the upload opens it by name (its bytes are in the
+        // page cache).
+        if let Err(e) = f.into_inner() {
+            let _ = fs::remove_file(&file);
+            return Err(Error::io(
+                format!("{WHAT} at {}", file.display()),
+                e.into_error(),
+            ));
+        }
         let mut part_crcs = std::mem::take(&mut self.parts);
         if self.len % PART_SIZE as u64 != 0 {
             part_crcs.push(std::mem::take(&mut self.part).finalize());
