@@ -28,9 +28,15 @@ use crate::{Error, Id, Repository, Result};
 pub use crate::input::{Chunking, PartInput};
 pub use crate::worker::{LIST_AVG, LIST_MAX};
 
-/// Chunk bytes handed to the pack worker at a time. With one batch queued, one being
-/// filled and one being sealed (plus its sealed copy), about 4 of these are in memory.
+/// Chunk bytes handed to the pack worker at a time, on an object store. With one batch
+/// queued, one being filled and one being sealed (plus its sealed copy), about 4 of these
+/// are in memory.
 const BATCH_BYTES: usize = 1 << 20;
+/// The same on a local disk, where a backup's memory has more room (no upload buffers, no
+/// S3 client): fewer hand-overs between the reading thread, the pack worker and the pool
+/// (a scale-10 first backup 3.2-3.4 s with 1 MiB, 3.16-3.22 s with 4 MiB; the work's
+/// resident memory 32 and 41 MiB, under the key derivation's peak either way).
+const LOCAL_BATCH_BYTES: usize = 4 << 20;
 
 /// What a finished backup reports.
 #[derive(Clone, Debug)]
@@ -66,6 +72,8 @@ pub struct Backup<'r> {
     worker: Option<JoinHandle<std::result::Result<WorkerOut, ()>>>,
     failure: Arc<Mutex<Option<Error>>>,
     next_part: AtomicU32,
+    /// Chunk bytes per hand-over to the pack worker.
+    batch_bytes: usize,
     progress: Arc<AtomicU64>,
     started: Instant,
     /// Prepended to the names of parts added from now on (e.g. `shop/` when one snapshot
@@ -139,6 +147,11 @@ impl Repository {
             worker: Some(worker),
             failure,
             next_part: AtomicU32::new(0),
+            batch_bytes: if self.backend().remote() {
+                BATCH_BYTES
+            } else {
+                LOCAL_BATCH_BYTES
+            },
             progress: Arc::new(AtomicU64::new(0)),
             started: Instant::now(),
             prefix: Mutex::new(String::new()),
@@ -263,7 +276,7 @@ impl Backup<'_> {
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
             batch_bytes += data.len();
             batch.push(data);
-            if batch_bytes >= BATCH_BYTES {
+            if batch_bytes >= self.batch_bytes {
                 self.send(Job::Chunks {
                     part,
                     chunks: std::mem::take(&mut batch),
