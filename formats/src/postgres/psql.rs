@@ -75,6 +75,19 @@ impl PgSource {
             .take()
             .ok_or_else(|| no_psql(std::io::Error::other("no stdin")))?;
         let fed = feed(&mut stdin);
+        // The backup's bytes could not be read (damage, a store that does not answer):
+        // psql is killed, not left to read the end of its input, where it would commit
+        // what it was given so far, in a single transaction or not. That error is the one
+        // reported, with its kind. A failed write to psql (it stopped on an SQL error) is
+        // reported with psql's own message, below.
+        let unread = matches!(&fed, Err(FormatError::Core(e)) if !matches!(e, dbvault_core::Error::Output(_)));
+        if unread {
+            let _ = child.kill();
+            drop(stdin);
+            let _ = child.wait();
+            let _ = errs.join();
+            return fed;
+        }
         drop(stdin);
         let status = child.wait().map_err(no_psql)?;
         let errs = errs.join().unwrap_or_default();
@@ -84,8 +97,6 @@ impl PgSource {
                 message: summarize_psql_error(&errs),
             });
         }
-        // psql exits 0 when its input ended early only if nothing failed; a feed error
-        // (e.g. damaged backup data) is still an error, and keeps its kind.
         fed
     }
 

@@ -1,0 +1,67 @@
+//! Damage met while restoring into a database: the restore fails (exit 1) naming it, and
+//! nothing of the damaged part is committed, whether the part goes through COPY or, as a
+//! dump of INSERT statements does, through psql.
+
+use std::process::Command;
+
+use dbvault_tests::pgfixture::conn;
+use dbvault_tests::{PgDb, Repo};
+
+fn dump(src: &PgDb, extra: &[&str]) -> Vec<u8> {
+    let out = Command::new("pg_dump")
+        .args(extra)
+        .arg("-d")
+        .arg(conn(src))
+        .output()
+        .expect("pg_dump: apt-get install postgresql-client");
+    assert!(
+        out.status.success(),
+        "pg_dump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Flips a bit at `at` (a fraction) of the repository's only pack.
+fn damage_pack(repo: &Repo, at: f64) {
+    let packs: Vec<_> = repo
+        .files()
+        .into_keys()
+        .filter(|p| p.to_string_lossy().contains("/data/"))
+        .collect();
+    assert_eq!(packs.len(), 1, "{packs:?}");
+    let mut bytes = std::fs::read(&packs[0]).expect("pack");
+    let pos = (bytes.len() as f64 * at) as usize;
+    bytes[pos] ^= 0x10;
+    let _ = std::fs::remove_file(&packs[0]);
+    std::fs::write(&packs[0], &bytes).expect("write");
+}
+
+#[test]
+fn a_damaged_table_part_commits_none_of_its_rows() {
+    let src = PgDb::new("dmgsrc");
+    src.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, pad text); \
+         INSERT INTO t SELECT g, md5(g::text) || repeat('x', 200) FROM generate_series(1, 40000) g",
+    );
+    for (how, extra) in [("COPY", &[][..]), ("INSERT", &["--inserts"][..])] {
+        let repo = Repo::new();
+        repo.backup(&dump(&src, extra), &["--name", "shop"]);
+        // Late in the pack: the table's first rows are sent before the damage is met.
+        damage_pack(&repo, 0.8);
+        let dst = PgDb::new("dmgdst");
+        let r = repo.run(&["restore", "latest", "--to", &dst.url()], None);
+        assert_eq!(r.code, Some(1), "{how}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("part \"public.t\" is damaged"),
+            "{how}: {}",
+            r.stderr
+        );
+        let rows = dst.sql("SELECT count(*) FROM t");
+        assert_eq!(
+            rows.trim(),
+            "0",
+            "{how}: rows of a damaged part were committed"
+        );
+    }
+}
