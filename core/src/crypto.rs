@@ -359,50 +359,14 @@ mod tests {
         let id = keys.blob_id(&data);
         let sealed = seal_blob(&keys, &id, &data, 3).unwrap();
         assert!(sealed.len() < data.len());
-        assert_eq!(
-            open_blob(
-                &keys,
-                &id,
-                &sealed,
-                data.len(),
-                &|| "b".into(),
-                IdCheck::Rehash
-            )
-            .unwrap(),
-            data
-        );
+        let open =
+            |id: &Id, check| open_blob(&keys, id, &sealed, data.len(), &|| "b".into(), check);
+        assert_eq!(open(&id, IdCheck::Rehash).unwrap(), data);
         let other = keys.blob_id(b"x");
-        assert!(open_blob(
-            &keys,
-            &other,
-            &sealed,
-            data.len(),
-            &|| "b".into(),
-            IdCheck::Rehash
-        )
-        .is_err());
+        assert!(open(&other, IdCheck::Rehash).is_err());
         // Without the re-hash the tag still binds the sealed bytes to their id.
-        assert!(open_blob(
-            &keys,
-            &other,
-            &sealed,
-            data.len(),
-            &|| "b".into(),
-            IdCheck::TagOnly
-        )
-        .is_err());
-        assert_eq!(
-            open_blob(
-                &keys,
-                &id,
-                &sealed,
-                data.len(),
-                &|| "b".into(),
-                IdCheck::TagOnly
-            )
-            .unwrap(),
-            data
-        );
+        assert!(open(&other, IdCheck::TagOnly).is_err());
+        assert_eq!(open(&id, IdCheck::TagOnly).unwrap(), data);
     }
 
     #[test]

@@ -457,22 +457,19 @@ mod tests {
         assert_eq!(back, vec![(id, entries.clone())]);
         let parsed = parse_trailer(&keys, &bytes, bytes.len() as u64, "p").unwrap();
         assert_eq!(parsed, entries);
-        let e = entries[4];
-        let sealed = &bytes[e.offset as usize..(e.offset + e.len) as usize];
-        let plain = crate::crypto::open_blob(
-            &keys,
-            &e.id,
-            sealed,
-            1000,
-            &|| "b".into(),
-            crate::crypto::IdCheck::Rehash,
-        )
-        .unwrap();
-        assert_eq!(plain, vec![4u8; 1000]);
+        assert_eq!(blob_four(&keys, &bytes, &entries), vec![4u8; 1000]);
         let mut bad = bytes.clone();
         let n = bad.len();
         bad[n - 10] ^= 0x40;
         assert!(parse_trailer(&keys, &bad, n as u64, "p").is_err());
+    }
+
+    /// The fifth blob `fill` added, opened from the pack's bytes.
+    fn blob_four(keys: &Keys, pack: &[u8], entries: &[PackEntry]) -> Vec<u8> {
+        let e = entries[4];
+        let sealed = &pack[e.offset as usize..(e.offset + e.len) as usize];
+        let check = crate::crypto::IdCheck::Rehash;
+        crate::crypto::open_blob(keys, &e.id, sealed, 1000, &|| "b".into(), check).unwrap()
     }
 
     #[test]
@@ -498,18 +495,7 @@ mod tests {
             parse_trailer(&keys, &stored, s.len, "p").unwrap(),
             m.entries
         );
-        let e = s.entries[4];
-        let sealed = &stored[e.offset as usize..(e.offset + e.len) as usize];
-        let plain = crate::crypto::open_blob(
-            &keys,
-            &e.id,
-            sealed,
-            1000,
-            &|| "b".into(),
-            crate::crypto::IdCheck::Rehash,
-        )
-        .unwrap();
-        assert_eq!(plain, vec![4u8; 1000]);
+        assert_eq!(blob_four(&keys, &stored, &s.entries), vec![4u8; 1000]);
         // Nothing but the pack is left in data/: the temp file went with the finish.
         let mut names = Vec::new();
         for d in std::fs::read_dir(dir.path().join("data")).unwrap() {

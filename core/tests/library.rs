@@ -194,6 +194,17 @@ fn backup_restore_forget_prune_and_check_through_the_api() {
     );
 }
 
+/// Restoring `part` fails as damage, on the part's recorded hash.
+fn refused_by_part_hash(repo: &Repository, part: &dbvault_core::Part) {
+    let err = restore_part(repo, part, &mut Vec::new()).expect_err("must refuse");
+    assert!(
+        err.to_string()
+            .contains("restored bytes do not match the hash recorded at backup"),
+        "{err}"
+    );
+    assert!(err.is_damage(), "{err:?}");
+}
+
 #[test]
 fn a_restore_checks_the_whole_part_against_the_hash_recorded_at_backup() {
     let dir = new_repository();
@@ -208,13 +219,7 @@ fn a_restore_checks_the_whole_part_against_the_hash_recorded_at_backup() {
     // A record that names other bytes (every chunk itself verifies): refused, nothing
     // claimed to be intact.
     part.blake3 = blake3::hash(b"other bytes").to_hex().to_string();
-    let err = restore_part(&repo, &part, &mut Vec::new()).expect_err("must refuse");
-    assert!(
-        err.to_string()
-            .contains("restored bytes do not match the hash recorded at backup"),
-        "{err}"
-    );
-    assert!(err.is_damage(), "{err:?}");
+    refused_by_part_hash(&repo, &part);
 }
 
 #[test]
@@ -240,13 +245,7 @@ fn a_blob_that_authenticates_but_holds_other_bytes_fails_the_restore_and_check_n
     let _ = std::fs::remove_file(&pack);
     std::fs::write(&pack, &bytes).expect("write");
 
-    let err = restore_part(&repo, &part, &mut Vec::new()).expect_err("must refuse");
-    assert!(
-        err.to_string()
-            .contains("restored bytes do not match the hash recorded at backup"),
-        "{err}"
-    );
-    assert!(err.is_damage(), "{err:?}");
+    refused_by_part_hash(&repo, &part);
     let report = check(&repo, ReadData::All, &|_| {}).expect("check");
     assert!(!report.ok);
     assert!(

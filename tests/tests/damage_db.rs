@@ -2,25 +2,8 @@
 //! nothing of the damaged part is committed, whether the part goes through COPY or, as a
 //! dump of INSERT statements does, through psql.
 
-use std::process::Command;
-
-use dbvault_tests::pgfixture::conn;
+use dbvault_tests::pgfixture::{conn, pg_dump_with};
 use dbvault_tests::{PgDb, Repo};
-
-fn dump(src: &PgDb, extra: &[&str]) -> Vec<u8> {
-    let out = Command::new("pg_dump")
-        .args(extra)
-        .arg("-d")
-        .arg(conn(src))
-        .output()
-        .expect("pg_dump: apt-get install postgresql-client");
-    assert!(
-        out.status.success(),
-        "pg_dump: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
 
 /// Flips a bit at `at` (a fraction) of the repository's only pack.
 fn damage_pack(repo: &Repo, at: f64) {
@@ -46,7 +29,8 @@ fn a_damaged_table_part_commits_none_of_its_rows() {
     );
     for (how, extra) in [("COPY", &[][..]), ("INSERT", &["--inserts"][..])] {
         let repo = Repo::new();
-        repo.backup(&dump(&src, extra), &["--name", "shop"]);
+        let dump = pg_dump_with(&[extra, &["-d", &conn(&src)]].concat());
+        repo.backup(dump.as_bytes(), &["--name", "shop"]);
         // Late in the pack: the table's first rows are sent before the damage is met.
         damage_pack(&repo, 0.8);
         let dst = PgDb::new("dmgdst");
