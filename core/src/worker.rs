@@ -24,8 +24,12 @@ const PACKS_PER_INDEX: usize = 64;
 /// New chunk bytes put aside before sealing on an object store, so that their delta bases
 /// are read with few requests.
 const DEFER_REMOTE: usize = 16 << 20;
-/// New chunk bytes sealed at once (in parallel).
+/// New chunk bytes sealed at once (in parallel), on an object store.
 const SEAL_SLICE: u64 = 1 << 20;
+/// The same on a local disk: a whole 4 MiB batch in one parallel pass. Four passes of a
+/// MiB each left the pool idle between them (a first backup of the scale-5 shopbench dump:
+/// 1.65-1.67 s, 1.57-1.61 s with this), at most 3 MiB more sealed copies in memory.
+const LOCAL_SEAL_SLICE: u64 = 4 << 20;
 
 /// A list blob ends after an id whose first two bytes are 0 modulo this: lists are
 /// content-defined (64 ids on average), so a changed chunk rewrites one small list, not a
@@ -103,6 +107,8 @@ struct Worker {
     deferred_bytes: usize,
     /// Seal once this many bytes are put aside (0: at once).
     defer_limit: usize,
+    /// New chunk bytes sealed in one parallel pass.
+    seal_slice: u64,
 }
 
 /// Packs a backup holds at once: one being filled, and one per upload in flight (at most
@@ -144,6 +150,11 @@ pub(crate) fn run_worker(rx: &Receiver<Job>, ctx: WorkerCtx) -> Result<WorkerOut
         deferred: Vec::new(),
         deferred_bytes: 0,
         defer_limit: if backend_remote { DEFER_REMOTE } else { 0 },
+        seal_slice: if backend_remote {
+            SEAL_SLICE
+        } else {
+            LOCAL_SEAL_SLICE
+        },
     };
     let result = (|| {
         for job in rx.iter() {
@@ -277,7 +288,7 @@ impl Worker {
         // are one slice's, not all that was put aside.
         let mut rest = &todo[..];
         while !rest.is_empty() {
-            let n = fitting(rest, SEAL_SLICE, |(_, c, _)| c.len() as u64);
+            let n = fitting(rest, self.seal_slice, |(_, c, _)| c.len() as u64);
             let (slice, tail) = rest.split_at(n);
             rest = tail;
             let blobs = self.blobs();
