@@ -114,13 +114,13 @@ fn put_in_place(f: File, tmp: &Path, target: &Path, dir: &Path) -> io::Result<()
 /// What a spool's errors name: the pack has no name until it is finished.
 const SPOOL_WHAT: &str = "data/ (a new pack)";
 
-/// A temp file in `data/` that becomes an object when finished.
 /// Bytes a spool gathers before writing them to its file. Blobs arrive a few KiB at a
 /// time; written one by one they were a system call each, and the kernel zeroed the rest
 /// of every page a write began: the pack thread spent most of its time there while the
 /// sealing threads waited for it.
 const SPOOL_BUFFER: usize = 1 << 20;
 
+/// A temp file in `data/` that becomes an object when finished.
 struct LocalSpool {
     backend: LocalBackend,
     /// `None` once finished.
