@@ -72,8 +72,6 @@ pub struct Backup<'r> {
     worker: Option<JoinHandle<std::result::Result<WorkerOut, ()>>>,
     failure: Arc<Mutex<Option<Error>>>,
     next_part: AtomicU32,
-    /// Chunk bytes per hand-over to the pack worker.
-    batch_bytes: usize,
     progress: Arc<AtomicU64>,
     started: Instant,
     /// Prepended to the names of parts added from now on (e.g. `shop/` when one snapshot
@@ -147,11 +145,6 @@ impl Repository {
             worker: Some(worker),
             failure,
             next_part: AtomicU32::new(0),
-            batch_bytes: if self.backend().remote() {
-                BATCH_BYTES
-            } else {
-                LOCAL_BATCH_BYTES
-            },
             progress: Arc::new(AtomicU64::new(0)),
             started: Instant::now(),
             prefix: Mutex::new(String::new()),
@@ -269,6 +262,11 @@ impl Backup<'_> {
         })?;
         let mut size = 0u64;
         let mut batch = Vec::new();
+        let limit = if self.repo.backend().remote() {
+            BATCH_BYTES
+        } else {
+            LOCAL_BATCH_BYTES
+        };
         let mut batch_bytes = 0usize;
         let mut take = |data: Vec<u8>| -> Result<()> {
             size += data.len() as u64;
@@ -276,7 +274,7 @@ impl Backup<'_> {
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
             batch_bytes += data.len();
             batch.push(data);
-            if batch_bytes >= self.batch_bytes {
+            if batch_bytes >= limit {
                 self.send(Job::Chunks {
                     part,
                     chunks: std::mem::take(&mut batch),

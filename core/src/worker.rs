@@ -107,8 +107,6 @@ struct Worker {
     deferred_bytes: usize,
     /// Seal once this many bytes are put aside (0: at once).
     defer_limit: usize,
-    /// New chunk bytes sealed in one parallel pass.
-    seal_slice: u64,
 }
 
 /// Packs a backup holds at once: one being filled, and one per upload in flight (at most
@@ -150,11 +148,6 @@ pub(crate) fn run_worker(rx: &Receiver<Job>, ctx: WorkerCtx) -> Result<WorkerOut
         deferred: Vec::new(),
         deferred_bytes: 0,
         defer_limit: if backend_remote { DEFER_REMOTE } else { 0 },
-        seal_slice: if backend_remote {
-            SEAL_SLICE
-        } else {
-            LOCAL_SEAL_SLICE
-        },
     };
     let result = (|| {
         for job in rx.iter() {
@@ -286,9 +279,14 @@ impl Worker {
         let stored = blobs.read_sealed(&wanted)?;
         // Sealed a slice at a time (in parallel within it), so the sealed copies in memory
         // are one slice's, not all that was put aside.
+        let slice_bytes = if self.ctx.backend.remote() {
+            SEAL_SLICE
+        } else {
+            LOCAL_SEAL_SLICE
+        };
         let mut rest = &todo[..];
         while !rest.is_empty() {
-            let n = fitting(rest, self.seal_slice, |(_, c, _)| c.len() as u64);
+            let n = fitting(rest, slice_bytes, |(_, c, _)| c.len() as u64);
             let (slice, tail) = rest.split_at(n);
             rest = tail;
             let blobs = self.blobs();
