@@ -26,8 +26,21 @@ use crate::pack::{pack_path, read_trailer};
 use crate::snapshot::Part;
 use crate::{Error, Id, Repository, Result};
 
-/// Plaintext bytes per parallel batch: bounds memory whatever the compression ratio.
-const BATCH_RAW_BYTES: u64 = 4 << 20;
+/// Plaintext bytes per parallel batch from a local disk when one part is restored alone to
+/// an output that holds nothing of its own ([`Batches::Large`]): bounds memory whatever the compression ratio. Two are held (one opened, one
+/// written), 32 MiB, under the key derivation's 48 MiB peak. Why not 4 MiB: each batch is a fork-join on the
+/// pool and a hand-over to the writer, and at 4 MiB those left the cores idle. A stream
+/// restore of the scale-10 shopbench dump (1.76 GB) took 1.40-1.46 s with 4 MiB, 1.33-1.38 s
+/// with 12, and 1.30-1.32 s with 16 or 24 (peak 57.7 MiB with 16; 62-64 MiB with 24).
+const BATCH_RAW_BYTES: u64 = 16 << 20;
+/// What the local batches of parts restored at once share (a restore into a database, a
+/// part per connection: the server sets their pace), and the batch handed to an output that
+/// holds memory of its own ([`Batches::Small`]). With 16 MiB batches `copy`, which feeds a
+/// backup, peaked at 79 MiB, and a restore into a database at 68 MiB.
+const SHARED_BATCH_RAW_BYTES: u64 = 4 << 20;
+/// The same when opening what was read from an object store, where the read-ahead of
+/// [`REMOTE_BATCH_RAW_BYTES`] sealed bytes and the S3 client already take their share.
+const REMOTE_OPEN_RAW_BYTES: u64 = 4 << 20;
 /// Plaintext bytes read at once from an object store: one request per pack span, so
 /// larger reads save requests. They are held sealed and opened a batch at a time.
 const REMOTE_BATCH_RAW_BYTES: u64 = 16 << 20;
@@ -60,6 +73,16 @@ impl Drop for Active {
 fn batch_share(full: u64) -> u64 {
     let n = ACTIVE.load(std::sync::atomic::Ordering::Relaxed).max(1);
     (full / n).clamp(MIN_BATCH_RAW_BYTES.min(full), full)
+}
+
+/// This restore's batch from a local disk: `alone` when no other part is being restored,
+/// else its share of [`SHARED_BATCH_RAW_BYTES`].
+fn local_batch(alone: u64) -> u64 {
+    if ACTIVE.load(std::sync::atomic::Ordering::Relaxed) > 1 {
+        batch_share(SHARED_BATCH_RAW_BYTES)
+    } else {
+        alone
+    }
 }
 /// Plaintext bytes one run of a restore may open at once. A run of small deltas holds the
 /// bases they need as well (each base is a whole chunk), so without this cap 2 MiB of
@@ -162,7 +185,18 @@ fn check_trailers(repo: &Repository, runs: &[Run]) -> Vec<Warning> {
         .collect()
 }
 
-/// Writes one part's bytes to `out`, verifying everything. Returns the bytes written.
+/// How large the batches of a part's restore may be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Batches {
+    /// For an output that holds nothing of its own (a file, a pipe): 16 MiB batches, fewer
+    /// hand-overs between the pool and the writer.
+    Large,
+    /// For an output that holds memory of its own (a database session, a loader): 4 MiB,
+    /// shared with the other parts being restored at once.
+    Small,
+}
+
+/// Writes one part's bytes to `out`, verifying everything, in [`Batches::Small`].
 ///
 /// # Errors
 /// [`Error::Corrupt`] (naming the part and pack) or [`Error::MissingBlob`] on damage;
@@ -172,11 +206,28 @@ pub fn restore_part(
     part: &Part,
     out: &mut (dyn Write + Send),
 ) -> Result<PartReport> {
+    restore_part_with(repo, part, out, Batches::Small)
+}
+
+/// [`restore_part`] with batches as `batches` says.
+///
+/// # Errors
+/// As [`restore_part`].
+pub fn restore_part_with(
+    repo: &Repository,
+    part: &Part,
+    out: &mut (dyn Write + Send),
+    batches: Batches,
+) -> Result<PartReport> {
+    let alone = match batches {
+        Batches::Large => BATCH_RAW_BYTES,
+        Batches::Small => SHARED_BATCH_RAW_BYTES,
+    };
     // Chunks are written a megabyte or more at a time with one vectored write: no copy
     // into a buffer (a `BufWriter` passes writes larger than itself through).
     let mut pending: Vec<Vec<u8>> = Vec::new();
     let mut pending_bytes = 0usize;
-    let report = for_each_chunk(repo, part, &mut |chunk| {
+    let report = each_chunk(repo, part, alone, &mut |chunk| {
         pending_bytes += chunk.len();
         pending.push(chunk);
         // Parts restored at once (a connection each) share the write budget too.
@@ -229,7 +280,9 @@ fn from_store(
             let bases = sealed.bases(blobs)?;
             let mut i = 0;
             while i < ids.len() {
-                let n = fitting(&ids[i..], batch_share(BATCH_RAW_BYTES), |id| sealed.raw(id));
+                let n = fitting(&ids[i..], batch_share(REMOTE_OPEN_RAW_BYTES), |id| {
+                    sealed.raw(id)
+                });
                 let chunks = ids[i..i + n]
                     .par_iter()
                     .map(|id| sealed.open(blobs, id, &bases, IdCheck::TagOnly))
@@ -273,6 +326,17 @@ fn write_chunks(out: &mut (dyn Write + Send), chunks: &[Vec<u8>]) -> std::io::Re
 pub fn for_each_chunk(
     repo: &Repository,
     part: &Part,
+    sink: &mut (dyn FnMut(Vec<u8>) -> Result<()> + Send),
+) -> Result<PartReport> {
+    each_chunk(repo, part, SHARED_BATCH_RAW_BYTES, sink)
+}
+
+/// [`for_each_chunk`], with local batches of `alone` plaintext bytes when no other part is
+/// being restored.
+fn each_chunk(
+    repo: &Repository,
+    part: &Part,
+    alone: u64,
     sink: &mut (dyn FnMut(Vec<u8>) -> Result<()> + Send),
 ) -> Result<PartReport> {
     let index = repo.index()?;
@@ -322,7 +386,7 @@ pub fn for_each_chunk(
             }
             let mut start = 0;
             while start < runs.len() {
-                let end = start + fitting(&runs[start..], batch_share(BATCH_RAW_BYTES), |r| r.raw);
+                let end = start + fitting(&runs[start..], local_batch(alone), |r| r.raw);
                 let batch: Vec<Vec<Vec<u8>>> = runs[start..end]
                     .par_iter()
                     .map(|r| {

@@ -2,13 +2,14 @@
 
 use std::io::Write;
 
-use dbvault_core::restore::restore_part;
+use dbvault_core::restore::{restore_part_with, Batches};
 use dbvault_core::{Part, Repository};
 
 use crate::error::Result;
 use crate::notice::{Notice, Notify};
 
-/// Writes one part's bytes to `out`, passing its warnings on.
+/// Writes one part's bytes to `out`, an output that holds memory of its own (a database
+/// session, a loader), passing its warnings on.
 ///
 /// # Errors
 /// Damage, storage and write errors, with their kinds.
@@ -18,7 +19,31 @@ pub fn write_part(
     out: &mut (dyn Write + Send),
     notify: Notify<'_>,
 ) -> Result<()> {
-    let report = restore_part(repo, part, out)?;
+    write_in(repo, part, out, Batches::Small, notify)
+}
+
+/// [`write_part`] for an output that holds nothing of its own (a file, a pipe): larger
+/// batches, fewer hand-overs between the threads that open blobs and the one that writes.
+///
+/// # Errors
+/// As [`write_part`].
+pub fn stream_part(
+    repo: &Repository,
+    part: &Part,
+    out: &mut (dyn Write + Send),
+    notify: Notify<'_>,
+) -> Result<()> {
+    write_in(repo, part, out, Batches::Large, notify)
+}
+
+fn write_in(
+    repo: &Repository,
+    part: &Part,
+    out: &mut (dyn Write + Send),
+    batches: Batches,
+    notify: Notify<'_>,
+) -> Result<()> {
+    let report = restore_part_with(repo, part, out, batches)?;
     for w in report.warnings {
         notify(Notice::Warning(w));
     }

@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use dbvault_core::lock::LockKind;
 use dbvault_formats::notice::Notice;
 use dbvault_formats::postgres::{self, meta, physical, restore_server, PgSource};
-use dbvault_formats::read::write_part;
+use dbvault_formats::read::stream_part;
 use dbvault_formats::sqlite::snapshot as sqlite;
 
 use crate::args::{Cli, RestoreArgs};
@@ -194,7 +194,7 @@ pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<()> {
                 );
             }
             for part in &snap.parts {
-                write_part(&repo, part, &mut stdout, notify)?;
+                stream_part(&repo, part, &mut stdout, notify)?;
             }
         }
     }

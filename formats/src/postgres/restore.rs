@@ -13,7 +13,7 @@ pub use super::options::{RestoreOptions, Target};
 use super::script::{qualified, table_script, TableScript};
 use crate::error::{FormatError, Result};
 pub use crate::notice::{Notice, Notify};
-pub use crate::read::{part_bytes, write_part};
+pub use crate::read::{part_bytes, stream_part, write_part};
 
 fn part_text(repo: &Repository, part: Option<&Part>, notify: Notify<'_>) -> Result<String> {
     Ok(match part {
@@ -156,7 +156,7 @@ fn write_table_script(
             head: Vec::new(),
             done: false,
         };
-        write_part(repo, part, &mut rw, notify)?;
+        stream_part(repo, part, &mut rw, notify)?;
         rw.finish()
             .map_err(|e| FormatError::Core(dbvault_core::Error::Output(e)))?;
     }
@@ -259,7 +259,7 @@ pub fn restore(
                     if (opts.schema_only && data) || (opts.data_only && !data) {
                         continue;
                     }
-                    write_part(repo, p, &mut out, notify)?;
+                    stream_part(repo, p, &mut out, notify)?;
                 }
                 out.flush().map_err(out_err)
             }

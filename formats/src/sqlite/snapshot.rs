@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::{chunk_size, restore_table, sql, write_new_file, DbInfo, OnlineCopy};
 use crate::error::{FormatError, Result};
 use crate::notice::{Notice, Notify};
-use crate::read::write_part;
+use crate::read::stream_part;
 
 /// Part kind of the database file.
 pub const PART_KIND: &str = "sqlite-db";
@@ -147,7 +147,7 @@ pub fn restore(
         return match target {
             Target::Stream(out) => {
                 let mut out = BufWriter::with_capacity(1 << 20, out);
-                write_part(repo, part, &mut out, notify)?;
+                stream_part(repo, part, &mut out, notify)?;
                 Ok(out.flush()?)
             }
             Target::File(path) => {
@@ -155,7 +155,7 @@ pub fn restore(
                     .integrity_problems
                     .unwrap_or_default();
                 let known = write_new_file(path, opts.force, Some(&accepted), |f| {
-                    write_part(repo, part, f, notify)
+                    stream_part(repo, part, f, notify)
                 })?;
                 if !known.is_empty() {
                     notify(Notice::Done(format!(
@@ -191,7 +191,7 @@ pub fn restore(
         .prefix(".dbvault-snap-")
         .tempfile_in(std::env::temp_dir())
         .map_err(|e| FormatError::io("a temporary file", e))?;
-    write_part(repo, part, &mut tmp.as_file(), notify)?;
+    stream_part(repo, part, &mut tmp.as_file(), notify)?;
     let mut target = target;
     for t in &opts.tables {
         match &mut target {
