@@ -236,6 +236,47 @@ pub fn run_cmd(mut c: Command, stdin: Option<&[u8]>) -> Run {
     finish(out)
 }
 
+/// How a command measured by [`run_peak`] ended.
+pub struct Peak {
+    /// Whether it exited 0.
+    pub ok: bool,
+    /// Its standard error.
+    pub stderr: String,
+    /// Its peak resident memory (the kernel's maximum resident set size), in MiB.
+    pub mib: f64,
+}
+
+/// Runs a prepared command with stdin from the file `stdin` (else nothing) and stdout into
+/// the file `stdout`, and measures its peak resident memory.
+#[allow(unsafe_code)]
+pub fn run_peak(mut c: Command, stdin: Option<&Path>, stdout: &Path) -> Peak {
+    let err = tempfile::NamedTempFile::new().expect("temp file");
+    c.stdin(match stdin {
+        Some(p) => Stdio::from(std::fs::File::open(p).expect("stdin file")),
+        None => Stdio::null(),
+    });
+    c.stdout(Stdio::from(
+        std::fs::File::create(stdout).expect("stdout file"),
+    ));
+    c.stderr(Stdio::from(err.reopen().expect("stderr file")));
+    let child = c.spawn().expect("spawn dbvault");
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: `rusage` is a plain C struct, for which all zero bytes are a valid value; wait4
+    // only writes the status and usage of our own child, which nothing else reaps (the
+    // `Child` is never waited on, and dropping it neither waits nor kills).
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; both pointers are to live locals of the right types.
+    let got = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(got, pid, "wait4: {}", std::io::Error::last_os_error());
+    drop(child);
+    Peak {
+        ok: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        stderr: std::fs::read_to_string(err.path()).unwrap_or_default(),
+        mib: usage.ru_maxrss as f64 / 1024.0,
+    }
+}
+
 /// Every file under `root` with its content.
 pub fn tree(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut out = BTreeMap::new();
