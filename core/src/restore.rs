@@ -27,11 +27,14 @@ use crate::snapshot::Part;
 use crate::{Error, Id, Repository, Result};
 
 /// Plaintext bytes per parallel batch from a local disk when one part is restored alone to
-/// an output that holds nothing of its own ([`Batches::Large`]): bounds memory whatever the compression ratio. Two are held (one opened, one
-/// written), 32 MiB, under the key derivation's 48 MiB peak. Why not 4 MiB: each batch is a fork-join on the
-/// pool and a hand-over to the writer, and at 4 MiB those left the cores idle. A stream
-/// restore of the scale-10 shopbench dump (1.76 GB) took 1.40-1.46 s with 4 MiB, 1.33-1.38 s
-/// with 12, and 1.30-1.32 s with 16 or 24 (peak 57.7 MiB with 16; 62-64 MiB with 24).
+/// an output that holds nothing of its own ([`Batches::Large`]): bounds memory whatever the
+/// compression ratio. Two are held (one opened, one written), 32 MiB, under the key
+/// derivation's 48 MiB peak. Why not 4 MiB: a batch is a fork-join over its runs (up to
+/// 2 MiB each) and a hand-over to the writer, and at 4 MiB the cores idled between them. A
+/// stream restore of the scale-10 shopbench dump (1.76 GB) took 1.40-1.46 s with 4 MiB,
+/// 1.33-1.38 s with 12, 1.30-1.32 s with 16 or 24 (peak 57.7 MiB with 16, 62-64 MiB with
+/// 24). A 16 MiB batch opened as four 4 MiB fork-joins took 1.59-1.61 s; runs opened as
+/// tasks in a 16 MiB window and handed over in order, 1.32-1.35 s (not kept: no faster).
 const BATCH_RAW_BYTES: u64 = 16 << 20;
 /// What the local batches of parts restored at once share (a restore into a database, a
 /// part per connection: the server sets their pace), and the batch handed to an output that

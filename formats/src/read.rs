@@ -8,8 +8,9 @@ use dbvault_core::{Part, Repository};
 use crate::error::Result;
 use crate::notice::{Notice, Notify};
 
-/// Writes one part's bytes to `out`, an output that holds memory of its own (a database
-/// session, a loader), passing its warnings on.
+/// Writes one part's bytes to `out`, passing its warnings on, in small batches shared with
+/// the parts restored beside it: for outputs that hold memory of their own (a database
+/// session, a loader), and wherever memory matters more than speed.
 ///
 /// # Errors
 /// Damage, storage and write errors, with their kinds.
