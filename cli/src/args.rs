@@ -107,8 +107,13 @@ pub enum Command {
     /// once it is durably stored.
     WalPush(WalPushArgs),
     /// Fetch a PostgreSQL WAL file: `restore_command = 'dbvault wal-fetch %f %p'`. Exits 1
-    /// when the archive does not have it.
+    /// only when the archive does not have it; 255 for any other failure (PostgreSQL then
+    /// stops recovery instead of ending it early).
     WalFetch(WalFetchArgs),
+    /// Remove a timeline a second server archived into a physical source (a restored copy
+    /// started with archiving on, a split brain): its history file and segments, and those
+    /// of the timelines after it. `check` names such branches.
+    WalRemoveTimeline(WalRemoveTimelineArgs),
     /// Manage passphrases: list, add, remove, change.
     Key {
         /// What to do.
@@ -126,6 +131,20 @@ pub struct WalPushArgs {
     /// The source: the same name as the base backups' (`backup --physical --name`).
     #[arg(long, default_value = "postgres")]
     pub name: String,
+}
+
+/// `wal-remove-timeline` options.
+#[derive(Args, Debug)]
+pub struct WalRemoveTimelineArgs {
+    /// The timeline (as `check` names it).
+    #[arg(value_name = "TIMELINE")]
+    pub timeline: u32,
+    /// The source, as for `wal-push`.
+    #[arg(long, default_value = "postgres")]
+    pub name: String,
+    /// List what would be removed, remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// `wal-fetch` options.
@@ -310,7 +329,8 @@ pub struct BackupArgs {
     /// Tag the snapshot (repeatable).
     #[arg(long = "tag", value_name = "TAG")]
     pub tags: Vec<String>,
-    /// Record this time instead of now (RFC 3339, e.g. 2026-11-20T02:00:00+01:00).
+    /// Record this time instead of now (RFC 3339, e.g. 2026-11-20T02:00:00+01:00,
+    /// PostgreSQL's `2026-11-20 01:00:00+00`, or local time `2026-11-20 02:00`).
     #[arg(long, value_name = "RFC3339")]
     pub time: Option<String>,
     /// With a postgres:// SOURCE: every database of that server (and its roles and
@@ -491,7 +511,8 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub name: Option<String>,
     /// With `latest`: the newest snapshot taken at or before this time (RFC 3339, e.g.
-    /// 2026-12-01T14:31:00+01:00, or `YYYY-MM-DD HH:MM[:SS]` in local time). With
+    /// 2026-12-01T14:31:00+01:00; PostgreSQL's `2026-12-01 13:31:00.123456+00`, as
+    /// `SELECT now()` prints it; or `YYYY-MM-DD HH:MM[:SS]` in local time). With
     /// `--to pgdata:DIR`, also where recovery stops.
     #[arg(long, value_name = "TIME")]
     pub target_time: Option<String>,
@@ -508,6 +529,16 @@ pub struct RestoreArgs {
     /// (PostgreSQL's default: pause).
     #[arg(long, value_name = "ACTION")]
     pub target_action: Option<String>,
+    /// Physical snapshots: the timeline recovery follows: `current` (the base backup's),
+    /// `latest` (the newest descending from it), or a number. Default: `latest`, refused
+    /// when two servers archived diverging branches into the source (then choose).
+    #[arg(long, value_name = "current|latest|N")]
+    pub target_timeline: Option<String>,
+    /// With `--to pgdata:DIR`: `off` (the default) writes `archive_mode = off` so the
+    /// restored copy never archives into the source's archive; `preserve` keeps the
+    /// source's archiving settings (for a copy that replaces a lost primary).
+    #[arg(long, value_name = "off|preserve", default_value = "off")]
+    pub archive_mode: String,
     /// From a whole-server snapshot: the database to restore (its roles come along; it is
     /// created on the target server when missing).
     #[arg(long, value_name = "NAME")]

@@ -11,26 +11,45 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// One line: the cause chain joined, no newlines, each cause once (an error whose message
+/// already holds its source's text is not followed by it again).
+pub(crate) fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !msg.contains(&text) {
+            if !msg.is_empty() {
+                msg.push_str(": ");
+            }
+            msg.push_str(&text);
+        }
+    }
+    msg.replace('\n', " ")
+}
+
 fn main() -> ExitCode {
     malloc::tune();
-    let cli = args::Cli::parse(); // usage errors exit with 2
+    // As PostgreSQL's restore_command, every failure but "not in the archive" must stop
+    // recovery: a usage error (exit 2) or a panic (101) would end it early instead.
+    let restoring = std::env::args_os().any(|a| a == "wal-fetch");
+    if restoring {
+        std::panic::set_hook(Box::new(|p| {
+            eprintln!("dbvault: error: wal-fetch: {p}");
+            std::process::exit(i32::from(dbvault_formats::postgres::wal::FETCH_FAILED));
+        }));
+    }
+    let cli = match args::Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if restoring && e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::from(dbvault_formats::postgres::wal::FETCH_FAILED);
+        }
+        Err(e) => e.exit(), // usage errors exit with 2
+    };
     match commands::run(&cli) {
         Ok(code) => code,
         Err(e) => {
-            // One line: the cause chain joined, no newlines, each cause once (an error
-            // whose message already holds its source's text is not followed by it again).
-            let mut msg = String::new();
-            for cause in e.chain() {
-                let text = cause.to_string();
-                if !msg.contains(&text) {
-                    if !msg.is_empty() {
-                        msg.push_str(": ");
-                    }
-                    msg.push_str(&text);
-                }
-            }
-            let msg = msg.replace('\n', " ");
-            eprintln!("dbvault: error: {msg}");
+            eprintln!("dbvault: error: {}", one_line(&e));
             ExitCode::from(1)
         }
     }

@@ -141,29 +141,11 @@ pub fn capped(indent: &str, lines: &[(String, String)]) {
     }
 }
 
-/// A point in time from the command line: RFC 3339, or `YYYY-MM-DD HH:MM[:SS]` (also with
-/// a `T`) in the local zone.
+/// A point in time from the command line: RFC 3339, PostgreSQL's output, or local time
+/// ([`dbvault_core::when::parse_time`], the one parser of every time option).
 ///
 /// # Errors
-/// Neither form, with an example.
+/// None of those forms, with examples.
 pub fn parse_time(t: &str) -> anyhow::Result<chrono::DateTime<chrono::FixedOffset>> {
-    use chrono::TimeZone;
-    if let Ok(x) = chrono::DateTime::parse_from_rfc3339(t) {
-        return Ok(x);
-    }
-    for f in [
-        "%Y-%m-%d %H:%M:%S",
-        "%Y-%m-%d %H:%M",
-        "%Y-%m-%dT%H:%M:%S",
-        "%Y-%m-%dT%H:%M",
-    ] {
-        if let Ok(n) = chrono::NaiveDateTime::parse_from_str(t, f) {
-            if let Some(x) = chrono::Local.from_local_datetime(&n).earliest() {
-                return Ok(x.fixed_offset());
-            }
-        }
-    }
-    anyhow::bail!(
-        "{t:?} is not a time: use RFC 3339 (2026-12-01T14:31:00+01:00) or local time (\"2026-12-01 14:31\")"
-    )
+    Ok(dbvault_core::when::parse_time(t)?)
 }

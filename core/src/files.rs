@@ -107,6 +107,21 @@ impl Repository {
     /// [`Error::Conflict`] when the name holds other bytes; [`Error::Invalid`] for a bad
     /// name; [`Error::Source`] reading; storage errors (then no record is written).
     pub fn put_file(&self, namespace: &str, name: &str, reader: impl Read) -> Result<Stored> {
+        self.put_file_at(namespace, name, reader, chrono::Local::now().fixed_offset())
+    }
+
+    /// As [`Repository::put_file`], recording `time` as when it was stored (a copy keeps
+    /// the time its original was archived).
+    ///
+    /// # Errors
+    /// As [`Repository::put_file`].
+    pub fn put_file_at(
+        &self,
+        namespace: &str,
+        name: &str,
+        reader: impl Read,
+        time: DateTime<FixedOffset>,
+    ) -> Result<Stored> {
         check_name("namespace", namespace)?;
         check_name("file name", name)?;
         let path = file_path(namespace, name);
@@ -133,7 +148,7 @@ impl Repository {
         let rec = FileRecord {
             namespace: namespace.to_string(),
             name: name.to_string(),
-            time: chrono::Local::now().fixed_offset(),
+            time,
             part,
         };
         let sealed = rec.encode(self.keys())?;

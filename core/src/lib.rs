@@ -38,6 +38,7 @@ pub mod retention;
 pub mod secrets;
 pub mod snapshot;
 pub mod stats;
+pub mod when;
 mod worker;
 
 pub use backup::{Backup, BackupSummary, Chunking, PartInput, SnapshotMeta};

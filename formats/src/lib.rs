@@ -5,6 +5,7 @@
 
 use std::fmt;
 
+pub mod check;
 pub mod error;
 pub mod listing;
 pub mod notice;

@@ -18,11 +18,7 @@ use crate::repo_access;
 
 fn snapshot_time(a: &BackupArgs) -> Result<chrono::DateTime<chrono::FixedOffset>> {
     match &a.time {
-        Some(t) => chrono::DateTime::parse_from_rfc3339(t).map_err(|e| {
-            anyhow!(
-                "--time {t:?} is not an RFC 3339 time ({e}); example: 2026-11-20T02:00:00+01:00"
-            )
-        }),
+        Some(t) => output::parse_time(t).map_err(|e| anyhow!("--time: {e}")),
         None => Ok(chrono::Local::now().fixed_offset()),
     }
 }

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use dbvault_core::check::{check, CheckReport, Problem, ReadData};
+use dbvault_core::check::{CheckReport, Problem, ReadData};
 use dbvault_core::lock::LockKind;
 use dbvault_core::report::Report;
 
@@ -19,15 +19,11 @@ pub fn run(cli: &Cli, a: &CheckArgs) -> Result<ExitCode> {
     };
     let repo = repo_access::open_locked(cli, LockKind::Shared, "check")?;
     let quiet = cli.json;
-    let mut r = check(&repo, read, &move |m| {
+    let r = dbvault_formats::check::check(&repo, read, &move |m| {
         if !quiet {
             eprintln!("dbvault: check: {m}");
         }
     })?;
-    // The WAL archives: what each base backup needs, and no gap after the oldest.
-    let (snaps, _) = repo.readable_snapshots()?;
-    r.problems.extend(super::physical::problems(&repo, &snaps));
-    r.ok = r.problems.is_empty();
     let body = serde_json::to_value(&r)?;
     let stored = repo.save_report(&Report::now("check", r.ok, None, r.seconds, body.clone()));
     if let Err(e) = &stored {

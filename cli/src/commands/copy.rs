@@ -5,6 +5,7 @@ use anyhow::{Context, Result};
 use dbvault_core::copy::{copy_snapshots, Copied, CopyReport};
 use dbvault_core::lock::LockKind;
 use dbvault_core::{Id, Repository, Snapshot};
+use dbvault_formats::postgres::physical::copy::{copy_wal, WalCopied};
 
 use crate::args::{Cli, CopyArgs};
 use crate::output;
@@ -18,6 +19,13 @@ pub fn run(cli: &Cli, a: &CopyArgs) -> Result<()> {
     }
     let which = select(&from, a)?;
     let human = !cli.json;
+    // The WAL first: a base backup in the target is only worth its WAL.
+    let wal = copy_wal(&from, &to, &which)?;
+    if human {
+        for w in &wal {
+            crate::outln!("{}", describe_wal(w));
+        }
+    }
     let report = copy_snapshots(&from, &which, &to, &mut |c| {
         if human {
             crate::outln!("{}", describe(c));
@@ -27,7 +35,9 @@ pub fn run(cli: &Cli, a: &CopyArgs) -> Result<()> {
         eprintln!("dbvault: warning: {w}");
     }
     if cli.json {
-        output::json(&report_json(&report));
+        let mut j = report_json(&report);
+        j["wal"] = wal_json(&wal);
+        output::json(&j);
     } else {
         let (new, present) = counts(&report);
         crate::outln!(
@@ -110,6 +120,24 @@ pub fn describe(c: &Copied) -> String {
     }
 }
 
+/// One line for a physical source's WAL copied.
+pub fn describe_wal(w: &WalCopied) -> String {
+    format!(
+        "WAL of {}: {} file(s) copied, {} added",
+        w.source,
+        w.files,
+        output::bytes(w.bytes_added)
+    )
+}
+
+pub fn wal_json(wal: &[WalCopied]) -> serde_json::Value {
+    wal.iter()
+        .map(|w| {
+            serde_json::json!({"source": w.source, "files": w.files, "bytes_added": w.bytes_added})
+        })
+        .collect()
+}
+
 /// Snapshots copied now and snapshots the target held already.
 pub fn counts(r: &CopyReport) -> (usize, usize) {
     let new = r
@@ -153,8 +181,13 @@ pub fn report_json(r: &CopyReport) -> serde_json::Value {
 
 /// The nightly copy: for each source name, the snapshots newer than the newest copy the
 /// target holds (only the newest when it holds none), so a missed night is caught up and
-/// a snapshot the target's retention forgot is never brought back.
-pub fn catch_up(from: &Repository, to: &Repository, names: &[String]) -> Result<CopyReport> {
+/// a snapshot the target's retention forgot is never brought back; before them, the WAL
+/// of physical sources that the target lacks (from its oldest base backup on).
+pub fn catch_up(
+    from: &Repository,
+    to: &Repository,
+    names: &[String],
+) -> Result<(CopyReport, Vec<WalCopied>)> {
     let (all, _) = from.readable_snapshots()?;
     let (held, _) = to.readable_snapshots()?;
     let mut which = Vec::new();
@@ -170,5 +203,20 @@ pub fn catch_up(from: &Repository, to: &Repository, names: &[String]) -> Result<
             None => which.extend(mine.last().map(|x| (*x).clone())),
         }
     }
-    Ok(copy_snapshots(from, &which, to, &mut |_| {})?)
+    // The newest base backup of each physical source goes in too (copied already, most
+    // nights): its archive is carried forward even on a night without a new base backup.
+    let mut for_wal = which.clone();
+    for name in names {
+        if let Some(newest) = all
+            .iter()
+            .filter(|(_, s)| {
+                &s.name == name && s.source.format == dbvault_formats::postgres::physical::FORMAT
+            })
+            .next_back()
+        {
+            for_wal.push(newest.clone());
+        }
+    }
+    let wal = copy_wal(from, to, &for_wal)?;
+    Ok((copy_snapshots(from, &which, to, &mut |_| {})?, wal))
 }

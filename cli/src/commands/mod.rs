@@ -52,6 +52,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Diff(a) => ls::diff(cli, a),
         Command::WalPush(a) => wal::push(cli, a),
         Command::WalFetch(a) => return wal::fetch(cli, a),
+        Command::WalRemoveTimeline(a) => wal::remove_timeline(cli, a),
     }?;
     Ok(ExitCode::SUCCESS)
 }

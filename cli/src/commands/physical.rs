@@ -164,19 +164,22 @@ pub fn restore(cli: &Cli, a: &RestoreArgs, dir: &Path) -> Result<()> {
     }
     let part = snap.part(physical::PART).context("no base.tar")?;
     let info = physical::BaseBackup::of(part);
-    reachable(&repo, &info, a)?;
+    let archive = restore::ArchiveMode::parse(&a.archive_mode)?;
+    let resolved = reachable(&repo, &info, a)?;
     let target = restore::RecoveryTarget {
         time: a.target_time.as_deref().map(recovery_time).transpose()?,
         lsn: a.target_lsn.clone(),
         xid: a.target_xid.clone(),
         name: a.target_name.clone(),
         action: a.target_action.clone(),
+        timeline: resolved.setting.clone(),
     };
     let o = restore::PgdataOptions {
         dir,
         force: a.force,
         restore_command: restore_command(cli, &info.wal_source)?,
         target,
+        archive,
     };
     physical::restore::restore_pgdata(&repo, &snap, &o, &super::restore::print_notice)?;
     eprintln!(
@@ -193,6 +196,18 @@ pub fn restore(cli: &Cli, a: &RestoreArgs, dir: &Path) -> Result<()> {
             _ => " to the end of the archive".into(),
         }
     );
+    if resolved.setting.is_some() {
+        eprintln!(
+            "dbvault: recovery follows timeline {} (recovery_target_timeline)",
+            resolved.timeline
+        );
+    }
+    if archive == restore::ArchiveMode::Off {
+        eprintln!(
+            "dbvault: archiving is off in this copy (archive_mode = off in its postgresql.auto.conf): started, it pushes nothing into the archive of {:?}; if it becomes the primary, run ALTER SYSTEM RESET archive_mode and restart it (or restore with --archive-mode preserve)",
+            info.wal_source
+        );
+    }
     Ok(())
 }
 
@@ -231,6 +246,7 @@ pub fn restore_tables(
         xid: a.target_xid.clone(),
         name: a.target_name.clone(),
         action: None,
+        timeline: a.target_timeline.clone(),
     };
     if a.target_action.is_some() {
         bail!("--target-action is for --to pgdata:DIR (a table restore's throwaway server always ends its recovery)");
@@ -273,25 +289,55 @@ pub fn restore_tables(
 }
 
 /// Refuses a recovery the archive cannot complete: WAL missing for the base backup to
-/// become consistent, or a gap before the target (PostgreSQL would stop there and carry on
-/// as if it were the end).
-fn reachable(repo: &Repository, b: &physical::BaseBackup, a: &RestoreArgs) -> Result<()> {
+/// become consistent, a gap before the target (PostgreSQL would stop there and carry on as
+/// if it were the end), a target time after everything archived, or `latest` across two
+/// servers' branches. Returns the timeline recovery follows.
+fn reachable(
+    repo: &Repository,
+    b: &physical::BaseBackup,
+    a: &RestoreArgs,
+) -> Result<physical::timeline::Resolved> {
+    use physical::timeline::TimelineChoice;
     let arch = physical::archive::Archive::load(repo, &b.wal_source, b.segment_size)?;
-    let w = arch.window(b)?;
+    let choice = a
+        .target_timeline
+        .as_deref()
+        .map(TimelineChoice::parse)
+        .transpose()?
+        .unwrap_or_default();
+    let resolved = arch.resolve(b, choice, &b.wal_source)?;
+    let w = arch.window_to(b, resolved.timeline)?;
     if let Some(m) = w.missing_for_consistency.first() {
         bail!(
             "the base backup needs WAL segment {m} to become consistent, and the archive of {:?} does not have it: restore an older base backup (`dbvault snapshots`)",
             b.wal_source
         );
     }
-    let Some(gap) = &w.gap else { return Ok(()) };
     let ns = dbvault_formats::postgres::wal::namespace(repo, &b.wal_source);
     let last_time = repo.file(&ns, &w.last).map(|r| r.time).ok();
-    let before_gap = match (&a.target_time, &a.target_lsn) {
-        (Some(t), _) => last_time.is_some_and(|lt| output::parse_time(t).is_ok_and(|t| t <= lt)),
+    let target_time = a
+        .target_time
+        .as_deref()
+        .map(output::parse_time)
+        .transpose()?;
+    let Some(gap) = &w.gap else {
+        if let (Some(t), Some(lt)) = (target_time, last_time) {
+            if t > lt {
+                bail!(
+                    "the archive of {:?} ends before {}: its newest WAL segment, {}, was archived {}, and the WAL that reaches the target is still in the server's pg_wal. On the server, run SELECT pg_switch_wal() (or wait for archive_timeout) and restore again; without a target, recovery replays everything archived",
+                    b.wal_source,
+                    output::time(&t),
+                    w.last,
+                    output::time(&lt)
+                );
+            }
+        }
+        return Ok(resolved);
+    };
+    let before_gap = match (target_time, &a.target_lsn) {
+        (Some(t), _) => last_time.is_some_and(|lt| t <= lt),
         (_, Some(l)) => {
-            let per_log = 0x1_0000_0000 / b.segment_size.max(1);
-            let gap_start = match dbvault_formats::postgres::wal::parse_name(gap, per_log) {
+            let gap_start = match dbvault_formats::postgres::wal::parse_name(gap, arch.per_log()) {
                 Some(dbvault_formats::postgres::wal::WalFile::Segment { number, .. }) => {
                     number * b.segment_size
                 }
@@ -309,7 +355,7 @@ fn reachable(repo: &Repository, b: &physical::BaseBackup, a: &RestoreArgs) -> Re
             last_time.map_or_else(|| "?".into(), |t| output::time(&t))
         );
     }
-    Ok(())
+    Ok(resolved)
 }
 
 /// A time PostgreSQL reads unambiguously: with its zone, as RFC 3339 gives it.
@@ -360,6 +406,9 @@ pub fn windows(
                     "; ends at a gap: segment {g} is missing (run `dbvault check`)"
                 ));
             }
+            for f in a.forks() {
+                l.push_str(&format!("; {}", f.describe(name)));
+            }
             if !w.missing_for_consistency.is_empty() {
                 l.push_str(&format!(
                     "; the oldest base backup lacks {} to become consistent",
@@ -369,76 +418,6 @@ pub fn windows(
             Ok(l)
         })();
         out.push(line.unwrap_or_else(|e| format!("{name}: WAL archive unreadable: {e:#}")));
-    }
-    out
-}
-
-/// Damage of the WAL archives (for `check`): a base backup whose WAL to become consistent
-/// is not all there; a gap in the archive after the oldest base backup of a source.
-pub fn problems(
-    repo: &Repository,
-    snaps: &[(dbvault_core::Id, dbvault_core::Snapshot)],
-) -> Vec<dbvault_core::check::Problem> {
-    use dbvault_core::check::Problem;
-    let mut out = Vec::new();
-    let mut by_source: std::collections::BTreeMap<
-        String,
-        Vec<(
-            dbvault_core::Id,
-            physical::BaseBackup,
-            chrono::DateTime<chrono::FixedOffset>,
-        )>,
-    > = Default::default();
-    for (id, s) in snaps
-        .iter()
-        .filter(|(_, s)| s.source.format == physical::FORMAT)
-    {
-        if let Some(b) = s.part(physical::PART).map(physical::BaseBackup::of) {
-            by_source
-                .entry(b.wal_source.clone())
-                .or_default()
-                .push((*id, b, s.time));
-        }
-    }
-    for (source, list) in by_source {
-        let seg = list.first().map_or(16 << 20, |(_, b, _)| b.segment_size);
-        let a = match physical::archive::Archive::load(repo, &source, seg) {
-            Ok(a) => a,
-            Err(e) => {
-                out.push(Problem::new(
-                    "wal",
-                    format!("the WAL archive of {source:?} cannot be read: {e}"),
-                ));
-                continue;
-            }
-        };
-        let oldest = list.iter().min_by_key(|(_, _, t)| *t).map(|(id, _, _)| *id);
-        for (id, b, _) in &list {
-            match a.window(b) {
-                Ok(w) => {
-                    if !w.missing_for_consistency.is_empty() {
-                        let mut p = Problem::new(
-                            "wal",
-                            format!(
-                                "the base backup needs WAL segment(s) {} to become consistent, which the archive of {source:?} lacks",
-                                w.missing_for_consistency.join(", ")
-                            ),
-                        );
-                        p.snapshot = Some(id.to_hex());
-                        out.push(p);
-                    }
-                    if let (Some(g), true) = (&w.gap, Some(*id) == oldest) {
-                        out.push(Problem::new(
-                            "wal",
-                            format!(
-                                "WAL segment {g} is missing from the archive of {source:?}: recovery cannot go past it though later segments exist"
-                            ),
-                        ));
-                    }
-                }
-                Err(e) => out.push(Problem::new("wal", e.to_string())),
-            }
-        }
     }
     out
 }

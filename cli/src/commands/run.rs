@@ -6,10 +6,11 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use dbvault_core::check::{check, ReadData};
+use dbvault_core::check::ReadData;
 use dbvault_core::lock::LockKind;
 use dbvault_core::retention::{self, Span};
 use dbvault_core::Repository;
+use dbvault_formats::check::check;
 use serde::Serialize;
 
 use crate::args::{Cli, RunArgs};
@@ -183,7 +184,8 @@ fn copy_offsite(
             .ok_or_else(|| anyhow::anyhow!("no repository named {target:?}"))?;
         let to = open_configured(cli, target, trc)?;
         let names: Vec<String> = sources.iter().map(|s| s.name.clone()).collect();
-        let report = super::copy::catch_up(repo, &to, &names)?;
+        let (report, wal) = super::copy::catch_up(repo, &to, &names)?;
+        let wal_files: usize = wal.iter().map(|w| w.files).sum();
         let append_only = cli.append_only || trc.append_only;
         let mut forgotten = 0;
         for s in sources {
@@ -191,8 +193,15 @@ fn copy_offsite(
         }
         let (new, _) = super::copy::counts(&report);
         Ok(format!(
-            "{new} snapshot(s) copied, {} added{}",
-            crate::output::bytes(report.bytes_added()),
+            "{new} snapshot(s){} copied, {} added{}",
+            if wal.is_empty() {
+                String::new()
+            } else {
+                format!(" and {wal_files} WAL file(s)")
+            },
+            crate::output::bytes(
+                report.bytes_added() + wal.iter().map(|w| w.bytes_added).sum::<u64>()
+            ),
             if forgotten > 0 {
                 format!(", {forgotten} old copies forgotten")
             } else {

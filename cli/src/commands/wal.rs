@@ -16,13 +16,16 @@ use dbvault_core::lock::LockKind;
 use dbvault_formats::postgres::physical::relay;
 use dbvault_formats::postgres::wal;
 
-use crate::args::{Cli, WalFetchArgs, WalPushArgs};
+use crate::args::{Cli, WalFetchArgs, WalPushArgs, WalRemoveTimelineArgs};
 use crate::{output, repo_access};
 
 pub fn push(cli: &Cli, a: &WalPushArgs) -> Result<()> {
     let repo = repo_access::open_locked(cli, LockKind::Shared, "wal-push")?;
     let p = wal::push(&repo, &a.name, &a.path)?;
     repo.unlock();
+    if let Some(w) = &p.warning {
+        eprintln!("dbvault: warning: {w}");
+    }
     if cli.json {
         let added = match p.stored {
             Stored::New { bytes_added } => Some(bytes_added),
@@ -38,6 +41,41 @@ pub fn push(cli: &Cli, a: &WalPushArgs) -> Result<()> {
     Ok(())
 }
 
+/// `wal-remove-timeline N --name SOURCE [--dry-run]`.
+pub fn remove_timeline(cli: &Cli, a: &WalRemoveTimelineArgs) -> Result<()> {
+    let repo = repo_access::open_locked(cli, LockKind::Shared, "wal-remove-timeline")?;
+    let (snaps, _) = repo.readable_snapshots()?;
+    let files = dbvault_formats::postgres::physical::timeline::remove_branch(
+        &repo, &a.name, a.timeline, &snaps, a.dry_run,
+    )?;
+    repo.unlock();
+    if cli.json {
+        output::json(&serde_json::json!({
+            "source": a.name,
+            "timeline": a.timeline,
+            "removed": !a.dry_run,
+            "files": files,
+        }));
+    } else {
+        for f in &files {
+            crate::outln!("{} {f}", if a.dry_run { "would remove" } else { "removed" });
+        }
+        crate::outln!(
+            "{} {} WAL file(s) of timeline {} and after from the archive of {:?}{}",
+            if a.dry_run { "would remove" } else { "removed" },
+            files.len(),
+            a.timeline,
+            a.name,
+            if a.dry_run {
+                ""
+            } else {
+                " (their data goes at the next prune)"
+            }
+        );
+    }
+    Ok(())
+}
+
 /// Where segments fetched ahead for `source` of this repository wait (none without a cache
 /// directory): one directory per repository and source, so two recoveries on one host
 /// from different repositories never hand each other a segment.
@@ -47,14 +85,31 @@ fn spool(cli: &Cli, source: &str) -> Option<PathBuf> {
     repo_access::cache_dir().map(|d| d.join("wal-prefetch").join(&key.as_str()[..32]))
 }
 
+/// `restore_command`: exits 0 with the file in place, [`wal::FETCH_MISSING`] only when the
+/// archive answers that it does not have it, [`wal::FETCH_FAILED`] for anything else
+/// (with one line for the server's log), so that no failure ends recovery early.
 pub fn fetch(cli: &Cli, a: &WalFetchArgs) -> Result<ExitCode> {
+    match fetch_inner(cli, a) {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            eprintln!(
+                "dbvault: error: wal-fetch {}: {}; recovery must not end here: the server stops, and carries on when started again once this is fixed",
+                a.file,
+                crate::one_line(&e)
+            );
+            Ok(ExitCode::from(wal::FETCH_FAILED))
+        }
+    }
+}
+
+fn fetch_inner(cli: &Cli, a: &WalFetchArgs) -> Result<ExitCode> {
     if let Some(socket) = &a.relay {
         return Ok(match relay::ask(socket, &a.file, &a.dest)? {
             relay::Reply::Ok => ExitCode::SUCCESS,
-            relay::Reply::Missing => ExitCode::from(1),
+            relay::Reply::Missing => ExitCode::from(wal::FETCH_MISSING),
             relay::Reply::Error(e) => {
-                eprintln!("dbvault: {}: {e}", a.file);
-                ExitCode::from(1)
+                eprintln!("dbvault: error: wal-fetch {}: {e}", a.file);
+                ExitCode::from(wal::FETCH_FAILED)
             }
         });
     }
@@ -73,7 +128,7 @@ pub fn fetch(cli: &Cli, a: &WalFetchArgs) -> Result<ExitCode> {
     repo.unlock();
     if !found {
         eprintln!("dbvault: {} is not in the archive of {}", a.file, a.name);
-        return Ok(ExitCode::from(1));
+        return Ok(ExitCode::from(wal::FETCH_MISSING));
     }
     if let Some(s) = &spool {
         start_prefetch(a, s);

@@ -4,6 +4,13 @@
 //! (which fails if the name is taken, so objects are never overwritten), remove the temp
 //! name, fsync the directory. Temp files left by a crash start with `.tmp-` and are never
 //! listed. Files are 0600 and directories 0700: repository files are not world-readable.
+//!
+//! One repository, several users (a nightly `run` as root, `wal-push` as `postgres`): the
+//! repository's root directory says who it belongs to. Its group bits are given to every
+//! file (read) and directory (as the root has them) this process creates, whatever the
+//! umask, and when root writes into a repository another user owns, what it creates is
+//! handed to that user, so root never leaves a file the owner cannot read or remove. A
+//! user who may not write is told whose the repository is.
 //! A spooled object ([`Backend::spool`]: a pack written blob by blob) is the same temp file
 //! in `data/`, written as it comes, then fsynced and linked into place the same way.
 
@@ -21,6 +28,38 @@ const TMP_PREFIX: &str = ".tmp-";
 #[derive(Debug, Clone)]
 pub struct LocalBackend {
     root: PathBuf,
+    owner: std::sync::OnceLock<Owner>,
+}
+
+/// Whose the repository is (its root directory's owner, group and group bits), and what
+/// this process does about it.
+#[derive(Debug, Clone, Copy)]
+struct Owner {
+    uid: u32,
+    gid: u32,
+    /// The root directory's group permission bits (`0o070` at most).
+    group_bits: u32,
+    /// This process is root and the repository is another user's: hand new files over.
+    give: bool,
+}
+
+/// The effective user id of this process (`/proc/self` belongs to it).
+fn euid() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata("/proc/self").ok().map(|m| m.uid())
+}
+
+/// The name of user `uid` (from `/etc/passwd`), else the number.
+fn user_name(uid: u32) -> String {
+    fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|p| {
+            p.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() > 3 && f[2] == uid.to_string()).then(|| f[0].to_string())
+            })
+        })
+        .unwrap_or_else(|| format!("uid {uid}"))
 }
 
 impl LocalBackend {
@@ -52,7 +91,72 @@ impl LocalBackend {
 
     /// A backend rooted at `root` (which need not exist yet).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        LocalBackend { root: root.into() }
+        LocalBackend {
+            root: root.into(),
+            owner: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The repository's owner, once its root exists.
+    fn owner(&self) -> Option<Owner> {
+        use std::os::unix::fs::MetadataExt;
+        if let Some(o) = self.owner.get() {
+            return Some(*o);
+        }
+        let m = fs::metadata(&self.root).ok()?;
+        let me = euid();
+        let o = Owner {
+            uid: m.uid(),
+            gid: m.gid(),
+            group_bits: m.mode() & 0o070,
+            give: me == Some(0) && m.uid() != 0,
+        };
+        Some(*self.owner.get_or_init(|| o))
+    }
+
+    /// Gives a file or directory this process created the repository's group bits
+    /// (`dir`: all of them; a file: read) and, as root, to the repository's owner. Best
+    /// effort: a failure leaves it private, as before.
+    fn adopt(&self, path: &Path, dir: bool) {
+        use std::os::unix::fs::PermissionsExt;
+        let Some(o) = self.owner() else { return };
+        if o.give {
+            let _ = std::os::unix::fs::lchown(path, Some(o.uid), Some(o.gid));
+        } else if o.group_bits != 0 {
+            let _ = std::os::unix::fs::lchown(path, None, Some(o.gid));
+        }
+        if o.group_bits != 0 {
+            let mode = if dir {
+                0o700 | o.group_bits
+            } else {
+                0o600 | (o.group_bits & 0o040)
+            };
+            let _ = fs::set_permissions(path, fs::Permissions::from_mode(mode));
+        }
+    }
+
+    /// A storage error for `path`; permission refused names whose the repository is.
+    fn map_err(&self, path: &str, e: io::Error) -> Error {
+        if e.kind() == io::ErrorKind::PermissionDenied {
+            if let Some(o) = self.owner() {
+                if euid() != Some(o.uid) {
+                    return Error::io(
+                        path,
+                        io::Error::new(
+                            e.kind(),
+                            format!(
+                                "{e}: the repository {} belongs to {}; run dbvault as {} (e.g. runuser -u {} -- dbvault …), or share it with a group (chgrp -R GROUP, chmod -R g+rwX)",
+                                self.root.display(),
+                                user_name(o.uid),
+                                user_name(o.uid),
+                                user_name(o.uid)
+                            ),
+                        ),
+                    );
+                }
+            }
+        }
+        map_err(path, e)
     }
 
     fn full(&self, path: &str) -> PathBuf {
@@ -60,11 +164,21 @@ impl LocalBackend {
     }
 
     fn ensure_dir(&self, dir: &Path) -> Result<()> {
+        if dir.is_dir() {
+            return Ok(());
+        }
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(|e| Error::io(dir.display().to_string(), e))
+            .map_err(|e| self.map_err(&dir.display().to_string(), e))?;
+        // The directories made now (up to the root) become the repository's.
+        let mut d = Some(dir);
+        while let Some(p) = d.filter(|p| p.starts_with(&self.root) && *p != self.root) {
+            self.adopt(p, true);
+            d = p.parent();
+        }
+        Ok(())
     }
 }
 
@@ -153,7 +267,7 @@ impl Spool for LocalSpool {
         match put_in_place(f, &tmp, &target, &dir) {
             // Named by its bytes: what is there already is this.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-            r => r.map_err(|e| map_err(path, e)),
+            r => r.map_err(|e| self.backend.map_err(path, e)),
         }
     }
 }
@@ -180,12 +294,13 @@ impl Backend for LocalBackend {
             });
         }
         self.ensure_dir(&dir)?;
-        let (mut f, tmp) = temp_file(&dir)?.map_err(|e| map_err(path, e))?;
+        let (mut f, tmp) = temp_file(&dir)?.map_err(|e| self.map_err(path, e))?;
+        self.adopt(&tmp, false);
         if let Err(e) = f.write_all(data) {
             let _ = fs::remove_file(&tmp);
-            return Err(map_err(path, e));
+            return Err(self.map_err(path, e));
         }
-        put_in_place(f, &tmp, &target, &dir).map_err(|e| map_err(path, e))
+        put_in_place(f, &tmp, &target, &dir).map_err(|e| self.map_err(path, e))
     }
 
     fn spool(&self) -> Result<Option<Box<dyn Spool>>> {
@@ -195,19 +310,22 @@ impl Backend for LocalBackend {
             backend: self.clone(),
             file: Some(
                 temp_file(&dir)?
-                    .map(|(f, tmp)| (io::BufWriter::with_capacity(SPOOL_BUFFER, f), tmp))
-                    .map_err(|e| Error::io(SPOOL_WHAT, e))?,
+                    .map(|(f, tmp)| {
+                        self.adopt(&tmp, false);
+                        (io::BufWriter::with_capacity(SPOOL_BUFFER, f), tmp)
+                    })
+                    .map_err(|e| self.map_err(SPOOL_WHAT, e))?,
             ),
         })))
     }
 
     fn read(&self, path: &str) -> Result<Vec<u8>> {
-        fs::read(self.full(path)).map_err(|e| map_err(path, e))
+        fs::read(self.full(path)).map_err(|e| self.map_err(path, e))
     }
 
     fn read_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
-        let mut f = File::open(self.full(path)).map_err(|e| map_err(path, e))?;
-        let size = f.metadata().map_err(|e| map_err(path, e))?.len();
+        let mut f = File::open(self.full(path)).map_err(|e| self.map_err(path, e))?;
+        let size = f.metadata().map_err(|e| self.map_err(path, e))?.len();
         if offset.checked_add(len).is_none_or(|end| end > size) {
             return Err(Error::corrupt(
                 path,
@@ -215,7 +333,7 @@ impl Backend for LocalBackend {
             ));
         }
         f.seek(SeekFrom::Start(offset))
-            .map_err(|e| map_err(path, e))?;
+            .map_err(|e| self.map_err(path, e))?;
         // Read into spare capacity: zeroing the buffer first was a pass over every byte a
         // restore reads.
         let mut buf = Vec::with_capacity(
@@ -223,7 +341,7 @@ impl Backend for LocalBackend {
         );
         f.take(len)
             .read_to_end(&mut buf)
-            .map_err(|e| map_err(path, e))?;
+            .map_err(|e| self.map_err(path, e))?;
         if buf.len() as u64 != len {
             return Err(map_err(path, io::ErrorKind::UnexpectedEof.into()));
         }
@@ -232,7 +350,7 @@ impl Backend for LocalBackend {
 
     fn size(&self, path: &str) -> Result<u64> {
         Ok(fs::metadata(self.full(path))
-            .map_err(|e| map_err(path, e))?
+            .map_err(|e| self.map_err(path, e))?
             .len())
     }
 
@@ -276,7 +394,7 @@ impl Backend for LocalBackend {
         match fs::remove_file(self.full(path)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(map_err(path, e)),
+            Err(e) => Err(self.map_err(path, e)),
         }
     }
 }

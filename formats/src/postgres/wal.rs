@@ -21,6 +21,15 @@ use dbvault_core::Repository;
 
 use crate::error::{FormatError, Result};
 
+/// `wal-fetch`'s exit status when the archive answers that it does not have the file:
+/// PostgreSQL takes it as the end of the archive (and, past the target, ends recovery).
+pub const FETCH_MISSING: u8 = 1;
+/// `wal-fetch`'s exit status for every other failure (store unreachable, damage, wrong
+/// passphrase, a lock not had, a bad command line): above 125, which PostgreSQL treats as
+/// fatal, so the server stops instead of ending recovery early and promoting with part of
+/// the archive replayed. Started again once the cause is fixed, it carries on.
+pub const FETCH_FAILED: u8 = 255;
+
 /// XLogPageHeaderData flag: the page has the long header (first page of a segment).
 const XLP_LONG_HEADER: u16 = 0x0002;
 
@@ -139,6 +148,11 @@ pub struct Pushed {
     pub name: String,
     /// Stored now, or already there with the same bytes.
     pub stored: Stored,
+    /// A history file that forks a timeline its parent went on past: two servers archive
+    /// into this source ([`crate::postgres::physical::timeline`]). Stored all the same (a
+    /// push returns 0 only once stored, and refusing would only fill this server's
+    /// `pg_wal`); `check` names it until it is removed.
+    pub warning: Option<String>,
 }
 
 /// Stores the WAL file at `path` for `source` (`archive_command`). The handle must hold
@@ -162,30 +176,111 @@ pub fn push(repo: &Repository, source: &str, path: &Path) -> Result<Pushed> {
         let mut page = vec![0u8; 64];
         f.read_exact(&mut page)
             .map_err(|e| FormatError::io(path.display().to_string(), e))?;
-        let (sysid, _) =
+        let (sysid, seg_size) =
             segment_header(&page).map_err(|e| FormatError::Invalid(format!("{name}: {e}")))?;
-        bind(repo, source, sysid)?;
+        bind(repo, source, sysid, seg_size)?;
         std::io::Seek::rewind(&mut f)
             .map_err(|e| FormatError::io(path.display().to_string(), e))?;
     }
     let stored = repo.put_file(&namespace(repo, source), &name, f)?;
-    Ok(Pushed { name, stored })
+    let warning = match kind {
+        WalFile::History(t) => fork_of(repo, source, t),
+        _ => None,
+    };
+    Ok(Pushed {
+        name,
+        stored,
+        warning,
+    })
 }
 
-/// Binds `source` to cluster `sysid` on its first segment; refuses another cluster's.
-fn bind(repo: &Repository, source: &str, sysid: u64) -> Result<()> {
-    match bound_cluster(repo, source)? {
-        Some(b) if b == sysid => Ok(()),
-        Some(b) => Err(FormatError::Invalid(format!(
+/// The fork timeline `tli` makes, if its parent was archived past its switch point.
+fn fork_of(repo: &Repository, source: &str, tli: u32) -> Option<String> {
+    let seg = segment_size(repo, source)
+        .ok()
+        .flatten()
+        .unwrap_or(16 << 20);
+    let a = crate::postgres::physical::archive::Archive::load(repo, source, seg).ok()?;
+    a.forks()
+        .into_iter()
+        .find(|f| f.timeline == tli)
+        .map(|f| f.describe(source))
+}
+
+/// The namespace that says which source names archive which cluster: a file
+/// `<system identifier>-<source namespace hash>` per source, holding the source's name
+/// (sealed, as every file's bytes are), so a base backup can name the source its server
+/// archives under.
+const CLUSTERS: &str = "pgwal-clusters";
+
+/// The names of the sources whose archives hold WAL of cluster `sysid`.
+///
+/// # Errors
+/// Storage and damage errors.
+pub fn sources_of_cluster(repo: &Repository, sysid: u64) -> Result<Vec<String>> {
+    let prefix = format!("{sysid}-");
+    let mut out = Vec::new();
+    for n in repo.file_names(CLUSTERS)? {
+        if n.starts_with(&prefix) {
+            let rec = repo.file(CLUSTERS, &n)?;
+            let mut name = Vec::new();
+            dbvault_core::restore::restore_part(repo, &rec.part, &mut name)?;
+            out.push(String::from_utf8_lossy(&name).into_owned());
+        }
+    }
+    Ok(out)
+}
+
+/// The WAL segment size the source's segments have (recorded with its first segment by
+/// this version on), if known.
+///
+/// # Errors
+/// Storage errors.
+pub fn segment_size(repo: &Repository, source: &str) -> Result<Option<u64>> {
+    Ok(repo
+        .file_names(&cluster_namespace(repo, source))?
+        .iter()
+        .find_map(|n| n.strip_prefix("segment-size-")?.parse().ok()))
+}
+
+/// Records a source's segment size and its entry in [`CLUSTERS`] (the size marker last:
+/// it says both are there).
+fn register(repo: &Repository, source: &str, sysid: u64, seg_size: u32) -> Result<()> {
+    let ns = namespace(repo, source);
+    let entry = format!("{sysid}-{}", ns.trim_start_matches("pgwal-"));
+    repo.put_file(CLUSTERS, &entry, source.as_bytes())?;
+    repo.put_file(
+        &cluster_namespace(repo, source),
+        &format!("segment-size-{seg_size}"),
+        std::io::empty(),
+    )?;
+    Ok(())
+}
+
+/// Binds `source` to cluster `sysid` on its first segment, refusing another cluster's,
+/// and registers it (once; one listing per push otherwise).
+///
+/// # Errors
+/// [`FormatError::Invalid`] when the source archives another cluster; storage errors.
+pub fn bind(repo: &Repository, source: &str, sysid: u64, seg_size: u32) -> Result<()> {
+    let names = repo.file_names(&cluster_namespace(repo, source))?;
+    let bound = names
+        .iter()
+        .filter_map(|n| n.strip_prefix("system-identifier-")?.parse::<u64>().ok())
+        .min();
+    match bound {
+        Some(b) if b != sysid => Err(FormatError::Invalid(format!(
             "this segment is of the cluster with system identifier {sysid}, but source {source:?} archives the cluster {b}: refused (give this cluster another --name)"
         ))),
+        Some(_) if names.iter().any(|n| n.starts_with("segment-size-")) => Ok(()),
+        Some(_) => register(repo, source, sysid, seg_size),
         None => {
             let marker = format!("system-identifier-{sysid}");
             repo.put_file(&cluster_namespace(repo, source), &marker, std::io::empty())?;
             match bound_cluster(repo, source)? {
                 // Two clusters raced for a new name: the smaller identifier keeps it.
-                Some(b) if b != sysid => bind(repo, source, sysid),
-                _ => Ok(()),
+                Some(b) if b != sysid => bind(repo, source, sysid, seg_size),
+                _ => register(repo, source, sysid, seg_size),
             }
         }
     }

@@ -88,7 +88,8 @@ impl Archive {
         Ok(a)
     }
 
-    fn per_log(&self) -> u64 {
+    /// Segments per 4 GiB of WAL (the "log" of a segment name), for this segment size.
+    pub fn per_log(&self) -> u64 {
         0x1_0000_0000 / self.segment_size.max(1)
     }
 
@@ -107,11 +108,21 @@ impl Archive {
             .unwrap_or(tli)
     }
 
-    /// How far recovery can go from `b` (see the module docs).
+    /// How far recovery can go from `b` following the newest timeline (see the module
+    /// docs).
     ///
     /// # Errors
     /// A base backup whose record is malformed.
     pub fn window(&self, b: &BaseBackup) -> Result<Window> {
+        self.window_to(b, self.latest_from(b.timeline))
+    }
+
+    /// How far recovery can go from `b` to timeline `end` (`b`'s own, or one descending
+    /// from it).
+    ///
+    /// # Errors
+    /// A base backup whose record is malformed.
+    pub fn window_to(&self, b: &BaseBackup, end: u32) -> Result<Window> {
         let needed = super::segments(b)?;
         let per_log = self.per_log();
         let has = |t: u32, n: u64| self.segments.get(&t).is_some_and(|s| s.contains(&n));
@@ -131,16 +142,17 @@ impl Archive {
         };
         // The hops: (timeline, the first segment of the next timeline) along the ancestry
         // of the newest timeline, from the backup's own timeline on.
-        let end = self.latest_from(b.timeline);
         let mut hops: Vec<(u32, Option<u64>)> = Vec::new();
-        if end != b.timeline {
-            let h = &self.history[&end];
+        if let (true, Some(h)) = (end != b.timeline, self.history.get(&end)) {
             let from = h.iter().position(|(p, _)| *p == b.timeline).unwrap_or(0);
             for (p, sw) in h.iter().skip(from) {
                 hops.push((*p, Some(sw / self.segment_size)));
             }
         }
         hops.push((end, None));
+        // Only the timelines on the way count as "later" (another branch's segments do not
+        // make the end of this one a gap).
+        let on_way: Vec<u32> = hops.iter().map(|(t, _)| *t).collect();
         let mut n = start;
         let mut last: Option<(u32, u64)> = None;
         let mut gap = None;
@@ -155,10 +167,9 @@ impl Archive {
                     continue;
                 }
                 // The first missing one: a gap when anything later exists on the way.
-                let later = self
-                    .segments
-                    .iter()
-                    .any(|(t, s)| *t >= tli && s.range(n + 1..).next().is_some());
+                let later = self.segments.iter().any(|(t, s)| {
+                    *t >= tli && on_way.contains(t) && s.range(n + 1..).next().is_some()
+                });
                 if later || until.is_some() {
                     gap = Some(self.name(tli, n));
                 }

@@ -333,6 +333,7 @@ fn wait_for_wal(
     let needed = super::segments(info)?;
     let started = Instant::now();
     let mut switched = false;
+    let mut looked_elsewhere = Instant::now();
     loop {
         let have = repo.file_names(&ns)?;
         let missing: Vec<&String> = needed
@@ -355,6 +356,34 @@ fn wait_for_wal(
             let _ = src.query("SELECT pg_switch_wal()");
             switched = true;
         }
+        if switched && looked_elsewhere.elapsed() > Duration::from_secs(2) {
+            looked_elsewhere = Instant::now();
+            if let Some(other) = archived_elsewhere(repo, info, &opts.wal_source, first)? {
+                return Err(FormatError::Invalid(format!(
+                    "this cluster's WAL (segment {first}) is archived under source name {other:?}, not {:?}: give the base backup --name {other}, or set archive_command = 'dbvault wal-push --name {} %p' on the server",
+                    opts.wal_source, opts.wal_source
+                )));
+            }
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Another source name whose archive holds segment `first` of this cluster (WAL pushed
+/// with another `--name` than the base backup's).
+fn archived_elsewhere(
+    repo: &Repository,
+    info: &BaseBackup,
+    own: &str,
+    first: &str,
+) -> Result<Option<String>> {
+    let Ok(sysid) = info.system_identifier.parse::<u64>() else {
+        return Ok(None);
+    };
+    for other in wal::sources_of_cluster(repo, sysid)? {
+        if other != own && repo.file(&wal::namespace(repo, &other), first).is_ok() {
+            return Ok(Some(other));
+        }
+    }
+    Ok(None)
 }

@@ -6,12 +6,15 @@
 pub mod archive;
 pub mod archiver;
 pub mod backup;
+pub mod copy;
+pub mod health;
 pub mod local;
 pub mod relay;
 pub mod restore;
 pub mod table;
 pub mod tar;
 pub mod throwaway;
+pub mod timeline;
 pub mod verify;
 
 use serde::{Deserialize, Serialize};
@@ -83,6 +86,11 @@ pub fn parse_lsn(s: &str) -> Result<u64> {
         return Err(bad());
     }
     Ok(hi << 32 | lo)
+}
+
+/// A number as `X/Y`, PostgreSQL's form of an LSN.
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
 }
 
 /// The segments a base backup needs to become consistent, in order.

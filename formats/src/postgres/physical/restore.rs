@@ -28,9 +28,17 @@ pub struct RecoveryTarget {
     /// `recovery_target_action`: `promote`, `pause` or `shutdown` (PostgreSQL's default
     /// is `pause`).
     pub action: Option<String>,
+    /// `recovery_target_timeline` (`current`, a number; `None` for PostgreSQL's default,
+    /// `latest`): see [`super::timeline`].
+    pub timeline: Option<String>,
 }
 
 impl RecoveryTarget {
+    /// Whether recovery stops before the end of the archive (a time, LSN, xid or name).
+    pub fn has_target(&self) -> bool {
+        self.time.is_some() || self.lsn.is_some() || self.xid.is_some() || self.name.is_some()
+    }
+
     /// The settings, checked: at most one target; a known action.
     ///
     /// # Errors
@@ -65,7 +73,38 @@ impl RecoveryTarget {
             }
             out.push(("recovery_target_action", a.clone()));
         }
+        if let Some(t) = &self.timeline {
+            out.push(("recovery_target_timeline", t.clone()));
+        }
         Ok(out)
+    }
+}
+
+/// Whether a restored data directory archives WAL when started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ArchiveMode {
+    /// `archive_mode = off` (the default): a copy started to look at it, or to test a
+    /// restore, never pushes its timeline into the source's archive, where a later
+    /// recovery of the source could follow it.
+    #[default]
+    Off,
+    /// The source's settings as they were (a copy that replaces a lost primary).
+    Preserve,
+}
+
+impl ArchiveMode {
+    /// `off` or `preserve`.
+    ///
+    /// # Errors
+    /// [`FormatError::Invalid`] for anything else.
+    pub fn parse(s: &str) -> Result<ArchiveMode> {
+        match s {
+            "off" => Ok(ArchiveMode::Off),
+            "preserve" => Ok(ArchiveMode::Preserve),
+            _ => Err(FormatError::Invalid(format!(
+                "--archive-mode {s:?}: use off or preserve"
+            ))),
+        }
     }
 }
 
@@ -80,6 +119,8 @@ pub struct PgdataOptions<'a> {
     pub restore_command: String,
     /// Where recovery stops.
     pub target: RecoveryTarget,
+    /// Whether the restored server archives.
+    pub archive: ArchiveMode,
 }
 
 /// A value in `postgresql.conf` quoting.
@@ -132,7 +173,7 @@ pub fn restore_pgdata(
         // PostgreSQL refuses a data directory others can read.
         std::fs::set_permissions(o.dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
     }
-    let mut tar = Command::new("tar")
+    let mut tar = dbvault_core::secrets::scrub(&mut Command::new("tar"))
         .args(["-x", "-f", "-", "-C"])
         .arg(o.dir)
         .stdin(Stdio::piped())
@@ -170,6 +211,15 @@ pub fn restore_pgdata(
     );
     for (k, v) in &settings {
         text.push_str(&format!("{k} = {}\n", conf_quote(v)));
+    }
+    if o.archive == ArchiveMode::Off {
+        // Set here, after whatever the source's postgresql.auto.conf said: the last
+        // setting wins. `ALTER SYSTEM RESET archive_mode` takes it back out.
+        text.push_str(
+            "# A restored copy does not archive into the source's archive until told to:\n\
+             # ALTER SYSTEM RESET archive_mode, then restart, when it becomes the primary.\n\
+             archive_mode = off\n",
+        );
     }
     conf.write_all(text.as_bytes()).map_err(io)?;
     conf.sync_all().map_err(io)?;

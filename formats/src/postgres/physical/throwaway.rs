@@ -18,8 +18,10 @@ use std::time::Duration;
 
 use dbvault_core::{Repository, Snapshot};
 
+use super::archive::Archive;
 use super::relay::{self, Relay, RelayOptions, Served};
-use super::restore::{restore_pgdata, PgdataOptions, RecoveryTarget};
+use super::restore::{restore_pgdata, ArchiveMode, PgdataOptions, RecoveryTarget};
+use super::timeline::TimelineChoice;
 use super::{BaseBackup, PART};
 use crate::error::{FormatError, Result};
 use crate::notice::Notify;
@@ -117,10 +119,12 @@ fn bin_dir(version: &str) -> Option<PathBuf> {
     if debian.join("postgres").is_file() {
         return Some(debian);
     }
-    let out = Command::new(crate::postgres::tools::program("pg_config"))
-        .arg("--bindir")
-        .output()
-        .ok()?;
+    let out = dbvault_core::secrets::scrub(&mut Command::new(crate::postgres::tools::program(
+        "pg_config",
+    )))
+    .arg("--bindir")
+    .output()
+    .ok()?;
     let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     dir.join("postgres").is_file().then_some(dir)
 }
@@ -178,10 +182,15 @@ fn as_user(user: Option<&str>, program: &Path) -> Command {
     match user {
         Some(u) => {
             let mut c = Command::new("runuser");
+            dbvault_core::secrets::scrub(&mut c);
             c.args(["-u", u, "--"]).arg(program);
             c
         }
-        None => Command::new(program),
+        None => {
+            let mut c = Command::new(program);
+            dbvault_core::secrets::scrub(&mut c);
+            c
+        }
     }
 }
 
@@ -256,7 +265,17 @@ pub fn with_recovered<T>(
         let data = dir.join("data");
         let mut target = o.target.clone();
         target.action = None;
-        let given = !target.settings()?.is_empty();
+        let given = target.has_target();
+        // `latest` is never left to PostgreSQL across a fork of the archive.
+        let choice = target
+            .timeline
+            .as_deref()
+            .map(TimelineChoice::parse)
+            .transpose()?
+            .unwrap_or_default();
+        target.timeline = Archive::load(repo, &info.wal_source, info.segment_size)?
+            .resolve(&info, choice, &info.wal_source)?
+            .setting;
         restore_pgdata(
             repo,
             snap,
@@ -265,6 +284,7 @@ pub fn with_recovered<T>(
                 force: false,
                 restore_command: (o.restore_command)(&relay.socket),
                 target,
+                archive: ArchiveMode::Off,
             },
             notify,
         )?;
@@ -348,7 +368,7 @@ fn wait_recovered(server: &mut Server, rec: &Recovered<'_>, log: &Path) -> Resul
                         format!(" (its last transaction is from {})", t.trim())
                     });
                 return Err(FormatError::Invalid(format!(
-                    "the archive ends before the recovery target{last}: give an earlier target"
+                    "the archive ends before the recovery target{last}: the WAL that reaches it is not archived yet. On the server, run SELECT pg_switch_wal() (or wait for archive_timeout) and try again; without a target, recovery replays everything archived"
                 )));
             }
             return Err(FormatError::Invalid(format!(

@@ -47,7 +47,22 @@ pub fn restore_test(
         ..Outcome::default()
     };
     let arch = Archive::load(repo, &info.wal_source, info.segment_size)?;
-    let w = arch.window(&info)?;
+    let choice = o
+        .target
+        .timeline
+        .as_deref()
+        .map(super::timeline::TimelineChoice::parse)
+        .transpose()?
+        .unwrap_or_default();
+    let end = match arch.resolve(&info, choice, &info.wal_source) {
+        Ok(r) => r.timeline,
+        Err(e) => {
+            out.problems
+                .push(problem(id, Some("wal"), e.to_string(), None));
+            return Ok(out);
+        }
+    };
+    let w = arch.window_to(&info, end)?;
     if !w.missing_for_consistency.is_empty() {
         out.problems.push(problem(
             id,
@@ -139,20 +154,21 @@ fn check_server(rec: &Recovered<'_>) -> Result<(String, Vec<TableResult>)> {
         .filter(|l| !l.is_empty())
         .collect();
     let (host, port) = rec.host_port();
-    let amcheck = std::process::Command::new(rec.program("pg_amcheck"))
-        .args([
-            "--all",
-            "--install-missing",
-            "--no-password",
-            "-U",
-            "postgres",
-            "-h",
-        ])
-        .arg(&host)
-        .args(["-p", &port.to_string()])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| FormatError::io("pg_amcheck", e))?;
+    let amcheck =
+        dbvault_core::secrets::scrub(&mut std::process::Command::new(rec.program("pg_amcheck")))
+            .args([
+                "--all",
+                "--install-missing",
+                "--no-password",
+                "-U",
+                "postgres",
+                "-h",
+            ])
+            .arg(&host)
+            .args(["-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| FormatError::io("pg_amcheck", e))?;
     let report = format!(
         "{}{}",
         String::from_utf8_lossy(&amcheck.stdout),
