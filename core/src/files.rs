@@ -122,6 +122,33 @@ impl Repository {
         reader: impl Read,
         time: DateTime<FixedOffset>,
     ) -> Result<Stored> {
+        self.put_file_full(namespace, name, reader, time, Default::default())
+    }
+
+    /// As [`Repository::put_file`], with `meta` in the record's part (sealed with the
+    /// record: readable from the record alone, without the index).
+    ///
+    /// # Errors
+    /// As [`Repository::put_file`].
+    pub fn put_file_with(
+        &self,
+        namespace: &str,
+        name: &str,
+        reader: impl Read,
+        meta: std::collections::BTreeMap<String, serde_json::Value>,
+    ) -> Result<Stored> {
+        let now = chrono::Local::now().fixed_offset();
+        self.put_file_full(namespace, name, reader, now, meta)
+    }
+
+    fn put_file_full(
+        &self,
+        namespace: &str,
+        name: &str,
+        reader: impl Read,
+        time: DateTime<FixedOffset>,
+        meta: std::collections::BTreeMap<String, serde_json::Value>,
+    ) -> Result<Stored> {
         check_name("namespace", namespace)?;
         check_name("file name", name)?;
         let path = file_path(namespace, name);
@@ -137,7 +164,7 @@ impl Repository {
                 name: name.to_string(),
                 kind: "file".into(),
                 rows: None,
-                meta: Default::default(),
+                meta,
             },
             reader,
         )?;

@@ -54,7 +54,8 @@ impl Archive {
         let files = Path::new(&self.repo).join("files");
         let mut v = Vec::new();
         for ns in std::fs::read_dir(&files).expect("files").flatten() {
-            if ns.file_name().to_string_lossy().ends_with(".cluster") {
+            let n = ns.file_name().to_string_lossy().into_owned();
+            if n.ends_with(".cluster") || n == "pgwal-clusters" {
                 continue;
             }
             for f in std::fs::read_dir(ns.path()).expect("ns").flatten() {
@@ -174,6 +175,55 @@ impl Restored {
             sock,
             port,
         }
+    }
+
+    /// Starts `postgres` on `data` as [`Restored::start`] does, without waiting for it to
+    /// accept connections (a server that may stop during recovery).
+    pub fn spawn(data: &Path, opts: &str, env: &[(String, String)]) -> Restored {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+            l.local_addr().expect("addr").port()
+        };
+        let sock = data.parent().expect("parent").to_path_buf();
+        let o = format!(
+            "-p {port} -k {} -c listen_addresses='' -c fsync=off {opts}",
+            sock.display()
+        );
+        let log = data.with_extension("log");
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", "env"]);
+        c.args(env.iter().map(|(k, v)| format!("{k}={v}")));
+        c.arg(pg_bin("pg_ctl"))
+            .args(["-D"])
+            .arg(data)
+            .args(["-o", &o, "-l"])
+            .arg(&log)
+            .args(["-W", "start"]);
+        let out = c.output().expect("pg_ctl");
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Restored {
+            data: data.to_path_buf(),
+            sock,
+            port,
+        }
+    }
+
+    /// Waits up to `limit` for the server to exit; true when it did.
+    pub fn wait_stopped(&self, limit: Duration) -> bool {
+        let t0 = Instant::now();
+        // pg_ctl writes the pid file's name before the server does: give it a moment.
+        std::thread::sleep(Duration::from_millis(500));
+        while t0.elapsed() < limit {
+            if !self.data.join("postmaster.pid").exists() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
     }
 
     /// The server log.

@@ -208,9 +208,10 @@ fn fork_of(repo: &Repository, source: &str, tli: u32) -> Option<String> {
 }
 
 /// The namespace that says which source names archive which cluster: a file
-/// `<system identifier>-<source namespace hash>` per source, holding the source's name
-/// (sealed, as every file's bytes are), so a base backup can name the source its server
-/// archives under.
+/// `<system identifier>-<source namespace hash>` per source, whose sealed record holds the
+/// source's name (in its part's meta: read without the index, which a base backup's
+/// repository handle loaded before the server archived anything), so a base backup can
+/// name the source its server archives under.
 const CLUSTERS: &str = "pgwal-clusters";
 
 /// The names of the sources whose archives hold WAL of cluster `sysid`.
@@ -223,9 +224,9 @@ pub fn sources_of_cluster(repo: &Repository, sysid: u64) -> Result<Vec<String>> 
     for n in repo.file_names(CLUSTERS)? {
         if n.starts_with(&prefix) {
             let rec = repo.file(CLUSTERS, &n)?;
-            let mut name = Vec::new();
-            dbvault_core::restore::restore_part(repo, &rec.part, &mut name)?;
-            out.push(String::from_utf8_lossy(&name).into_owned());
+            if let Some(name) = rec.part.meta.get("source").and_then(|v| v.as_str()) {
+                out.push(name.to_string());
+            }
         }
     }
     Ok(out)
@@ -248,7 +249,8 @@ pub fn segment_size(repo: &Repository, source: &str) -> Result<Option<u64>> {
 fn register(repo: &Repository, source: &str, sysid: u64, seg_size: u32) -> Result<()> {
     let ns = namespace(repo, source);
     let entry = format!("{sysid}-{}", ns.trim_start_matches("pgwal-"));
-    repo.put_file(CLUSTERS, &entry, source.as_bytes())?;
+    let meta = [("source".to_string(), serde_json::Value::from(source))].into();
+    repo.put_file_with(CLUSTERS, &entry, std::io::empty(), meta)?;
     repo.put_file(
         &cluster_namespace(repo, source),
         &format!("segment-size-{seg_size}"),
@@ -299,11 +301,26 @@ pub fn fetch(repo: &Repository, source: &str, name: &str, dest: &Path) -> Result
         Err(dbvault_core::Error::Invalid(_)) => return Ok(false),
         Err(e) => return Err(e.into()),
     };
+    index_covers(repo, &rec.part)?;
     write_beside(dest, |f| {
         dbvault_core::restore::restore_part(repo, &rec.part, f)?;
         Ok(())
     })?;
     Ok(true)
+}
+
+/// Reloads the repository's index when it was loaded before `part` was stored: a
+/// long-running reader (a recovery's relay, a copy) meets files archived after it began,
+/// whose blobs its index does not know yet although they are durably stored.
+///
+/// # Errors
+/// Reading the index.
+pub fn index_covers(repo: &Repository, part: &dbvault_core::Part) -> Result<()> {
+    let index = repo.index()?;
+    if part.lists.iter().any(|id| !index.contains(id)) {
+        repo.invalidate_index();
+    }
+    Ok(())
 }
 
 /// Writes `dest` through a temporary file beside it, synced, then renamed into place: a

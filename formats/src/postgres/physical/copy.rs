@@ -90,6 +90,7 @@ fn copy_file(
     name: &str,
 ) -> Result<Stored> {
     let rec = from.file(src_ns, name)?;
+    wal::index_covers(from, &rec.part)?;
     let io = |e| FormatError::io(format!("a temporary copy of WAL file {name}"), e);
     let mut tmp = tempfile::tempfile().map_err(io)?;
     dbvault_core::restore::restore_part(from, &rec.part, &mut tmp)?;
