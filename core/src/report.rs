@@ -70,22 +70,42 @@ impl Repository {
     /// # Errors
     /// Only when the reports cannot be listed.
     pub fn reports(&self) -> Result<Vec<Report>> {
+        Ok(self.reports_and_unreadable()?.0)
+    }
+
+    /// Every readable report, oldest first, and why the others cannot be read (a file
+    /// another user wrote and this one may not read, damage): a caller that says
+    /// "never tested" must be able to say "or not readable" instead.
+    ///
+    /// # Errors
+    /// Only when the reports cannot be listed.
+    pub fn reports_and_unreadable(&self) -> Result<(Vec<Report>, Vec<Error>)> {
         let mut out = Vec::new();
+        let mut bad = Vec::new();
         for o in self.backend().list("reports/")? {
-            let Ok(sealed) = self.backend().read(&o.path) else {
-                continue;
+            let sealed = match self.backend().read(&o.path) {
+                Ok(s) => s,
+                Err(e) => {
+                    bad.push(e);
+                    continue;
+                }
             };
-            let Ok(z) = self.keys().open(&sealed, AAD, &|| o.path.clone()) else {
-                continue;
+            let z = match self.keys().open(&sealed, AAD, &|| o.path.clone()) {
+                Ok(z) => z,
+                Err(e) => {
+                    bad.push(e);
+                    continue;
+                }
             };
-            let Ok(json) = zstd::stream::decode_all(&z[..]) else {
-                continue;
-            };
-            if let Ok(r) = serde_json::from_slice::<Report>(&json) {
-                out.push(r);
+            let parsed = zstd::stream::decode_all(&z[..])
+                .ok()
+                .and_then(|json| serde_json::from_slice::<Report>(&json).ok());
+            match parsed {
+                Some(r) => out.push(r),
+                None => bad.push(Error::corrupt(&o.path, "not a report")),
             }
         }
         out.sort_by(|a, b| a.time.cmp(&b.time));
-        Ok(out)
+        Ok((out, bad))
     }
 }

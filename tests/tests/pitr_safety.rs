@@ -66,15 +66,32 @@ fn wal_fetch_exits_1_only_for_a_file_the_archive_lacks() {
     for (what, args) in [
         (
             "wrong passphrase",
-            vec!["--password-file", &w, "wal-fetch", "000000010000000000000007", &dest],
+            vec![
+                "--password-file",
+                &w,
+                "wal-fetch",
+                "000000010000000000000007",
+                &dest,
+            ],
         ),
         (
             "no repository",
-            vec!["--repo", "/nonexistent/repo", "wal-fetch", "000000010000000000000007", &dest],
+            vec![
+                "--repo",
+                "/nonexistent/repo",
+                "wal-fetch",
+                "000000010000000000000007",
+                &dest,
+            ],
         ),
         (
             "a bad command line",
-            vec!["wal-fetch", "--no-such-option", "000000010000000000000007", &dest],
+            vec![
+                "wal-fetch",
+                "--no-such-option",
+                "000000010000000000000007",
+                &dest,
+            ],
         ),
     ] {
         let r = dbv(&args);
@@ -102,7 +119,13 @@ fn a_store_outage_during_recovery_stops_the_server_and_it_carries_on_later() {
     let sql = |q: &str| pg.sql("postgres", q);
     sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
     ok(
-        dbv(&["backup", &pg.url("postgres"), "--physical", "--name", "main"]),
+        dbv(&[
+            "backup",
+            &pg.url("postgres"),
+            "--physical",
+            "--name",
+            "main",
+        ]),
         "base backup",
     );
     // Many segments after the base backup, rows in each.
@@ -147,10 +170,8 @@ fn a_store_outage_during_recovery_stops_the_server_and_it_carries_on_later() {
         log.contains("recovery must not end here") && log.contains("FATAL"),
         "{log}"
     );
-    let control = dbvault_tests::cluster::as_postgres(
-        "pg_controldata",
-        &[&r.display().to_string()],
-    );
+    let control =
+        dbvault_tests::cluster::as_postgres("pg_controldata", &[&r.display().to_string()]);
     let control = String::from_utf8_lossy(&control.stdout).into_owned();
     assert!(control.contains("in archive recovery"), "{control}");
     drop(s);
@@ -177,7 +198,13 @@ fn a_restored_copy_never_archives_into_production_unless_asked_and_a_branch_is_n
     let log = || pg.log();
     sql("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT i, 'a' FROM generate_series(1, 500) i");
     ok(
-        dbv(&["backup", &pg.url("postgres"), "--physical", "--name", "main"]),
+        dbv(&[
+            "backup",
+            &pg.url("postgres"),
+            "--physical",
+            "--name",
+            "main",
+        ]),
         "base backup",
     );
     sql("INSERT INTO t SELECT i, 'b' FROM generate_series(501, 700) i");
@@ -192,8 +219,16 @@ fn a_restored_copy_never_archives_into_production_unless_asked_and_a_branch_is_n
     let at = archive.dir.join("at");
     ok(
         dbv(&[
-            "restore", "latest", "--name", "main", "--target-time", &now, "--target-action",
-            "promote", "--to", &pgdata(&at),
+            "restore",
+            "latest",
+            "--name",
+            "main",
+            "--target-time",
+            &now,
+            "--target-action",
+            "promote",
+            "--to",
+            &pgdata(&at),
         ]),
         "restore to now()",
     );
@@ -211,10 +246,21 @@ fn a_restored_copy_never_archives_into_production_unless_asked_and_a_branch_is_n
     // production's archive receives nothing from it.
     let copy = archive.dir.join("copy");
     let r = ok(
-        dbv(&["restore", "latest", "--name", "main", "--to", &pgdata(&copy)]),
+        dbv(&[
+            "restore",
+            "latest",
+            "--name",
+            "main",
+            "--to",
+            &pgdata(&copy),
+        ]),
         "restore a copy",
     );
-    assert!(r.stderr.contains("archiving is off in this copy"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("archiving is off in this copy"),
+        "{}",
+        r.stderr
+    );
     let before = archived(&archive);
     let c = Restored::start(&copy, "", &[]);
     c.wait_promoted();
@@ -226,9 +272,16 @@ fn a_restored_copy_never_archives_into_production_unless_asked_and_a_branch_is_n
     q("SELECT pg_switch_wal()");
     q("CHECKPOINT");
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(q("SELECT archived_count + failed_count FROM pg_stat_archiver"), "0");
+    assert_eq!(
+        q("SELECT archived_count + failed_count FROM pg_stat_archiver"),
+        "0"
+    );
     drop(c);
-    assert_eq!(archived(&archive), before, "the copy archived into production's archive");
+    assert_eq!(
+        archived(&archive),
+        before,
+        "the copy archived into production's archive"
+    );
     sql("CREATE TABLE prod_later AS SELECT 42 AS answer");
     archive_now(&sql, &log);
     ok(dbv(&["check"]), "check after the copy");
@@ -239,7 +292,10 @@ fn a_restored_copy_never_archives_into_production_unless_asked_and_a_branch_is_n
     );
     let s = Restored::start(&end, "", &[]);
     s.wait_promoted();
-    assert_eq!(s.try_sql("postgres", "SELECT answer FROM prod_later"), Ok("42".into()));
+    assert_eq!(
+        s.try_sql("postgres", "SELECT answer FROM prod_later"),
+        Ok("42".into())
+    );
     assert!(s.try_sql("postgres", "SELECT * FROM copy_only").is_err());
     drop(s);
 
@@ -249,7 +305,13 @@ fn a_restored_copy_never_archives_into_production_unless_asked_and_a_branch_is_n
     let kept = archive.dir.join("kept");
     let r = ok(
         dbv(&[
-            "restore", "latest", "--name", "main", "--archive-mode", "preserve", "--to",
+            "restore",
+            "latest",
+            "--name",
+            "main",
+            "--archive-mode",
+            "preserve",
+            "--to",
             &pgdata(&kept),
         ]),
         "restore a copy that archives",
@@ -283,12 +345,22 @@ fn a_restored_copy_never_archives_into_production_unless_asked_and_a_branch_is_n
     let amb = archive.dir.join("amb");
     let r = dbv(&["restore", "latest", "--name", "main", "--to", &pgdata(&amb)]);
     assert_eq!(r.code, Some(1), "{}", r.stderr);
-    assert!(r.stderr.contains("two branches") && r.stderr.contains("--target-timeline"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("two branches") && r.stderr.contains("--target-timeline"),
+        "{}",
+        r.stderr
+    );
     assert!(!amb.join("recovery.signal").exists());
     let one = archive.dir.join("one");
     ok(
         dbv(&[
-            "restore", "latest", "--name", "main", "--target-timeline", "current", "--to",
+            "restore",
+            "latest",
+            "--name",
+            "main",
+            "--target-timeline",
+            "current",
+            "--to",
             &pgdata(&one),
         ]),
         "restore production's timeline",
@@ -307,8 +379,14 @@ fn a_restored_copy_never_archives_into_production_unless_asked_and_a_branch_is_n
         dbv(&["wal-remove-timeline", &tli, "--name", "main"]),
         "remove the branch",
     );
-    assert!(r.text().contains(&format!("0000000{tli}.history")), "{}", r.text());
-    assert!(!archived(&archive).iter().any(|n| n.starts_with(&format!("0000000{tli}"))));
+    assert!(
+        r.text().contains(&format!("0000000{tli}.history")),
+        "{}",
+        r.text()
+    );
+    assert!(!archived(&archive)
+        .iter()
+        .any(|n| n.starts_with(&format!("0000000{tli}"))));
     ok(dbv(&["check"]), "check after removing the branch");
 }
 
@@ -324,16 +402,34 @@ fn copy_of_a_physical_source_takes_its_wal_and_recovers_from_the_copy() {
     let sql = |q: &str| pg.sql("postgres", q);
     sql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 300)");
     ok(
-        dbv(&["backup", &pg.url("postgres"), "--physical", "--name", "main"]),
+        dbv(&[
+            "backup",
+            &pg.url("postgres"),
+            "--physical",
+            "--name",
+            "main",
+        ]),
         "base backup",
     );
     for k in 0..3 {
-        sql(&format!("INSERT INTO t SELECT generate_series({}, {})", 301 + k * 100, 400 + k * 100));
+        sql(&format!(
+            "INSERT INTO t SELECT generate_series({}, {})",
+            301 + k * 100,
+            400 + k * 100
+        ));
         archive_now(&sql, &|| pg.log());
     }
     let copy = |what: &str| {
         ok(
-            dbv(&["copy", "--to-repo", &offsite, "--to-password-file", &pw, "--name", "main"]),
+            dbv(&[
+                "copy",
+                "--to-repo",
+                &offsite,
+                "--to-password-file",
+                &pw,
+                "--name",
+                "main",
+            ]),
             what,
         )
     };
@@ -344,11 +440,24 @@ fn copy_of_a_physical_source_takes_its_wal_and_recovers_from_the_copy() {
     archive_now(&sql, &|| pg.log());
     copy("copy again");
     drop(pg);
-    let c = ok(dbv(&["--repo", &offsite, "--json", "check"]), "check offsite").json();
+    let c = ok(
+        dbv(&["--repo", &offsite, "--json", "check"]),
+        "check offsite",
+    )
+    .json();
     assert_eq!(c["ok"], true, "{c}");
     let r = archive.dir.join("r");
     ok(
-        dbv(&["--repo", &offsite, "restore", "latest", "--name", "main", "--to", &pgdata(&r)]),
+        dbv(&[
+            "--repo",
+            &offsite,
+            "restore",
+            "latest",
+            "--name",
+            "main",
+            "--to",
+            &pgdata(&r),
+        ]),
         "restore from the offsite copy",
     );
     let conf = std::fs::read_to_string(r.join("postgresql.auto.conf")).expect("auto.conf");
@@ -397,7 +506,10 @@ fn run_as_root_and_wal_push_as_postgres_share_one_repository() {
             foreign.push(p);
         }
     }
-    assert!(foreign.is_empty(), "root left files postgres does not own: {foreign:?}");
+    assert!(
+        foreign.is_empty(),
+        "root left files postgres does not own: {foreign:?}"
+    );
     // WAL archiving as postgres goes on, and so does everything else as postgres.
     sql("INSERT INTO t SELECT generate_series(101, 200)");
     archive_now(&sql, &|| pg.log());
@@ -408,12 +520,25 @@ fn run_as_root_and_wal_push_as_postgres_share_one_repository() {
     // A repository only root may write: postgres is told whose it is.
     let rooted = archive.dir.join("rooted");
     let mut c = std::process::Command::new(bin());
-    c.arg("--repo").arg(&rooted).arg("init").env("DBVAULT_PASSWORD", PASSWORD);
+    c.arg("--repo")
+        .arg(&rooted)
+        .arg("init")
+        .env("DBVAULT_PASSWORD", PASSWORD);
     ok(run_cmd(c, None), "init as root");
-    let _ = std::process::Command::new("chown").args(["root:root"]).arg(&rooted).status();
+    let _ = std::process::Command::new("chown")
+        .args(["root:root"])
+        .arg(&rooted)
+        .status();
     let seg = pg.sql("postgres", "SELECT last_archived_wal FROM pg_stat_archiver");
     let wal = pg.dir.join("data/pg_wal").join(seg.trim());
-    let r = dbv(&["--repo", &rooted.display().to_string(), "wal-push", "--name", "x", &wal.display().to_string()]);
+    let r = dbv(&[
+        "--repo",
+        &rooted.display().to_string(),
+        "wal-push",
+        "--name",
+        "x",
+        &wal.display().to_string(),
+    ]);
     assert_eq!(r.code, Some(1), "{}", r.stderr);
     assert!(r.stderr.contains("belongs to root"), "{}", r.stderr);
     assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
@@ -429,7 +554,13 @@ fn the_throwaway_server_never_sees_secrets_and_a_misnamed_base_backup_fails_fast
     sql("CREATE TABLE t AS SELECT generate_series(1, 100) AS i");
     // Named otherwise than its WAL: fails within seconds, naming the archive_command.
     let t0 = Instant::now();
-    let r = dbv(&["backup", &pg.url("postgres"), "--physical", "--name", "cluster"]);
+    let r = dbv(&[
+        "backup",
+        &pg.url("postgres"),
+        "--physical",
+        "--name",
+        "cluster",
+    ]);
     assert_eq!(r.code, Some(1), "{}", r.stderr);
     assert!(
         r.stderr.contains("archived under source name \"main\"")
@@ -437,9 +568,19 @@ fn the_throwaway_server_never_sees_secrets_and_a_misnamed_base_backup_fails_fast
         "{}",
         r.stderr
     );
-    assert!(t0.elapsed() < Duration::from_secs(60), "took {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        t0.elapsed()
+    );
     ok(
-        dbv(&["backup", &pg.url("postgres"), "--physical", "--name", "main"]),
+        dbv(&[
+            "backup",
+            &pg.url("postgres"),
+            "--physical",
+            "--name",
+            "main",
+        ]),
         "base backup",
     );
     archive_now(&sql, &|| pg.log());
@@ -449,7 +590,14 @@ fn the_throwaway_server_never_sees_secrets_and_a_misnamed_base_backup_fails_fast
     let secret_pw = PASSWORD;
     let secret_key = "sk-test-9c1e7f0d2b";
     let mut c = std::process::Command::new(bin());
-    c.args(["--repo", &archive.repo, "restore-test", "latest", "--name", "main"]);
+    c.args([
+        "--repo",
+        &archive.repo,
+        "restore-test",
+        "latest",
+        "--name",
+        "main",
+    ]);
     c.env("DBVAULT_PASSWORD", secret_pw)
         .env("AWS_SECRET_ACCESS_KEY", secret_key)
         .env("DBVAULT_CACHE_DIR", archive.dir.join("root-cache"))
@@ -465,7 +613,9 @@ fn the_throwaway_server_never_sees_secrets_and_a_misnamed_base_backup_fails_fast
             if !String::from_utf8_lossy(&cmdline).contains("dbvault-throwaway") {
                 continue;
             }
-            let Ok(environ) = std::fs::read(e.path().join("environ")) else { continue };
+            let Ok(environ) = std::fs::read(e.path().join("environ")) else {
+                continue;
+            };
             let environ = String::from_utf8_lossy(&environ).into_owned();
             seen += 1;
             assert!(

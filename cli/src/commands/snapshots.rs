@@ -46,7 +46,14 @@ fn list(
         .collect();
     // The latest restore-test of each snapshot, and when it last passed.
     let mut tested: HashMap<Id, (Option<String>, Option<String>, bool)> = HashMap::new();
-    for r in repo.reports()? {
+    let (reports, unreadable) = repo.reports_and_unreadable()?;
+    if let Some(e) = unreadable.first() {
+        eprintln!(
+            "dbvault: warning: {} check or restore-test report(s) cannot be read, so a test may show as never done: {e}",
+            unreadable.len()
+        );
+    }
+    for r in reports {
         let Some(sid) = r.snapshot.filter(|_| r.kind == "restore-test") else {
             continue;
         };

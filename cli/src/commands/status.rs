@@ -47,7 +47,18 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         let (snaps, reports) = match &opened {
             Ok(repo) => (
                 repo.readable_snapshots().map(|x| x.0).unwrap_or_default(),
-                repo.reports().unwrap_or_default(),
+                match repo.reports_and_unreadable() {
+                    Ok((r, bad)) => {
+                        if let Some(e) = bad.first() {
+                            eprintln!(
+                                "dbvault: warning: {} report(s) of repository {rname} cannot be read, so a restore-test may show as never done: {e}",
+                                bad.len()
+                            );
+                        }
+                        r
+                    }
+                    Err(_) => Vec::new(),
+                },
             ),
             Err(_) => (Vec::new(), Vec::new()),
         };
