@@ -230,16 +230,40 @@ pub fn with_recovered<T>(
     notify: Notify<'_>,
     f: impl FnOnce(&Recovered<'_>) -> Result<T>,
 ) -> Result<(T, Served)> {
+    with_recovered_in(scratch()?, repo, snap, o, notify, f)
+}
+
+/// A new directory for a throwaway recovery (`$TMPDIR/dbvault-recover-*`), removed when
+/// dropped.
+///
+/// # Errors
+/// It cannot be made.
+pub fn scratch() -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix("dbvault-recover-")
+        .tempdir()
+        .map_err(|e| FormatError::io("a temporary directory", e))
+}
+
+/// As [`with_recovered`], in `tmp` (from [`scratch`]: a caller that must name the
+/// directory whatever happens, a restore-test's report, makes it first).
+///
+/// # Errors
+/// As [`with_recovered`].
+pub fn with_recovered_in<T>(
+    tmp: tempfile::TempDir,
+    repo: &Repository,
+    snap: &Snapshot,
+    o: &RecoverOptions<'_>,
+    notify: Notify<'_>,
+    f: impl FnOnce(&Recovered<'_>) -> Result<T>,
+) -> Result<(T, Served)> {
     let part = snap
         .part(PART)
         .ok_or_else(|| FormatError::Invalid("not a physical snapshot (no base.tar)".into()))?;
     let info = BaseBackup::of(part);
     let user = server_user()?;
     let owner = user.as_ref().map(|(_, u, g)| (*u, *g));
-    let tmp = tempfile::Builder::new()
-        .prefix("dbvault-recover-")
-        .tempdir()
-        .map_err(|e| FormatError::io("a temporary directory", e))?;
     let dir = tmp.path().to_path_buf();
     let io = |e| FormatError::io(dir.display().to_string(), e);
     for d in ["sock", "spool"] {

@@ -8,7 +8,7 @@ use std::process::Stdio;
 use dbvault_core::{Id, Repository, Snapshot};
 
 use super::archive::Archive;
-use super::throwaway::{with_recovered, RecoverOptions, Recovered};
+use super::throwaway::{RecoverOptions, Recovered};
 use super::{BaseBackup, PART};
 use crate::error::{FormatError, Result};
 use crate::notice::Notify;
@@ -87,11 +87,13 @@ pub fn restore_test(
             None,
         ));
     }
-    let to_end = o.target.settings()?.is_empty();
-    let r = with_recovered(repo, snap, o, notify, |rec| {
-        Ok((rec.dir.display().to_string(), check_server(rec)?))
+    let to_end = !o.target.has_target();
+    let tmp = super::throwaway::scratch()?;
+    out.scratch = format!("a throwaway server in {} (removed)", tmp.path().display());
+    let r = super::throwaway::with_recovered_in(tmp, repo, snap, o, notify, |rec| {
+        check_server(rec)
     });
-    let (tables, served) = match r {
+    let ((checked, tables), served) = match r {
         Ok(x) => x,
         Err(e) if e.storage_kind().is_some() => return Err(e),
         Err(e) => {
@@ -100,8 +102,6 @@ pub fn restore_test(
             return Ok(out);
         }
     };
-    let (dir, (checked, tables)) = tables;
-    out.scratch = format!("a throwaway server in {dir} (removed)");
     out.tables = tables;
     for (name, why) in &served.failures {
         out.problems.push(problem(
