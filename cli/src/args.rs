@@ -322,6 +322,10 @@ pub struct BackupArgs {
     /// Run CMD with `sh -c` and back up its standard output; no snapshot if it fails.
     #[arg(long, value_name = "CMD")]
     pub command: Option<String>,
+    /// Store an empty stream (stdin or a command's output) as a snapshot. Without it, an
+    /// empty input is refused: it is what a failed producer leaves in a pipe.
+    #[arg(long)]
+    pub allow_empty: bool,
     /// Source name: groups snapshots for `latest` and retention (default: stdin, the
     /// command's program name).
     #[arg(long)]
@@ -555,9 +559,14 @@ pub struct RestoreArgs {
     /// Only the data.
     #[arg(long)]
     pub data_only: bool,
-    /// Overwrite an existing target file.
+    /// Overwrite an existing target file (an SQLite database is replaced through SQLite:
+    /// its locks, its WAL, its owner and mode kept).
     #[arg(long)]
     pub force: bool,
+    /// With --force into an SQLite database that other processes have open: go ahead,
+    /// through SQLite's locks (refused otherwise, naming the processes).
+    #[arg(long, requires = "force")]
+    pub while_open: bool,
     /// Replace an existing table of the same name (otherwise restoring onto it is refused).
     #[arg(long)]
     pub clean: bool,

@@ -72,6 +72,15 @@ pub struct Change {
     pub bytes_changed: Option<u64>,
 }
 
+/// Whether two parts record the same [`crate::postgres::dump::SCHEMA_BLAKE3`].
+fn same_schema(a: Option<&dbvault_core::Part>, b: &dbvault_core::Part) -> bool {
+    let key = crate::postgres::dump::SCHEMA_BLAKE3;
+    match (a.and_then(|a| a.meta.get(key)), b.meta.get(key)) {
+        (Some(x), Some(y)) => x == y,
+        _ => false,
+    }
+}
+
 /// What changed from `a` to `b`, entry by entry, sorted by name.
 ///
 /// # Errors
@@ -90,6 +99,9 @@ pub fn diff(repo: &Repository, a: &Snapshot, b: &Snapshot) -> Result<Vec<Change>
             Some(_) => {
                 let pa = a.parts.iter().find(|p| p.name == k.0 && p.kind == k.1);
                 match b.parts.iter().find(|p| p.name == k.0 && p.kind == k.1) {
+                    // Pre- and post-data of pg_dump scripts: the same schema, whatever
+                    // per-run `\restrict` key each dump carries.
+                    Some(pb) if same_schema(pa, pb) => Some(0),
                     Some(pb) => Some(dbvault_core::diff::bytes_changed(repo, pa, pb)?),
                     None => None,
                 }

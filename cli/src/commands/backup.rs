@@ -87,6 +87,8 @@ pub struct Job {
     pub physical: Option<std::time::Duration>,
     /// With `physical`, on the database host: its data directory, read directly.
     pub pgdata: Option<std::path::PathBuf>,
+    /// A stream may be empty (refused otherwise).
+    pub allow_empty: bool,
 }
 
 /// The selection options as the formats crate takes them.
@@ -121,6 +123,7 @@ impl From<&BackupArgs> for Job {
                     })
             }),
             pgdata: a.pgdata.clone(),
+            allow_empty: a.allow_empty,
         }
     }
 }
@@ -262,6 +265,9 @@ pub fn backup_into(
         }
         Input::Stdin => {
             let (head, reader) = peek(std::io::stdin(), 100)?;
+            if head.is_empty() && !a.allow_empty {
+                bail!("stdin is empty: nothing was backed up and no snapshot recorded. An empty pipe is what a producer that failed leaves (pg_dump of a missing database, a typo): with `set -o pipefail` the shell sees it fail, and `--command 'pg_dump …'` checks its exit status. --allow-empty stores an empty stream on purpose");
+            }
             let fmt = format.unwrap_or_else(|| StreamFormat::detect(&head));
             let name = a.name.clone().unwrap_or_else(|| "stdin".into());
             if fmt == StreamFormat::Sqlite {
@@ -398,6 +404,9 @@ fn backup_command(
         .ok_or_else(|| anyhow!("no stdout from the command"))?;
     let progress = Progress::start("backing up command output", b.progress(), cli.json);
     let r = peek(stdout, 100).and_then(|(head, reader)| {
+        if head.is_empty() && !a.allow_empty {
+            bail!("the command wrote nothing: an empty output is refused (--allow-empty stores one on purpose)");
+        }
         let fmt = format.unwrap_or_else(|| StreamFormat::detect(&head));
         Ok((fmt, stream_parts(&b, fmt, reader)?))
     });

@@ -170,6 +170,7 @@ pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<()> {
                 rename_table: a.rename_table.clone(),
                 clean: a.clean,
                 force: a.force,
+                while_open: a.while_open,
             };
             sqlite::restore(&repo, &snap, &opts, target, notify)?;
         }

@@ -255,6 +255,7 @@ pub(super) fn job_of(s: &Source) -> Result<super::backup::Job> {
         selection: s.selection(),
         physical: s.physical_wait()?,
         pgdata: s.pgdata.clone(),
+        allow_empty: false,
     })
 }
 

@@ -273,7 +273,14 @@ pub fn backup(b: &Backup<'_>, src: &PgSource, opts: &DirectOptions) -> Result<So
             name: PRE_DATA.into(),
             kind: PRE_DATA.into(),
             chunking: Chunking::Lines(SCHEMA_CHUNKS),
-            meta: sel.to_meta(),
+            meta: {
+                let mut m = sel.to_meta();
+                m.insert(
+                    super::dump::SCHEMA_BLAKE3.into(),
+                    super::dump::schema_blake3(pre.as_bytes()).into(),
+                );
+                m
+            },
             ..Default::default()
         },
         pre.as_bytes(),
@@ -382,6 +389,11 @@ pub fn backup(b: &Backup<'_>, src: &PgSource, opts: &DirectOptions) -> Result<So
             name: POST_DATA.into(),
             kind: POST_DATA.into(),
             chunking: Chunking::Lines(SCHEMA_CHUNKS),
+            meta: [(
+                super::dump::SCHEMA_BLAKE3.to_string(),
+                super::dump::schema_blake3(post.as_bytes()).into(),
+            )]
+            .into(),
             ..Default::default()
         },
         post.as_bytes(),

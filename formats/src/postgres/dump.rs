@@ -109,6 +109,32 @@ pub struct PartStats {
     pub rows: u64,
     /// The `COPY … FROM stdin;` line.
     pub copy_header: Option<String>,
+    /// Pre- and post-data: BLAKE3 of the lines without the per-run key of `\restrict` and
+    /// `\unrestrict` (current pg_dump writes a random one each run), so that `diff` can
+    /// tell whether the schema changed.
+    pub schema: blake3::Hasher,
+}
+
+/// The meta key of [`PartStats::schema`] in pre- and post-data parts.
+pub const SCHEMA_BLAKE3: &str = "schema_blake3";
+
+/// [`SCHEMA_BLAKE3`] of a whole pre- or post-data text, as the splitter computes it.
+pub fn schema_blake3(text: &[u8]) -> String {
+    let mut h = blake3::Hasher::new();
+    for line in text.split_inclusive(|b| *b == b'\n') {
+        h.update(without_key(line));
+    }
+    h.finalize().to_hex().to_string()
+}
+
+/// A line as it counts for [`PartStats::schema`]: `\restrict`/`\unrestrict` without key.
+fn without_key(line: &[u8]) -> &[u8] {
+    for cmd in [&b"\\restrict "[..], &b"\\unrestrict "[..]] {
+        if line.starts_with(cmd) {
+            return cmd;
+        }
+    }
+    line
 }
 
 /// Splits a pg_dump plain-format stream into parts.
@@ -217,9 +243,17 @@ impl<R: BufRead> Splitter<R> {
         if line == b"--\n" && !at_start {
             if let Some(peek) = self.read_line()? {
                 let header = parse_toc(&peek);
+                let closing = peek == b"-- PostgreSQL database dump complete\n";
                 self.lookahead.push_front(peek);
+                let in_data = matches!(self.current, Some(PartKind::TableData { .. }));
+                if closing && in_data {
+                    // A dump without post-data entries (no keys, no indexes): its closing
+                    // block (and `\unrestrict KEY`) is the post-data part, never a table's.
+                    self.lookahead.push_front(line);
+                    self.next = Some(PartKind::PostData);
+                    return Ok(None);
+                }
                 if let Some(h) = header {
-                    let in_data = matches!(self.current, Some(PartKind::TableData { .. }));
                     let boundary = if h.kind == "TABLE DATA" {
                         Some(PartKind::TableData {
                             schema: h.schema,
@@ -247,6 +281,9 @@ impl<R: BufRead> Splitter<R> {
             self.complete = true;
         } else if let Some(v) = line.strip_prefix(b"-- Dumped from database version ") {
             self.server_version = Some(String::from_utf8_lossy(v).trim().to_string());
+        }
+        if !matches!(self.current, Some(PartKind::TableData { .. })) {
+            self.stats.borrow_mut().schema.update(without_key(&line));
         }
         Ok(Some(line))
     }
@@ -288,7 +325,11 @@ pub(crate) fn backup_plain(
                     copy_blake3: None,
                 }
                 .to_meta(),
-                _ => Default::default(),
+                _ => [(
+                    SCHEMA_BLAKE3.to_string(),
+                    serde_json::Value::from(st.schema.finalize().to_hex().to_string()),
+                )]
+                .into(),
             };
             PartInput {
                 name: kind.name(),
@@ -418,6 +459,29 @@ mod tests {
         assert_eq!(joined, SAMPLE);
         assert!(parts[1].1.starts_with("--\n-- Data for Name: t;"));
         assert!(parts[3].1.starts_with("--\n-- Name: t t_pkey;"));
+    }
+
+    #[test]
+    fn the_closing_block_of_a_dump_without_post_data_is_post_data() {
+        let cut = SAMPLE
+            .find("--\n-- Name: t t_pkey")
+            .expect("post-data entry");
+        let end = SAMPLE
+            .find("--\n-- PostgreSQL database dump complete")
+            .expect("closing");
+        let no_post = format!("{}{}", &SAMPLE[..cut], &SAMPLE[end..]);
+        let parts = split(&no_post).expect("split");
+        let names: Vec<&str> = parts.iter().map(|(n, _, _)| n.as_str()).collect();
+        assert_eq!(names, ["pre-data", "public.t", "s.u v", "post-data"]);
+        assert_eq!(parts[2].1, "--\n-- Data for Name: u v; Type: TABLE DATA; Schema: s; Owner: me\n--\n\nCOPY s.\"u v\" (a) FROM stdin;\n\\.\n\n\n");
+        assert!(
+            parts[3]
+                .1
+                .starts_with("--\n-- PostgreSQL database dump complete")
+                && parts[3].1.contains("\\unrestrict abc")
+        );
+        let joined: String = parts.iter().map(|(_, b, _)| b.as_str()).collect();
+        assert_eq!(joined, no_post);
     }
 
     #[test]

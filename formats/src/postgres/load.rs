@@ -196,6 +196,8 @@ impl Loader {
             in_data: false,
             error: None,
             hasher: hash.then(blake3::Hasher::new),
+            tail: *b"\n\n\n",
+            after_end: None,
         };
         let filled = fill(&mut w);
         // On failure the COPY is aborted by dropping its sink (CopyFail) before the
@@ -211,9 +213,16 @@ impl Loader {
             let _ = self.rt.block_on(self.client.batch_execute("ROLLBACK"));
             return Err(e);
         }
-        let (rows, hash) = w
+        let finished = w
             .finish()
             .map_err(|e| pg_err(&format!("loading table {table}"), e))?;
+        let Some((rows, hash)) = finished else {
+            // The COPY was abandoned (its sink dropped: CopyFail) before this rollback.
+            let _ = self.rt.block_on(self.client.batch_execute("ROLLBACK"));
+            return Err(crate::error::FormatError::Invalid(format!(
+                "table {table}: its data has an end-of-data line (\\.) before its end, followed by more rows, so only the rows before it would load: this dump is not as pg_dump wrote it (edited by hand?); nothing of {table} was loaded"
+            )));
+        };
         self.rt
             .block_on(self.client.batch_execute("COMMIT"))
             .map_err(|e| pg_err("COMMIT", e))?;
@@ -251,7 +260,16 @@ struct CopyWriter<'a> {
     error: Option<tokio_postgres::Error>,
     /// Hashes the rows sent, when verifying.
     hasher: Option<blake3::Hasher>,
+    /// The last bytes sent (a `\.` line may straddle two messages).
+    tail: [u8; 3],
+    /// What was sent after an end-of-data line `\.` (the server ignores it): only blank
+    /// lines, comments and `\unrestrict` may follow (a snapshot made before the closing
+    /// block went to post-data has them); rows there are a dump edited by hand.
+    after_end: Option<Vec<u8>>,
 }
+
+/// Most of what may follow an end-of-data line (pg_dump's closing block is ~150 bytes).
+const AFTER_END_MAX: usize = 64 << 10;
 
 impl CopyWriter<'_> {
     fn send(&mut self, keep: usize) {
@@ -263,12 +281,52 @@ impl CopyWriter<'_> {
         if let Some(h) = self.hasher.as_mut() {
             h.update(&chunk);
         }
+        self.watch_end(&chunk);
         if let Err(e) = self.rt.block_on(self.sink.as_mut().send(chunk)) {
             self.error = Some(e);
         }
     }
 
-    fn finish(mut self) -> std::result::Result<(u64, Option<String>), tokio_postgres::Error> {
+    /// Notes an end-of-data line in `chunk` and keeps what follows it.
+    fn watch_end(&mut self, chunk: &[u8]) {
+        if let Some(after) = self.after_end.as_mut() {
+            let room = AFTER_END_MAX.saturating_sub(after.len());
+            after.extend_from_slice(&chunk[..chunk.len().min(room + 1)]);
+            return;
+        }
+        let head = &chunk[..chunk.len().min(4)];
+        let edge: Vec<u8> = self.tail.iter().chain(head).copied().collect();
+        let at = memchr::memmem::find(&edge, b"\n\\.\n")
+            .map(|p| p + 4 - self.tail.len())
+            .or_else(|| memchr::memmem::find(chunk, b"\n\\.\n").map(|p| p + 4));
+        if let Some(p) = at {
+            let rest = &chunk[p.min(chunk.len())..];
+            self.after_end = Some(rest[..rest.len().min(AFTER_END_MAX + 1)].to_vec());
+        }
+        for b in chunk.iter().rev().take(3).rev() {
+            self.tail = [self.tail[1], self.tail[2], *b];
+        }
+    }
+
+    /// Whether rows follow an end-of-data line.
+    fn stray_end(&self) -> bool {
+        let Some(after) = &self.after_end else {
+            return false;
+        };
+        after.len() > AFTER_END_MAX
+            || after.split(|b| *b == b'\n').any(|l| {
+                !(l.is_empty()
+                    || l.starts_with(b"--")
+                    || l.starts_with(b"\\unrestrict ")
+                    || l.starts_with(b"\\restrict "))
+            })
+    }
+
+    /// Sends the rest; `None` when rows followed an end-of-data line (the COPY is then
+    /// abandoned: nothing of the table is kept).
+    fn finish(
+        mut self,
+    ) -> std::result::Result<Option<(u64, Option<String>)>, tokio_postgres::Error> {
         // The part ends with "\.\n" and blank lines: everything after the last row.
         while self.buf.last() == Some(&b'\n') && !self.buf.ends_with(b"\\.\n") {
             self.buf.pop();
@@ -281,8 +339,14 @@ impl CopyWriter<'_> {
         if let Some(e) = self.error.take() {
             return Err(e);
         }
+        if self.stray_end() {
+            return Ok(None);
+        }
         let rows = self.rt.block_on(self.sink.as_mut().finish())?;
-        Ok((rows, self.hasher.map(|h| h.finalize().to_hex().to_string())))
+        Ok(Some((
+            rows,
+            self.hasher.map(|h| h.finalize().to_hex().to_string()),
+        )))
     }
 }
 

@@ -18,6 +18,7 @@ pub mod health;
 mod names;
 mod plan;
 pub mod remote;
+pub mod replace;
 pub mod snapshot;
 pub mod sql;
 pub mod verify;
@@ -182,13 +183,16 @@ pub fn check(path: &Path) -> Result<Vec<String>> {
 /// for the complaints in `accepted` (those the source itself had at backup: the bytes are
 /// the backup's, verified, and refusing them would leave nothing to restore); `None`
 /// skips the check (for a caller that makes its own). An existing `target` is refused
-/// unless `force`. Returns the accepted complaints the file has.
+/// unless `force`, and then replaced through SQLite ([`replace`]; refused while another
+/// process has it open unless `while_open`). Returns the accepted complaints the file has.
 ///
 /// # Errors
-/// [`FormatError::TargetExists`], [`FormatError::Integrity`], I/O or `fill`'s errors.
+/// [`FormatError::TargetExists`], [`FormatError::Integrity`], a target in use, I/O or
+/// `fill`'s errors.
 pub fn write_new_file(
     target: &Path,
     force: bool,
+    while_open: bool,
     accepted: Option<&[String]>,
     fill: impl FnOnce(&mut File) -> Result<()>,
 ) -> Result<Vec<String>> {
@@ -216,7 +220,10 @@ pub fn write_new_file(
             }
         }
     }
-    if force {
+    if force && target.exists() {
+        replace::replace(target, tmp.path(), while_open)?;
+        return Ok(known);
+    } else if force {
         tmp.persist(target).map_err(|e| ioe(e.error))?;
     } else {
         // persist_noclobber: a file that appeared meanwhile is still never replaced.

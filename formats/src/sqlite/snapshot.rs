@@ -114,6 +114,9 @@ pub struct RestoreOptions {
     pub clean: bool,
     /// Replace an existing database file.
     pub force: bool,
+    /// With `force`: replace it although other processes have it open (through SQLite's
+    /// locks).
+    pub while_open: bool,
 }
 
 /// Where an SQLite restore goes.
@@ -154,9 +157,10 @@ pub fn restore(
                 let accepted = DatabasePart::of(part)
                     .integrity_problems
                     .unwrap_or_default();
-                let known = write_new_file(path, opts.force, Some(&accepted), |f| {
-                    stream_part(repo, part, f, notify)
-                })?;
+                let known =
+                    write_new_file(path, opts.force, opts.while_open, Some(&accepted), |f| {
+                        stream_part(repo, part, f, notify)
+                    })?;
                 if !known.is_empty() {
                     notify(Notice::Done(format!(
                         "warning: the restored database fails integrity_check as the source did at backup ({})",

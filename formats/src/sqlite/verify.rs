@@ -30,7 +30,9 @@ pub fn restore_test(
         ..Outcome::default()
     };
     // Checked below, against what the backup recorded.
-    let written = write_new_file(&path, false, None, |f| write_part(repo, part, f, notify));
+    let written = write_new_file(&path, false, false, None, |f| {
+        write_part(repo, part, f, notify)
+    });
     if let Err(e) = written {
         if e.storage_kind().is_some() {
             return Err(e);

@@ -90,9 +90,8 @@ pub fn restore_test(
     let to_end = !o.target.has_target();
     let tmp = super::throwaway::scratch()?;
     out.scratch = format!("a throwaway server in {} (removed)", tmp.path().display());
-    let r = super::throwaway::with_recovered_in(tmp, repo, snap, o, notify, |rec| {
-        check_server(rec)
-    });
+    let r =
+        super::throwaway::with_recovered_in(tmp, repo, snap, o, notify, |rec| check_server(rec));
     let ((checked, tables), served) = match r {
         Ok(x) => x,
         Err(e) if e.storage_kind().is_some() => return Err(e),
