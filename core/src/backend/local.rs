@@ -413,6 +413,9 @@ mod tests {
     fn files_are_private_and_temp_files_are_not_listed() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
+        // A private root keeps files private; a root shared with a group (0750) lets the
+        // group read them; nobody else ever can, whatever the umask.
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700)).unwrap();
         let b = LocalBackend::new(dir.path());
         b.create("data/ab/x", b"1").unwrap();
         let mode = fs::metadata(dir.path().join("data/ab/x"))
@@ -420,6 +423,16 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o077, 0, "mode {mode:o}");
+        let shared = tempfile::tempdir().unwrap();
+        fs::set_permissions(shared.path(), fs::Permissions::from_mode(0o750)).unwrap();
+        LocalBackend::new(shared.path())
+            .create("data/ab/y", b"1")
+            .unwrap();
+        let mode = fs::metadata(shared.path().join("data/ab/y"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o640, "mode {mode:o}");
         fs::write(dir.path().join("data/ab/.tmp-dead"), b"partial").unwrap();
         let listed = b.list("data/").unwrap();
         assert_eq!(
