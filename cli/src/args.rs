@@ -209,6 +209,10 @@ pub struct KeepArgs {
 /// `forget` options.
 #[derive(Args, Debug)]
 pub struct ForgetArgs {
+    /// Forget these snapshots (full ids or unique prefixes) instead of applying rules: a
+    /// snapshot whose manifest is damaged too (`check` names it).
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshots: Vec<String>,
     /// Rules (override the stored policy).
     #[command(flatten)]
     pub keep: KeepArgs,
@@ -462,9 +466,15 @@ pub struct SqlArgs {
     /// With `latest`: the newest snapshot at or before this time (as `restore`).
     #[arg(long, value_name = "TIME")]
     pub target_time: Option<String>,
-    /// Rows as CSV (with a header line) instead of a table.
-    #[arg(long)]
+    /// Rows as CSV (with a header line) instead of a table, as PostgreSQL's `\copy … FROM
+    /// … CSV HEADER` loads them: NULL an empty field, an empty string `""`, a blob `\x…`
+    /// (bytea's hex form).
+    #[arg(long, conflicts_with = "insert")]
     pub csv: bool,
+    /// Rows as SQL `INSERT INTO TABLE VALUES (…);` statements that sqlite3 loads as they
+    /// are (blobs as `X'…'`), as sqlite3's `.mode insert TABLE`.
+    #[arg(long, value_name = "TABLE")]
+    pub insert: Option<String>,
     /// For a PostgreSQL snapshot: load this table's rows (repeatable; names as `restore
     /// --table` takes them) into a scratch SQLite database and query that (README: how
     /// types map).
@@ -567,9 +577,15 @@ pub struct RestoreArgs {
     /// through SQLite's locks (refused otherwise, naming the processes).
     #[arg(long, requires = "force")]
     pub while_open: bool,
-    /// Replace an existing table of the same name (otherwise restoring onto it is refused).
+    /// Replace an existing table of the same name (otherwise restoring onto it is
+    /// refused); for a whole database, drop what the snapshot creates first, as
+    /// `pg_restore --clean --if-exists` (otherwise a database holding any of it is
+    /// refused before anything changes).
     #[arg(long)]
     pub clean: bool,
+    /// Into a PostgreSQL database that does not exist yet: create it (from template0).
+    #[arg(long)]
+    pub create: bool,
     /// With `--to -`, a snapshot of a pg_dump custom-format archive as its SQL script (as
     /// `pg_restore -f -` writes it) instead of the archive itself.
     #[arg(long)]

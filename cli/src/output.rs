@@ -7,6 +7,11 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+/// A table or part name for a terminal, escaped ([`dbvault_formats::names::display`]).
+pub fn name(s: &str) -> String {
+    dbvault_formats::names::display(s)
+}
+
 /// `1.5 MiB`-style sizes.
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];

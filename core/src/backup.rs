@@ -291,7 +291,17 @@ impl Backup<'_> {
             })?;
         }
         let mut input = describe();
-        input.name = full_name;
+        // `describe` may name the part better than `name` could before its bytes were read
+        // (a pg_dump table whose header comment mangled its name).
+        input.name = if input.name.is_empty() || input.name == name {
+            full_name
+        } else {
+            format!(
+                "{}{}",
+                self.prefix.lock().unwrap_or_else(|p| p.into_inner()),
+                input.name
+            )
+        };
         self.send(Job::EndPart { part, input, size })?;
         Ok(size)
     }

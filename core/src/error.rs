@@ -152,6 +152,14 @@ pub enum Error {
         #[source]
         cause: Box<Error>,
     },
+    /// `latest` without a source name in a repository of several sources.
+    #[error("`latest` of which source? the repository holds {count}: {names}; say which with --name NAME")]
+    LatestOfWhich {
+        /// How many sources.
+        count: usize,
+        /// Their names.
+        names: String,
+    },
     /// A snapshot id prefix matched several snapshots.
     #[error(
         "snapshot id prefix {prefix:?} is ambiguous: it matches {count} snapshots ({examples})"

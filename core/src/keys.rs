@@ -21,6 +21,10 @@ pub struct KeyInfo {
     pub kdf: KdfParams,
     /// Whether it opened this repository handle.
     pub current: bool,
+    /// Why it cannot be read, when it is damaged (then the fields above are empty and
+    /// `kdf` is zero): `key remove` removes it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<String>,
 }
 
 impl Repository {
@@ -34,15 +38,32 @@ impl Repository {
             let Ok(id) = Id::from_hex(o.path.trim_start_matches("keys/")) else {
                 continue;
             };
-            let kf = keyfile::describe(&self.backend().read(&o.path)?, &o.path)?;
-            out.push(KeyInfo {
-                id,
-                host: kf.host,
-                user: kf.user,
-                created: kf.created,
-                kdf: kf.params,
-                current: o.path == self.key_path(),
-            });
+            // A damaged key file is listed as such (so that it can be removed), never an
+            // error that hides the others.
+            match self
+                .backend()
+                .read(&o.path)
+                .and_then(|b| keyfile::describe(&b, &o.path))
+            {
+                Ok(kf) => out.push(KeyInfo {
+                    id,
+                    host: kf.host,
+                    user: kf.user,
+                    created: kf.created,
+                    kdf: kf.params,
+                    current: o.path == self.key_path(),
+                    damaged: None,
+                }),
+                Err(e) => out.push(KeyInfo {
+                    id,
+                    host: String::new(),
+                    user: String::new(),
+                    created: String::new(),
+                    kdf: KdfParams { m_kib: 0, t: 0, p: 0 },
+                    current: false,
+                    damaged: Some(e.to_string()),
+                }),
+            }
         }
         out.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.cmp(&b.id)));
         Ok(out)
@@ -59,7 +80,8 @@ impl Repository {
         Ok(id)
     }
 
-    /// Removes a key file: never the last one, and not the one in use unless `force`.
+    /// Removes a key file: never the last good one, and not the one in use unless `force`;
+    /// a damaged one always.
     ///
     /// # Errors
     /// [`Error::Invalid`] for the last key or the one in use; [`Error::NeedsDeleteRights`];
@@ -84,7 +106,8 @@ impl Repository {
                 )))
             }
         };
-        if keys.len() == 1 {
+        let good = keys.iter().filter(|k| k.damaged.is_none()).count();
+        if k.damaged.is_none() && good == 1 {
             return Err(Error::Invalid(
                 "that is the repository's only key: without it nothing can be read; add another first".into(),
             ));

@@ -86,6 +86,14 @@ pub struct LockInfo {
     /// Start time of that process (Linux clock ticks), to tell a reused pid apart.
     #[serde(default)]
     pub pid_start: Option<u64>,
+    /// The PID namespace of that process (the inode of `/proc/self/ns/pid`): a process
+    /// id means something only inside its namespace (a container sharing the host name
+    /// has its own).
+    #[serde(default)]
+    pub pid_ns: Option<u64>,
+    /// The boot of that host (`/proc/sys/kernel/random/boot_id`).
+    #[serde(default)]
+    pub boot_id: Option<String>,
     /// When the lock was first taken.
     pub created: DateTime<Utc>,
     /// When it was last refreshed.
@@ -101,6 +109,8 @@ impl LockInfo {
             host: gethostname::gethostname().to_string_lossy().into_owned(),
             pid: std::process::id(),
             pid_start: process_start(std::process::id()),
+            pid_ns: pid_namespace(),
+            boot_id: boot_id(),
             created: now,
             refreshed: now,
         }
@@ -123,7 +133,15 @@ impl LockInfo {
 
     /// Why this lock is stale, or `None` while its holder may be alive.
     fn stale(&self, limit: Duration) -> Option<String> {
-        if self.host == gethostname::gethostname().to_string_lossy() {
+        // Judged by its process only when that process is one this one can see: same
+        // host, same boot, same PID namespace. Otherwise (a container, another host, a
+        // lock written before these were recorded) only by its refresh age.
+        let same_space = self.host == gethostname::gethostname().to_string_lossy()
+            && self.pid_ns.is_some()
+            && self.pid_ns == pid_namespace()
+            && self.boot_id.is_some()
+            && self.boot_id == boot_id();
+        if same_space {
             if let Some(start) = self.pid_start {
                 if std::path::Path::new("/proc/self/stat").exists()
                     && process_start(self.pid) != Some(start)
@@ -136,6 +154,19 @@ impl LockInfo {
         let limit_c = chrono::Duration::from_std(limit).unwrap_or(chrono::Duration::MAX);
         (age > limit_c).then(|| format!("not refreshed for {} s", age.num_seconds()))
     }
+}
+
+/// This process's PID namespace: the inode `/proc/self/ns/pid` links to.
+fn pid_namespace() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/pid").ok().map(|m| m.ino())
+}
+
+/// This boot of the host.
+fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 /// Start time of a process in clock ticks since boot (`/proc/<pid>/stat` field 22), or
@@ -328,8 +359,11 @@ impl LockHandle {
         }
         // Seen in place within the last second (written, refreshed or looked at), it is
         // still ours: a look now would leave the same race open between it and the commit
-        // that follows. Saves a request per commit in short backups.
-        if st.seen.elapsed() < (sh.stale_after / 30).min(Duration::from_secs(1)) {
+        // that follows. Saves a request per commit in short backups. Never for an
+        // exclusive lock: what it guards deletes, and deserves the look every time.
+        if st.info.kind == LockKind::Shared
+            && st.seen.elapsed() < (sh.stale_after / 30).min(Duration::from_secs(1))
+        {
             return Ok(());
         }
         let path = st.path.clone();

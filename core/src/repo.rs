@@ -284,6 +284,20 @@ impl Repository {
                     detail: m.to_string(),
                 });
             }
+            if name.is_none() {
+                // The newest of several sources is rarely what was meant (an SQLite file
+                // where a dump was wanted): ask.
+                let mut names: Vec<&str> =
+                    audit.snapshots.iter().map(|(_, s)| s.name.as_str()).collect();
+                names.sort_unstable();
+                names.dedup();
+                if names.len() > 1 {
+                    return Err(Error::LatestOfWhich {
+                        count: names.len(),
+                        names: names.join(", "),
+                    });
+                }
+            }
             return audit
                 .snapshots
                 .into_iter()

@@ -8,6 +8,7 @@ use std::fmt;
 pub mod check;
 pub mod error;
 pub mod listing;
+pub mod names;
 pub mod notice;
 mod partmeta;
 pub mod postgres;

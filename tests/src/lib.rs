@@ -442,15 +442,21 @@ impl PgDb {
     /// Every user table (incl. partitions) with its row count and an order-independent hash
     /// of its rows.
     pub fn fingerprint(&self) -> BTreeMap<String, String> {
+        // Names in hex: a name may hold a newline.
         let tables = self.sql(
-            "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), c.relispopulated FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+            "SELECT encode(convert_to(quote_ident(n.nspname) || '.' || quote_ident(c.relname), 'UTF8'), 'hex'), c.relispopulated FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.relkind IN ('r', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') ORDER BY 1",
         );
         tables
             .lines()
             .map(|l| {
                 // A materialized view a schema-only restore left unpopulated cannot be read.
-                let (t, populated) = l.rsplit_once('|').unwrap_or((l, "t"));
+                let (hex, populated) = l.rsplit_once('|').unwrap_or((l, "t"));
+                let bytes: Vec<u8> = (0..hex.len() / 2)
+                    .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+                    .collect();
+                let name = String::from_utf8(bytes).expect("utf-8 name");
+                let t = name.as_str();
                 if populated != "t" {
                     return (t.to_string(), "not populated".to_string());
                 }

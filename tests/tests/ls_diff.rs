@@ -15,7 +15,7 @@ fn ls_and_diff_show_the_night_orders_lost_rows() {
     let db = PgDb::new("lsdiff");
     db.sql(
         "CREATE TABLE orders (id int PRIMARY KEY, note text); \
-         INSERT INTO orders SELECT g, md5(g::text) FROM generate_series(1, 10200) g; \
+         INSERT INTO orders SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 10200) g; \
          CREATE TABLE customers (id int); INSERT INTO customers VALUES (1), (2);",
     );
     let repo = Repo::new();
@@ -38,7 +38,7 @@ fn ls_and_diff_show_the_night_orders_lost_rows() {
     let orders = find(&ls, "entries", "public.orders");
     assert_eq!(orders["rows"], 9000);
     assert_eq!(orders["kind"], "table-data");
-    assert!(orders["bytes"].as_u64().is_some_and(|b| b > 300_000));
+    assert!(orders["bytes"].as_u64().is_some_and(|b| b > 1_200_000));
     assert!(ls["entries"]
         .as_array()
         .is_some_and(|e| e.iter().any(|x| x["kind"] == "pre-data")));
@@ -59,8 +59,9 @@ fn ls_and_diff_show_the_night_orders_lost_rows() {
     );
     assert_eq!(o["status"], "changed");
     // About the rows that went (and the chunks around them), far less than the table.
+    // (Chunk boundaries depend on the repository's key: measured 0.2-0.4 MB of 1.4.)
     let changed = o["bytes_changed"].as_u64().expect("bytes_changed");
-    assert!(changed > 0 && changed < 150_000, "{changed}");
+    assert!(changed > 0 && changed < 700_000, "{changed}");
     assert_eq!(find(&d, "changes", "public.customers")["status"], "same");
     let text = repo.run(&["diff", a, b], None).ok().text();
     assert!(

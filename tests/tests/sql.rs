@@ -148,8 +148,9 @@ fn postgres_tables_load_into_sqlite_and_answer_as_postgres_does() {
         let want = pg("SELECT count(*), sum(qty), sum(paid::int), sum(amount), count(note), count(raw) FROM sales.orders");
         let got = r.text();
         let line = got.lines().nth(1).expect("row");
+        // A REAL is written so that it reads back as a REAL (`15628125.0`, as sqlite3).
         assert_eq!(
-            line.replace(',', "|"),
+            line.replace(',', "|").replace(".0|", "|"),
             want.replace(".00", ""),
             "{name}: {got}"
         );

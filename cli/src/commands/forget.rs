@@ -20,6 +20,9 @@ pub fn run(cli: &Cli, a: &ForgetArgs) -> Result<()> {
     if !a.dry_run {
         repo.ensure_delete_rights("forget")?;
     }
+    if !a.snapshots.is_empty() {
+        return by_id(cli, &repo, a);
+    }
     let rules = match policy::from_args(&a.keep)? {
         Some(p) => p,
         None => match repo.policy()? {
@@ -177,4 +180,50 @@ pub(super) fn by_policy(
         .collect();
     super::physical::forget_wal(repo, &kept, None, false)?;
     Ok(doomed.len())
+}
+
+/// `forget ID…`: those snapshots, readable or not (a damaged manifest is matched by its
+/// file name, never read).
+fn by_id(cli: &Cli, repo: &dbvault_core::Repository, a: &ForgetArgs) -> Result<()> {
+    let all = repo.snapshot_ids()?;
+    let mut ids = Vec::new();
+    for sel in &a.snapshots {
+        let s = sel.to_ascii_lowercase();
+        let m: Vec<_> = all
+            .iter()
+            .filter(|id| !s.is_empty() && id.to_hex().starts_with(&s))
+            .collect();
+        match m.as_slice() {
+            [one] => ids.push(**one),
+            [] => bail!("no snapshot matches {sel:?}"),
+            _ => bail!("snapshot id prefix {sel:?} matches {} snapshots", m.len()),
+        }
+    }
+    let described: Vec<String> = ids
+        .iter()
+        .map(|id| match repo.load_snapshot(id) {
+            Ok(s) => format!("{} ({}, {})", id.short(), s.name, output::time(&s.time)),
+            Err(e) => format!("{} (damaged: {e})", id.short()),
+        })
+        .collect();
+    if !a.dry_run {
+        repo.forget_snapshots(&ids)?;
+    }
+    if cli.json {
+        output::json(&serde_json::json!({
+            "forgotten": ids.iter().map(|i| i.to_hex()).collect::<Vec<_>>(),
+            "dry_run": a.dry_run,
+        }));
+    } else {
+        for d in &described {
+            crate::outln!(
+                "{} {d}",
+                if a.dry_run { "would forget" } else { "forgot" }
+            );
+        }
+        if !a.dry_run {
+            crate::outln!("(their data is freed by the next prune)");
+        }
+    }
+    Ok(())
 }

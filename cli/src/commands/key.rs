@@ -57,6 +57,10 @@ pub fn run(cli: &Cli, command: &KeyCommand) -> Result<()> {
                 "created"
             );
             for k in keys {
+                if let Some(why) = &k.damaged {
+                    crate::outln!("{:<10} {:<8} {why}", k.id.short(), "DAMAGED");
+                    continue;
+                }
                 crate::outln!(
                     "{:<10} {:<8} {:<20} {:<12} {:<26} {} MiB, t={}, p={}",
                     k.id.short(),

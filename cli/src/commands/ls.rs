@@ -14,6 +14,7 @@ fn opt(n: Option<u64>) -> String {
 pub fn run(cli: &Cli, a: &LsArgs) -> Result<()> {
     let repo = repo_access::open(cli)?;
     let (id, snap) = repo.find_snapshot(&a.snapshot, a.name.as_deref())?;
+    super::note_latest(&a.snapshot, &id, &snap);
     let entries = listing::entries(&snap);
     if cli.json {
         output::json(&serde_json::json!({
@@ -44,7 +45,7 @@ pub fn run(cli: &Cli, a: &LsArgs) -> Result<()> {
     for e in entries {
         crate::outln!(
             "{:<40} {:<12} {:>12} {:>12}",
-            e.name,
+            output::name(&e.name),
             e.kind,
             opt(e.rows),
             e.bytes.map_or_else(|| "-".into(), bytes)
@@ -57,6 +58,8 @@ pub fn diff(cli: &Cli, a: &DiffArgs) -> Result<()> {
     let repo = repo_access::open(cli)?;
     let (ida, sa) = repo.find_snapshot(&a.a, a.name.as_deref())?;
     let (idb, sb) = repo.find_snapshot(&a.b, a.name.as_deref())?;
+    super::note_latest(&a.a, &ida, &sa);
+    super::note_latest(&a.b, &idb, &sb);
     let changes = listing::diff(&repo, &sa, &sb)?;
     if cli.json {
         output::json(&serde_json::json!({
@@ -95,7 +98,7 @@ pub fn diff(cli: &Cli, a: &DiffArgs) -> Result<()> {
         crate::outln!(
             "{:<8} {:<40} {:>12} {:>12} {:>10} {:>12}",
             c.status,
-            c.name,
+            output::name(&c.name),
             opt(c.rows_before),
             opt(c.rows_after),
             delta,

@@ -59,6 +59,19 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
 
 /// The snapshot a command names: `selector` (an id, a prefix, `latest`), or with
 /// `target_time` the newest snapshot (of `name`) taken at or before it, said on stderr.
+/// Says on stderr which snapshot `latest` turned out to be (a restore at 3 a.m. must not
+/// guess).
+pub(crate) fn note_latest(selector: &str, id: &Id, snap: &Snapshot) {
+    if selector == "latest" {
+        eprintln!(
+            "dbvault: latest is snapshot {} of {}, taken {}",
+            id.short(),
+            snap.name,
+            crate::output::time(&snap.time)
+        );
+    }
+}
+
 pub(crate) fn pick_snapshot(
     repo: &Repository,
     selector: &str,
@@ -66,7 +79,9 @@ pub(crate) fn pick_snapshot(
     target_time: Option<&str>,
 ) -> Result<(Id, Snapshot)> {
     let Some(t) = target_time else {
-        return Ok(repo.find_snapshot(selector, name)?);
+        let (id, snap) = repo.find_snapshot(selector, name)?;
+        note_latest(selector, &id, &snap);
+        return Ok((id, snap));
     };
     if selector != "latest" {
         bail!("--target-time picks among the snapshots: give `latest` (with --name), not a snapshot id");

@@ -86,6 +86,7 @@ pub(super) fn pg_options(a: &RestoreArgs) -> postgres::RestoreOptions {
         schema_only: a.schema_only,
         data_only: a.data_only,
         clean: a.clean,
+        create: a.create,
         plain: a.plain,
         jobs: a.jobs.map(usize::from),
     }

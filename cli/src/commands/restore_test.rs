@@ -18,6 +18,7 @@ use crate::repo_access;
 pub fn run(cli: &Cli, a: &RestoreTestArgs) -> Result<ExitCode> {
     let repo = repo_access::open_locked(cli, LockKind::Shared, "restore-test")?;
     let (id, snap) = repo.find_snapshot(&a.snapshot, a.name.as_deref())?;
+    super::note_latest(&a.snapshot, &id, &snap);
     if a.target_time.is_some() && snap.source.format != physical::FORMAT {
         bail!("--target-time is for physical snapshots (a logical one holds one moment)");
     }

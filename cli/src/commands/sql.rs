@@ -120,11 +120,56 @@ fn json(v: &Cell) -> serde_json::Value {
 }
 
 fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
+    // An empty string is quoted so it loads as '' and not as NULL, and `\.` alone is
+    // quoted so that COPY does not take it for the end of the data.
+    if s.is_empty() || s == "\\." || s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
         s.to_string()
     }
+}
+
+/// A float as text that reads back as the same value (shortest round trip), in the
+/// spelling PostgreSQL's float8 input takes.
+fn real(f: f64) -> String {
+    if f.is_nan() {
+        "NaN".into()
+    } else if f.is_infinite() {
+        if f > 0.0 { "Infinity" } else { "-Infinity" }.into()
+    } else {
+        format!("{f:?}")
+    }
+}
+
+/// One CSV field as PostgreSQL's CSV COPY reads it.
+fn csv_cell(c: &Cell) -> String {
+    match c {
+        Cell::Null => String::new(),
+        Cell::Integer(i) => i.to_string(),
+        Cell::Real(f) => real(*f),
+        Cell::Text(t) => csv_field(t),
+        Cell::Blob(b) => format!("\\x{}", hex::encode(b)),
+        _ => String::new(),
+    }
+}
+
+/// One value as an SQLite literal.
+fn sql_literal(c: &Cell) -> String {
+    match c {
+        Cell::Integer(i) => i.to_string(),
+        // SQLite has no NaN (it stores NULL) and reads 1e999 as infinity.
+        Cell::Real(f) if f.is_nan() => "NULL".into(),
+        Cell::Real(f) if f.is_infinite() => if *f > 0.0 { "1e999" } else { "-1e999" }.into(),
+        Cell::Real(f) => format!("{f:?}"),
+        Cell::Text(t) => format!("'{}'", t.replace('\'', "''")),
+        Cell::Blob(b) => format!("X'{}'", hex::encode(b)),
+        _ => "NULL".into(),
+    }
+}
+
+/// `"name"` with inner quotes doubled.
+fn ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
 }
 
 fn query(cli: &Cli, a: &SqlArgs, run: &dyn Fn(&str) -> Result<Rows>, q: &str) -> Result<()> {
@@ -147,18 +192,24 @@ fn query(cli: &Cli, a: &SqlArgs, run: &dyn Fn(&str) -> Result<Rows>, q: &str) ->
         .map(|r| r.iter().map(text).collect())
         .collect();
     if a.csv {
-        // NULL as an empty field, as sqlite3's CSV mode writes it.
         let head: Vec<String> = names.iter().map(|s| csv_field(s)).collect();
         crate::outln!("{}", head.join(","));
         for r in &res.rows {
-            let line: Vec<String> = r
-                .iter()
-                .map(|c| match c {
-                    Cell::Null => String::new(),
-                    other => csv_field(&text(other)),
-                })
-                .collect();
+            let line: Vec<String> = r.iter().map(csv_cell).collect();
             crate::outln!("{}", line.join(","));
+        }
+        return Ok(());
+    }
+    if let Some(t) = &a.insert {
+        let cols: Vec<String> = names.iter().map(|n| ident(n)).collect();
+        for r in &res.rows {
+            let vals: Vec<String> = r.iter().map(sql_literal).collect();
+            crate::outln!(
+                "INSERT INTO {}({}) VALUES({});",
+                ident(t),
+                cols.join(","),
+                vals.join(",")
+            );
         }
         return Ok(());
     }

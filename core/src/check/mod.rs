@@ -151,7 +151,10 @@ pub fn check(repo: &Repository, read: ReadData, progress: &dyn Fn(&str)) -> Resu
             Ok(())
         });
         if let Err(e) = verdict {
-            report.problems.push(Problem::new("key", e.to_string()));
+            report.problems.push(Problem::new(
+                "key",
+                format!("{e} (repair: dbvault key remove {name})"),
+            ));
         }
     }
     let (index, damaged) = Index::load_lenient(repo.backend().as_ref(), repo.keys())?;

@@ -136,7 +136,7 @@ pub fn prune(
     let (snaps, damaged) = repo.readable_snapshots()?;
     if let Some(e) = damaged.into_iter().next() {
         return Err(refuse(format!(
-            "{e}; prune cannot tell what it needs (forget it, or repair with check)"
+            "{e}; prune cannot tell what it needs: `dbvault forget ID` removes that snapshot (what only it held is then freed), or put back an intact copy of the file"
         )));
     }
     // Files (WAL segments) need their data as snapshots do; one that cannot be read

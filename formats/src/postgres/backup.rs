@@ -111,7 +111,9 @@ struct CopyReader<'a> {
     rt: &'a tokio::runtime::Runtime,
     stream: std::pin::Pin<Box<tokio_postgres::CopyOutStream>>,
     head: std::io::Cursor<Vec<u8>>,
-    data: Vec<u8>,
+    /// The current CopyData message, as the client received it: never copied (a row of
+    /// 200 MiB of text would be twice in memory).
+    data: bytes::Bytes,
     pos: usize,
     tail: Option<std::io::Cursor<Vec<u8>>>,
     stats: &'a std::cell::RefCell<CopyStats>,
@@ -139,8 +141,8 @@ impl Read for CopyReader<'_> {
                     let mut st = self.stats.borrow_mut();
                     st.rows += memchr::memchr_iter(b'\n', &bytes).count() as u64;
                     st.hasher.update(&bytes);
-                    self.data.clear();
-                    self.data.extend_from_slice(&bytes);
+                    drop(st);
+                    self.data = bytes;
                     self.pos = 0;
                 }
                 Some(Err(e)) => {
@@ -449,6 +451,12 @@ fn copy_out_sql(t: &Table, q: &str) -> String {
     }
 }
 
+/// A name for a comment line: newlines as spaces, as pg_dump writes its headers (the
+/// exact name is in the COPY statement).
+fn one_line(s: &str) -> String {
+    s.replace(['\n', '\r'], " ")
+}
+
 fn copy_worker(
     b: &Backup<'_>,
     src: &PgSource,
@@ -484,7 +492,9 @@ fn copy_worker(
         let copy_line = format!("COPY {q}{cols} FROM stdin;");
         let head = format!(
             "--\n-- Data for Name: {}; Type: TABLE DATA; Schema: {}; Owner: {}\n--\n\n{copy_line}\n",
-            t.name, t.schema, t.owner
+            one_line(&t.name),
+            one_line(&t.schema),
+            one_line(&t.owner)
         );
         let sql = copy_out_sql(t, &q);
         let stream = rt.block_on(c.copy_out(&sql)).map_err(|e| {
@@ -508,7 +518,7 @@ fn copy_worker(
             rt: &rt,
             stream: Box::pin(stream),
             head: std::io::Cursor::new(head.into_bytes()),
-            data: Vec::new(),
+            data: bytes::Bytes::new(),
             pos: 0,
             tail: None,
             stats: &stats,

@@ -144,6 +144,9 @@ pub struct Splitter<R: BufRead> {
     current: Option<PartKind>,
     next: Option<PartKind>,
     in_copy: bool,
+    /// Inside a COPY row wider than the read buffer: its bytes are handed on as they come
+    /// (memory stays flat), the row counted at its newline.
+    mid_row: bool,
     complete: bool,
     eof: bool,
     started: bool,
@@ -170,6 +173,7 @@ impl<R: BufRead> Splitter<R> {
             current: None,
             next: Some(PartKind::PreData),
             in_copy: false,
+            mid_row: false,
             complete: false,
             eof: false,
             started: false,
@@ -273,6 +277,17 @@ impl<R: BufRead> Splitter<R> {
             }
             return Ok(Some(line));
         }
+        let mut line = line;
+        if line.starts_with(b"COPY ") && odd_quotes(&line) {
+            // A quoted name holding a newline: the statement goes on over more lines.
+            while (odd_quotes(&line) || !line.ends_with(b" FROM stdin;\n")) && line.len() < 1 << 20
+            {
+                match self.read_line()? {
+                    Some(more) => line.extend_from_slice(&more),
+                    None => break,
+                }
+            }
+        }
         if line.starts_with(b"COPY ") && line.ends_with(b" FROM stdin;\n") {
             self.in_copy = true;
             let mut st = self.stats.borrow_mut();
@@ -287,6 +302,56 @@ impl<R: BufRead> Splitter<R> {
         }
         Ok(Some(line))
     }
+}
+
+/// Whether `line` holds an odd number of double quotes (a quoted name goes on).
+fn odd_quotes(line: &[u8]) -> bool {
+    line.iter().filter(|b| **b == b'"').count() % 2 == 1
+}
+
+/// The schema and table a `COPY schema.table (…) FROM stdin;` statement names, unquoted:
+/// the names as they are (pg_dump's header comments replace a newline in a name by a
+/// space, so the statement is the authority).
+pub fn copy_target(copy: &str) -> Option<(String, String)> {
+    let mut rest = copy.strip_prefix("COPY ")?;
+    let mut names = Vec::new();
+    loop {
+        let (name, after) = if let Some(q) = rest.strip_prefix('"') {
+            let mut out = String::new();
+            let mut it = q.char_indices().peekable();
+            let mut end = None;
+            while let Some((i, c)) = it.next() {
+                if c == '"' {
+                    if it.peek().is_some_and(|(_, n)| *n == '"') {
+                        out.push('"');
+                        it.next();
+                    } else {
+                        end = Some(i + 1);
+                        break;
+                    }
+                } else {
+                    out.push(c);
+                }
+            }
+            (out, &q[end?..])
+        } else {
+            let n = rest
+                .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
+                .unwrap_or(rest.len());
+            if n == 0 {
+                return None;
+            }
+            (rest[..n].to_string(), &rest[n..])
+        };
+        names.push(name);
+        match after.strip_prefix('.') {
+            Some(more) => rest = more,
+            None => break,
+        }
+    }
+    let table = names.pop()?;
+    let schema = names.pop()?;
+    names.is_empty().then_some((schema, table))
 }
 
 /// Backs up a pg_dump plain-format stream into `b`: pre-data, one part per table's data
@@ -315,24 +380,35 @@ pub(crate) fn backup_plain(
             r: sp.reader(),
             tap: (table && rows.is_some()).then_some(&tap),
         };
+        let named = RefCell::new(kind.name());
         b.add_part_then(&kind.name(), chunking, reader, || {
             let st = stats.borrow();
+            let mut name = kind.name();
             let meta = match &kind {
-                PartKind::TableData { schema, table } => TablePart {
-                    schema: schema.clone(),
-                    table: table.clone(),
-                    copy: st.copy_header.clone(),
-                    copy_blake3: None,
+                PartKind::TableData { schema, table } => {
+                    let (schema, table) = st
+                        .copy_header
+                        .as_deref()
+                        .and_then(copy_target)
+                        .unwrap_or_else(|| (schema.clone(), table.clone()));
+                    name = format!("{schema}.{table}");
+                    TablePart {
+                        schema,
+                        table,
+                        copy: st.copy_header.clone(),
+                        copy_blake3: None,
+                    }
+                    .to_meta()
                 }
-                .to_meta(),
                 _ => [(
                     SCHEMA_BLAKE3.to_string(),
                     serde_json::Value::from(st.schema.finalize().to_hex().to_string()),
                 )]
                 .into(),
             };
+            *named.borrow_mut() = name.clone();
             PartInput {
-                name: kind.name(),
+                name,
                 kind: kind.kind().into(),
                 rows: table.then_some(st.rows),
                 meta,
@@ -341,7 +417,7 @@ pub(crate) fn backup_plain(
         })?;
         if let (Some(map), true) = (rows.as_deref_mut(), table) {
             let h = tap.into_inner().into_sink().finalize();
-            map.insert(kind.name(), h.to_hex().to_string());
+            map.insert(named.into_inner(), h.to_hex().to_string());
         }
     }
     Ok(sp.server_version.clone())
@@ -383,13 +459,32 @@ impl<R: BufRead> PartReader<'_, R> {
         if buf.is_empty() {
             return Err(truncated());
         }
-        if buf.starts_with(b"\\.\n") {
+        let lim = buf.len().min(out.len());
+        if sp.mid_row {
+            // The rest of a wide row, up to its newline.
+            let k = memchr::memchr(b'\n', &buf[..lim]).map_or(lim, |p| p + 1);
+            if buf[k - 1] == b'\n' {
+                sp.mid_row = false;
+                sp.stats.borrow_mut().rows += 1;
+            }
+            out[..k].copy_from_slice(&buf[..k]);
+            sp.r.consume(k);
+            return Ok(k);
+        }
+        // At the start of a line: the terminator (or what may be its beginning) goes the
+        // line path.
+        if buf.starts_with(b"\\.\n") || (buf.len() < 3 && buf[0] == b'\\') {
             return Ok(0);
         }
-        let lim = buf.len().min(out.len());
         let upto = memchr::memmem::find(&buf[..lim], b"\n\\.\n").map_or(lim, |p| p + 1);
         let Some(last_nl) = memchr::memrchr(b'\n', &buf[..upto]) else {
-            return Ok(0);
+            // A row wider than what is in hand: pass its first bytes on, never holding
+            // the whole row (a 100 MiB bytea is 200 MiB of text).
+            out[..lim].copy_from_slice(&buf[..lim]);
+            sp.r.consume(lim);
+            sp.mid_row = true;
+            sp.at_part_start = false;
+            return Ok(lim);
         };
         let k = last_nl + 1;
         out[..k].copy_from_slice(&buf[..k]);
@@ -494,6 +589,28 @@ mod tests {
         let e = split(no_footer).unwrap_err();
         assert!(e.to_string().contains("truncated"), "{e}");
         assert!(split("").is_err());
+    }
+
+    #[test]
+    fn copy_statements_name_their_table_exactly() {
+        assert_eq!(
+            copy_target("COPY public.\"we\"\"ird\nname\" (a, \"col\nx\") FROM stdin;"),
+            Some(("public".into(), "we\"ird\nname".into()))
+        );
+        assert_eq!(
+            copy_target("COPY \"Sales Dept\".\"Kunden Ü\" (a) FROM stdin;"),
+            Some(("Sales Dept".into(), "Kunden Ü".into()))
+        );
+        assert_eq!(copy_target("COPY s.t FROM stdin;"), Some(("s".into(), "t".into())));
+        // The whole statement, over its lines, is the COPY header; its rows count.
+        let dump = SAMPLE.replace(
+            "COPY s.\"u v\" (a) FROM stdin;\n",
+            "COPY s.\"u\nv\" (a, \"b\nc\") FROM stdin;\nx\t1\ny\t2\n",
+        );
+        let parts = split(&dump).unwrap();
+        assert_eq!(parts[2].2, 2);
+        assert!(parts[2].1.contains("COPY s.\"u\nv\" (a, \"b\nc\") FROM stdin;\nx\t1\n"));
+        assert_eq!(parts.last().map(|p| p.0.as_str()), Some("post-data"));
     }
 
     #[test]

@@ -16,6 +16,7 @@
 
 pub mod archive;
 pub mod backup;
+pub mod clean;
 pub mod conn;
 pub mod data;
 pub mod dump;

@@ -15,8 +15,11 @@ pub struct RestoreOptions {
     pub schema_only: bool,
     /// Only the data.
     pub data_only: bool,
-    /// Replace a table of the same name.
+    /// Replace a table of the same name; for a whole database, drop what the snapshot
+    /// creates first (otherwise a target holding any of it is refused, unchanged).
     pub clean: bool,
+    /// Into a database: create it (from `template0`) when it does not exist.
+    pub create: bool,
     /// A snapshot made from a custom-format archive: the SQL script, not the archive.
     pub plain: bool,
     /// Into a database: sessions loading tables at once (`None`: the cores plus one).

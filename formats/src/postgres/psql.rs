@@ -168,7 +168,16 @@ fn summarize_psql_error(stderr: &str) -> String {
                 !l.starts_with("DETAIL") && !l.starts_with("HINT") && !l.starts_with("LINE")
             })
         })
-        .map(|s| format!("; statement: {}", s.chars().take(200).collect::<String>()))
+        .map(|s| {
+            // psql labels the echoed statement itself (`--echo-errors`).
+            let s = s.trim_start_matches("STATEMENT:").trim();
+            format!("; statement: {}", s.chars().take(200).collect::<String>())
+        })
         .unwrap_or_default();
+    // `psql:<stdin>:12: ERROR:  x` and `ERROR:  x` alike read `ERROR: x`.
+    let error = match error.find("ERROR:") {
+        Some(i) => format!("ERROR: {}", error[i + 6..].trim()),
+        None => error.to_string(),
+    };
     format!("{error}{statement}")
 }

@@ -98,6 +98,66 @@ fn new_name(arg: Option<&str>, schema: &str) -> Result<Option<String>> {
 /// # Errors
 /// [`FormatError::NoSuchTable`] (listing the tables), [`FormatError::AmbiguousTable`].
 pub fn find_table<'a>(snap: &'a Snapshot, arg: &str) -> Result<&'a Part> {
+    let found = find_table_as(snap, arg, arg);
+    // `ls` shows a newline in a name as `\n`: that spelling names it too.
+    if found.is_err() && arg.contains('\\') {
+        let plain = unescape_controls(arg);
+        if plain != arg {
+            if let Ok(p) = find_table_as(snap, &plain, arg) {
+                return Ok(p);
+            }
+        }
+    }
+    found
+}
+
+/// `\n`, `\t`, `\r` and `\u{…}` as the characters they stand for (what `ls` escapes).
+fn unescape_controls(s: &str) -> String {
+    let mut out = String::new();
+    let mut it = s.chars().peekable();
+    while let Some(c) = it.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match it.peek().copied() {
+            Some('n') => {
+                it.next();
+                out.push('\n');
+            }
+            Some('t') => {
+                it.next();
+                out.push('\t');
+            }
+            Some('r') => {
+                it.next();
+                out.push('\r');
+            }
+            Some('u') => {
+                let rest: String = it.clone().collect();
+                let code = rest
+                    .strip_prefix("u{")
+                    .and_then(|r| r.split_once('}'))
+                    .and_then(|(h, _)| u32::from_str_radix(h, 16).ok().map(|v| (h.len(), v)))
+                    .and_then(|(n, v)| char::from_u32(v).map(|ch| (n, ch)));
+                match code {
+                    Some((n, ch)) => {
+                        for _ in 0..n + 3 {
+                            it.next();
+                        }
+                        out.push(ch);
+                    }
+                    None => out.push(c),
+                }
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+fn find_table_as<'a>(snap: &'a Snapshot, arg: &str, shown: &str) -> Result<&'a Part> {
+    let arg_shown = shown;
     let (schema, table, exact) = parse_table_arg(arg);
     let matches = |p: &&Part, ci: bool| {
         let eq = |a: &str, b: &str| {
@@ -115,16 +175,18 @@ pub fn find_table<'a>(snap: &'a Snapshot, arg: &str) -> Result<&'a Part> {
         found = meta::tables(snap).filter(|p| matches(p, true)).collect();
     }
     let names = |ps: &mut dyn Iterator<Item = &Part>| {
-        ps.map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
+        ps.map(|p| crate::names::display(&p.name))
+            .collect::<Vec<_>>()
+            .join(", ")
     };
     match found.len() {
         1 => Ok(found[0]),
         0 => Err(FormatError::NoSuchTable {
-            table: arg.to_string(),
+            table: arg_shown.to_string(),
             available: names(&mut meta::tables(snap)),
         }),
         _ => Err(FormatError::AmbiguousTable {
-            table: arg.to_string(),
+            table: arg_shown.to_string(),
             candidates: names(&mut found.into_iter()),
         }),
     }
@@ -263,9 +325,14 @@ pub fn restore(
                 }
                 out.flush().map_err(out_err)
             }
-            Target::Database(db) => super::restore_db::restore_database(
-                repo, snap, opts, db, None, notify,
-            )
+            Target::Database(db) => if opts.create {
+                super::clean::create_database(db, notify)
+            } else {
+                Ok(())
+            }
+            .and_then(|()| {
+                super::restore_db::restore_database(repo, snap, opts, db, None, notify)
+            })
             .map_err(|e| match damaged_elsewhere(repo, snap, &[]) {
                 Some(list) => FormatError::Damaged {
                     detail: list,
@@ -306,7 +373,7 @@ pub fn restore(
                 ))? == "t";
                 if exists && !opts.clean && !opts.data_only {
                     return Err(FormatError::TableExists {
-                        table: dest,
+                        table: crate::names::display(&dest),
                         target: db.public().to_string(),
                     });
                 }
@@ -316,9 +383,10 @@ pub fn restore(
                     write_table_script(repo, &ts, part, opts, &mut bw, drop, notify)
                 })?;
                 notify(Notice::Done(format!(
-                    "restored {} ({} rows) as {dest}",
-                    part.name,
-                    part.rows.unwrap_or(0)
+                    "restored {} ({} rows) as {}",
+                    crate::names::display(&part.name),
+                    part.rows.unwrap_or(0),
+                    crate::names::display(&dest)
                 )));
             }
         }
@@ -352,6 +420,15 @@ fn damaged_elsewhere(repo: &Repository, snap: &Snapshot, skip: &[&str]) -> Optio
 #[cfg(test)]
 mod tests {
     use super::parse_table_arg;
+
+    #[test]
+    fn escaped_controls_read_back() {
+        assert_eq!(
+            super::unescape_controls("public.\"we\"\"ird\\nname\\u{7}\""),
+            "public.\"we\"\"ird\nname\u{7}\""
+        );
+        assert_eq!(super::unescape_controls("a\\b"), "a\\b");
+    }
 
     #[test]
     fn table_arguments() {

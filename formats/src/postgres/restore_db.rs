@@ -132,6 +132,12 @@ pub(crate) fn restore_database(
     };
     let mut plan = plan_post(snap, &post_text);
     if !a.data_only {
+        let dropped = super::clean::prepare(url, &String::from_utf8_lossy(&pre_text), a.clean)?;
+        if dropped > 0 {
+            notify(Notice::Done(format!(
+                "--clean: dropped {dropped} object(s) the snapshot creates again"
+            )));
+        }
         url.psql("restoring the schema (pre-data)", false, |w| {
             w.write_all(ASYNC_COMMIT.as_bytes())?;
             Ok(w.write_all(&pre_text)?)

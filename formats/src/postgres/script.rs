@@ -283,7 +283,13 @@ pub fn table_script(
         .preamble
         .lines()
         .find_map(|l| l.strip_prefix("\\restrict ").map(|k| k.trim().to_string()));
-    let in_schema = |h: &TocHeader| h.schema == schema;
+    // pg_dump's header comments write a newline in a name as a space; a name holding one
+    // is matched by that spelling, and each entry must then name the table exactly.
+    let one_line = |s: &str| s.replace(['\n', '\r'], " ");
+    let (schema_h, table_h) = (one_line(schema), one_line(table));
+    let mangled = schema_h != schema || table_h != table;
+    let in_schema = |h: &TocHeader| h.schema == schema_h;
+    let table = table_h.as_str();
     let mut seqs: Vec<String> = Vec::new();
     for e in pre.iter().chain(post.iter()) {
         let Some(h) = &e.header else { continue };
@@ -308,6 +314,13 @@ pub fn table_script(
                    constraints: &mut Vec<String>|
      -> bool {
         if !in_schema(h) {
+            return false;
+        }
+        if mangled
+            && !h.kind.starts_with("SEQUENCE")
+            && h.kind != "INDEX"
+            && !text.contains(&qt)
+        {
             return false;
         }
         match h.kind.as_str() {

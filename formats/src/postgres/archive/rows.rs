@@ -18,6 +18,9 @@ impl RowSink for blake3::Hasher {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum State {
     Head,
+    /// Inside a `COPY` statement that goes on over lines (a quoted name holding a
+    /// newline): the double quotes seen so far.
+    Statement(usize),
     Rows,
 }
 
@@ -59,13 +62,23 @@ impl<S: RowSink> RowsTap<S> {
     }
 
     fn line(&mut self, l: &[u8]) {
+        let quotes = |l: &[u8]| l.iter().filter(|b| **b == b'"').count();
         match self.state {
-            State::Head if l.starts_with(b"COPY ") && l.ends_with(b" FROM stdin;\n") => {
-                self.state = State::Rows;
-            }
+            State::Head if l.starts_with(b"COPY ") => self.statement(l, quotes(l)),
+            State::Statement(q) => self.statement(l, q + quotes(l)),
             State::Rows => self.sink.rows(l),
             State::Head => {}
         }
+    }
+
+    /// A line of the COPY statement, `quotes` double quotes into it: the rows start
+    /// after the line that ends it outside a quoted name.
+    fn statement(&mut self, l: &[u8], quotes: usize) {
+        self.state = if quotes % 2 == 0 && l.ends_with(b" FROM stdin;\n") {
+            State::Rows
+        } else {
+            State::Statement(quotes)
+        };
     }
 
     /// The sink, once the part is fed.
