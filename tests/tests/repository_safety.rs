@@ -1,0 +1,146 @@
+//! A repository no single damaged file or careless command takes hostage, chained as an
+//! operator meets it:
+//! - `latest` without `--name` in a repository of several sources is refused, naming them;
+//!   with `--name` the command says which snapshot it chose;
+//! - a damaged snapshot manifest: the others still restore, `forget ID` removes it, then
+//!   `prune` and `check` pass;
+//! - a damaged key file: `key list` shows it, `key remove` removes it, `check` passes;
+//! - a backup running on the host and a prune in another PID namespace (a container with
+//!   the host's name): prune waits instead of taking the live lock over, the backup
+//!   completes and restores.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dbvault_tests::{bin, random_bytes, Repo, PASSWORD};
+
+fn id_of(v: &serde_json::Value) -> String {
+    v["snapshot_id"].as_str().expect("snapshot_id").to_string()
+}
+
+#[test]
+fn latest_of_several_sources_is_refused_and_the_choice_is_said() {
+    let repo = Repo::new();
+    let dump = b"-- not a real dump, a stream\n".repeat(100);
+    let a = repo.backup(&dump, &["--name", "shop"]);
+    let app = random_bytes(5000, 1);
+    repo.backup(&app, &["--name", "app"]);
+    let r = repo.run(&["restore", "latest", "--to", "-"], None);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(r.stdout.is_empty());
+    assert!(
+        r.stderr.contains("app, shop") && r.stderr.contains("--name"),
+        "{}",
+        r.stderr
+    );
+    let r = repo
+        .run(&["restore", "latest", "--name", "shop", "--to", "-"], None)
+        .ok();
+    assert_eq!(r.stdout, dump);
+    let short = &id_of(&a)[..8];
+    assert!(
+        r.stderr.contains("latest is snapshot") && r.stderr.contains(short),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn a_damaged_snapshot_is_forgotten_by_id_and_the_rest_restores() {
+    let repo = Repo::new();
+    let one = random_bytes(300_000, 2);
+    let two = random_bytes(300_000, 3);
+    let a = id_of(&repo.backup(&one, &["--name", "one"]));
+    let b = id_of(&repo.backup(&two, &["--name", "two"]));
+    std::fs::write(repo.path.join("snapshots").join(&b), b"garbage").expect("damage");
+    // The intact one restores; prune refuses, naming the way out.
+    assert_eq!(repo.restore(&a).ok().stdout, one);
+    let r = repo.run(&["prune"], None);
+    assert_ne!(r.code, Some(0));
+    assert!(r.stderr.contains("dbvault forget ID"), "{}", r.stderr);
+    let r = repo.run(&["forget", &b[..10]], None);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(r.text().contains("damaged"), "{}", r.text());
+    repo.run(&["prune"], None).ok();
+    let c = repo.run(&["check", "--read-data"], None);
+    assert_eq!(c.code, Some(0), "{} {}", c.text(), c.stderr);
+    assert_eq!(repo.restore(&a).ok().stdout, one);
+}
+
+#[test]
+fn a_damaged_key_file_is_listed_and_removed() {
+    let repo = Repo::new();
+    let data = random_bytes(10_000, 4);
+    let a = id_of(&repo.backup(&data, &["--name", "s"]));
+    let bad = "ab".repeat(32);
+    std::fs::write(repo.path.join("keys").join(&bad), b"{not a key").expect("damage");
+    let c = repo.run(&["check"], None);
+    assert_ne!(c.code, Some(0));
+    assert!(
+        format!("{}{}", c.text(), c.stderr).contains(&format!("dbvault key remove {bad}")),
+        "{} {}",
+        c.text(),
+        c.stderr
+    );
+    let l = repo.run(&["key", "list"], None).ok().text();
+    assert!(l.contains("DAMAGED") && l.contains(&bad[..8]), "{l}");
+    repo.run(&["key", "remove", &bad[..12]], None).ok();
+    assert_eq!(repo.run(&["check"], None).code, Some(0));
+    // The last good key is never removed.
+    let l = repo.run(&["key", "list", "--json"], None).ok().json();
+    let only = l[0]["id"].as_str().expect("id").to_string();
+    let r = repo.run(&["key", "remove", &only, "--force"], None);
+    assert_eq!(r.code, Some(1));
+    assert_eq!(repo.restore(&a).ok().stdout, data);
+}
+
+#[test]
+fn a_prune_in_another_pid_namespace_waits_for_the_hosts_backup() {
+    let ok = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "unshare --pid --fork --mount-proc needs root (util-linux's unshare): run the tests as root"
+    );
+    let repo = Repo::new();
+    let data = random_bytes(2_000_000, 5);
+    let src = repo.dir.path().join("src");
+    std::fs::write(&src, &data).expect("src");
+    // A backup whose producer takes a few seconds: its lock is live all along.
+    let producer = format!("sleep 4; cat {}", src.display());
+    let mut backup = repo.cmd(&["backup", "--command", &producer, "--name", "slow", "--json"]);
+    backup.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = backup.spawn().expect("backup");
+    std::thread::sleep(Duration::from_millis(1500));
+    // The prune in its own PID namespace, where the backup's process id means nothing.
+    let started = Instant::now();
+    let out = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc"])
+        .arg(bin())
+        .arg("--repo")
+        .arg(&repo.path)
+        .args(["--lock-wait", "1s", "prune"])
+        .env("DBVAULT_PASSWORD", PASSWORD)
+        .env("DBVAULT_CACHE_DIR", repo.dir.path().join("ns-client"))
+        .output()
+        .expect("unshare prune");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "prune took the live lock: {stderr}");
+    assert!(
+        !stderr.contains("taking over") && stderr.contains("backup"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(4), "it gave up after --lock-wait");
+    let done = child.wait_with_output().expect("backup");
+    assert!(
+        done.status.success(),
+        "the backup died: {}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let snap: serde_json::Value = serde_json::from_slice(&done.stdout).expect("json");
+    assert_eq!(repo.restore(&id_of(&snap)).ok().stdout, data);
+    // Now prune runs.
+    repo.run(&["prune"], None).ok();
+}
