@@ -6,6 +6,7 @@ mod config;
 mod malloc;
 mod output;
 mod repo_access;
+mod signals;
 
 use std::process::ExitCode;
 
@@ -28,6 +29,7 @@ pub(crate) fn one_line(e: &anyhow::Error) -> String {
 }
 
 fn main() -> ExitCode {
+    signals::catch();
     malloc::tune();
     // As PostgreSQL's restore_command, every failure but "not in the archive" must stop
     // recovery: a usage error (exit 2) or a panic (101) would end it early instead.

@@ -59,7 +59,11 @@ impl Repository {
                     host: String::new(),
                     user: String::new(),
                     created: String::new(),
-                    kdf: KdfParams { m_kib: 0, t: 0, p: 0 },
+                    kdf: KdfParams {
+                        m_kib: 0,
+                        t: 0,
+                        p: 0,
+                    },
                     current: false,
                     damaged: Some(e.to_string()),
                 }),

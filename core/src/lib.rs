@@ -26,6 +26,7 @@ pub mod history;
 pub mod id;
 pub mod index;
 pub mod input;
+pub mod interrupt;
 pub mod keyfile;
 pub mod keys;
 pub mod lock;

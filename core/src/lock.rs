@@ -229,6 +229,8 @@ pub struct Lock {
     kind: LockKind,
     shared: Arc<Shared>,
     refresher: Option<JoinHandle<()>>,
+    /// Its registration with [`crate::interrupt`].
+    token: u64,
 }
 
 /// A cheap handle for checking, from any thread, that a [`Lock`] is still held.
@@ -306,6 +308,14 @@ impl Lock {
             }),
             wake: Condvar::new(),
         });
+        // On a signal, the front end releases it (crate::interrupt) before exiting.
+        let s3 = shared.clone();
+        let token = crate::interrupt::register_lock(Box::new(move || {
+            let st = s3.state.lock().unwrap_or_else(|p| p.into_inner());
+            if st.lost.is_none() {
+                let _ = s3.backend.remove(&st.path);
+            }
+        }));
         let s2 = shared.clone();
         let refresher = std::thread::Builder::new()
             .name("dbvault-lock".into())
@@ -315,6 +325,7 @@ impl Lock {
             kind,
             shared,
             refresher,
+            token,
         }
     }
 
@@ -383,6 +394,7 @@ impl LockHandle {
 
 impl Drop for Lock {
     fn drop(&mut self) {
+        crate::interrupt::unregister_lock(self.token);
         {
             let mut st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
             st.stop = true;

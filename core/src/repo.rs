@@ -287,8 +287,11 @@ impl Repository {
             if name.is_none() {
                 // The newest of several sources is rarely what was meant (an SQLite file
                 // where a dump was wanted): ask.
-                let mut names: Vec<&str> =
-                    audit.snapshots.iter().map(|(_, s)| s.name.as_str()).collect();
+                let mut names: Vec<&str> = audit
+                    .snapshots
+                    .iter()
+                    .map(|(_, s)| s.name.as_str())
+                    .collect();
                 names.sort_unstable();
                 names.dedup();
                 if names.len() > 1 {

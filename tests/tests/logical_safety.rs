@@ -76,7 +76,11 @@ fn a_failed_pg_dump_piped_in_is_refused_and_latest_stays_good() {
     assert_eq!(r.code, Some(1), "{}", r.stderr);
     assert!(r.stderr.contains("empty"), "{}", r.stderr);
     assert_eq!(repo.snapshot_ids(), vec![snap_id(&good)]);
-    assert_eq!(repo.restore("latest").ok().stdout, dump, "latest is the good night");
+    assert_eq!(
+        repo.restore("latest").ok().stdout,
+        dump,
+        "latest is the good night"
+    );
     // On purpose, it is allowed.
     let r = repo.run(
         &["backup", "-", "--name", "marker", "--allow-empty"],
@@ -299,7 +303,11 @@ fn a_database_holding_the_schema_is_refused_unchanged_and_clean_and_create_work(
         r.stderr
     );
     assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
-    assert_eq!(target.fingerprint(), before, "the refusal changed the target");
+    assert_eq!(
+        target.fingerprint(),
+        before,
+        "the refusal changed the target"
+    );
 
     let r = repo.run(&["restore", &id, "--to", &target.url(), "--clean"], None);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
@@ -327,7 +335,8 @@ fn a_database_holding_the_schema_is_refused_unchanged_and_clean_and_create_work(
     let r = repo.run(&["restore", &oid, "--to", &into.url()], None);
     assert_ne!(r.code, Some(0));
     assert!(
-        r.stderr.contains(&format!("role \"{role}\" does not exist"))
+        r.stderr
+            .contains(&format!("role \"{role}\" does not exist"))
             && r.stderr.matches("ERROR").count() == 1
             && !r.stderr.contains("STATEMENT:"),
         "{}",
@@ -344,7 +353,8 @@ fn sql_output_loads_back_into_postgres_and_sqlite() {
          INSERT INTO logo VALUES (1, '\\x000102030405060708090a0b0c0d0e0f', '', 0.1), \
          (2, NULL, NULL, 1e300), (3, '\\x2c22', 'a,\"b\"\nc', -2.5);",
     );
-    let want = db.sql("SELECT id, md5(img), length(img), note IS NULL, note, f FROM logo ORDER BY id");
+    let want =
+        db.sql("SELECT id, md5(img), length(img), note IS NULL, note, f FROM logo ORDER BY id");
     let repo = Repo::new();
     let id = snap_id(&repo.backup(&pg_dump(&db, &[]), &["--name", "csv"]));
     let csv = repo
@@ -370,10 +380,19 @@ fn sql_output_loads_back_into_postgres_and_sqlite() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("psql");
-    p.stdin.take().expect("stdin").write_all(&csv).expect("feed");
+    p.stdin
+        .take()
+        .expect("stdin")
+        .write_all(&csv)
+        .expect("feed");
     let out = p.wait_with_output().expect("psql");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let got = db.sql("SELECT id, md5(img), length(img), note IS NULL, note, f FROM logo2 ORDER BY id");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got =
+        db.sql("SELECT id, md5(img), length(img), note IS NULL, note, f FROM logo2 ORDER BY id");
     assert_eq!(got, want, "csv: {}", String::from_utf8_lossy(&csv));
     assert!(got.contains("|16|"), "{got}");
 
@@ -488,12 +507,13 @@ fn an_sqlite_rollback_over_a_crashed_migrations_wal_gives_the_snapshot_back() {
     let wal = dir.path().join("app.db-wal");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let n: Option<i64> = rusqlite::Connection::open_with_flags(
-            &app,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .ok()
-        .and_then(|c| c.query_row("SELECT count(*) FROM orders", [], |r| r.get(0)).ok());
+        let n: Option<i64> =
+            rusqlite::Connection::open_with_flags(&app, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .ok()
+                .and_then(|c| {
+                    c.query_row("SELECT count(*) FROM orders", [], |r| r.get(0))
+                        .ok()
+                });
         if n == Some(100) {
             break;
         }
@@ -503,7 +523,13 @@ fn an_sqlite_rollback_over_a_crashed_migrations_wal_gives_the_snapshot_back() {
 
     // While the application has the file open, the restore is refused, naming it.
     let r = repo.run(
-        &["restore", &id, "--to", &format!("sqlite:{}", app.display()), "--force"],
+        &[
+            "restore",
+            &id,
+            "--to",
+            &format!("sqlite:{}", app.display()),
+            "--force",
+        ],
         None,
     );
     assert_eq!(r.code, Some(1), "{}", r.stderr);
@@ -520,7 +546,13 @@ fn an_sqlite_rollback_over_a_crashed_migrations_wal_gives_the_snapshot_back() {
         "the crash left its commits in app.db-wal"
     );
     let r = repo.run(
-        &["restore", &id, "--to", &format!("sqlite:{}", app.display()), "--force"],
+        &[
+            "restore",
+            &id,
+            "--to",
+            &format!("sqlite:{}", app.display()),
+            "--force",
+        ],
         None,
     );
     assert_eq!(r.code, Some(0), "{}", r.stderr);
@@ -540,7 +572,10 @@ fn an_sqlite_rollback_over_a_crashed_migrations_wal_gives_the_snapshot_back() {
             |r| r.get(0),
         )
         .expect("columns");
-    assert_eq!(cols, 0, "the migration's column came back from the stale -wal");
+    assert_eq!(
+        cols, 0,
+        "the migration's column came back from the stale -wal"
+    );
     let ok: String = c
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .expect("integrity");
@@ -583,7 +618,11 @@ fn names_with_newlines_and_quotes_are_listed_counted_addressed_and_restored() {
     let fc = pg_dump(&db, &["-Fc"]);
     let custom = snap_id(&repo.backup(&fc, &["--name", "custom"]));
     assert_eq!(repo.restore(&custom).ok().stdout, fc, "-Fc byte for byte");
-    assert_eq!(repo.restore(&piped).ok().stdout, plain, "plain byte for byte");
+    assert_eq!(
+        repo.restore(&piped).ok().stdout,
+        plain,
+        "plain byte for byte"
+    );
     for id in [&piped, &direct, &custom] {
         let ls = repo.run(&["ls", id, "--json"], None).ok().json();
         let e = ls["entries"]
@@ -615,6 +654,9 @@ fn names_with_newlines_and_quotes_are_listed_counted_addressed_and_restored() {
         let rt = repo.run(&["restore-test", id, "--json"], None);
         assert_eq!(rt.code, Some(0), "{id}: {}", rt.stderr);
         let report = rt.text();
-        assert!(report.contains("ird\\nname"), "restore-test counts it: {report}");
+        assert!(
+            report.contains("ird\\nname"),
+            "restore-test counts it: {report}"
+        );
     }
 }

@@ -198,5 +198,8 @@ fn a_100_mib_row_keeps_memory_within_the_stated_bound() {
         &out,
     );
     assert!(p.ok, "{}", p.stderr);
-    assert!(same_bytes(&out, &dump), "the piped dump comes back byte for byte");
+    assert!(
+        same_bytes(&out, &dump),
+        "the piped dump comes back byte for byte"
+    );
 }

@@ -132,7 +132,10 @@ fn a_prune_in_another_pid_namespace_waits_for_the_hosts_backup() {
         !stderr.contains("taking over") && stderr.contains("backup"),
         "{stderr}"
     );
-    assert!(started.elapsed() < Duration::from_secs(4), "it gave up after --lock-wait");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "it gave up after --lock-wait"
+    );
     let done = child.wait_with_output().expect("backup");
     assert!(
         done.status.success(),
@@ -143,4 +146,122 @@ fn a_prune_in_another_pid_namespace_waits_for_the_hosts_backup() {
     assert_eq!(repo.restore(&id_of(&snap)).ok().stdout, data);
     // Now prune runs.
     repo.run(&["prune"], None).ok();
+}
+
+/// Files a command left that it should not have: locks and temp files, anywhere under
+/// `root`.
+fn debris(root: &std::path::Path) -> Vec<String> {
+    dbvault_tests::tree(root)
+        .into_keys()
+        .filter(|p| {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            name.starts_with(".tmp-") || p.parent().is_some_and(|d| d.ends_with("locks"))
+        })
+        .map(|p| p.display().to_string())
+        .collect()
+}
+
+#[test]
+#[allow(unsafe_code)]
+fn ctrl_c_at_any_moment_leaves_no_lock_and_no_temp_file() {
+    let repo = Repo::new();
+    let other = Repo::new();
+    let data = random_bytes(48 << 20, 6);
+    let src = repo.dir.path().join("src");
+    std::fs::write(&src, &data).expect("src");
+    repo.backup(&random_bytes(8 << 20, 7), &["--name", "base"]);
+    repo.backup(&data, &["--name", "big"]);
+    // From the key derivation (about 60 ms) to the middle of the work.
+    let delays = [30u64, 80, 120, 170];
+    let sources: Vec<std::path::PathBuf> = (0..delays.len())
+        .map(|i| {
+            let p = repo.dir.path().join(format!("src{i}"));
+            std::fs::write(&p, random_bytes(24 << 20, 100 + i as u64)).expect("src");
+            p
+        })
+        .collect();
+    let round = std::cell::Cell::new(0usize);
+    let ops: Vec<(&str, Box<dyn Fn() -> Command>)> = vec![
+        (
+            "backup",
+            Box::new(|| {
+                // New data each time: a backup of what is stored already is quick.
+                let mut c = repo.cmd(&["backup", "-", "--name", "big"]);
+                let i = round.get();
+                round.set(i + 1);
+                c.stdin(std::fs::File::open(&sources[i % sources.len()]).expect("src"));
+                c
+            }),
+        ),
+        (
+            "restore",
+            Box::new(|| repo.cmd(&["restore", "latest", "--name", "big", "--to", "-"])),
+        ),
+        (
+            "copy",
+            Box::new(|| {
+                let mut c = repo.cmd(&["copy", "--to-repo", &other.path.display().to_string()]);
+                c.env("DBVAULT_TO_PASSWORD", PASSWORD);
+                c
+            }),
+        ),
+        (
+            "prune",
+            Box::new(|| {
+                // Something to prune each time: forget all but the newest of each source.
+                let _ = dbvault_tests::run_cmd(repo.cmd(&["forget", "--keep-last", "1"]), None);
+                repo.cmd(&["prune", "--repack-unused", "0"])
+            }),
+        ),
+    ];
+    let mut interrupted = Vec::new();
+    for (what, make) in &ops {
+        for d in delays {
+            let mut c = make();
+            c.stdout(Stdio::null()).stderr(Stdio::piped());
+            let child = c.spawn().expect("spawn");
+            std::thread::sleep(Duration::from_millis(d));
+            // SAFETY: kill only sends a signal to our own child's pid.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+            }
+            let out = child.wait_with_output().expect("wait");
+            let err = String::from_utf8_lossy(&out.stderr);
+            let code = out.status.code();
+            assert!(
+                code == Some(130) || code == Some(0),
+                "{what} after {d} ms: {code:?} {err}"
+            );
+            if code == Some(130) {
+                assert!(err.contains("interrupted (SIGINT)"), "{what}: {err}");
+                interrupted.push(format!("{what}@{d}ms"));
+            }
+            for r in [&repo, &other] {
+                let left = debris(&r.path);
+                assert!(left.is_empty(), "{what} after {d} ms left {left:?}");
+            }
+            // The next command starts at once.
+            let t = Instant::now();
+            let c = repo.run(&["--lock-wait", "1s", "check"], None);
+            assert_eq!(
+                c.code,
+                Some(0),
+                "{what} after {d} ms: {} {}",
+                c.text(),
+                c.stderr
+            );
+            assert!(t.elapsed() < Duration::from_secs(5));
+        }
+    }
+    eprintln!("interrupted: {interrupted:?}");
+    assert!(
+        interrupted.len() >= 8,
+        "too few commands were interrupted mid-way: {interrupted:?}"
+    );
+    // And the backup, uninterrupted, still works.
+    let s = repo.backup(&data, &["--name", "big"]);
+    assert_eq!(repo.restore(&id_of(&s)).ok().stdout, data);
 }

@@ -216,10 +216,7 @@ fn by_id(cli: &Cli, repo: &dbvault_core::Repository, a: &ForgetArgs) -> Result<(
         }));
     } else {
         for d in &described {
-            crate::outln!(
-                "{} {d}",
-                if a.dry_run { "would forget" } else { "forgot" }
-            );
+            crate::outln!("{} {d}", if a.dry_run { "would forget" } else { "forgot" });
         }
         if !a.dry_run {
             crate::outln!("(their data is freed by the next prune)");

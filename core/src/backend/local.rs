@@ -208,7 +208,10 @@ fn temp_file(dir: &Path) -> Result<io::Result<(File, PathBuf)>> {
         .create_new(true)
         .mode(0o600)
         .open(&tmp)
-        .map(|f| (f, tmp)))
+        .map(|f| {
+            crate::interrupt::register_temp(tmp.clone());
+            (f, tmp)
+        }))
 }
 
 /// Makes the temp file `tmp` (written through `f`) the object at `target` in `dir`: fsync
@@ -221,6 +224,7 @@ fn put_in_place(f: File, tmp: &Path, target: &Path, dir: &Path) -> io::Result<()
         fs::hard_link(tmp, target)
     });
     let _ = fs::remove_file(tmp);
+    crate::interrupt::unregister_temp(tmp);
     linked?;
     fsync_dir(dir)
 }
@@ -275,7 +279,8 @@ impl Spool for LocalSpool {
 impl Drop for LocalSpool {
     fn drop(&mut self) {
         if let Some((_, tmp)) = self.file.take() {
-            let _ = fs::remove_file(tmp);
+            let _ = fs::remove_file(&tmp);
+            crate::interrupt::unregister_temp(&tmp);
         }
     }
 }

@@ -25,7 +25,12 @@ const KINDS: &[(&str, &str, &str, bool)] = &[
     ("TABLE", "TABLE", "to_regclass", true),
     ("FOREIGN TABLE", "FOREIGN TABLE", "to_regclass", true),
     ("VIEW", "VIEW", "to_regclass", true),
-    ("MATERIALIZED VIEW", "MATERIALIZED VIEW", "to_regclass", true),
+    (
+        "MATERIALIZED VIEW",
+        "MATERIALIZED VIEW",
+        "to_regclass",
+        true,
+    ),
     ("SEQUENCE", "SEQUENCE", "to_regclass", true),
     ("FUNCTION", "FUNCTION", "to_regprocedure", false),
     ("PROCEDURE", "PROCEDURE", "to_regprocedure", false),
@@ -64,10 +69,9 @@ fn leading_name(s: &str) -> Option<&str> {
             }
         } else {
             let start = i;
-            while b
-                .get(i)
-                .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'$' || *c >= 0x80)
-            {
+            while b.get(i).is_some_and(|c| {
+                c.is_ascii_alphanumeric() || *c == b'_' || *c == b'$' || *c >= 0x80
+            }) {
                 i += 1;
             }
             if i == start {
@@ -253,7 +257,11 @@ pub fn create_database(db: &PgSource, notify: crate::notice::Notify<'_>) -> Resu
             "--create: the target URL names no database".into(),
         ));
     }
-    let admin = db.for_database(if name == "postgres" { "template1" } else { "postgres" });
+    let admin = db.for_database(if name == "postgres" {
+        "template1"
+    } else {
+        "postgres"
+    });
     let lit = name.replace('\'', "''");
     let exists = admin.query(&format!(
         "SELECT count(*) FROM pg_database WHERE datname = '{lit}'"
@@ -261,8 +269,13 @@ pub fn create_database(db: &PgSource, notify: crate::notice::Notify<'_>) -> Resu
     if exists {
         return Ok(());
     }
-    admin.query(&format!("CREATE DATABASE {} TEMPLATE template0", quote(&name)))?;
-    notify(crate::notice::Notice::Done(format!("created database {name}")));
+    admin.query(&format!(
+        "CREATE DATABASE {} TEMPLATE template0",
+        quote(&name)
+    ))?;
+    notify(crate::notice::Notice::Done(format!(
+        "created database {name}"
+    )));
     Ok(())
 }
 
@@ -307,7 +320,10 @@ mod tests {
     #[test]
     fn leading_names() {
         assert_eq!(leading_name("a.b (x"), Some("a.b"));
-        assert_eq!(leading_name("\"a\"\"b\".\"c d\" AS"), Some("\"a\"\"b\".\"c d\""));
+        assert_eq!(
+            leading_name("\"a\"\"b\".\"c d\" AS"),
+            Some("\"a\"\"b\".\"c d\"")
+        );
         assert_eq!(leading_name("(x"), None);
     }
 }

@@ -601,7 +601,10 @@ mod tests {
             copy_target("COPY \"Sales Dept\".\"Kunden Ü\" (a) FROM stdin;"),
             Some(("Sales Dept".into(), "Kunden Ü".into()))
         );
-        assert_eq!(copy_target("COPY s.t FROM stdin;"), Some(("s".into(), "t".into())));
+        assert_eq!(
+            copy_target("COPY s.t FROM stdin;"),
+            Some(("s".into(), "t".into()))
+        );
         // The whole statement, over its lines, is the COPY header; its rows count.
         let dump = SAMPLE.replace(
             "COPY s.\"u v\" (a) FROM stdin;\n",
@@ -609,7 +612,9 @@ mod tests {
         );
         let parts = split(&dump).unwrap();
         assert_eq!(parts[2].2, 2);
-        assert!(parts[2].1.contains("COPY s.\"u\nv\" (a, \"b\nc\") FROM stdin;\nx\t1\n"));
+        assert!(parts[2]
+            .1
+            .contains("COPY s.\"u\nv\" (a, \"b\nc\") FROM stdin;\nx\t1\n"));
         assert_eq!(parts.last().map(|p| p.0.as_str()), Some("post-data"));
     }
 

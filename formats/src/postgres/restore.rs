@@ -330,9 +330,7 @@ pub fn restore(
             } else {
                 Ok(())
             }
-            .and_then(|()| {
-                super::restore_db::restore_database(repo, snap, opts, db, None, notify)
-            })
+            .and_then(|()| super::restore_db::restore_database(repo, snap, opts, db, None, notify))
             .map_err(|e| match damaged_elsewhere(repo, snap, &[]) {
                 Some(list) => FormatError::Damaged {
                     detail: list,

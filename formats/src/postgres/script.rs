@@ -316,11 +316,7 @@ pub fn table_script(
         if !in_schema(h) {
             return false;
         }
-        if mangled
-            && !h.kind.starts_with("SEQUENCE")
-            && h.kind != "INDEX"
-            && !text.contains(&qt)
-        {
+        if mangled && !h.kind.starts_with("SEQUENCE") && h.kind != "INDEX" && !text.contains(&qt) {
             return false;
         }
         match h.kind.as_str() {

@@ -241,8 +241,10 @@ fn read_archive<R: Read, W: Write>(
         }
         // The part pg_restore's script gives this table is named by its COPY statement
         // (the exact name; header comments turn a newline in it into a space).
-        let name = crate::postgres::dump::copy_target(e.copy_stmt.trim_end())
-            .map_or_else(|| format!("{}.{}", e.namespace, e.tag), |(s, t)| format!("{s}.{t}"));
+        let name = crate::postgres::dump::copy_target(e.copy_stmt.trim_end()).map_or_else(
+            || format!("{}.{}", e.namespace, e.tag),
+            |(s, t)| format!("{s}.{t}"),
+        );
         let rebuild = match (plan, check.finish()) {
             (Plan::Zlib(level), Some(rows)) => {
                 ours.insert(name.clone(), rows);

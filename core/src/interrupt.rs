@@ -1,0 +1,74 @@
+//! What an interrupted command must not leave behind: its repository locks and its temp
+//! files. Each is registered while it exists; a front end that catches SIGINT/SIGTERM
+//! calls [`clean_up`] before it exits, so the next command neither waits on the lock of a
+//! process that is gone nor finds debris (a lock would otherwise only be taken over, as
+//! stale, once its process is seen gone).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+type Release = Box<dyn Fn() + Send>;
+
+static LOCKS: Mutex<BTreeMap<u64, Release>> = Mutex::new(BTreeMap::new());
+static TEMPS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+static NEXT: AtomicU64 = AtomicU64::new(1);
+
+/// Registers how to release a held lock; returns the token that unregisters it.
+pub(crate) fn register_lock(release: Release) -> u64 {
+    let t = NEXT.fetch_add(1, Ordering::Relaxed);
+    LOCKS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(t, release);
+    t
+}
+
+/// The lock of `token` was released (or lost) by its holder.
+pub(crate) fn unregister_lock(token: u64) {
+    LOCKS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&token);
+}
+
+/// A temp file now exists at `path`.
+pub(crate) fn register_temp(path: PathBuf) {
+    TEMPS.lock().unwrap_or_else(|p| p.into_inner()).push(path);
+}
+
+/// The temp file at `path` is gone (renamed into place or removed).
+pub(crate) fn unregister_temp(path: &std::path::Path) {
+    TEMPS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|p| p != path);
+}
+
+/// What [`clean_up`] removed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cleaned {
+    /// Repository locks released.
+    pub locks: usize,
+    /// Temp files removed.
+    pub temps: usize,
+}
+
+/// Releases every registered lock and removes every registered temp file: for a process
+/// about to exit on a signal. Safe to call from any thread; best effort.
+pub fn clean_up() -> Cleaned {
+    let temps: Vec<PathBuf> = std::mem::take(&mut *TEMPS.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut c = Cleaned::default();
+    for t in temps {
+        if std::fs::remove_file(&t).is_ok() {
+            c.temps += 1;
+        }
+    }
+    let locks = std::mem::take(&mut *LOCKS.lock().unwrap_or_else(|p| p.into_inner()));
+    for (_, release) in locks {
+        release();
+        c.locks += 1;
+    }
+    c
+}
