@@ -114,6 +114,13 @@ pub enum Command {
     /// started with archiving on, a split brain): its history file and segments, and those
     /// of the timelines after it. `check` names such branches.
     WalRemoveTimeline(WalRemoveTimelineArgs),
+    /// Give a damaged repository back: `repair index` rebuilds index files that are
+    /// damaged or missing from the packs' own trailers (what `check` calls for).
+    Repair {
+        /// What to repair.
+        #[command(subcommand)]
+        command: RepairCommand,
+    },
     /// Manage passphrases: list, add, remove, change.
     Key {
         /// What to do.
@@ -279,6 +286,18 @@ pub struct KdfArgs {
     /// Argon2id lanes for the new key (default 1; at most 16).
     #[arg(long, value_name = "N")]
     pub kdf_lanes: Option<u32>,
+}
+
+/// `repair` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum RepairCommand {
+    /// Re-index the packs no readable index file names, from their trailers; then remove
+    /// the damaged index files.
+    Index {
+        /// Say what would be done; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// `key` subcommands.

@@ -55,6 +55,9 @@ pub struct Index {
     pack_file: Vec<u32>,
     entries: Vec<Entry>,
     files: Vec<Id>,
+    /// Index files that could not be read (path: why), when this index was completed
+    /// from pack trailers instead ([`Index::add_recovered`]).
+    damaged: Vec<String>,
 }
 
 /// Index files decoded at once while loading: bounds the transient memory.
@@ -303,5 +306,24 @@ impl Index {
     /// Ids of the index files loaded.
     pub fn files(&self) -> &[Id] {
         &self.files
+    }
+
+    /// Index files that were damaged when this index was loaded (then completed from pack
+    /// trailers): `repair index` rewrites them; `prune` refuses until it has.
+    pub fn damaged(&self) -> &[String] {
+        &self.damaged
+    }
+
+    /// Adds packs read from their trailers in place of `damaged` index files.
+    pub(crate) fn add_recovered(&mut self, damaged: Vec<String>, packs: &[(Id, Vec<PackEntry>)]) {
+        // They belong to no index file: a name no file has stands for "the trailers".
+        let f = self.files.len() as u32;
+        self.files.push(Id::hash_of(b"dbvault: recovered from pack trailers"));
+        for (pack, entries) in packs {
+            self.pack_file.push(f);
+            self.add_pack(*pack, entries);
+        }
+        self.damaged = damaged;
+        self.finalize();
     }
 }

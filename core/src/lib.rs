@@ -32,6 +32,7 @@ pub mod keys;
 pub mod lock;
 pub mod pack;
 pub mod prune;
+pub mod repair;
 pub mod repo;
 pub mod report;
 pub mod restore;

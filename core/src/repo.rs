@@ -177,13 +177,23 @@ impl Repository {
     /// The index, loaded on first use.
     ///
     /// # Errors
-    /// A damaged or unreadable index file.
+    /// The index files or packs cannot be listed; backend errors.
     pub fn index(&self) -> Result<Arc<Index>> {
         let mut guard = self.index.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(i) = guard.as_ref() {
             return Ok(i.clone());
         }
-        let idx = Arc::new(Index::load(self.backend.as_ref(), &self.keys)?);
+        // One damaged index file must not stop every restore: the packs no readable index
+        // file names are read from their own trailers (`repair index` makes it lasting).
+        let (mut idx, damaged) = Index::load_lenient(self.backend.as_ref(), &self.keys)?;
+        if !damaged.is_empty() {
+            let (found, _) = crate::repair::unindexed_packs(self, &idx)?;
+            idx.add_recovered(
+                damaged.iter().map(|(p, e)| format!("{p}: {e}")).collect(),
+                &found,
+            );
+        }
+        let idx = Arc::new(idx);
         *guard = Some(idx.clone());
         Ok(idx)
     }

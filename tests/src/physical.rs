@@ -144,6 +144,16 @@ impl Restored {
     /// Starts `postgres` on `data` (with `opts` added to its command line and `env` in its
     /// environment, for `restore_command` on S3), waiting until it accepts connections.
     pub fn start(data: &Path, opts: &str, env: &[(String, String)]) -> Restored {
+        Restored::launch(data, opts, env, true)
+    }
+
+    /// Starts `postgres` on `data` as [`Restored::start`] does, without waiting for it to
+    /// accept connections (a server that may stop during recovery).
+    pub fn spawn(data: &Path, opts: &str, env: &[(String, String)]) -> Restored {
+        Restored::launch(data, opts, env, false)
+    }
+
+    fn launch(data: &Path, opts: &str, env: &[(String, String)], wait: bool) -> Restored {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
             l.local_addr().expect("addr").port()
@@ -161,49 +171,18 @@ impl Restored {
             .args(["-D"])
             .arg(data)
             .args(["-o", &o, "-l"])
-            .arg(&log)
-            .args(["-w", "-t", "120", "start"]);
+            .arg(&log);
+        if wait {
+            c.args(["-w", "-t", "120", "start"]);
+        } else {
+            c.args(["-W", "start"]);
+        }
         let out = c.output().expect("pg_ctl");
         assert!(
             out.status.success(),
             "pg_ctl start: {}\n{}",
             String::from_utf8_lossy(&out.stderr),
             std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        Restored {
-            data: data.to_path_buf(),
-            sock,
-            port,
-        }
-    }
-
-    /// Starts `postgres` on `data` as [`Restored::start`] does, without waiting for it to
-    /// accept connections (a server that may stop during recovery).
-    pub fn spawn(data: &Path, opts: &str, env: &[(String, String)]) -> Restored {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
-            l.local_addr().expect("addr").port()
-        };
-        let sock = data.parent().expect("parent").to_path_buf();
-        let o = format!(
-            "-p {port} -k {} -c listen_addresses='' -c fsync=off {opts}",
-            sock.display()
-        );
-        let log = data.with_extension("log");
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--", "env"]);
-        c.args(env.iter().map(|(k, v)| format!("{k}={v}")));
-        c.arg(pg_bin("pg_ctl"))
-            .args(["-D"])
-            .arg(data)
-            .args(["-o", &o, "-l"])
-            .arg(&log)
-            .args(["-W", "start"]);
-        let out = c.output().expect("pg_ctl");
-        assert!(
-            out.status.success(),
-            "pg_ctl start: {}",
-            String::from_utf8_lossy(&out.stderr)
         );
         Restored {
             data: data.to_path_buf(),

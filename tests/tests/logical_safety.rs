@@ -37,6 +37,25 @@ fn pg_dump(db: &PgDb, extra: &[&str]) -> Vec<u8> {
     out.stdout
 }
 
+/// `psql` on `db` with `args`, fed `input`; it must succeed.
+fn psql_stdin(db: &PgDb, args: &[&str], input: &[u8]) {
+    let mut p = Command::new("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &conn(db)])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("psql");
+    p.stdin.take().expect("stdin").write_all(input).expect("feed");
+    let out = p.wait_with_output().expect("psql");
+    assert!(
+        out.status.success(),
+        "psql {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn count(hay: &[u8], needle: &[u8]) -> usize {
     hay.windows(needle.len()).filter(|w| *w == needle).count()
 }
@@ -161,20 +180,7 @@ fn a_dump_without_post_data_restores_a_table_renamed_and_byte_for_byte() {
         .ok()
         .stdout;
     let other = PgDb::new("nopost2");
-    let mut p = Command::new("psql")
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &conn(&other)])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("psql");
-    p.stdin.take().expect("stdin").write_all(&t).expect("feed");
-    let out = p.wait_with_output().expect("psql");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    psql_stdin(&other, &[], &t);
     assert_eq!(other.sql("SELECT z FROM b").trim(), "b1");
 
     // The same database as a custom-format archive, and an SQL_ASCII one.
@@ -365,32 +371,7 @@ fn sql_output_loads_back_into_postgres_and_sqlite() {
         .ok()
         .stdout;
     db.sql("CREATE TABLE logo2 (LIKE logo)");
-    let mut p = Command::new("psql")
-        .args([
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            &conn(&db),
-            "-c",
-            "\\copy logo2 FROM STDIN CSV HEADER",
-        ])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("psql");
-    p.stdin
-        .take()
-        .expect("stdin")
-        .write_all(&csv)
-        .expect("feed");
-    let out = p.wait_with_output().expect("psql");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    psql_stdin(&db, &["-c", "\\copy logo2 FROM STDIN CSV HEADER"], &csv);
     let got =
         db.sql("SELECT id, md5(img), length(img), note IS NULL, note, f FROM logo2 ORDER BY id");
     assert_eq!(got, want, "csv: {}", String::from_utf8_lossy(&csv));

@@ -265,3 +265,61 @@ fn ctrl_c_at_any_moment_leaves_no_lock_and_no_temp_file() {
     let s = repo.backup(&data, &["--name", "big"]);
     assert_eq!(repo.restore(&id_of(&s)).ok().stdout, data);
 }
+
+fn index_files(repo: &Repo) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(repo.path.join("index"))
+        .expect("index dir")
+        .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+        .filter(|n| !n.starts_with('.'))
+        .collect()
+}
+
+#[test]
+fn a_damaged_index_file_blocks_nothing_and_repair_index_rebuilds_it() {
+    let repo = Repo::new();
+    let mut snaps = Vec::new();
+    let mut files_of = Vec::new();
+    for i in 0..3u64 {
+        let before = index_files(&repo);
+        let data = random_bytes(3_000_000, 20 + i);
+        let id = id_of(&repo.backup(&data, &["--name", &format!("s{i}")]));
+        let new: Vec<String> = index_files(&repo).difference(&before).cloned().collect();
+        assert!(!new.is_empty(), "backup {i} wrote no index file");
+        snaps.push((id, data));
+        files_of.push(new);
+    }
+    // One of the second backup's index files, emptied.
+    let victim = repo.path.join("index").join(&files_of[1][0]);
+    std::fs::write(&victim, b"").expect("damage");
+    // Every snapshot still restores, the damaged one's too (from the packs' trailers).
+    for (id, data) in &snaps {
+        let r = repo.restore(id);
+        assert_eq!(r.code, Some(0), "{id}: {}", r.stderr);
+        assert!(r.stdout == *data, "{id} differs");
+    }
+    // A backup works; prune refuses, naming the repair; check names it too.
+    repo.backup(&random_bytes(100_000, 30), &["--name", "s3"]);
+    let p = repo.run(&["prune"], None);
+    assert_ne!(p.code, Some(0));
+    assert!(p.stderr.contains("repair index"), "{}", p.stderr);
+    let c = repo.run(&["check"], None);
+    assert_ne!(c.code, Some(0));
+    assert!(
+        format!("{}{}", c.text(), c.stderr).contains("dbvault repair index"),
+        "{} {}",
+        c.text(),
+        c.stderr
+    );
+    let dry = repo.run(&["repair", "index", "--dry-run"], None).ok().text();
+    assert!(dry.contains("would re-index"), "{dry}");
+    assert!(victim.exists(), "a dry run changed nothing");
+    let r = repo.run(&["repair", "index"], None).ok().text();
+    assert!(r.contains("re-indexed") && r.contains(&files_of[1][0]), "{r}");
+    assert!(!victim.exists());
+    let c = repo.run(&["check", "--read-data"], None);
+    assert_eq!(c.code, Some(0), "{} {}", c.text(), c.stderr);
+    repo.run(&["prune"], None).ok();
+    for (id, data) in &snaps {
+        assert!(repo.restore(id).ok().stdout == *data, "{id} after repair");
+    }
+}

@@ -11,6 +11,7 @@ mod ls;
 mod physical;
 mod policy;
 mod prune;
+mod repair;
 mod restore;
 mod restore_test;
 mod run;
@@ -46,6 +47,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Policy(a) => policy::run(cli, a),
         Command::Stats => stats::run(cli),
         Command::Key { command } => key::run(cli, command),
+        Command::Repair { command } => repair::run(cli, command),
         Command::Copy(a) => copy::run(cli, a),
         Command::Sql(a) => sql::run(cli, a),
         Command::Ls(a) => ls::run(cli, a),

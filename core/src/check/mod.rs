@@ -162,7 +162,10 @@ pub fn check(repo: &Repository, read: ReadData, progress: &dyn Fn(&str)) -> Resu
     for (path, e) in damaged {
         report
             .problems
-            .push(Problem::new("index", format!("{path}: {e}")));
+            .push(Problem::new(
+                "index",
+                format!("{path}: {e} (repair: dbvault repair index)"),
+            ));
     }
     let audit = repo.audit(true)?;
     let (snaps, damaged) = (audit.snapshots, audit.damaged);

@@ -115,7 +115,7 @@ pub(crate) fn check_packs(
         match v {
             Ok(()) => report.warnings.push(pack_problem(
                 id,
-                "no index names this pack (left by an interrupted backup or prune; prune removes it)",
+                "no index names this pack (left by an interrupted backup or prune, and prune removes it; or named by a damaged index file, and `dbvault repair index` indexes it again)",
             )),
             Err(e) => report
                 .problems

@@ -133,6 +133,11 @@ pub fn prune(
     }
     repo.invalidate_index();
     let index = repo.index()?;
+    if let Some(d) = index.damaged().first() {
+        return Err(refuse(format!(
+            "index file {d}; prune cannot tell which packs are in use: run `dbvault repair index` first"
+        )));
+    }
     let (snaps, damaged) = repo.readable_snapshots()?;
     if let Some(e) = damaged.into_iter().next() {
         return Err(refuse(format!(

@@ -218,12 +218,13 @@ impl Archive {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const SEG: u64 = 16 << 20;
+    pub(crate) const SEG: u64 = 16 << 20;
 
-    fn archive(segs: &[(u32, u64)], history: &[(u32, Vec<(u32, u64)>)]) -> Archive {
+    /// An archive of `segs` (timeline, segment number) and history files.
+    pub(crate) fn archive(segs: &[(u32, u64)], history: &[(u32, Vec<(u32, u64)>)]) -> Archive {
         let mut a = Archive {
             segment_size: SEG,
             ..Default::default()

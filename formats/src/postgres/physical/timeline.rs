@@ -258,24 +258,7 @@ pub fn remove_branch(
 mod tests {
     use super::*;
 
-    const SEG: u64 = 16 << 20;
-
-    fn archive(segs: &[(u32, u64)], history: &[(u32, Vec<(u32, u64)>)]) -> Archive {
-        let mut a = Archive {
-            segment_size: SEG,
-            ..Default::default()
-        };
-        for (t, n) in segs {
-            a.segments.entry(*t).or_default().insert(*n);
-            a.names.push(wal::segment_name(*t, *n, 256));
-        }
-        for (t, h) in history {
-            a.history.insert(*t, h.clone());
-            a.names.push(format!("{t:08X}.history"));
-        }
-        a.names.sort();
-        a
-    }
+    use crate::postgres::physical::archive::tests::{archive, SEG};
 
     fn base(tli: u32, start: u64) -> BaseBackup {
         BaseBackup {
