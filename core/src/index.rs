@@ -318,7 +318,8 @@ impl Index {
     pub(crate) fn add_recovered(&mut self, damaged: Vec<String>, packs: &[(Id, Vec<PackEntry>)]) {
         // They belong to no index file: a name no file has stands for "the trailers".
         let f = self.files.len() as u32;
-        self.files.push(Id::hash_of(b"dbvault: recovered from pack trailers"));
+        self.files
+            .push(Id::hash_of(b"dbvault: recovered from pack trailers"));
         for (pack, entries) in packs {
             self.pack_file.push(f);
             self.add_pack(*pack, entries);

@@ -79,5 +79,8 @@ fn killed_backups_lose_nothing() {
         .run(&["restore", "latest", "--name", "after", "--to", "-"], None)
         .ok();
     assert!(out.stdout == big);
-    assert!(repo.restore("latest").ok().stdout == big);
+    // `latest` alone, among three sources, asks which.
+    let r = repo.restore("latest");
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(r.stderr.contains("--name"), "{}", r.stderr);
 }

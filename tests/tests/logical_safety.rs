@@ -47,7 +47,11 @@ fn psql_stdin(db: &PgDb, args: &[&str], input: &[u8]) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("psql");
-    p.stdin.take().expect("stdin").write_all(input).expect("feed");
+    p.stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("feed");
     let out = p.wait_with_output().expect("psql");
     assert!(
         out.status.success(),

@@ -26,7 +26,9 @@ pub fn run(cli: &Cli, command: &RepairCommand) -> Result<()> {
         if *dry_run { 0 } else { r.written }
     );
     for u in &r.unreadable {
-        crate::outln!("lost: {u} (its blobs are gone; `dbvault check` names the snapshots that needed them)");
+        crate::outln!(
+            "lost: {u} (its blobs are gone; `dbvault check` names the snapshots that needed them)"
+        );
     }
     if r.damaged.is_empty() && r.reindexed == 0 {
         crate::outln!("the index is whole: nothing to repair");

@@ -160,12 +160,10 @@ pub fn check(repo: &Repository, read: ReadData, progress: &dyn Fn(&str)) -> Resu
     let (index, damaged) = Index::load_lenient(repo.backend().as_ref(), repo.keys())?;
     report.index_files = index.files().len() + damaged.len();
     for (path, e) in damaged {
-        report
-            .problems
-            .push(Problem::new(
-                "index",
-                format!("{path}: {e} (repair: dbvault repair index)"),
-            ));
+        report.problems.push(Problem::new(
+            "index",
+            format!("{path}: {e} (repair: dbvault repair index)"),
+        ));
     }
     let audit = repo.audit(true)?;
     let (snaps, damaged) = (audit.snapshots, audit.damaged);
