@@ -31,6 +31,7 @@ pub(crate) fn one_line(e: &anyhow::Error) -> String {
 fn main() -> ExitCode {
     signals::catch();
     malloc::tune();
+    dbvault_core::warn::set_sink(|l| eprintln!("dbvault: warning: {l}"));
     // As PostgreSQL's restore_command, every failure but "not in the archive" must stop
     // recovery: a usage error (exit 2) or a panic (101) would end it early instead.
     let restoring = std::env::args_os().any(|a| a == "wal-fetch");

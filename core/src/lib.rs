@@ -40,6 +40,7 @@ pub mod retention;
 pub mod secrets;
 pub mod snapshot;
 pub mod stats;
+pub mod warn;
 pub mod when;
 mod worker;
 

@@ -187,6 +187,11 @@ impl Repository {
         // file names are read from their own trailers (`repair index` makes it lasting).
         let (mut idx, damaged) = Index::load_lenient(self.backend.as_ref(), &self.keys)?;
         if !damaged.is_empty() {
+            for (path, e) in &damaged {
+                crate::warn::warn(&format!(
+                    "index file {path} is damaged ({e}): reading the packs' own trailers instead; `dbvault repair index` rebuilds it"
+                ));
+            }
             let (found, _) = crate::repair::unindexed_packs(self, &idx)?;
             idx.add_recovered(
                 damaged.iter().map(|(p, e)| format!("{p}: {e}")).collect(),

@@ -3,7 +3,11 @@
 use dbvault_tests::{dump_like, random_bytes, Repo};
 
 fn one_line(stderr: &str) -> &str {
-    let lines: Vec<&str> = stderr.lines().collect();
+    // The note naming the snapshot `latest` resolved to is not part of the error.
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.starts_with("dbvault: latest is snapshot"))
+        .collect();
     assert_eq!(lines.len(), 1, "expected one line, got {stderr:?}");
     lines[0]
 }
