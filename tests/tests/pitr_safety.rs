@@ -604,11 +604,42 @@ fn the_throwaway_server_never_sees_secrets_and_a_misnamed_base_backup_fails_fast
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let child = c.spawn().expect("restore-test");
+    let me = child.id().to_string();
     let mut seen = 0;
+    let mut holders_seen = 0;
+    let mut children: std::collections::BTreeSet<String> = Default::default();
     let t0 = Instant::now();
     let mut child = child;
     while child.try_wait().expect("wait").is_none() && t0.elapsed() < Duration::from_secs(300) {
         for e in std::fs::read_dir("/proc").expect("proc").flatten() {
+            // Every process: only dbvault itself may hold this test's store secret (what a
+            // process was started with), whatever it is: runuser, pg_ctl, tar, psql, …
+            let pid = e.file_name().to_string_lossy().into_owned();
+            if let Ok(env) = std::fs::read(e.path().join("environ")) {
+                if env
+                    .windows(secret_key.len())
+                    .any(|w| w == secret_key.as_bytes())
+                {
+                    let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+                    assert_eq!(
+                        pid,
+                        me,
+                        "{} (pid {pid}) was started with the store secret",
+                        comm.trim()
+                    );
+                    holders_seen += 1;
+                }
+            }
+            if let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) {
+                let ppid = stat
+                    .rsplit(')')
+                    .next()
+                    .and_then(|r| r.split_whitespace().nth(1));
+                if ppid == Some(me.as_str()) {
+                    let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+                    children.insert(comm.trim().to_string());
+                }
+            }
             let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
             if !String::from_utf8_lossy(&cmdline).contains("dbvault-throwaway") {
                 continue;
@@ -634,4 +665,11 @@ fn the_throwaway_server_never_sees_secrets_and_a_misnamed_base_backup_fails_fast
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(seen > 0, "no throwaway server process was seen");
+    // The scan sees environments: dbvault's own holds the secret.
+    assert!(
+        holders_seen > 0,
+        "the scan never saw dbvault's own environment"
+    );
+    eprintln!("children of restore-test seen: {children:?}");
+    assert!(!children.is_empty(), "no child of restore-test was seen");
 }
