@@ -33,9 +33,18 @@ pub(crate) fn unregister_lock(token: u64) {
         .remove(&token);
 }
 
-/// A temp file now exists at `path`.
-pub(crate) fn register_temp(path: PathBuf) {
-    TEMPS.lock().unwrap_or_else(|p| p.into_inner()).push(path);
+/// Creates a temp file at `path` with `create` and registers it, both under the
+/// registry's lock: [`clean_up`] keeps that lock until the process exits, so no temp file
+/// is created behind its back (one created at that moment is either seen by it or never
+/// made).
+pub(crate) fn create_temp<T>(
+    path: PathBuf,
+    create: impl FnOnce(&std::path::Path) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    let mut temps = TEMPS.lock().unwrap_or_else(|p| p.into_inner());
+    let made = create(&path)?;
+    temps.push(path);
+    Ok(made)
 }
 
 /// The temp file at `path` is gone (renamed into place or removed).
@@ -56,9 +65,13 @@ pub struct Cleaned {
 }
 
 /// Releases every registered lock and removes every registered temp file: for a process
-/// about to exit on a signal. Safe to call from any thread; best effort.
+/// about to exit on a signal (it keeps the temp registry locked: call it once, then exit).
+/// Safe to call from any thread; best effort.
 pub fn clean_up() -> Cleaned {
-    let temps: Vec<PathBuf> = std::mem::take(&mut *TEMPS.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut guard = TEMPS.lock().unwrap_or_else(|p| p.into_inner());
+    let temps: Vec<PathBuf> = std::mem::take(&mut *guard);
+    // Held until the process exits: no temp file is made after this look.
+    std::mem::forget(guard);
     let mut c = Cleaned::default();
     for t in temps {
         if std::fs::remove_file(&t).is_ok() {

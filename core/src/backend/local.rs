@@ -203,15 +203,14 @@ fn temp_file(dir: &Path) -> Result<io::Result<(File, PathBuf)>> {
     let mut rnd = [0u8; 8];
     crate::crypto::fill_random(&mut rnd)?;
     let tmp = dir.join(format!("{TMP_PREFIX}{}", hex::encode(rnd)));
-    Ok(OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map(|f| {
-            crate::interrupt::register_temp(tmp.clone());
-            (f, tmp)
-        }))
+    Ok(crate::interrupt::create_temp(tmp.clone(), |p| {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(p)
+    })
+    .map(|f| (f, tmp)))
 }
 
 /// Makes the temp file `tmp` (written through `f`) the object at `target` in `dir`: fsync
