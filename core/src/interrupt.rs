@@ -15,17 +15,30 @@ static LOCKS: Mutex<BTreeMap<u64, Release>> = Mutex::new(BTreeMap::new());
 static TEMPS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 static NEXT: AtomicU64 = AtomicU64::new(1);
 
-/// Registers how to release a held lock; returns the token that unregisters it.
-pub(crate) fn register_lock(release: Release) -> u64 {
+/// Creates a lock object with `create` and registers `release` for it, both under the
+/// registry's lock, which [`clean_up`] keeps until the process exits: a lock object
+/// written at the moment of a signal is either released by it or never written.
+pub(crate) fn create_lock<T>(
+    create: impl FnOnce() -> crate::Result<T>,
+    release: impl FnOnce(&T) -> Release,
+) -> crate::Result<(T, u64)> {
+    let mut locks = LOCKS.lock().unwrap_or_else(|p| p.into_inner());
+    let made = create()?;
     let t = NEXT.fetch_add(1, Ordering::Relaxed);
+    locks.insert(t, release(&made));
+    Ok((made, t))
+}
+
+/// Replaces how the lock of `token` is released (once its holder knows more).
+pub(crate) fn replace_lock(token: u64, release: Release) {
     LOCKS
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .insert(t, release);
-    t
+        .insert(token, release);
 }
 
-/// The lock of `token` was released (or lost) by its holder.
+/// The lock of `token` was released (or lost) by its holder: call it after the object
+/// is removed, so a signal in between still removes it.
 pub(crate) fn unregister_lock(token: u64) {
     LOCKS
         .lock()
@@ -65,12 +78,17 @@ pub struct Cleaned {
 }
 
 /// Releases every registered lock and removes every registered temp file: for a process
-/// about to exit on a signal (it keeps the temp registry locked: call it once, then exit).
+/// about to exit on a signal (it keeps both registries locked: call it once, then exit).
 /// Safe to call from any thread; best effort.
 pub fn clean_up() -> Cleaned {
+    // Locks first, then temps: writing a lock object may make a temp file, so that is
+    // the order everything else takes them in. Both are held until the process exits: no
+    // lock object or temp file is made after this look.
+    let mut locks_guard = LOCKS.lock().unwrap_or_else(|p| p.into_inner());
+    let locks = std::mem::take(&mut *locks_guard);
+    std::mem::forget(locks_guard);
     let mut guard = TEMPS.lock().unwrap_or_else(|p| p.into_inner());
     let temps: Vec<PathBuf> = std::mem::take(&mut *guard);
-    // Held until the process exits: no temp file is made after this look.
     std::mem::forget(guard);
     let mut c = Cleaned::default();
     for t in temps {
@@ -78,7 +96,6 @@ pub fn clean_up() -> Cleaned {
             c.temps += 1;
         }
     }
-    let locks = std::mem::take(&mut *LOCKS.lock().unwrap_or_else(|p| p.into_inner()));
     for (_, release) in locks {
         release();
         c.locks += 1;

@@ -253,11 +253,20 @@ impl Lock {
         let mut told = false;
         loop {
             let info = LockInfo::mine(kind, &opts.command);
-            let path = write_lock(backend.as_ref(), &keys, &info)?;
+            let (path, token) = crate::interrupt::create_lock(
+                || write_lock(backend.as_ref(), &keys, &info),
+                |path| {
+                    let (b, p) = (backend.clone(), path.clone());
+                    Box::new(move || {
+                        let _ = b.remove(&p);
+                    })
+                },
+            )?;
             match find_blocker(backend.as_ref(), &keys, kind, &path, opts) {
-                Ok(None) => return Ok(Lock::held(backend, keys, kind, path, info, opts)),
+                Ok(None) => return Ok(Lock::held(backend, keys, kind, path, info, opts, token)),
                 Ok(Some(holder)) => {
                     backend.remove(&path)?;
+                    crate::interrupt::unregister_lock(token);
                     let waited = started.elapsed();
                     if waited >= opts.wait {
                         return Err(Error::Locked {
@@ -279,6 +288,7 @@ impl Lock {
                 }
                 Err(e) => {
                     let _ = backend.remove(&path);
+                    crate::interrupt::unregister_lock(token);
                     return Err(e);
                 }
             }
@@ -292,6 +302,7 @@ impl Lock {
         path: String,
         info: LockInfo,
         opts: &LockOptions,
+        token: u64,
     ) -> Lock {
         let shared = Arc::new(Shared {
             backend,
@@ -310,12 +321,15 @@ impl Lock {
         });
         // On a signal, the front end releases it (crate::interrupt) before exiting.
         let s3 = shared.clone();
-        let token = crate::interrupt::register_lock(Box::new(move || {
-            let st = s3.state.lock().unwrap_or_else(|p| p.into_inner());
-            if st.lost.is_none() {
-                let _ = s3.backend.remove(&st.path);
-            }
-        }));
+        crate::interrupt::replace_lock(
+            token,
+            Box::new(move || {
+                let st = s3.state.lock().unwrap_or_else(|p| p.into_inner());
+                if st.lost.is_none() {
+                    let _ = s3.backend.remove(&st.path);
+                }
+            }),
+        );
         let s2 = shared.clone();
         let refresher = std::thread::Builder::new()
             .name("dbvault-lock".into())
@@ -394,7 +408,6 @@ impl LockHandle {
 
 impl Drop for Lock {
     fn drop(&mut self) {
-        crate::interrupt::unregister_lock(self.token);
         {
             let mut st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
             st.stop = true;
@@ -407,6 +420,8 @@ impl Drop for Lock {
         if st.lost.is_none() {
             let _ = self.shared.backend.remove(&st.path);
         }
+        drop(st);
+        crate::interrupt::unregister_lock(self.token);
     }
 }
 
@@ -481,12 +496,17 @@ fn refresh_loop(sh: &Shared) {
         let outcome = refresh_once(sh, &old, &mut info);
         st = sh.state.lock().unwrap_or_else(|p| p.into_inner());
         match outcome {
-            Ok(Some(path)) => {
+            Ok(Some((path, token))) => {
                 st.path = path;
                 st.info = info;
                 st.last_refresh = Instant::now();
                 st.last_refresh_wall = Utc::now();
                 st.seen = Instant::now();
+                // Never take the registry while holding the state: its clean-up takes
+                // them the other way round.
+                drop(st);
+                crate::interrupt::unregister_lock(token);
+                st = sh.state.lock().unwrap_or_else(|p| p.into_inner());
             }
             Ok(None) => {
                 st.lost = Some("another process took it over while this one was stalled".into())
@@ -498,28 +518,45 @@ fn refresh_loop(sh: &Shared) {
 }
 
 /// Replaces the lock object with a fresh one; `None` if ours was taken over meanwhile.
-fn refresh_once(sh: &Shared, old: &str, info: &mut LockInfo) -> Result<Option<String>> {
+/// The new one comes with the registration to drop once the state names it.
+fn refresh_once(sh: &Shared, old: &str, info: &mut LockInfo) -> Result<Option<(String, u64)>> {
     match sh.backend.size(old) {
         Ok(_) => {}
         Err(Error::NotFound { .. }) => return Ok(None),
         Err(e) => return Err(e),
     }
     info.refreshed = Utc::now();
-    let path = write_lock(sh.backend.as_ref(), &sh.keys, info)?;
+    // Registered on its own until the state names it, so a signal meanwhile removes it.
+    let (path, token) = crate::interrupt::create_lock(
+        || write_lock(sh.backend.as_ref(), &sh.keys, info),
+        |path| {
+            let (b, p) = (sh.backend.clone(), path.clone());
+            Box::new(move || {
+                let _ = b.remove(&p);
+            })
+        },
+    )?;
+    let gone = |r: Result<()>| {
+        crate::interrupt::unregister_lock(token);
+        r
+    };
     // Taken over while the new one was written? Then the new one must not stand.
     match sh.backend.size(old) {
         Ok(_) => {}
         Err(Error::NotFound { .. }) => {
-            sh.backend.remove(&path)?;
+            gone(sh.backend.remove(&path))?;
             return Ok(None);
         }
         Err(e) => {
-            let _ = sh.backend.remove(&path);
+            let _ = gone(sh.backend.remove(&path));
             return Err(e);
         }
     }
-    sh.backend.remove(old)?;
-    Ok(Some(path))
+    if let Err(e) = sh.backend.remove(old) {
+        let _ = gone(sh.backend.remove(&path));
+        return Err(e);
+    }
+    Ok(Some((path, token)))
 }
 
 #[cfg(test)]
