@@ -298,6 +298,17 @@ pub enum RepairCommand {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Remove snapshots whose manifest is damaged; rewrite those that lost a table's data
+    /// without it (others are removed); salvage damaged packs into new ones. Names all
+    /// that is lost.
+    Snapshots {
+        /// Say what would be done; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Read every blob (as `check --read-data`) to find damage inside packs.
+        #[arg(long)]
+        read_data: bool,
+    },
 }
 
 /// `key` subcommands.

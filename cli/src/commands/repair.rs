@@ -1,21 +1,33 @@
-//! `dbvault repair index`: the index rebuilt from the packs' trailers.
+//! `dbvault repair index|snapshots`: a repository back in one piece after a damaged file.
 
 use anyhow::Result;
 use dbvault_core::lock::LockKind;
-use dbvault_core::repair::repair_index;
+use dbvault_core::repair::{repair_index, repair_snapshots, SnapshotRepairOptions};
 
 use crate::args::{Cli, RepairCommand};
 use crate::repo_access;
 
 pub fn run(cli: &Cli, command: &RepairCommand) -> Result<()> {
-    let RepairCommand::Index { dry_run } = command;
+    match command {
+        RepairCommand::Index { dry_run } => index(cli, *dry_run),
+        RepairCommand::Snapshots { dry_run, read_data } => snapshots(
+            cli,
+            SnapshotRepairOptions {
+                dry_run: *dry_run,
+                read_data: *read_data,
+            },
+        ),
+    }
+}
+
+fn index(cli: &Cli, dry_run: bool) -> Result<()> {
     let repo = repo_access::open_locked(cli, LockKind::Exclusive, "repair index")?;
-    let r = repair_index(&repo, *dry_run)?;
+    let r = repair_index(&repo, dry_run)?;
     if cli.json {
         crate::output::json(&serde_json::to_value(&r)?);
         return Ok(());
     }
-    let verb = if *dry_run { "would " } else { "" };
+    let verb = if dry_run { "would " } else { "" };
     for d in &r.damaged {
         crate::outln!("damaged index file: {d} ({verb}removed)");
     }
@@ -23,15 +35,84 @@ pub fn run(cli: &Cli, command: &RepairCommand) -> Result<()> {
         "{verb}re-indexed {} pack(s) holding {} blob(s) from their trailers ({} new index file(s))",
         r.reindexed,
         r.blobs,
-        if *dry_run { 0 } else { r.written }
+        if dry_run { 0 } else { r.written }
     );
     for u in &r.unreadable {
         crate::outln!(
-            "lost: {u} (its blobs are gone; `dbvault check` names the snapshots that needed them)"
+            "lost: {u} (its blobs are gone; `dbvault repair snapshots` removes what needed them)"
         );
     }
     if r.damaged.is_empty() && r.reindexed == 0 {
         crate::outln!("the index is whole: nothing to repair");
+    }
+    Ok(())
+}
+
+fn snapshots(cli: &Cli, opts: SnapshotRepairOptions) -> Result<()> {
+    let repo = repo_access::open_locked(cli, LockKind::Exclusive, "repair snapshots")?;
+    let quiet = cli.json;
+    let progress = move |m: &str| {
+        if !quiet {
+            eprintln!("dbvault: repair snapshots: {m}");
+        }
+    };
+    let r = repair_snapshots(
+        &repo,
+        opts,
+        &dbvault_formats::postgres::meta::can_lose,
+        &progress,
+    )?;
+    if cli.json {
+        crate::output::json(&serde_json::to_value(&r)?);
+        return Ok(());
+    }
+    let verb = if opts.dry_run { "would be " } else { "" };
+    for s in &r.removed {
+        let what = s
+            .what
+            .as_deref()
+            .map(|w| format!(" ({w})"))
+            .unwrap_or_default();
+        crate::outln!(
+            "lost: snapshot {}{what} {verb}removed: {}",
+            &s.id[..8],
+            s.why
+        );
+    }
+    for s in &r.rewritten {
+        crate::outln!(
+            "lost: from snapshot {} ({}): {}; the rest {verb}kept{}",
+            &s.old[..8],
+            s.what,
+            s.parts_lost.join("; "),
+            if s.new.is_empty() {
+                String::new()
+            } else {
+                format!(" as snapshot {}", &s.new[..8])
+            }
+        );
+    }
+    for p in &r.packs {
+        crate::outln!(
+            "damaged pack {}: {} blob(s) {verb}copied to a new pack, {} lost; the pack {verb}removed",
+            &p.pack[..8],
+            p.kept,
+            p.lost
+        );
+    }
+    for d in &r.debris {
+        crate::outln!(
+            "unreadable pack {} that no index names: {verb}removed",
+            &d[..8]
+        );
+    }
+    for f in &r.files_damaged {
+        crate::outln!(
+            "not repaired: WAL file {f} lacks data (push it again from the server's pg_wal if it is still there)"
+        );
+    }
+    if r.nothing() {
+        crate::outln!("no snapshot or pack needs repair");
     }
     Ok(())
 }

@@ -16,8 +16,8 @@
 //!
 //! One damaged object never stops the check of the others.
 
-mod packs;
-mod walk;
+pub(crate) mod packs;
+pub(crate) mod walk;
 
 use std::collections::HashSet;
 use std::time::Instant;
@@ -196,6 +196,7 @@ pub fn check(repo: &Repository, read: ReadData, progress: &dyn Fn(&str)) -> Resu
         report.problems.push(Problem::new("file", e.to_string()));
     }
     walk::walk_files(repo, &index, &files, &bad, &mut report);
+    name_repairs(&mut report.problems);
     report.problems.sort();
     report.problems.dedup();
     report.ok = report.problems.is_empty();
@@ -229,6 +230,33 @@ pub fn parts_missing_data(
         }
     }
     Ok(walk::Walker::new(repo, &index, &bad, true).damaged_parts(snap))
+}
+
+/// Appends to each problem the command that repairs it. A damaged index file comes first:
+/// until it is repaired, intact packs look lost.
+fn name_repairs(problems: &mut [Problem]) {
+    let index_first = problems.iter().any(|p| p.kind == "index");
+    // Damage found by reading data is found again only by reading it.
+    let read = problems.iter().any(|p| p.kind == "data");
+    for p in problems.iter_mut() {
+        if p.detail.contains("(repair: ") {
+            continue;
+        }
+        let how = match p.kind.as_str() {
+            _ if index_first
+                && matches!(p.kind.as_str(), "pack" | "part" | "data" | "snapshot") =>
+            {
+                "dbvault repair index, then check again"
+            }
+            "snapshot" => "dbvault repair snapshots, which removes it (or dbvault forget ID)",
+            "pack" | "part" | "data" if read => {
+                "dbvault repair snapshots --read-data, which names what is lost"
+            }
+            "pack" | "part" => "dbvault repair snapshots, which names what is lost",
+            _ => continue,
+        };
+        p.detail.push_str(&format!(" (repair: {how})"));
+    }
 }
 
 /// The short snapshot id a damage message names (`snapshot 1a2b3c4d is damaged: …`).

@@ -291,7 +291,7 @@ fn read_data(
 
 /// Deltas whose base is missing or bad are bad too (read from the index files, which name
 /// every delta's base).
-fn mark_bad_deltas(repo: &Repository, index: &Index, bad: &mut Bad) -> Result<()> {
+pub(crate) fn mark_bad_deltas(repo: &Repository, index: &Index, bad: &mut Bad) -> Result<()> {
     for f in repo.backend().list("index/")? {
         let Ok(content) = read_file(repo.backend().as_ref(), repo.keys(), &f.path) else {
             continue; // reported already

@@ -36,7 +36,7 @@ use crate::{Error, Id, Repository, Result};
 use mark::mark;
 use repack::repack;
 
-const PACKS_PER_INDEX: usize = 64;
+pub(crate) const PACKS_PER_INDEX: usize = 64;
 
 /// Prune settings.
 #[derive(Clone, Copy, Debug)]

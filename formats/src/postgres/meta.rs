@@ -64,6 +64,12 @@ pub fn tables(snap: &Snapshot) -> impl Iterator<Item = &Part> {
     snap.parts.iter().filter(|p| p.kind == TABLE_DATA)
 }
 
+/// Whether a snapshot that lost `part`'s data (`repair snapshots`) is still worth keeping:
+/// a table's rows are, as the rest of the dump restores without them; schema is not.
+pub fn can_lose(part: &Part) -> bool {
+    part.kind == TABLE_DATA
+}
+
 /// Whether a part holds data rather than schema (for `--schema-only` / `--data-only`).
 pub fn is_data(part: &Part) -> bool {
     part.kind == TABLE_DATA || part.kind == LARGE_OBJECTS

@@ -6,6 +6,15 @@
 //! index file names: new index files are written first, then the damaged ones removed (a
 //! crash in between leaves both, which is harmless: the same blob named twice). Memory: the
 //! trailers of at most [`BATCH`] packs at a time.
+//!
+//! `repair snapshots`: see [`snapshots`].
+
+mod snapshots;
+
+pub use snapshots::{
+    repair_snapshots, RemovedSnapshot, RewrittenSnapshot, SalvagedPack, SnapshotRepair,
+    SnapshotRepairOptions,
+};
 
 use std::collections::HashSet;
 

@@ -1,0 +1,218 @@
+//! `repair snapshots` after one damaged file, chained as an operator meets it: `check`
+//! names the damage and the command; the repair names what is lost; `check` passes; every
+//! snapshot that did not need the damaged bytes restores byte for byte (and a logical
+//! dump that lost one table's data restores everything else into a real PostgreSQL).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use dbvault_tests::{random_bytes, PgDb, Repo};
+
+fn id_of(v: &serde_json::Value) -> String {
+    v["snapshot_id"].as_str().expect("snapshot_id").to_string()
+}
+
+fn packs(repo: &Repo) -> BTreeSet<PathBuf> {
+    let mut out = BTreeSet::new();
+    for d in std::fs::read_dir(repo.path.join("data")).expect("data/") {
+        let d = d.expect("entry").path();
+        if d.is_dir() {
+            for f in std::fs::read_dir(&d).expect("data/xx") {
+                let f = f.expect("entry").path();
+                if !f
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                {
+                    out.insert(f);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn largest(paths: impl IntoIterator<Item = PathBuf>) -> PathBuf {
+    paths
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .expect("a pack")
+}
+
+/// Flips one byte at `at` (a fraction of the file's length).
+fn flip(path: &Path, at: f64) {
+    let mut b = std::fs::read(path).expect("read pack");
+    let i = (b.len() as f64 * at) as usize;
+    b[i] ^= 0xff;
+    std::fs::write(path, b).expect("write pack");
+}
+
+/// The snapshots `check --read-data --json` calls damaged.
+fn damaged_snapshots(repo: &Repo) -> BTreeSet<String> {
+    let c = repo.run(&["check", "--read-data", "--json"], None);
+    assert_eq!(
+        c.code,
+        Some(3),
+        "check should find the damage: {}",
+        c.stderr
+    );
+    c.json()["problems"]
+        .as_array()
+        .expect("problems")
+        .iter()
+        .filter_map(|p| p["snapshot"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn a_damaged_pack_and_a_damaged_manifest_are_repaired_losing_only_what_needed_them() {
+    let repo = Repo::new();
+    let d1 = random_bytes(2_000_000, 71);
+    let s1 = id_of(&repo.backup(&d1, &["--name", "one"]));
+    let before = packs(&repo);
+    let d2 = random_bytes(3_000_000, 73);
+    let s2 = id_of(&repo.backup(&d2, &["--name", "two"]));
+    let victim = largest(packs(&repo).difference(&before).cloned());
+    // Shares its first megabyte's chunks with `two`, so they live in the pack to damage.
+    let twin = d2[..1_000_000].to_vec();
+    let s3 = id_of(&repo.backup(&twin, &["--name", "twin"]));
+    let d4 = random_bytes(500_000, 75);
+    let s4 = id_of(&repo.backup(&d4, &["--name", "four"]));
+    // One byte late in `two`'s pack (not its shared start), and `four`'s manifest.
+    flip(&victim, 0.85);
+    std::fs::write(repo.path.join("snapshots").join(&s4), b"garbage").expect("damage");
+
+    let named = damaged_snapshots(&repo);
+    assert!(named.contains(&s2), "{named:?}");
+    assert!(!named.contains(&s1) && !named.contains(&s3), "{named:?}");
+    let c = repo.run(&["check", "--read-data"], None);
+    let all = format!("{}{}", c.text(), c.stderr);
+    assert!(
+        all.contains("repair: dbvault repair snapshots --read-data")
+            && all.contains("repair: dbvault repair snapshots, which removes it"),
+        "{all}"
+    );
+
+    let files = repo.files();
+    let dry = repo
+        .run(&["repair", "snapshots", "--read-data", "--dry-run"], None)
+        .ok()
+        .text();
+    assert!(
+        dry.contains(&s2[..8]) && dry.contains("would be removed"),
+        "{dry}"
+    );
+    assert!(repo.files() == files, "a dry run changed the repository");
+
+    let r = repo
+        .run(&["repair", "snapshots", "--read-data"], None)
+        .ok()
+        .text();
+    assert!(
+        r.contains(&format!("lost: snapshot {}", &s2[..8]))
+            && r.contains(&format!("lost: snapshot {}", &s4[..8]))
+            && r.contains("damaged pack"),
+        "{r}"
+    );
+    assert!(!victim.exists(), "the damaged pack stays");
+    let c = repo.run(&["check", "--read-data"], None);
+    assert_eq!(c.code, Some(0), "{} {}", c.text(), c.stderr);
+    // What did not need the damaged byte is all there: `twin`'s blobs were salvaged from
+    // the removed pack.
+    assert!(repo.restore(&s1).ok().stdout == d1);
+    assert!(repo.restore(&s3).ok().stdout == twin);
+    let left: BTreeSet<String> = repo.snapshot_ids().into_iter().collect();
+    assert_eq!(left, BTreeSet::from([s1.clone(), s3.clone()]));
+    // And the repository goes on: prune, a backup of the lost data, its restore.
+    repo.run(&["prune"], None).ok();
+    let again = id_of(&repo.backup(&d2, &["--name", "two"]));
+    assert!(repo.restore(&again).ok().stdout == d2);
+    assert!(repo.restore(&s3).ok().stdout == twin);
+    let r = repo.run(&["repair", "snapshots"], None).ok().text();
+    assert!(r.contains("no snapshot or pack needs repair"), "{r}");
+}
+
+#[test]
+fn a_dump_that_lost_one_tables_data_keeps_the_rest_and_restores_it() {
+    let db = PgDb::new("repair");
+    // Two tables of distinct text (hex, so it does not compress away), about 2 MB each.
+    let rows = |t: &str, k: u32| {
+        format!(
+            "CREATE TABLE {t} (id int PRIMARY KEY, v text); INSERT INTO {t} SELECT g, \
+             (SELECT string_agg(md5((g * 100 + i + {k})::text), '') FROM generate_series(1, 20) i) \
+             FROM generate_series(1, 3000) g;"
+        )
+    };
+    db.sql(&rows("t1", 0));
+    db.sql(&rows("t2", 7_000_000));
+    let before = db.fingerprint();
+    let repo = Repo::new();
+    let s = repo
+        .run(
+            &[
+                "backup",
+                "--command",
+                &db.dump_cmd(),
+                "--name",
+                "shop",
+                "--json",
+            ],
+            None,
+        )
+        .ok()
+        .json();
+    let s = id_of(&s);
+    flip(&largest(packs(&repo)), 0.5);
+    assert!(damaged_snapshots(&repo).contains(&s));
+
+    let r = repo
+        .run(&["repair", "snapshots", "--read-data"], None)
+        .ok()
+        .text();
+    assert!(
+        r.contains(&format!("lost: from snapshot {}", &s[..8])),
+        "{r}"
+    );
+    let (lost, kept) = if r.contains("public.t1") {
+        ("public.t1", "public.t2")
+    } else {
+        ("public.t2", "public.t1")
+    };
+    assert!(r.contains(lost) && !r.contains(kept), "{r}");
+    let c = repo.run(&["check", "--read-data"], None);
+    assert_eq!(c.code, Some(0), "{} {}", c.text(), c.stderr);
+
+    // The rewritten snapshot is `latest`, says what it lacks, and restores the rest.
+    let dst = PgDb::new("repaired");
+    let r = repo
+        .run(
+            &["restore", "latest", "--name", "shop", "--to", &dst.url()],
+            None,
+        )
+        .ok();
+    assert!(r.stderr.contains("repair snapshots"), "{}", r.stderr);
+    let after = dst.fingerprint();
+    assert_eq!(after[kept], before[kept]);
+    assert!(after[lost].starts_with("0:"), "{}", after[lost]);
+    let notes = repo.run(&["snapshots"], None).ok().text();
+    assert!(
+        notes.contains("repair snapshots") && notes.contains(lost),
+        "{notes}"
+    );
+    // One table by itself, from the same snapshot.
+    let one = PgDb::new("repaired_one");
+    repo.run(
+        &[
+            "restore",
+            "latest",
+            "--name",
+            "shop",
+            "--table",
+            kept,
+            "--to",
+            &one.url(),
+        ],
+        None,
+    )
+    .ok();
+    assert_eq!(one.fingerprint()[kept], before[kept]);
+}
