@@ -173,7 +173,7 @@ pub enum Error {
         examples: String,
     },
     /// A blob that a snapshot needs is not in any index.
-    #[error("blob {id} is missing from the repository index")]
+    #[error("blob {id} is missing from the repository index (`dbvault check` says whether a pack no index names holds it: then `dbvault repair index` brings it back)")]
     MissingBlob {
         /// Blob id (hex).
         id: String,

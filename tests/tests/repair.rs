@@ -216,3 +216,29 @@ fn a_dump_that_lost_one_tables_data_keeps_the_rest_and_restores_it() {
     .ok();
     assert_eq!(one.fingerprint()[kept], before[kept]);
 }
+
+#[test]
+fn a_deleted_index_file_is_indexed_again_never_taken_for_loss() {
+    let repo = Repo::new();
+    let data = random_bytes(2_000_000, 77);
+    let s = id_of(&repo.backup(&data, &["--name", "one"]));
+    for f in std::fs::read_dir(repo.path.join("index")).expect("index/") {
+        std::fs::remove_file(f.expect("entry").path()).expect("rm");
+    }
+    let r = repo.restore(&s);
+    assert_eq!(r.code, Some(1));
+    assert!(r.stderr.contains("dbvault repair index"), "{}", r.stderr);
+    let c = repo.run(&["check"], None);
+    assert_eq!(c.code, Some(3));
+    assert!(
+        c.text().contains("repair: dbvault repair index"),
+        "{}",
+        c.text()
+    );
+    // `repair snapshots` indexes the pack rather than remove the snapshot needing it.
+    let r = repo.run(&["repair", "snapshots"], None).ok().text();
+    assert!(r.contains("indexed from their trailers first"), "{r}");
+    assert!(!r.contains("lost:"), "{r}");
+    assert_eq!(repo.run(&["check", "--read-data"], None).code, Some(0));
+    assert!(repo.restore(&s).ok().stdout == data);
+}

@@ -67,6 +67,12 @@ fn snapshots(cli: &Cli, opts: SnapshotRepairOptions) -> Result<()> {
         return Ok(());
     }
     let verb = if opts.dry_run { "would be " } else { "" };
+    if r.reindexed > 0 {
+        crate::outln!(
+            "{} pack(s) no index named {verb}indexed from their trailers first (nothing they hold is lost)",
+            r.reindexed
+        );
+    }
     for s in &r.removed {
         let what = s
             .what

@@ -196,7 +196,11 @@ pub fn check(repo: &Repository, read: ReadData, progress: &dyn Fn(&str)) -> Resu
         report.problems.push(Problem::new("file", e.to_string()));
     }
     walk::walk_files(repo, &index, &files, &bad, &mut report);
-    name_repairs(&mut report.problems);
+    let unindexed = report
+        .warnings
+        .iter()
+        .any(|w| w.kind == "pack" && w.detail.starts_with("no index names this pack"));
+    name_repairs(&mut report.problems, unindexed);
     report.problems.sort();
     report.problems.dedup();
     report.ok = report.problems.is_empty();
@@ -234,8 +238,9 @@ pub fn parts_missing_data(
 
 /// Appends to each problem the command that repairs it. A damaged index file comes first:
 /// until it is repaired, intact packs look lost.
-fn name_repairs(problems: &mut [Problem]) {
-    let index_first = problems.iter().any(|p| p.kind == "index");
+/// So does a readable pack no index names: it may hold the blobs "in no index".
+fn name_repairs(problems: &mut [Problem], unindexed: bool) {
+    let index_first = unindexed || problems.iter().any(|p| p.kind == "index");
     // Damage found by reading data is found again only by reading it.
     let read = problems.iter().any(|p| p.kind == "data");
     for p in problems.iter_mut() {

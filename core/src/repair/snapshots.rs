@@ -78,6 +78,8 @@ pub struct SnapshotRepair {
     pub debris: Vec<String>,
     /// Index files rewritten.
     pub index_files: usize,
+    /// Readable packs no index named, indexed first (as `repair index` does).
+    pub reindexed: usize,
     /// File records (WAL segments) that lack data: not repaired (their data cannot be
     /// brought back from here; push the segment again if the server still has it).
     pub files_damaged: Vec<String>,
@@ -136,6 +138,22 @@ pub fn repair_snapshots(
     let mut out = SnapshotRepair {
         dry_run: opts.dry_run,
         ..SnapshotRepair::default()
+    };
+    // A pack no index names (an index file deleted, or an interrupted backup's) may hold
+    // what a snapshot needs: indexed first, so that nothing restorable is taken for lost.
+    let (found, _) = super::unindexed_packs(repo, &index)?;
+    out.reindexed = found.len();
+    let index = if found.is_empty() {
+        index
+    } else if opts.dry_run {
+        let mut i = Index::load(repo.backend().as_ref(), repo.keys())?;
+        i.add_recovered(Vec::new(), &found);
+        std::sync::Arc::new(i)
+    } else {
+        progress(&format!("indexing {} pack(s) no index names", found.len()));
+        super::repair_index(repo, false)?;
+        repo.invalidate_index();
+        repo.index()?
     };
     progress("checking the packs");
     let read = if opts.read_data {
