@@ -104,7 +104,7 @@ pub fn run(cli: &Cli, a: &RestoreTestArgs) -> Result<ExitCode> {
                 .unwrap_or_default();
             crate::outln!(
                 "  {:<30} {:>14}  {}",
-                t.name,
+                crate::output::name(&t.name),
                 rows,
                 if t.ok {
                     "ok".to_string()
@@ -130,7 +130,9 @@ pub fn run(cli: &Cli, a: &RestoreTestArgs) -> Result<ExitCode> {
         let unlisted: Vec<&Problem> = out.problems.iter().filter(|p| !listed(p)).collect();
         for p in unlisted.iter().take(10) {
             match &p.part {
-                Some(part) => crate::outln!("  {part}: FAILED: {}", p.detail),
+                Some(part) => {
+                    crate::outln!("  {}: FAILED: {}", crate::output::name(part), p.detail)
+                }
                 None => crate::outln!("  FAILED: {}", p.detail),
             }
         }

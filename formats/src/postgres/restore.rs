@@ -101,7 +101,7 @@ pub fn find_table<'a>(snap: &'a Snapshot, arg: &str) -> Result<&'a Part> {
     let found = find_table_as(snap, arg, arg);
     // `ls` shows a newline in a name as `\n`: that spelling names it too.
     if found.is_err() && arg.contains('\\') {
-        let plain = unescape_controls(arg);
+        let plain = crate::names::undisplay(arg);
         if plain != arg {
             if let Ok(p) = find_table_as(snap, &plain, arg) {
                 return Ok(p);
@@ -109,51 +109,6 @@ pub fn find_table<'a>(snap: &'a Snapshot, arg: &str) -> Result<&'a Part> {
         }
     }
     found
-}
-
-/// `\n`, `\t`, `\r` and `\u{…}` as the characters they stand for (what `ls` escapes).
-fn unescape_controls(s: &str) -> String {
-    let mut out = String::new();
-    let mut it = s.chars().peekable();
-    while let Some(c) = it.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        match it.peek().copied() {
-            Some('n') => {
-                it.next();
-                out.push('\n');
-            }
-            Some('t') => {
-                it.next();
-                out.push('\t');
-            }
-            Some('r') => {
-                it.next();
-                out.push('\r');
-            }
-            Some('u') => {
-                let rest: String = it.clone().collect();
-                let code = rest
-                    .strip_prefix("u{")
-                    .and_then(|r| r.split_once('}'))
-                    .and_then(|(h, _)| u32::from_str_radix(h, 16).ok().map(|v| (h.len(), v)))
-                    .and_then(|(n, v)| char::from_u32(v).map(|ch| (n, ch)));
-                match code {
-                    Some((n, ch)) => {
-                        for _ in 0..n + 3 {
-                            it.next();
-                        }
-                        out.push(ch);
-                    }
-                    None => out.push(c),
-                }
-            }
-            _ => out.push(c),
-        }
-    }
-    out
 }
 
 fn find_table_as<'a>(snap: &'a Snapshot, arg: &str, shown: &str) -> Result<&'a Part> {
@@ -422,10 +377,10 @@ mod tests {
     #[test]
     fn escaped_controls_read_back() {
         assert_eq!(
-            super::unescape_controls("public.\"we\"\"ird\\nname\\u{7}\""),
+            crate::names::undisplay("public.\"we\"\"ird\\nname\\u{7}\""),
             "public.\"we\"\"ird\nname\u{7}\""
         );
-        assert_eq!(super::unescape_controls("a\\b"), "a\\b");
+        assert_eq!(crate::names::undisplay("a\\b"), "a\\b");
     }
 
     #[test]

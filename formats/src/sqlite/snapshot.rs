@@ -177,15 +177,23 @@ pub fn restore(
         };
     }
     // Check the names before reading any data: a missing table is the common 3 a.m. typo.
+    // `ls` shows a newline in a name as `\n`: that spelling names it too.
     let recorded = DatabasePart::of(part);
+    let mut tables = Vec::new();
     for t in &opts.tables {
-        if !recorded.tables.keys().any(|x| x.eq_ignore_ascii_case(t)) {
+        let known = |n: &str| recorded.tables.keys().any(|x| x.eq_ignore_ascii_case(n));
+        let plain = crate::names::undisplay(t);
+        if known(t) {
+            tables.push(t.clone());
+        } else if known(&plain) {
+            tables.push(plain);
+        } else {
             return Err(FormatError::NoSuchTable {
-                table: t.clone(),
+                table: crate::names::display(t),
                 available: recorded
                     .tables
                     .keys()
-                    .cloned()
+                    .map(|n| crate::names::display(n))
                     .collect::<Vec<_>>()
                     .join(", "),
             });
@@ -197,7 +205,7 @@ pub fn restore(
         .map_err(|e| FormatError::io("a temporary file", e))?;
     stream_part(repo, part, &mut tmp.as_file(), notify)?;
     let mut target = target;
-    for t in &opts.tables {
+    for t in &tables {
         match &mut target {
             Target::Stream(out) => {
                 let mut out = BufWriter::with_capacity(1 << 20, &mut **out);
@@ -212,9 +220,10 @@ pub fn restore(
                     opts.clean,
                 )?;
                 notify(Notice::Done(format!(
-                    "restored table {t} ({rows} rows) into {} as {}",
+                    "restored table {} ({rows} rows) into {} as {}",
+                    crate::names::display(t),
                     path.display(),
-                    opts.rename_table.as_deref().unwrap_or(t)
+                    crate::names::display(opts.rename_table.as_deref().unwrap_or(t))
                 )));
             }
         }
