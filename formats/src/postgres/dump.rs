@@ -410,7 +410,11 @@ pub(crate) fn backup_plain(
             PartInput {
                 name,
                 kind: kind.kind().into(),
-                rows: table.then_some(st.rows),
+                // Rows are counted in COPY blocks; data as INSERT statements (`--inserts`)
+                // is not counted rather than called empty.
+                rows: table
+                    .then_some(st.rows)
+                    .filter(|r| *r > 0 || st.copy_header.is_some()),
                 meta,
                 chunking,
             }

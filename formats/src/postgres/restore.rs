@@ -336,9 +336,12 @@ pub fn restore(
                     write_table_script(repo, &ts, part, opts, &mut bw, drop, notify)
                 })?;
                 notify(Notice::Done(format!(
-                    "restored {} ({} rows) as {}",
+                    "restored {} ({}) as {}",
                     crate::names::display(&part.name),
-                    part.rows.unwrap_or(0),
+                    part.rows.map_or_else(
+                        || "rows not counted: INSERT statements".to_string(),
+                        |n| format!("{n} rows")
+                    ),
                     crate::names::display(&dest)
                 )));
             }
