@@ -42,7 +42,7 @@ pub struct Cli {
     )]
     pub s3_timeout: Option<u64>,
     /// Never delete anything but this client's own locks: for a database host whose store
-    /// credentials cannot delete (see README, Append-only hosts). `forget` and `prune`
+    /// credentials cannot delete (see docs/security.md, Append-only hosts). `forget` and `prune`
     /// refuse; `run` leaves retention to the admin host.
     #[arg(long, global = true, env = "DBVAULT_APPEND_ONLY", value_parser = clap::builder::BoolishValueParser::new())]
     pub append_only: bool,
@@ -114,8 +114,9 @@ pub enum Command {
     /// started with archiving on, a split brain): its history file and segments, and those
     /// of the timelines after it. `check` names such branches.
     WalRemoveTimeline(WalRemoveTimelineArgs),
-    /// Give a damaged repository back: `repair index` rebuilds index files that are
-    /// damaged or missing from the packs' own trailers (what `check` calls for).
+    /// Give a damaged repository back, as `check` says: `repair index` rebuilds damaged or
+    /// missing index files from the packs' trailers; `repair snapshots` removes or rewrites
+    /// snapshots that lost data and salvages damaged packs, naming all that is lost.
     Repair {
         /// What to repair.
         #[command(subcommand)]
@@ -409,8 +410,8 @@ pub struct BackupArgs {
     #[arg(long, value_name = "DURATION", requires = "follow")]
     pub interval: Option<String>,
     /// With --follow: keep every snapshot (default: compact them every 10 minutes by the
-    /// stored policy with an hour of every snapshot and 24 hourly added; README, Continuous
-    /// SQLite backup).
+    /// stored policy with an hour of every snapshot and 24 hourly added; docs/sqlite.md,
+    /// Continuous backup).
     #[arg(long, requires = "follow")]
     pub no_compact: bool,
     /// Format of a stream on stdin or from --command: pg_dump (plain), custom (pg_dump -Fc),
@@ -506,8 +507,8 @@ pub struct SqlArgs {
     #[arg(long, value_name = "TABLE")]
     pub insert: Option<String>,
     /// For a PostgreSQL snapshot: load this table's rows (repeatable; names as `restore
-    /// --table` takes them) into a scratch SQLite database and query that (README: how
-    /// types map).
+    /// --table` takes them) into a scratch SQLite database and query that (docs/postgresql.md:
+    /// how types map).
     #[arg(long, short = 't', value_name = "TABLE")]
     pub table: Vec<String>,
 }

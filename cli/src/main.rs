@@ -28,6 +28,25 @@ pub(crate) fn one_line(e: &anyhow::Error) -> String {
     msg.replace('\n', " ")
 }
 
+/// Exit status of a failed command, from its error's kind (docs/exit-codes.md): 3 damage,
+/// 75 worth retrying later (EX_TEMPFAIL: a lock held, a store that did not answer), else 1.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    use dbvault_core::error::FailureKind;
+    let kind = e.chain().find_map(|c| {
+        c.downcast_ref::<dbvault_core::Error>()
+            .map(dbvault_core::Error::failure_kind)
+            .or_else(|| {
+                c.downcast_ref::<dbvault_formats::FormatError>()
+                    .map(dbvault_formats::FormatError::failure_kind)
+            })
+    });
+    match kind {
+        Some(FailureKind::Damage) => 3,
+        Some(FailureKind::Temporary) => 75,
+        _ => 1,
+    }
+}
+
 fn main() -> ExitCode {
     signals::catch();
     malloc::tune();
@@ -53,7 +72,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("dbvault: error: {}", one_line(&e));
-            ExitCode::from(1)
+            ExitCode::from(exit_code(&e))
         }
     }
 }

@@ -38,7 +38,7 @@ pub fn s3_options(cli: &Cli) -> S3Options {
         path_style: cli.s3_path_style,
         credentials: None,
         attempt_timeout: cli.s3_timeout.map(std::time::Duration::from_secs),
-        // Packs wait for their upload on local disk, not in memory (see README, Memory).
+        // Packs wait for their upload on local disk, not in memory (see docs/memory.md).
         spool_dir: cache_dir().map(|d| d.join("spool")),
     }
 }

@@ -29,6 +29,21 @@ pub enum StorageKind {
     Other,
 }
 
+/// What a failure means to a script, a scheduler or the binary's exit status. Read from
+/// the error a command returned; wrapping (context, a format's error around a storage one)
+/// keeps it, and nothing turns damage or a temporary failure into a plain one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Stored data is damaged or missing: retrying will not help; `check` says what, and
+    /// `repair` what can be done.
+    Damage,
+    /// Worth retrying later as it is: another process holds the repository lock, or the
+    /// store did not answer (after retries).
+    Temporary,
+    /// Anything else: the input, the configuration, the command line, the database.
+    Failure,
+}
+
 impl StorageKind {
     /// The kind of a local I/O error.
     pub fn of(e: &io::Error) -> StorageKind {
@@ -286,6 +301,21 @@ impl Error {
             self,
             Error::Corrupt { .. } | Error::MissingBlob { .. } | Error::NotFound { .. }
         )
+    }
+
+    /// What this failure means to whoever decides what to do next (see [`FailureKind`]).
+    pub fn failure_kind(&self) -> FailureKind {
+        if self.is_damage() {
+            return FailureKind::Damage;
+        }
+        match self {
+            Error::Locked { .. } | Error::LockLost { .. } => FailureKind::Temporary,
+            Error::Storage {
+                kind: StorageKind::Transient,
+                ..
+            } => FailureKind::Temporary,
+            _ => FailureKind::Failure,
+        }
     }
 
     /// The damaged pack, when the damage is known to be in one.

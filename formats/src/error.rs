@@ -110,6 +110,16 @@ impl FormatError {
         }
     }
 
+    /// What this failure means to whoever decides what to do next.
+    pub fn failure_kind(&self) -> dbvault_core::error::FailureKind {
+        use dbvault_core::error::FailureKind;
+        match self {
+            FormatError::Core(e) => e.failure_kind(),
+            FormatError::Damaged { .. } | FormatError::Integrity(_) => FailureKind::Damage,
+            _ => FailureKind::Failure,
+        }
+    }
+
     /// The damaged pack, when this is damage known to be in one.
     pub fn damaged_pack(&self) -> Option<dbvault_core::Id> {
         match self {

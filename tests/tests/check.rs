@@ -400,7 +400,7 @@ fn restore_test_passes_fails_by_table_and_leaves_no_scratch_database() {
         ],
         None,
     );
-    assert_eq!(whole.code, Some(1));
+    assert_eq!(whole.code, Some(3), "{}", whole.stderr);
     assert!(
         whole.stderr.contains("one by one with --table"),
         "{}",

@@ -35,7 +35,7 @@ fn a_damaged_table_part_commits_none_of_its_rows() {
         damage_pack(&repo, 0.8);
         let dst = PgDb::new("dmgdst");
         let r = repo.run(&["restore", "latest", "--to", &dst.url()], None);
-        assert_eq!(r.code, Some(1), "{how}: {}", r.stderr);
+        assert_eq!(r.code, Some(3), "{how}: {}", r.stderr);
         assert!(
             r.stderr.contains("part \"public.t\" is damaged"),
             "{how}: {}",

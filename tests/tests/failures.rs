@@ -232,7 +232,8 @@ fn a_missing_pack_or_index_is_a_clear_error() {
         let saved = std::fs::read(&victim).expect("read");
         std::fs::remove_file(&victim).expect("rm");
         let r = repo.restore("latest");
-        assert_eq!(r.code, Some(1));
+        // Damage: exit 3 (docs/exit-codes.md).
+        assert_eq!(r.code, Some(3), "{dir}: {}", r.stderr);
         let line = one_line(&r.stderr);
         assert!(
             line.contains("missing") || line.contains("not found"),
@@ -306,7 +307,7 @@ fn a_damaged_snapshot_does_not_hide_the_others() {
     assert_eq!(r.json().as_array().expect("array").len(), 1);
     assert_eq!(repo.restore("latest").ok().stdout, b"night two");
     let r = repo.restore(&old);
-    assert_eq!(r.code, Some(1));
+    assert_eq!(r.code, Some(3));
     assert!(one_line(&r.stderr).contains("damaged"), "{}", r.stderr);
 }
 

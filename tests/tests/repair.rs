@@ -226,7 +226,7 @@ fn a_deleted_index_file_is_indexed_again_never_taken_for_loss() {
         std::fs::remove_file(f.expect("entry").path()).expect("rm");
     }
     let r = repo.restore(&s);
-    assert_eq!(r.code, Some(1));
+    assert_eq!(r.code, Some(3));
     assert!(r.stderr.contains("dbvault repair index"), "{}", r.stderr);
     let c = repo.run(&["check"], None);
     assert_eq!(c.code, Some(3));

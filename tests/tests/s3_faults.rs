@@ -22,7 +22,9 @@ fn restores(g: &Garage, prefix: &str, snapshot: &str, want: &[u8]) {
     assert!(out.stdout == want, "snapshot {snapshot} does not restore");
 }
 
-fn one_line(r: &Run) -> String {
+/// The one line a failed command printed; its exit status must be `code` (1 a failure,
+/// 75 a store that did not answer: worth retrying later).
+fn one_line(r: &Run, code: i32) -> String {
     // The note naming the snapshot `latest` resolved to is not part of the error.
     let err = r
         .stderr
@@ -32,7 +34,7 @@ fn one_line(r: &Run) -> String {
         .join("\n")
         .trim()
         .to_string();
-    assert_eq!(r.code, Some(1), "{err}");
+    assert_eq!(r.code, Some(code), "{err}");
     assert_eq!(err.lines().count(), 1, "not one line: {err}");
     err
 }
@@ -84,7 +86,7 @@ fn a_store_that_keeps_failing_fails_clearly_and_loses_nothing() {
     let t = Instant::now();
     let second = dump_like(6 << 20, 2);
     let r = run_cmd(cmd(&["backup", "-", "--name", "s"]), Some(&second));
-    let err = one_line(&r);
+    let err = one_line(&r, 75);
     assert!(
         err.contains("SlowDown") && err.contains("s3://"),
         "unclear: {err}"
@@ -144,7 +146,7 @@ fn the_store_dying_mid_backup_loses_nothing() {
     g.stop();
     let out = dbvault_tests::finish(child.wait_with_output().expect("wait"));
     let _ = feeder.join();
-    let err = one_line(&out);
+    let err = one_line(&out, 75);
     assert!(
         err.contains("cannot reach") && err.contains("s3://"),
         "unclear: {err}"
@@ -170,18 +172,18 @@ fn bad_credentials_a_missing_bucket_and_no_server_each_give_one_line() {
 
     let mut c = g.dbvault(&g.endpoint, "ok", &["snapshots"]);
     c.env("AWS_SECRET_ACCESS_KEY", "not-the-secret-0123456789");
-    let err = one_line(&run_cmd(c, None));
+    let err = one_line(&run_cmd(c, None), 1);
     assert!(err.contains("secret key is wrong"), "{err}");
     assert!(!err.contains("not-the-secret"), "secret in output: {err}");
 
     let mut c = g.dbvault(&g.endpoint, "ok", &["snapshots"]);
     c.env("AWS_ACCESS_KEY_ID", "GKdeadbeefdeadbeefdeadbeef");
-    let err = one_line(&run_cmd(c, None));
+    let err = one_line(&run_cmd(c, None), 1);
     assert!(err.contains("access key is not known"), "{err}");
 
     let mut c = g.dbvault(&g.endpoint, "ok", &["snapshots"]);
     c.env("DBVAULT_REPO", "s3://no-such-bucket/x");
-    let err = one_line(&run_cmd(c, None));
+    let err = one_line(&run_cmd(c, None), 1);
     assert!(
         err.contains("bucket does not exist") && err.contains("no-such-bucket"),
         "{err}"
@@ -193,7 +195,7 @@ fn bad_credentials_a_missing_bucket_and_no_server_each_give_one_line() {
         .expect("port");
     let t = Instant::now();
     let c = g.dbvault(&format!("http://127.0.0.1:{port}"), "ok", &["snapshots"]);
-    let err = one_line(&run_cmd(c, None));
+    let err = one_line(&run_cmd(c, None), 75);
     assert!(err.contains("cannot reach"), "{err}");
     assert!(
         t.elapsed() < Duration::from_secs(60),
@@ -222,7 +224,7 @@ fn a_store_that_times_out_during_a_restore_is_not_reported_as_damage() {
         ..Faults::default()
     });
     let r = run_cmd(cmd(&["restore", "latest", "--to", "-"]), None);
-    let err = one_line(&r);
+    let err = one_line(&r, 75);
     assert!(
         err.contains("did not answer in time") || err.contains("cannot reach"),
         "not a transport error: {err}"

@@ -321,7 +321,7 @@ fn back_up(cli: &Cli, repo: &Repository, cfg: &Config, s: &Source, rname: &str) 
 
 fn forget_source(repo: &Repository, cfg: &Config, s: &Source, append_only: bool) -> Result<usize> {
     if append_only {
-        // Deleting is the admin host's job (README: Append-only hosts).
+        // Deleting is the admin host's job (docs/security.md: Append-only hosts).
         return Ok(0);
     }
     match policy_for(repo, cfg, s)? {

@@ -4,7 +4,7 @@
 //! fail at once and nothing a compromised client asks for can remove data.
 //!
 //! This is the client's half. The store's half is credentials that cannot delete (an IAM
-//! policy without `s3:DeleteObject` outside `locks/*`, see the README); with both, an
+//! policy without `s3:DeleteObject` outside `locks/*`, see docs/security.md); with both, an
 //! intruder on the database host cannot erase the history even with a patched dbvault.
 
 use std::sync::Arc;
