@@ -19,7 +19,9 @@ use dbvault_tests::random_bytes;
 
 fn rows(path: &std::path::Path) -> Vec<(i64, String)> {
     let c = rusqlite::Connection::open(path).expect("open");
-    let mut st = c.prepare("SELECT id, v FROM orders ORDER BY id").expect("prepare");
+    let mut st = c
+        .prepare("SELECT id, v FROM orders ORDER BY id")
+        .expect("prepare");
     st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
         .expect("query")
         .collect::<rusqlite::Result<Vec<_>>>()
@@ -75,7 +77,8 @@ fn a_second_front_end_backs_up_restores_checks_and_prunes_through_the_library() 
     sqlite::snapshot::backup_copy(&b, &copy).expect("backup");
     let source = sqlite::snapshot::source(app.display().to_string(), &copy.info);
     let first = b.finish(meta("app", source)).expect("finish");
-    c.execute("DELETE FROM orders WHERE id > 10", []).expect("the wrong rows");
+    c.execute("DELETE FROM orders WHERE id > 10", [])
+        .expect("the wrong rows");
 
     // A stream.
     let data = random_bytes(3_000_000, 7);
@@ -94,7 +97,9 @@ fn a_second_front_end_backs_up_restores_checks_and_prunes_through_the_library() 
         .expect("finish");
 
     // Both restore as they were.
-    let (id, snap) = repo.find_snapshot("latest", Some("app")).expect("latest app");
+    let (id, snap) = repo
+        .find_snapshot("latest", Some("app"))
+        .expect("latest app");
     assert_eq!(id, first.id);
     let out = dir.path().join("restored.db");
     sqlite::snapshot::restore(
@@ -132,8 +137,8 @@ fn a_second_front_end_backs_up_restores_checks_and_prunes_through_the_library() 
         },
     )
     .expect("exclusive lock");
-    let pruned = dbvault_core::prune::prune(&repo, PruneOptions::default(), &|_| {})
-        .expect("prune");
+    let pruned =
+        dbvault_core::prune::prune(&repo, PruneOptions::default(), &|_| {}).expect("prune");
     assert!(pruned.bytes_freed > 2_000_000, "{pruned:?}");
     let out2 = dir.path().join("again.db");
     sqlite::snapshot::restore(

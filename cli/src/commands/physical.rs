@@ -339,7 +339,7 @@ fn reachable(
         (_, Some(l)) => {
             let gap_start = match dbvault_formats::postgres::wal::parse_name(gap, arch.per_log()) {
                 Some(dbvault_formats::postgres::wal::WalFile::Segment { number, .. }) => {
-                    number * b.segment_size
+                    dbvault_formats::postgres::wal::segment_start(number, b.segment_size)
                 }
                 _ => 0,
             };

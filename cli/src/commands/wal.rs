@@ -138,7 +138,7 @@ fn fetch_inner(cli: &Cli, a: &WalFetchArgs) -> Result<ExitCode> {
 
 /// Starts the background fetcher for the segments after `a.file`, unless one runs.
 fn start_prefetch(a: &WalFetchArgs, spool: &Path) {
-    if wal::following(&a.file, 1, 256).is_empty() || std::fs::create_dir_all(spool).is_err() {
+    if !wal::is_segment(&a.file) || std::fs::create_dir_all(spool).is_err() {
         return;
     }
     #[cfg(unix)]
@@ -190,7 +190,8 @@ fn prefetch_worker(cli: &Cli, a: &WalFetchArgs, spool: Option<&Path>) -> Result<
     };
     let r = (|| -> Result<()> {
         let repo = repo_access::open_locked(cli, LockKind::Shared, "wal-fetch (ahead)")?;
-        let next = wal::following(&a.file, a.prefetch, 256);
+        // Named with the source's own segment size (not always 16 MiB).
+        let next = wal::names_after(&repo, &a.name, &a.file, a.prefetch)?;
         wal::prefetch(&repo, &a.name, &next, spool)?;
         repo.unlock();
         Ok(())

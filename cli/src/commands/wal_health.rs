@@ -48,7 +48,7 @@ pub fn of(repo: &Repository, s: &Source) -> WalHealth {
         .map_or(16 << 20, |b| b.segment_size.max(1 << 20));
     match physical::archive::Archive::load(repo, &s.name, segment_size) {
         Ok(a) => {
-            let per_log = 0x1_0000_0000 / segment_size;
+            let per_log = wal::segments_per_log(segment_size);
             let newest = a
                 .segments
                 .iter()

@@ -56,6 +56,23 @@ fn hex_u32(s: &str) -> Option<u32> {
         .flatten()
 }
 
+/// The one piece of WAL segment arithmetic everything else uses: how many segments of
+/// `segment_size` bytes make one "log" (the middle 8 hex digits of a segment name, 4 GiB
+/// of WAL): 256 for 16 MiB segments, 64 for 64 MiB.
+pub fn segments_per_log(segment_size: u64) -> u64 {
+    0x1_0000_0000 / segment_size.max(1)
+}
+
+/// The LSN where segment `number` (counted from 0/0) starts.
+pub fn segment_start(number: u64, segment_size: u64) -> u64 {
+    number * segment_size
+}
+
+/// Whether `name` is a WAL segment's name (not a history, backup or partial file).
+pub fn is_segment(name: &str) -> bool {
+    matches!(parse_name(name, 1), Some(WalFile::Segment { .. }))
+}
+
 /// Parses a WAL file name (`000000010000000A000000FF`, `00000002.history`, …) for
 /// segments of `segments_per_log` (256 for 16 MiB segments).
 pub fn parse_name(name: &str, segments_per_log: u64) -> Option<WalFile> {
@@ -350,6 +367,16 @@ pub fn following(name: &str, count: u64, segments_per_log: u64) -> Vec<String> {
             .collect(),
         _ => Vec::new(),
     }
+}
+
+/// The `count` segment names after `name` in `source`'s archive, with the segment size
+/// recorded for the source (16 MiB when none is).
+///
+/// # Errors
+/// Storage errors.
+pub fn names_after(repo: &Repository, source: &str, name: &str, count: u64) -> Result<Vec<String>> {
+    let size = segment_size(repo, source)?.unwrap_or(16 << 20);
+    Ok(following(name, count, segments_per_log(size)))
 }
 
 /// Fetches `names` of `source` into `spool` (each through a temporary file renamed into

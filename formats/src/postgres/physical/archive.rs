@@ -64,7 +64,7 @@ impl Archive {
     pub fn load(repo: &Repository, source: &str, segment_size: u64) -> Result<Archive> {
         let ns = wal::namespace(repo, source);
         let names = repo.file_names(&ns)?;
-        let per_log = 0x1_0000_0000 / segment_size.max(1);
+        let per_log = wal::segments_per_log(segment_size);
         let mut a = Archive {
             segment_size,
             ..Default::default()
@@ -90,7 +90,7 @@ impl Archive {
 
     /// Segments per 4 GiB of WAL (the "log" of a segment name), for this segment size.
     pub fn per_log(&self) -> u64 {
-        0x1_0000_0000 / self.segment_size.max(1)
+        wal::segments_per_log(self.segment_size)
     }
 
     fn name(&self, tli: u32, n: u64) -> String {

@@ -67,7 +67,7 @@ pub fn archiver_status(pg: &PgSource) -> Result<ArchiverStatus> {
 
 /// A segment's place in the WAL stream (the timeline aside).
 fn position(name: &str, segment_size: u64) -> Option<u64> {
-    match parse_name(name, 0x1_0000_0000 / segment_size.max(1)) {
+    match parse_name(name, crate::postgres::wal::segments_per_log(segment_size)) {
         Some(WalFile::Segment { number, .. }) => Some(number),
         _ => None,
     }

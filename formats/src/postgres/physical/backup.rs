@@ -306,7 +306,7 @@ fn describe<R: Read>(
         .ok_or_else(|| pg_err("pg_basebackup", "the stream has no global/pg_control"))?;
     let mut id = [0u8; 8];
     id.copy_from_slice(&control[..8]);
-    let per_log = 0x1_0000_0000 / seg_size;
+    let per_log = crate::postgres::wal::segments_per_log(seg_size);
     let seg = |lsn: u64| wal::segment_name(timeline, lsn / seg_size, per_log);
     let (a, z) = (parse_lsn(&start_lsn)?, parse_lsn(&stop_lsn)?);
     Ok(BaseBackup {

@@ -41,7 +41,7 @@ pub fn copy_wal(
     let mut out = Vec::new();
     for (source, list) in by_source(which) {
         let seg = list.first().map_or(16 << 20, |(_, b, _)| b.segment_size);
-        let per_log = 0x1_0000_0000 / seg.max(1);
+        let per_log = crate::postgres::wal::segments_per_log(seg);
         let number = |name: &str| match wal::parse_name(name.get(..24).unwrap_or(""), per_log) {
             Some(WalFile::Segment { number, .. }) => Some(number),
             _ => None,

@@ -103,7 +103,7 @@ pub fn segments(b: &BaseBackup) -> Result<Vec<String>> {
             "the base backup records no segment size".into(),
         ));
     }
-    let per_log = 0x1_0000_0000 / b.segment_size;
+    let per_log = crate::postgres::wal::segments_per_log(b.segment_size);
     let first = wal::parse_name(&b.start_wal, per_log);
     let last = wal::parse_name(&b.stop_wal, per_log);
     match (first, last) {

@@ -179,7 +179,7 @@ fn answer(
     }
     let _ = (&stream).write_all(reply.as_bytes());
     (reply == "ok\n")
-        .then(|| wal::following(name, 1, 0x1_0000_0000 / o.segment_size.max(1)))
+        .then(|| wal::following(name, 1, wal::segments_per_log(o.segment_size)))
         .and_then(|v| v.into_iter().next())
 }
 
