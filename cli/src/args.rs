@@ -188,31 +188,9 @@ pub struct RunArgs {
     pub job: Option<String>,
 }
 
-/// Retention rules (`--keep-…`).
-#[derive(Args, Debug, Default, Clone)]
-pub struct KeepArgs {
-    /// Keep the N newest snapshots.
-    #[arg(long, value_name = "N")]
-    pub keep_last: Option<u32>,
-    /// Keep the newest snapshot of each of the last N hours that have snapshots.
-    #[arg(long, value_name = "N")]
-    pub keep_hourly: Option<u32>,
-    /// Keep the newest snapshot of each of the last N days that have snapshots.
-    #[arg(long, value_name = "N")]
-    pub keep_daily: Option<u32>,
-    /// Keep the newest snapshot of each of the last N ISO weeks that have snapshots.
-    #[arg(long, value_name = "N")]
-    pub keep_weekly: Option<u32>,
-    /// Keep the newest snapshot of each of the last N months that have snapshots.
-    #[arg(long, value_name = "N")]
-    pub keep_monthly: Option<u32>,
-    /// Keep the newest snapshot of each of the last N years that have snapshots.
-    #[arg(long, value_name = "N")]
-    pub keep_yearly: Option<u32>,
-    /// Keep every snapshot within this span before the newest one (e.g. 14d, 6mo, 1y).
-    #[arg(long, value_name = "DURATION")]
-    pub keep_within: Option<String>,
-}
+/// Retention rules (`--keep-…`): the library's type, which the configuration file's
+/// `[retention]` table deserialises too.
+pub use dbvault_core::retention::KeepOptions as KeepArgs;
 
 /// `forget` options.
 #[derive(Args, Debug)]

@@ -94,33 +94,8 @@ pub struct RepoConfig {
     pub copy_to: Option<toml::Spanned<String>>,
 }
 
-/// Retention rules, as `--keep-…` options.
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Retention {
-    keep_last: Option<u32>,
-    keep_hourly: Option<u32>,
-    keep_daily: Option<u32>,
-    keep_weekly: Option<u32>,
-    keep_monthly: Option<u32>,
-    keep_yearly: Option<u32>,
-    keep_within: Option<String>,
-}
-
-impl Retention {
-    /// As a policy.
-    pub fn policy(&self) -> Result<Policy> {
-        Ok(Policy {
-            last: self.keep_last.unwrap_or(0),
-            hourly: self.keep_hourly.unwrap_or(0),
-            daily: self.keep_daily.unwrap_or(0),
-            weekly: self.keep_weekly.unwrap_or(0),
-            monthly: self.keep_monthly.unwrap_or(0),
-            yearly: self.keep_yearly.unwrap_or(0),
-            within: self.keep_within.as_deref().map(Span::parse).transpose()?,
-        })
-    }
-}
+/// Retention rules: the command line's `--keep-…` options, as one type.
+pub use dbvault_core::retention::KeepOptions as Retention;
 
 /// How often a maintenance step runs during `run`.
 #[derive(Debug, Deserialize)]
@@ -466,11 +441,11 @@ impl Config {
 
     /// The retention policy of a source, if any.
     pub fn policy_of(&self, s: &Source) -> Result<Option<Policy>> {
-        s.retention
+        Ok(s.retention
             .as_ref()
             .or(self.retention.as_ref())
             .map(Retention::policy)
-            .transpose()
+            .transpose()?)
     }
 }
 

@@ -144,6 +144,13 @@ pub enum Error {
         /// Which snapshot, of which source, from when.
         detail: String,
     },
+    /// The snapshot `latest` would mean (the newest of its source this client saw) cannot
+    /// be read: the next older one would silently be older data.
+    #[error("{detail}: `latest` would be older data; restore a snapshot by its id if that is what you want, or remove the damaged one with `dbvault repair snapshots`")]
+    NewestDamaged {
+        /// Which snapshot, of which source, from when.
+        detail: String,
+    },
     /// The stored retention policy is older than one this client has seen.
     #[error("the retention policy in the repository is older than the one this client saw stored at {seen} (found: {}): newer policy objects were deleted; set the policy again with `dbvault policy`", found.as_deref().unwrap_or("none"))]
     PolicyRolledBack {
@@ -309,6 +316,7 @@ impl Error {
             return FailureKind::Damage;
         }
         match self {
+            Error::NewestDamaged { .. } => FailureKind::Damage,
             Error::Locked { .. } | Error::LockLost { .. } => FailureKind::Temporary,
             Error::Storage {
                 kind: StorageKind::Transient,

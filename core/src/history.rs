@@ -20,9 +20,6 @@ use crate::report::Report;
 use crate::snapshot::Predecessor;
 use crate::{Error, Id, Repository, Result, Snapshot};
 
-/// Kind of the report `forget` stores.
-pub const FORGET_REPORT: &str = "forget";
-
 /// A snapshot that should be there and is not.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Missing {
@@ -66,6 +63,8 @@ pub struct Audit {
     pub damaged: Vec<Error>,
     /// Snapshots that vanished without `forget`.
     pub missing: Vec<Missing>,
+    /// The newest snapshot this client saw of a source, listed but unreadable.
+    pub damaged_newest: Vec<Missing>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -112,7 +111,7 @@ impl Repository {
     pub fn forgotten(&self) -> Result<HashSet<Id>> {
         let mut out = HashSet::new();
         for r in self.reports()? {
-            if r.kind != FORGET_REPORT {
+            if r.kind != crate::report::ReportKind::Forget {
                 continue;
             }
             if let Some(ids) = r.body["forgotten"].as_array() {
@@ -126,7 +125,13 @@ impl Repository {
     pub(crate) fn record_forget(&self, ids: &[Id]) -> Result<()> {
         let list: Vec<String> = ids.iter().map(Id::to_hex).collect();
         let body = serde_json::json!({ "forgotten": list });
-        self.save_report(&Report::now(FORGET_REPORT, true, None, 0.0, body))?;
+        self.save_report(&Report::now(
+            crate::report::ReportKind::Forget,
+            true,
+            None,
+            0.0,
+            body,
+        ))?;
         Ok(())
     }
 
@@ -140,7 +145,19 @@ impl Repository {
         // One listing for both: one request less on S3, and the two cannot disagree.
         let (ids, snapshots, damaged) = self.listed_snapshots()?;
         let present: HashSet<Id> = ids.into_iter().collect();
+        let readable: HashSet<Id> = snapshots.iter().map(|(id, _)| *id).collect();
         let mut seen = self.load_seen();
+        let damaged_newest: Vec<Missing> = seen
+            .newest
+            .iter()
+            .filter(|(_, p)| present.contains(&p.id) && !readable.contains(&p.id))
+            .map(|(name, p)| Missing {
+                name: name.clone(),
+                id: p.id,
+                time: p.time,
+                successor: None,
+            })
+            .collect();
         let mut candidates: Vec<Missing> = seen
             .newest
             .iter()
@@ -201,6 +218,7 @@ impl Repository {
             snapshots,
             damaged,
             missing,
+            damaged_newest,
         })
     }
 

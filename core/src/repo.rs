@@ -279,7 +279,9 @@ impl Repository {
     /// Resolves `latest`, a full id or a unique id prefix. `name` restricts `latest` to
     /// one source.
     ///
-    /// `latest` skips snapshots whose manifest is damaged.
+    /// `latest` skips snapshots whose manifest is damaged, with a warning, and refuses
+    /// when the damaged one is the newest of the source this client saw (as it refuses
+    /// when that one vanished).
     ///
     /// # Errors
     /// [`Error::SnapshotNotFound`], [`Error::AmbiguousSnapshot`], or a damaged snapshot
@@ -298,6 +300,26 @@ impl Repository {
                 return Err(Error::SnapshotVanished {
                     detail: m.to_string(),
                 });
+            }
+            if let Some(m) = audit
+                .damaged_newest
+                .iter()
+                .find(|m| name.is_none_or(|n| m.name == n))
+            {
+                return Err(Error::NewestDamaged {
+                    detail: format!(
+                        "snapshot {} of {} from {}, the newest this client saw, is damaged",
+                        m.id.short(),
+                        m.name,
+                        m.time.format("%Y-%m-%d %H:%M:%S %:z")
+                    ),
+                });
+            }
+            // A damaged manifest names no source: it may be the newest of this one.
+            for e in &audit.damaged {
+                crate::warn::warn(&format!(
+                    "{e}: if it was the newest of its source, `latest` is an older one"
+                ));
             }
             if name.is_none() {
                 // The newest of several sources is rarely what was meant (an SQLite file

@@ -9,11 +9,70 @@ use crate::{Error, Id, Repository, Result};
 
 const AAD: &[u8] = b"dbvault report";
 
+/// What a stored report is the report of. Stored as its name (`check`, …), so reports
+/// of a kind this version does not know still read (as [`ReportKind::Other`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ReportKind {
+    /// `check`.
+    Check,
+    /// `prune`.
+    Prune,
+    /// `restore-test` of one snapshot.
+    RestoreTest,
+    /// `forget`: what it removes, stored before it removes it ([`crate::history`]).
+    Forget,
+    /// A kind written by another version.
+    Other(String),
+}
+
+impl ReportKind {
+    /// The stored name.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ReportKind::Check => "check",
+            ReportKind::Prune => "prune",
+            ReportKind::RestoreTest => "restore-test",
+            ReportKind::Forget => "forget",
+            ReportKind::Other(s) => s,
+        }
+    }
+
+    /// The kind a stored name stands for.
+    pub fn from_name(name: &str) -> ReportKind {
+        match name {
+            "check" => ReportKind::Check,
+            "prune" => ReportKind::Prune,
+            "restore-test" => ReportKind::RestoreTest,
+            "forget" => ReportKind::Forget,
+            other => ReportKind::Other(other.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for ReportKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ReportKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ReportKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        Ok(ReportKind::from_name(&String::deserialize(d)?))
+    }
+}
+
 /// One stored report.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
-    /// `check` or `restore-test`.
-    pub kind: String,
+    /// What it reports on.
+    pub kind: ReportKind,
     /// When it ran.
     pub time: DateTime<FixedOffset>,
     /// Host that ran it.
@@ -32,14 +91,14 @@ pub struct Report {
 impl Report {
     /// A report of `kind` made now on this host.
     pub fn now(
-        kind: &str,
+        kind: ReportKind,
         ok: bool,
         snapshot: Option<Id>,
         seconds: f64,
         body: serde_json::Value,
     ) -> Report {
         Report {
-            kind: kind.to_string(),
+            kind,
             time: chrono::Local::now().fixed_offset(),
             host: gethostname::gethostname().to_string_lossy().into_owned(),
             ok,

@@ -123,6 +123,72 @@ impl std::fmt::Display for Span {
     }
 }
 
+/// Retention rules as the command line (`--keep-daily 7`) and the configuration file
+/// (`keep_daily = 7`) both give them: one type for both, deriving clap's `Args` (feature
+/// `clap`) and serde. [`KeepOptions::policy`] makes the [`Policy`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+#[serde(deny_unknown_fields)]
+pub struct KeepOptions {
+    /// Keep the N newest snapshots.
+    #[cfg_attr(feature = "clap", arg(long, value_name = "N"))]
+    #[serde(default)]
+    pub keep_last: Option<u32>,
+    /// Keep the newest snapshot of each of the last N hours that have snapshots.
+    #[cfg_attr(feature = "clap", arg(long, value_name = "N"))]
+    #[serde(default)]
+    pub keep_hourly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N days that have snapshots.
+    #[cfg_attr(feature = "clap", arg(long, value_name = "N"))]
+    #[serde(default)]
+    pub keep_daily: Option<u32>,
+    /// Keep the newest snapshot of each of the last N ISO weeks that have snapshots.
+    #[cfg_attr(feature = "clap", arg(long, value_name = "N"))]
+    #[serde(default)]
+    pub keep_weekly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N months that have snapshots.
+    #[cfg_attr(feature = "clap", arg(long, value_name = "N"))]
+    #[serde(default)]
+    pub keep_monthly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N years that have snapshots.
+    #[cfg_attr(feature = "clap", arg(long, value_name = "N"))]
+    #[serde(default)]
+    pub keep_yearly: Option<u32>,
+    /// Keep every snapshot within this span before the newest one (e.g. 14d, 6mo, 1y).
+    #[cfg_attr(feature = "clap", arg(long, value_name = "DURATION"))]
+    #[serde(default)]
+    pub keep_within: Option<String>,
+}
+
+impl KeepOptions {
+    /// True when no rule is given.
+    pub fn is_empty(&self) -> bool {
+        *self == KeepOptions::default()
+    }
+
+    /// The policy these rules make (a rule not given keeps nothing by itself).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a `keep_within` that is not a duration.
+    pub fn policy(&self) -> Result<Policy> {
+        let within = match &self.keep_within {
+            Some(w) => {
+                Some(Span::parse(w).map_err(|e| Error::Invalid(format!("keep-within: {e}")))?)
+            }
+            None => None,
+        };
+        Ok(Policy {
+            last: self.keep_last.unwrap_or(0),
+            hourly: self.keep_hourly.unwrap_or(0),
+            daily: self.keep_daily.unwrap_or(0),
+            weekly: self.keep_weekly.unwrap_or(0),
+            monthly: self.keep_monthly.unwrap_or(0),
+            yearly: self.keep_yearly.unwrap_or(0),
+            within,
+        })
+    }
+}
+
 /// Retention rules. Zero counts are "no rule".
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policy {

@@ -242,3 +242,108 @@ fn a_deleted_index_file_is_indexed_again_never_taken_for_loss() {
     assert_eq!(repo.run(&["check", "--read-data"], None).code, Some(0));
     assert!(repo.restore(&s).ok().stdout == data);
 }
+
+#[test]
+fn a_lost_delta_base_takes_its_deltas_and_one_repair_leaves_check_read_data_clean() {
+    let repo = Repo::new();
+    let keep = random_bytes(1_000_000, 91);
+    let k = id_of(&repo.backup(&keep, &["--name", "other"]));
+    let before = packs(&repo);
+    // COPY-like lines (compressible, so deltas pay).
+    let mut x: u64 = 93;
+    let mut d1 = Vec::new();
+    for i in 0..60_000u64 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        d1.extend_from_slice(
+            format!(
+                "{i}\t{}\tcustomer {}\t2024-01-{:02}\n",
+                x >> 34,
+                (x >> 20) % 99_999,
+                i % 28 + 1
+            )
+            .as_bytes(),
+        );
+    }
+    repo.backup(&d1, &["--name", "s"]);
+    let first = largest(packs(&repo).difference(&before).cloned());
+    // The next night: a few lines changed in every chunk, stored as deltas against it.
+    let mut d2 = d1.clone();
+    for i in (1000..d2.len()).step_by(40_000) {
+        d2[i] = b'#';
+    }
+    let s2 = repo.backup(&d2, &["--name", "s"]);
+    assert!(s2["snapshot_id"].is_string());
+    // The first night's pack cut short: its blobs, and the deltas built on them, are lost.
+    let len = std::fs::metadata(&first).expect("pack").len();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&first)
+        .expect("open");
+    f.set_len(len / 3).expect("truncate");
+    // As `check` (structure only) names it: no --read-data.
+    let c = repo.run(&["check"], None);
+    assert!(
+        c.text()
+            .contains("(repair: dbvault repair snapshots, which names"),
+        "{}",
+        c.text()
+    );
+    let r = repo.run(&["repair", "snapshots"], None).ok().text();
+    assert!(r.contains("lost: snapshot"), "{r}");
+    let c = repo.run(&["check", "--read-data"], None);
+    assert_eq!(
+        c.code,
+        Some(0),
+        "one repair leaves check clean: {} {}",
+        c.text(),
+        c.stderr
+    );
+    assert!(repo.restore(&k).ok().stdout == keep);
+}
+
+#[test]
+fn a_damaged_newest_manifest_stops_latest_and_a_deleted_one_is_recorded_lost() {
+    let repo = Repo::new();
+    let old = random_bytes(200_000, 95);
+    let o = id_of(&repo.backup(&old, &["--name", "shop"]));
+    let new = random_bytes(200_000, 97);
+    let n = id_of(&repo.backup(&new, &["--name", "shop"]));
+    // The newest manifest damaged: `latest` would be older data, so it is refused.
+    std::fs::write(repo.path.join("snapshots").join(&n), b"garbage").expect("damage");
+    let r = repo.run(&["restore", "latest", "--name", "shop", "--to", "-"], None);
+    assert_eq!(r.code, Some(3), "{}", r.stderr);
+    assert!(r.stdout.is_empty());
+    assert!(
+        r.stderr.contains(&n[..8]) && r.stderr.contains("repair snapshots"),
+        "{}",
+        r.stderr
+    );
+    // By id, the older one restores; after the repair `latest` is it, said so.
+    assert!(repo.restore(&o).ok().stdout == old);
+    repo.run(&["repair", "snapshots"], None).ok();
+    let r = repo
+        .run(&["restore", "latest", "--name", "shop", "--to", "-"], None)
+        .ok();
+    assert!(r.stdout == old);
+    // A snapshot deleted by hand: check names the way out, repair records it as lost.
+    let third = id_of(&repo.backup(&new, &["--name", "shop"]));
+    std::fs::remove_file(repo.path.join("snapshots").join(&third)).expect("rm");
+    let c = repo.run(&["check"], None);
+    assert_eq!(c.code, Some(3));
+    assert!(
+        c.text()
+            .contains("repair: dbvault repair snapshots, which records it as lost"),
+        "{}",
+        c.text()
+    );
+    let r = repo.run(&["repair", "snapshots"], None).ok().text();
+    assert!(
+        r.contains(&third[..8]) && r.contains("recorded as lost"),
+        "{r}"
+    );
+    assert_eq!(repo.run(&["check", "--read-data"], None).code, Some(0));
+    let r = repo.run(&["snapshots"], None);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+}

@@ -25,7 +25,13 @@ pub fn run(cli: &Cli, a: &CheckArgs) -> Result<ExitCode> {
         }
     })?;
     let body = serde_json::to_value(&r)?;
-    let stored = repo.save_report(&Report::now("check", r.ok, None, r.seconds, body.clone()));
+    let stored = repo.save_report(&Report::now(
+        dbvault_core::report::ReportKind::Check,
+        r.ok,
+        None,
+        r.seconds,
+        body.clone(),
+    ));
     if let Err(e) = &stored {
         eprintln!("dbvault: warning: the report could not be stored: {e}");
     }

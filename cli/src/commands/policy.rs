@@ -1,34 +1,18 @@
 //! `dbvault policy`: the retention policy stored in the repository.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use dbvault_core::lock::LockKind;
-use dbvault_core::retention::{Policy, Span};
+use dbvault_core::retention::Policy;
 
 use crate::args::{Cli, KeepArgs, PolicyArgs};
 use crate::repo_access;
 
 /// The rules given on the command line, or `None` when no `--keep-…` option was given.
 pub fn from_args(k: &KeepArgs) -> Result<Option<Policy>> {
-    let within = match &k.keep_within {
-        Some(w) => Some(Span::parse(w).context("--keep-within")?),
-        None => None,
-    };
-    let given = k.keep_last.is_some()
-        || k.keep_hourly.is_some()
-        || k.keep_daily.is_some()
-        || k.keep_weekly.is_some()
-        || k.keep_monthly.is_some()
-        || k.keep_yearly.is_some()
-        || within.is_some();
-    Ok(given.then(|| Policy {
-        last: k.keep_last.unwrap_or(0),
-        hourly: k.keep_hourly.unwrap_or(0),
-        daily: k.keep_daily.unwrap_or(0),
-        weekly: k.keep_weekly.unwrap_or(0),
-        monthly: k.keep_monthly.unwrap_or(0),
-        yearly: k.keep_yearly.unwrap_or(0),
-        within,
-    }))
+    if k.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(k.policy()?))
 }
 
 pub fn run(cli: &Cli, a: &PolicyArgs) -> Result<()> {

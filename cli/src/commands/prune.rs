@@ -39,7 +39,7 @@ pub fn run_on(cli: &Cli, repo: &Repository, dry_run: bool, repack: u8) -> Result
     if !dry_run {
         // `run` schedules prunes by the last one's report.
         let stored = repo.save_report(&dbvault_core::report::Report::now(
-            "prune",
+            dbvault_core::report::ReportKind::Prune,
             true,
             None,
             r.seconds,

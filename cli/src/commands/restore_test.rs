@@ -71,7 +71,7 @@ pub fn run(cli: &Cli, a: &RestoreTestArgs) -> Result<ExitCode> {
         "notes": out.notes,
     });
     let stored = repo.save_report(&Report::now(
-        "restore-test",
+        dbvault_core::report::ReportKind::RestoreTest,
         ok,
         Some(id),
         seconds,

@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use dbvault_core::check::ReadData;
 use dbvault_core::lock::LockKind;
+use dbvault_core::report::ReportKind;
 use dbvault_core::retention::{self, Span};
 use dbvault_core::Repository;
 use dbvault_formats::check::check;
@@ -348,13 +349,13 @@ pub(super) fn policy_for(
 }
 
 /// True when no report of `kind` is younger than `every` (no `every`: always).
-fn due(repo: &Repository, kind: &str, every: Option<&str>) -> Result<bool> {
+fn due(repo: &Repository, kind: &ReportKind, every: Option<&str>) -> Result<bool> {
     let Some(every) = every else { return Ok(true) };
     let secs = Span::parse(every)?.approx_seconds();
     let last = repo
         .reports()?
         .into_iter()
-        .filter(|r| r.kind == kind)
+        .filter(|r| &r.kind == kind)
         .map(|r| r.time)
         .max();
     Ok(last
@@ -372,7 +373,7 @@ fn maintain(
 ) {
     if let Some(p) = cfg.prune.as_ref().filter(|_| !append_only) {
         let r = (|| -> Result<Option<String>> {
-            if !due(repo, "prune", p.every.as_deref())? {
+            if !due(repo, &ReportKind::Prune, p.every.as_deref())? {
                 return Ok(None);
             }
             repo.unlock();
@@ -394,7 +395,7 @@ fn maintain(
     }
     if let Some(c) = &cfg.check {
         let r = (|| -> Result<Option<(bool, String)>> {
-            if !due(repo, "check", c.every.as_deref())? {
+            if !due(repo, &ReportKind::Check, c.every.as_deref())? {
                 return Ok(None);
             }
             let read = match &c.read_data_subset {
@@ -403,7 +404,7 @@ fn maintain(
             };
             let r = check(repo, read, &|_| {})?;
             repo.save_report(&dbvault_core::report::Report::now(
-                "check",
+                ReportKind::Check,
                 r.ok,
                 None,
                 r.seconds,

@@ -54,7 +54,10 @@ fn list(
         );
     }
     for r in reports {
-        let Some(sid) = r.snapshot.filter(|_| r.kind == "restore-test") else {
+        let Some(sid) = r
+            .snapshot
+            .filter(|_| r.kind == dbvault_core::report::ReportKind::RestoreTest)
+        else {
             continue;
         };
         let e = tested.entry(sid).or_insert((None, None, false));

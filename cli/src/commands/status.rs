@@ -69,7 +69,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
             let age = newest.map(|t| chrono::Local::now().signed_duration_since(t).num_seconds());
             let passed = reports
                 .iter()
-                .filter(|r| r.kind == "restore-test" && r.ok)
+                .filter(|r| r.kind == dbvault_core::report::ReportKind::RestoreTest && r.ok)
                 .filter(|r| mine.iter().any(|(id, _)| Some(*id) == r.snapshot))
                 .map(|r| r.time)
                 .max();

@@ -258,6 +258,9 @@ fn name_repairs(problems: &mut [Problem], unindexed: bool) {
                 "dbvault repair snapshots --read-data, which names what is lost"
             }
             "pack" | "part" => "dbvault repair snapshots, which names what is lost",
+            "missing-snapshot" => {
+                "dbvault repair snapshots, which records it as lost (only a copy brings it back)"
+            }
             _ => continue,
         };
         p.detail.push_str(&format!(" (repair: {how})"));

@@ -177,9 +177,26 @@ pub fn repair_snapshots(
             out.debris.push(id.to_hex());
         }
     }
-    // Salvage, first pass: which blobs of the damaged packs still authenticate.
-    let plan = salvage_plan(repo, &index, &damaged, &mut bad)?;
+    // Salvage: which blobs of the damaged packs still authenticate. A delta whose base is
+    // lost is lost too, wherever it lies: its pack is rewritten without it as well (else
+    // `check --read-data` trips over it after the repair). Until nothing new turns up.
+    let mut plan = salvage_plan(repo, &index, &damaged, &mut bad)?;
     mark_bad_deltas(repo, &index, &mut bad)?;
+    loop {
+        let more: HashSet<Id> = bad
+            .blobs
+            .keys()
+            .filter_map(|b| index.get(b))
+            .map(|l| l.pack)
+            .filter(|p| indexed.contains(p) && !damaged.contains(p))
+            .collect();
+        if more.is_empty() {
+            break;
+        }
+        damaged.extend(more);
+        plan = salvage_plan(repo, &index, &damaged, &mut bad)?;
+        mark_bad_deltas(repo, &index, &mut bad)?;
+    }
 
     progress("walking the snapshots");
     let (ids, snaps, unreadable) = repo.listed_snapshots()?;
@@ -194,6 +211,20 @@ pub fn repair_snapshots(
             id: id.to_hex(),
             what: None,
             why,
+        });
+    }
+    // Snapshots gone without `forget` (deleted by hand, a store rolled back): nothing
+    // brings them back from here; recording them as lost ends the alarm they raise.
+    let lost: Vec<crate::history::Missing> = repo.audit(true)?.missing;
+    for m in &lost {
+        out.removed.push(RemovedSnapshot {
+            id: m.id.to_hex(),
+            what: Some(format!(
+                "{} {}",
+                m.name,
+                m.time.format("%Y-%m-%d %H:%M:%S %:z")
+            )),
+            why: "gone from the repository without `forget`: recorded as lost".into(),
         });
     }
     let mut walker = Walker::new(repo, &index, &bad, false);
@@ -247,11 +278,15 @@ pub fn repair_snapshots(
             out.files_damaged.push(rec.name.clone());
         }
     }
-    for (pack, (kept, lost)) in &plan.counts {
+    for (pack, entries) in &plan.salvage {
+        let lost = entries
+            .iter()
+            .filter(|e| bad.blobs.contains_key(&e.id))
+            .count();
         out.packs.push(SalvagedPack {
             pack: pack.to_hex(),
-            kept: *kept,
-            lost: *lost,
+            kept: entries.len() - lost,
+            lost,
         });
     }
     out.packs.sort_by(|a, b| a.pack.cmp(&b.pack));
@@ -283,7 +318,16 @@ pub fn repair_snapshots(
         .filter_map(|h| Id::from_hex(h).ok())
         .collect();
     repo.ensure_lock(LockKind::Exclusive, OP)?;
-    repo.forget_snapshots(&gone)?;
+    let absent: HashSet<Id> = lost.iter().map(|m| m.id).collect();
+    let present: Vec<Id> = gone
+        .iter()
+        .filter(|id| !absent.contains(id))
+        .copied()
+        .collect();
+    if !absent.is_empty() {
+        repo.record_forget(&absent.iter().copied().collect::<Vec<_>>())?;
+    }
+    repo.forget_snapshots(&present)?;
     for f in &plan.index_files {
         repo.ensure_lock(LockKind::Exclusive, OP)?;
         repo.backend().remove(&index_path(f))?;
@@ -309,8 +353,6 @@ struct Plan {
     kept_records: Vec<(Id, Vec<PackEntry>)>,
     /// Blobs of damaged packs the index places there, by pack.
     salvage: HashMap<Id, Vec<PackEntry>>,
-    /// Per damaged pack: blobs that read back, blobs that did not.
-    counts: BTreeMap<Id, (usize, usize)>,
 }
 
 /// Reads the index files naming damaged packs and every damaged pack once: its blobs
@@ -358,7 +400,6 @@ fn salvage_plan(
             Err(Error::NotFound { .. }) => Vec::new(),
             Err(e) => return Err(e),
         };
-        let mut c = (0, 0);
         for e in entries.iter() {
             let end = (e.offset as usize).saturating_add(e.len as usize);
             let ok = end <= bytes.len()
@@ -366,16 +407,12 @@ fn salvage_plan(
                     .keys()
                     .open(&bytes[e.offset as usize..end], &e.id.0, &|| String::new())
                     .is_ok();
-            if ok {
-                c.0 += 1;
-            } else {
-                c.1 += 1;
+            if !ok {
                 bad.blobs
                     .entry(e.id)
                     .or_insert((*pack, "it does not read back".into()));
             }
         }
-        plan.counts.insert(*pack, c);
     }
     Ok(plan)
 }

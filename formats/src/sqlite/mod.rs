@@ -257,6 +257,11 @@ pub fn restore_table(
         .map_err(|e| FormatError::sqlite(target.display().to_string(), e))?;
     c.busy_timeout(Duration::from_secs(30))
         .map_err(|e| FormatError::sqlite("busy_timeout", e))?;
+    // The rows come back as they were backed up, as `sqlite3 .dump` loads them: a
+    // database's own foreign-key violations (common: SQLite does not enforce keys unless
+    // asked) must not stop the restore of the table.
+    c.execute_batch("PRAGMA foreign_keys = OFF")
+        .map_err(|e| FormatError::sqlite("foreign_keys", e))?;
     c.execute(
         "ATTACH DATABASE ?1 AS dbvault_snap",
         [snap.to_string_lossy()],
