@@ -40,11 +40,17 @@ impl Repository {
             };
             // A damaged key file is listed as such (so that it can be removed), never an
             // error that hides the others.
-            match self
-                .backend()
-                .read(&o.path)
-                .and_then(|b| keyfile::describe(&b, &o.path))
-            {
+            // A key file is named by the hash of its content: one byte changed anywhere
+            // (even inside its sealed secret, which `describe` does not open) shows.
+            match self.backend().read(&o.path).and_then(|b| {
+                if Id::hash_of(&b) != id {
+                    return Err(crate::Error::corrupt(
+                        format!("key file {}", id.short()),
+                        "content does not match its name",
+                    ));
+                }
+                keyfile::describe(&b, &o.path)
+            }) {
                 Ok(kf) => out.push(KeyInfo {
                     id,
                     host: kf.host,

@@ -110,6 +110,16 @@ impl Repository {
         let mut unusable = None;
         for k in &keys {
             let bytes = backend.read(&k.path)?;
+            // Named by the hash of its content: a changed byte would otherwise read as a
+            // wrong passphrase.
+            let name = k.path.trim_start_matches("keys/");
+            if Id::from_hex(name).is_ok_and(|id| id != Id::hash_of(&bytes)) {
+                unusable.get_or_insert(Error::corrupt(
+                    format!("key file {name}"),
+                    "content does not match its name (no intact key file opens with this passphrase; if this was its key, put back a copy of the file, or use another passphrase `key add` made)",
+                ));
+                continue;
+            }
             let opened = match keyfile::unwrap(&bytes, passphrase, &k.path) {
                 Ok(o) => o,
                 Err(e) if e.is_damage() => {

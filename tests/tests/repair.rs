@@ -347,3 +347,62 @@ fn a_damaged_newest_manifest_stops_latest_and_a_deleted_one_is_recorded_lost() {
     let r = repo.run(&["snapshots"], None);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
 }
+
+#[test]
+fn a_key_file_with_one_byte_changed_is_called_damaged_not_a_wrong_passphrase() {
+    let repo = Repo::new();
+    let data = random_bytes(100_000, 99);
+    let s = id_of(&repo.backup(&data, &["--name", "one"]));
+    let key = std::fs::read_dir(repo.path.join("keys"))
+        .expect("keys/")
+        .next()
+        .expect("a key")
+        .expect("entry")
+        .path();
+    let good = std::fs::read(&key).expect("read key");
+    let mut bad = good.clone();
+    let at = bad.len() / 2;
+    bad[at] ^= 1;
+    std::fs::write(&key, &bad).expect("damage");
+    let r = repo.restore(&s);
+    assert_eq!(r.code, Some(3), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("does not match its name") && !r.stderr.contains("wrong passphrase"),
+        "{}",
+        r.stderr
+    );
+    // With a second passphrase's key, the damaged one is listed, removed, and all is well.
+    std::fs::write(&key, &good).expect("put back");
+    let pw2 = repo.dir.path().join("pw2");
+    std::fs::write(&pw2, "a second passphrase\n").expect("pw2");
+    repo.run(
+        &[
+            "key",
+            "add",
+            "--new-password-file",
+            &pw2.display().to_string(),
+        ],
+        None,
+    )
+    .ok();
+    std::fs::write(&key, &bad).expect("damage");
+    let second = |args: &[&str]| {
+        let mut c = repo.cmd(args);
+        c.env("DBVAULT_PASSWORD", "a second passphrase");
+        dbvault_tests::run_cmd(c, None)
+    };
+    let l = second(&["key", "list"]).ok().text();
+    let name = key
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        l.lines()
+            .any(|x| x.contains(&name[..8]) && x.contains("DAMAGED")),
+        "{l}"
+    );
+    second(&["key", "remove", &name[..12]]).ok();
+    assert_eq!(second(&["check"]).code, Some(0));
+    assert!(second(&["restore", &s, "--to", "-"]).ok().stdout == data);
+}

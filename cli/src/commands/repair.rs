@@ -27,16 +27,24 @@ fn index(cli: &Cli, dry_run: bool) -> Result<()> {
         crate::output::json(&serde_json::to_value(&r)?);
         return Ok(());
     }
-    let verb = if dry_run { "would " } else { "" };
+    let verb = if dry_run { "would be " } else { "" };
     for d in &r.damaged {
         crate::outln!("damaged index file: {d} ({verb}removed)");
     }
-    crate::outln!(
-        "{verb}re-indexed {} pack(s) holding {} blob(s) from their trailers ({} new index file(s))",
-        r.reindexed,
-        r.blobs,
-        if dry_run { 0 } else { r.written }
-    );
+    if dry_run {
+        crate::outln!(
+            "would re-index {} pack(s) holding {} blob(s) from their trailers",
+            r.reindexed,
+            r.blobs
+        );
+    } else {
+        crate::outln!(
+            "re-indexed {} pack(s) holding {} blob(s) from their trailers ({} new index file(s))",
+            r.reindexed,
+            r.blobs,
+            r.written
+        );
+    }
     for u in &r.unreadable {
         crate::outln!(
             "lost: {u} (its blobs are gone; `dbvault repair snapshots` removes what needed them)"
@@ -84,6 +92,12 @@ fn snapshots(cli: &Cli, opts: SnapshotRepairOptions) -> Result<()> {
             &s.id[..8],
             s.why
         );
+        if !s.intact.is_empty() {
+            crate::outln!(
+                "  removed with it, though intact there: {}",
+                s.intact.join(", ")
+            );
+        }
     }
     for s in &r.rewritten {
         crate::outln!(
@@ -92,9 +106,9 @@ fn snapshots(cli: &Cli, opts: SnapshotRepairOptions) -> Result<()> {
             s.what,
             s.parts_lost.join("; "),
             if s.new.is_empty() {
-                String::new()
+                " under a new snapshot id (the old id goes)".to_string()
             } else {
-                format!(" as snapshot {}", &s.new[..8])
+                format!(" as snapshot {} (the old id is gone)", &s.new[..8])
             }
         );
     }

@@ -37,6 +37,9 @@ pub struct RemovedSnapshot {
     pub what: Option<String>,
     /// Why it could not be kept.
     pub why: String,
+    /// Its parts that were intact, lost with it (name and rows).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub intact: Vec<String>,
 }
 
 /// A snapshot rewritten without the parts that lost data.
@@ -211,6 +214,7 @@ pub fn repair_snapshots(
             id: id.to_hex(),
             what: None,
             why,
+            intact: Vec::new(),
         });
     }
     // Snapshots gone without `forget` (deleted by hand, a store rolled back): nothing
@@ -225,6 +229,7 @@ pub fn repair_snapshots(
                 m.time.format("%Y-%m-%d %H:%M:%S %:z")
             )),
             why: "gone from the repository without `forget`: recorded as lost".into(),
+            intact: Vec::new(),
         });
     }
     let mut walker = Walker::new(repo, &index, &bad, false);
@@ -238,6 +243,12 @@ pub fn repair_snapshots(
         for (part, _, detail) in lost {
             why.entry(part).or_insert(detail);
         }
+        let rows = |name: &str| {
+            snap.part(name)
+                .and_then(|p| p.rows)
+                .map(|r| format!(" ({r} rows)"))
+                .unwrap_or_default()
+        };
         let keep_rest = snap
             .parts
             .iter()
@@ -249,9 +260,15 @@ pub fn repair_snapshots(
                 what: Some(describe(snap)),
                 why: why
                     .iter()
-                    .map(|(p, d)| format!("{p}: {d}"))
+                    .map(|(p, d)| format!("{p}{}: {d}", rows(p)))
                     .collect::<Vec<_>>()
                     .join("; "),
+                intact: snap
+                    .parts
+                    .iter()
+                    .filter(|p| !why.contains_key(&p.name) && p.rows.is_some())
+                    .map(|p| format!("{}{}", p.name, rows(&p.name)))
+                    .collect(),
             });
             continue;
         }
@@ -268,7 +285,10 @@ pub fn repair_snapshots(
             old: id.to_hex(),
             new: String::new(),
             what: describe(snap),
-            parts_lost: why.iter().map(|(p, d)| format!("{p}: {d}")).collect(),
+            parts_lost: why
+                .iter()
+                .map(|(p, d)| format!("{p}{}: {d}", rows(p)))
+                .collect(),
         });
         replacements.push((*id, new));
     }
