@@ -30,8 +30,14 @@ pub fn catch() {
                 let c = dbvault_core::interrupt::clean_up();
                 let name = if sig == libc::SIGINT { "SIGINT" } else { "SIGTERM" };
                 eprintln!(
-                    "dbvault: interrupted ({name}): stopped; nothing further was written, and a snapshot not reported saved was not recorded; released {} repository lock(s), removed {} temp file(s)",
-                    c.locks, c.temps
+                    "dbvault: interrupted ({name}): stopped; nothing further was written, and a snapshot not reported saved was not recorded; released {} repository lock(s), removed {} temp file(s){}",
+                    c.locks,
+                    c.temps,
+                    if c.children > 0 {
+                        format!(", stopped the command it ran ({} process group(s))", c.children)
+                    } else {
+                        String::new()
+                    }
                 );
                 std::process::exit(128 + sig);
             });

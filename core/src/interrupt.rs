@@ -13,6 +13,7 @@ type Release = Box<dyn Fn() + Send>;
 
 static LOCKS: Mutex<BTreeMap<u64, Release>> = Mutex::new(BTreeMap::new());
 static TEMPS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+static GROUPS: Mutex<Vec<i64>> = Mutex::new(Vec::new());
 static NEXT: AtomicU64 = AtomicU64::new(1);
 
 /// Creates a lock object with `create` and registers `release` for it, both under the
@@ -68,6 +69,38 @@ pub(crate) fn unregister_temp(path: &std::path::Path) {
         .retain(|p| p != path);
 }
 
+/// A child process group (a `--command` producer and its children) to stop if this
+/// process is interrupted: without it, SIGTERM to dbvault alone would leave the producer
+/// running (a `pg_dump` holding its connection) with nobody reading its output.
+/// Unregistered when dropped (after the child was waited for).
+pub struct ChildGroup(i64);
+
+impl ChildGroup {
+    /// Registers child `pid`; with `leads_group`, the process group it leads (spawned
+    /// with `process_group(0)`), so that its own children stop too.
+    pub fn register(pid: u32, leads_group: bool) -> ChildGroup {
+        let target = if leads_group {
+            -i64::from(pid)
+        } else {
+            i64::from(pid)
+        };
+        GROUPS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(target);
+        ChildGroup(target)
+    }
+}
+
+impl Drop for ChildGroup {
+    fn drop(&mut self) {
+        GROUPS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|g| *g != self.0);
+    }
+}
+
 /// What [`clean_up`] removed.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Cleaned {
@@ -75,6 +108,8 @@ pub struct Cleaned {
     pub locks: usize,
     /// Temp files removed.
     pub temps: usize,
+    /// Child process groups stopped.
+    pub children: usize,
 }
 
 /// Releases every registered lock and removes every registered temp file: for a process
@@ -91,6 +126,15 @@ pub fn clean_up() -> Cleaned {
     let temps: Vec<PathBuf> = std::mem::take(&mut *guard);
     std::mem::forget(guard);
     let mut c = Cleaned::default();
+    for g in std::mem::take(&mut *GROUPS.lock().unwrap_or_else(|p| p.into_inner())) {
+        // SAFETY: kill(2) signals a child (or with a negative pid its process group); no
+        // memory is touched.
+        #[allow(unsafe_code)]
+        let sent = unsafe { libc::kill(g as libc::pid_t, libc::SIGTERM) };
+        if sent == 0 {
+            c.children += 1;
+        }
+    }
     for t in temps {
         if std::fs::remove_file(&t).is_ok() {
             c.temps += 1;

@@ -330,3 +330,55 @@ fn a_damaged_index_file_blocks_nothing_and_repair_index_rebuilds_it() {
         assert!(repo.restore(id).ok().stdout == *data, "{id} after repair");
     }
 }
+
+/// Processes whose command line starts with `needle` (not dbvault's own, which names it).
+fn running(needle: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| {
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            cmd.starts_with(needle).then_some(cmd)
+        })
+        .collect()
+}
+
+#[test]
+#[allow(unsafe_code)]
+fn sigterm_during_a_command_backup_stops_the_command_too() {
+    let repo = Repo::new();
+    // A producer that writes, then lingers (as a pg_dump holding its connection would).
+    let marker = "37.0251";
+    let cmd = format!("head -c 3000000 /dev/urandom; sleep {marker}");
+    let mut c = repo.cmd(&["backup", "--command", &cmd, "--name", "c"]);
+    c.stdout(Stdio::null()).stderr(Stdio::piped());
+    let child = c.spawn().expect("spawn");
+    let t = Instant::now();
+    while running(&format!("sleep {marker}")).is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the command never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: kill only sends a signal to our own child's pid.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{err}");
+    assert!(err.contains("stopped the command it ran"), "{err}");
+    let t = Instant::now();
+    while !running(&format!("sleep {marker}")).is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the command outlived dbvault: {:?}",
+            running(&format!("sleep {marker}"))
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(debris(&repo.path).is_empty());
+    assert!(repo.snapshot_ids().is_empty(), "no snapshot was recorded");
+}

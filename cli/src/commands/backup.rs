@@ -392,12 +392,23 @@ fn backup_command(
     let name = a.name.clone().unwrap_or_else(|| program_name(cmd));
     let b = start(repo, &name)?;
     // The command gets no passphrase and no store credentials (its own PG* stay).
-    let mut child = dbvault_core::secrets::scrub(&mut Command::new("sh"))
+    // Unattended (cron, systemd, a script): its own process group, which dbvault stops
+    // when it is stopped (interrupt.rs), so no producer is left running. On a terminal it
+    // stays in the foreground group, where Ctrl-C reaches it anyway and it can still ask
+    // for a password on the terminal (a background group reading it would stop).
+    let unattended = !std::io::IsTerminal::is_terminal(&std::io::stdin());
+    let mut sh = Command::new("sh");
+    dbvault_core::secrets::scrub(&mut sh);
+    if unattended {
+        std::os::unix::process::CommandExt::process_group(&mut sh, 0);
+    }
+    let mut child = sh
         .arg("-c")
         .arg(cmd)
         .stdout(Stdio::piped())
         .spawn()
         .with_context(|| format!("cannot run the command {cmd:?}"))?;
+    let _group = dbvault_core::interrupt::ChildGroup::register(child.id(), unattended);
     let stdout = child
         .stdout
         .take()
