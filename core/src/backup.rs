@@ -355,6 +355,7 @@ impl Backup<'_> {
             seconds: 0.0,
             program: format!("dbvault {}", env!("CARGO_PKG_VERSION")),
             copied_from: None,
+            repaired_from: None,
         };
         snapshot.seconds = (self.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
         adjust(&mut snapshot);

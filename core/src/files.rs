@@ -277,6 +277,7 @@ fn pseudo_snapshot(r: FileRecord) -> Snapshot {
         program: String::new(),
         parent: None,
         copied_from: None,
+        repaired_from: None,
     }
 }
 

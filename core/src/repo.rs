@@ -110,16 +110,6 @@ impl Repository {
         let mut unusable = None;
         for k in &keys {
             let bytes = backend.read(&k.path)?;
-            // Named by the hash of its content: a changed byte would otherwise read as a
-            // wrong passphrase.
-            let name = k.path.trim_start_matches("keys/");
-            if Id::from_hex(name).is_ok_and(|id| id != Id::hash_of(&bytes)) {
-                unusable.get_or_insert(Error::corrupt(
-                    format!("key file {name}"),
-                    "content does not match its name (no intact key file opens with this passphrase; if this was its key, put back a copy of the file, or use another passphrase `key add` made)",
-                ));
-                continue;
-            }
             let opened = match keyfile::unwrap(&bytes, passphrase, &k.path) {
                 Ok(o) => o,
                 Err(e) if e.is_damage() => {
@@ -128,6 +118,16 @@ impl Repository {
                 }
                 Err(e) => return Err(e),
             };
+            // Named by the hash of its content: one that does not open and does not match
+            // its name is damaged, which would otherwise read as a wrong passphrase.
+            let name = k.path.trim_start_matches("keys/");
+            if opened.is_none() && Id::from_hex(name).is_ok_and(|id| id != Id::hash_of(&bytes)) {
+                unusable.get_or_insert(Error::corrupt(
+                    format!("key file {name}"),
+                    "content does not match its name (no intact key file opens with this passphrase; if this was its key, put back a copy of the file, or use another passphrase `key add` made)",
+                ));
+                continue;
+            }
             if let Some((master, format)) = opened {
                 config.authenticate(&master, format)?;
                 let keys = Keys::from_master(&master).for_format(config.version);

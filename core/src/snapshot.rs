@@ -105,6 +105,11 @@ pub struct Snapshot {
     /// snapshot twice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub copied_from: Option<Id>,
+    /// For a snapshot `repair snapshots` rewrote without parts that lost their data: the
+    /// damaged one it replaces (so that a repair interrupted before removing that one does
+    /// not write a second replacement when run again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repaired_from: Option<Id>,
 }
 
 impl Snapshot {

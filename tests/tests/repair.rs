@@ -163,6 +163,7 @@ fn a_dump_that_lost_one_tables_data_keeps_the_rest_and_restores_it() {
     let s = id_of(&s);
     flip(&largest(packs(&repo)), 0.5);
     assert!(damaged_snapshots(&repo).contains(&s));
+    let damaged_manifest = std::fs::read(repo.path.join("snapshots").join(&s)).expect("manifest");
 
     let r = repo
         .run(&["repair", "snapshots", "--read-data"], None)
@@ -178,6 +179,18 @@ fn a_dump_that_lost_one_tables_data_keeps_the_rest_and_restores_it() {
         ("public.t2", "public.t1")
     };
     assert!(r.contains(lost) && !r.contains(kept), "{r}");
+    let c = repo.run(&["check", "--read-data"], None);
+    assert_eq!(c.code, Some(0), "{} {}", c.text(), c.stderr);
+    // As if the repair had been killed after writing the replacement and before removing
+    // the damaged one: run again, it only removes that one, writing no second replacement.
+    let replacement = repo.snapshot_ids();
+    std::fs::write(repo.path.join("snapshots").join(&s), &damaged_manifest).expect("put back");
+    let again = repo
+        .run(&["repair", "snapshots", "--read-data"], None)
+        .ok()
+        .text();
+    assert!(again.contains("earlier, interrupted repair"), "{again}");
+    assert_eq!(repo.snapshot_ids(), replacement);
     let c = repo.run(&["check", "--read-data"], None);
     assert_eq!(c.code, Some(0), "{} {}", c.text(), c.stderr);
 

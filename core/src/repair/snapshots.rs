@@ -234,9 +234,24 @@ pub fn repair_snapshots(
     }
     let mut walker = Walker::new(repo, &index, &bad, false);
     let mut replacements: Vec<(Id, Snapshot)> = Vec::new();
+    // A repair interrupted after writing a replacement and before removing the damaged
+    // one: the replacement stands, the damaged one only goes.
+    let replaced: HashMap<Id, Id> = snaps
+        .iter()
+        .filter_map(|(id, s)| s.repaired_from.map(|old| (old, *id)))
+        .collect();
     for (id, snap) in &snaps {
         let lost = walker.damaged_parts(snap);
         if lost.is_empty() {
+            continue;
+        }
+        if let Some(new) = replaced.get(id) {
+            out.rewritten.push(RewrittenSnapshot {
+                old: id.to_hex(),
+                new: new.to_hex(),
+                what: describe(snap),
+                parts_lost: vec!["(rewritten by an earlier, interrupted repair)".into()],
+            });
             continue;
         }
         let mut why: BTreeMap<String, String> = BTreeMap::new();
@@ -273,6 +288,7 @@ pub fn repair_snapshots(
             continue;
         }
         let mut new = snap.clone();
+        new.repaired_from = Some(*id);
         new.parts.retain(|p| !why.contains_key(&p.name));
         new.bytes_in = new.parts.iter().map(|p| p.size).sum();
         let today = chrono::Utc::now().format("%Y-%m-%d");
@@ -326,9 +342,12 @@ pub fn repair_snapshots(
             Err(e) => return Err(e),
         }
     }
-    for ((_, new), r) in replacements.iter().zip(out.rewritten.iter_mut()) {
+    for (old, new) in &replacements {
         repo.ensure_lock(LockKind::Exclusive, OP)?;
-        r.new = repo.save_snapshot(new)?.0.to_hex();
+        let id = repo.save_snapshot(new)?.0.to_hex();
+        if let Some(r) = out.rewritten.iter_mut().find(|r| r.old == old.to_hex()) {
+            r.new = id;
+        }
     }
     let gone: Vec<Id> = out
         .removed
