@@ -41,6 +41,13 @@ fn a_damaged_table_part_commits_none_of_its_rows() {
             "{how}: {}",
             r.stderr
         );
+        // It says what the target now holds and the way on.
+        assert!(
+            r.stderr.contains("restore again with --clean")
+                && r.stderr.contains("one by one with --table"),
+            "{how}: {}",
+            r.stderr
+        );
         let rows = dst.sql("SELECT count(*) FROM t");
         assert_eq!(
             rows.trim(),

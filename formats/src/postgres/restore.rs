@@ -93,6 +93,9 @@ fn new_name(arg: Option<&str>, schema: &str) -> Result<Option<String>> {
     }
 }
 
+/// What a whole-database restore stopped by damage leaves, and the way on.
+const PARTLY_RESTORED: &str = "the target holds what was loaded before the damage (drop it, or restore again with --clean); intact tables can still be restored one by one with --table (`dbvault check --read-data` names the damaged ones)";
+
 /// Finds the data part of a table named by the user.
 ///
 /// # Errors
@@ -289,9 +292,18 @@ pub fn restore(
             .map_err(|e| match damaged_elsewhere(repo, snap, &[]) {
                 Some(list) => FormatError::Damaged {
                     detail: list,
-                    hint: "intact tables can still be restored one by one with --table",
+                    hint: PARTLY_RESTORED,
                     cause: Box::new(e),
                 },
+                // Damage met while reading (bytes that no longer authenticate): the same
+                // way out, named as such.
+                None if e.failure_kind() == dbvault_core::error::FailureKind::Damage => {
+                    FormatError::Damaged {
+                        detail: e.to_string(),
+                        hint: PARTLY_RESTORED,
+                        cause: Box::new(e),
+                    }
+                }
                 None => e,
             }),
         };
