@@ -147,28 +147,22 @@ impl Repository {
         let present: HashSet<Id> = ids.into_iter().collect();
         let readable: HashSet<Id> = snapshots.iter().map(|(id, _)| *id).collect();
         let mut seen = self.load_seen();
-        let damaged_newest: Vec<Missing> = seen
-            .newest
-            .iter()
-            .filter(|(_, p)| present.contains(&p.id) && !readable.contains(&p.id))
-            .map(|(name, p)| Missing {
-                name: name.clone(),
-                id: p.id,
-                time: p.time,
-                successor: None,
-            })
-            .collect();
-        let mut candidates: Vec<Missing> = seen
-            .newest
-            .iter()
-            .filter(|(_, p)| !present.contains(&p.id))
-            .map(|(name, p)| Missing {
-                name: name.clone(),
-                id: p.id,
-                time: p.time,
-                successor: None,
-            })
-            .collect();
+        // The newest snapshot this client saw of each source, where `pick` says.
+        let remembered = |seen: &Seen, pick: &dyn Fn(&Id) -> bool| -> Vec<Missing> {
+            seen.newest
+                .iter()
+                .filter(|(_, p)| pick(&p.id))
+                .map(|(name, p)| Missing {
+                    name: name.clone(),
+                    id: p.id,
+                    time: p.time,
+                    successor: None,
+                })
+                .collect()
+        };
+        let damaged_newest =
+            remembered(&seen, &|id| present.contains(id) && !readable.contains(id));
+        let mut candidates = remembered(&seen, &|id| !present.contains(id));
         if chain {
             for (id, s) in &snapshots {
                 if let Some(p) = s.parent.as_ref().filter(|p| !present.contains(&p.id)) {

@@ -338,6 +338,29 @@ pub fn dump_like(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+/// Runs an SQL script through the sqlite3 shell on `db` (fed on stdin); it must succeed.
+pub fn sqlite3(db: &Path, script: &str) -> String {
+    let mut c = Command::new("sqlite3")
+        .arg(db)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sqlite3: apt-get install sqlite3");
+    c.stdin
+        .take()
+        .expect("stdin")
+        .write_all(script.as_bytes())
+        .expect("feed");
+    let out = c.wait_with_output().expect("sqlite3");
+    assert!(
+        out.status.success(),
+        "sqlite3: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// `sqlite3 PATH .dump`, through the sqlite3 command-line shell.
 pub fn sqlite3_dump(path: &Path) -> String {
     let out = Command::new("sqlite3")

@@ -2,34 +2,9 @@
 //! listed on one line (escaped), counted, restore-tested, addressable with `--table` in the
 //! spelling `ls` shows, and restored with every row, alone and with the whole file.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
-use dbvault_tests::{sqlite3_dump, Repo};
-
-/// Runs an SQL script through the sqlite3 shell on `db`.
-fn sqlite3(db: &Path, script: &str) -> String {
-    let mut c = Command::new("sqlite3")
-        .arg(db)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("sqlite3: apt-get install sqlite3");
-    c.stdin
-        .take()
-        .expect("stdin")
-        .write_all(script.as_bytes())
-        .expect("feed");
-    let out = c.wait_with_output().expect("sqlite3");
-    assert!(
-        out.status.success(),
-        "sqlite3: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use dbvault_tests::{sqlite3, sqlite3_dump, Repo};
 
 /// The rows of table `quoted` (an SQL identifier), one per line, in id order.
 fn rows(db: &Path, quoted: &str) -> String {

@@ -2,23 +2,7 @@
 //! that holds foreign-key violations of its own (SQLite does not enforce keys unless asked,
 //! so many do): the table comes back beside the live one with every row, as it was.
 
-use std::process::Command;
-
-use dbvault_tests::Repo;
-
-fn sqlite3(db: &std::path::Path, sql: &str) -> String {
-    let out = Command::new("sqlite3")
-        .arg(db)
-        .arg(sql)
-        .output()
-        .expect("sqlite3: apt-get install sqlite3");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use dbvault_tests::{sqlite3, Repo};
 
 #[test]
 fn a_table_comes_back_beside_the_live_one_despite_the_databases_own_key_violations() {

@@ -78,6 +78,25 @@ pub(crate) fn unindexed_packs(
     Ok((found, bad))
 }
 
+/// Writes index files for `found` (packs read from their trailers), [`BATCH`] packs per
+/// file; returns how many. Needs the exclusive lock (`operation` names it in errors).
+pub(crate) fn index_packs(
+    repo: &Repository,
+    found: &[(Id, Vec<PackEntry>)],
+    operation: &str,
+) -> Result<usize> {
+    let mut written = 0;
+    for batch in found.chunks(BATCH) {
+        repo.ensure_lock(LockKind::Exclusive, operation)?;
+        let (id, bytes) = encode_file(repo.keys(), batch)?;
+        match repo.backend().create(&index_path(&id), &bytes) {
+            Ok(()) | Err(Error::AlreadyExists { .. }) => written += 1,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(written)
+}
+
 /// Rebuilds the index from pack trailers where index files are damaged or missing.
 /// Needs the exclusive lock. With `dry_run`, only says what it would do.
 ///
@@ -101,14 +120,7 @@ pub fn repair_index(repo: &Repository, dry_run: bool) -> Result<IndexRepair> {
     if dry_run {
         return Ok(out);
     }
-    for batch in found.chunks(BATCH) {
-        repo.ensure_lock(LockKind::Exclusive, "repair index")?;
-        let (id, bytes) = encode_file(repo.keys(), batch)?;
-        match repo.backend().create(&index_path(&id), &bytes) {
-            Ok(()) | Err(Error::AlreadyExists { .. }) => out.written += 1,
-            Err(e) => return Err(e),
-        }
-    }
+    out.written = index_packs(repo, &found, "repair index")?;
     // Only now, with every pack they could have named indexed again.
     for (path, _) in &damaged {
         repo.ensure_lock(LockKind::Exclusive, "repair index")?;

@@ -153,8 +153,9 @@ pub fn repair_snapshots(
         i.add_recovered(Vec::new(), &found);
         std::sync::Arc::new(i)
     } else {
+        // The trailers are read already: written as they are (no damaged index file here).
         progress(&format!("indexing {} pack(s) no index names", found.len()));
-        super::repair_index(repo, false)?;
+        super::index_packs(repo, &found, OP)?;
         repo.invalidate_index();
         repo.index()?
     };
