@@ -110,22 +110,28 @@ impl Repository {
         let mut unusable = None;
         for k in &keys {
             let bytes = backend.read(&k.path)?;
+            // Named by the hash of its content: one that does not open and does not match
+            // its name is damaged, which would otherwise read as a wrong passphrase (or as
+            // a parse error that hides the cause and the remedy).
+            let name = k.path.trim_start_matches("keys/");
+            let misnamed = Id::from_hex(name).is_ok_and(|id| id != Id::hash_of(&bytes));
+            let damaged_key = |seen: Option<&Error>| {
+                let seen = seen.map(|e| format!("; reading it said: {e}")).unwrap_or_default();
+                Error::corrupt(
+                    format!("key file {name}"),
+                    format!("content does not match its name (no intact key file opens with this passphrase; if this was its key, put back a copy of the file, or use another passphrase `key add` made{seen})"),
+                )
+            };
             let opened = match keyfile::unwrap(&bytes, passphrase, &k.path) {
                 Ok(o) => o,
                 Err(e) if e.is_damage() => {
-                    unusable.get_or_insert(e);
+                    unusable.get_or_insert(if misnamed { damaged_key(Some(&e)) } else { e });
                     continue;
                 }
                 Err(e) => return Err(e),
             };
-            // Named by the hash of its content: one that does not open and does not match
-            // its name is damaged, which would otherwise read as a wrong passphrase.
-            let name = k.path.trim_start_matches("keys/");
-            if opened.is_none() && Id::from_hex(name).is_ok_and(|id| id != Id::hash_of(&bytes)) {
-                unusable.get_or_insert(Error::corrupt(
-                    format!("key file {name}"),
-                    "content does not match its name (no intact key file opens with this passphrase; if this was its key, put back a copy of the file, or use another passphrase `key add` made)",
-                ));
+            if opened.is_none() && misnamed {
+                unusable.get_or_insert_with(|| damaged_key(None));
                 continue;
             }
             if let Some((master, format)) = opened {
