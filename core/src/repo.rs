@@ -116,7 +116,9 @@ impl Repository {
             let name = k.path.trim_start_matches("keys/");
             let misnamed = Id::from_hex(name).is_ok_and(|id| id != Id::hash_of(&bytes));
             let damaged_key = |seen: Option<&Error>| {
-                let seen = seen.map(|e| format!("; reading it said: {e}")).unwrap_or_default();
+                let seen = seen
+                    .map(|e| format!("; reading it said: {e}"))
+                    .unwrap_or_default();
                 Error::corrupt(
                     format!("key file {name}"),
                     format!("content does not match its name (no intact key file opens with this passphrase; if this was its key, put back a copy of the file, or use another passphrase `key add` made{seen})"),

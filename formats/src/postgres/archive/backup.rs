@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use dbvault_core::backup::{Backup, Chunking, PartInput};
 
 use super::format::{truncated, ArchiveReader, Compression, Header, TocEntry, BLK_BLOBS, BLK_DATA};
+use super::to_restore::{self, Sender, ToRestore};
 use super::{ArchivePart, Block, Rebuild, BLOCK_KIND, TOC_KIND, TOC_PART};
 use crate::error::{FormatError, Result};
 
@@ -28,25 +29,18 @@ pub struct ArchiveInfo {
     pub note: String,
 }
 
-/// Passes what is read on to `pg_restore` (until it stops taking it) and hashes it.
-struct Tee<R: Read, W: Write> {
+/// Passes what is read on to `pg_restore` (see [`to_restore`]) and hashes it.
+struct Tee<R: Read> {
     r: R,
-    w: Option<W>,
+    to: Sender,
     hasher: blake3::Hasher,
-    /// pg_restore stopped reading (it failed; its own message says why).
-    broken: bool,
 }
 
-impl<R: Read, W: Write> Read for Tee<R, W> {
+impl<R: Read> Read for Tee<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.r.read(buf)?;
         self.hasher.update(&buf[..n]);
-        if let Some(w) = self.w.as_mut() {
-            if w.write_all(&buf[..n]).is_err() {
-                self.broken = true;
-                self.w = None;
-            }
-        }
+        self.to.read(&buf[..n]);
         Ok(n)
     }
 }
@@ -79,30 +73,32 @@ pub fn backup_archive(b: &Backup<'_>, reader: impl Read) -> Result<ArchiveInfo> 
         };
     let mut plain_rows = HashMap::new();
     let rows_ref = &mut plain_rows;
+    // A few batches in flight: the reader waits for pg_restore rather than buffering.
+    let (tx, rx) = std::sync::mpsc::sync_channel(8);
     let mut ar = ArchiveReader::new(Tee {
         r: reader,
-        w: Some(BufWriter::with_capacity(1 << 16, stdin)),
+        to: Sender::new(tx),
         hasher: blake3::Hasher::new(),
-        broken: false,
     });
-    let (read, plain, status, errtext) = std::thread::scope(|s| {
+    let (read, plain, status, errtext, fwd) = std::thread::scope(|s| {
         let err = s.spawn(move || {
             let mut t = String::new();
             let _ = stderr.read_to_string(&mut t);
             t
         });
+        let fwd =
+            s.spawn(move || to_restore::forward(&rx, BufWriter::with_capacity(1 << 16, stdin)));
         let plain = s.spawn(move || crate::postgres::dump::backup_plain(b, stdout, Some(rows_ref)));
         let read = read_archive(b, &mut ar);
         // pg_restore reads to the end of what it was given: close its input.
-        if let Some(mut w) = ar.inner().w.take() {
-            let _ = w.flush();
-        }
+        ar.inner().to.close();
         if read.is_err() {
             let _ = child.kill();
         }
+        let fwd = fwd.join().unwrap_or_default();
         let plain = plain.join();
         let status = child.wait();
-        (read, plain, status, err.join().unwrap_or_default())
+        (read, plain, status, err.join().unwrap_or_default(), fwd)
     });
     let pg_restore_failed = || FormatError::Postgres {
         context: "pg_restore -f - (converting the archive to a script)".into(),
@@ -112,10 +108,15 @@ pub fn backup_archive(b: &Backup<'_>, reader: impl Read) -> Result<ArchiveInfo> 
             .unwrap_or("failed")
             .to_string(),
     };
+    if let Some(d) = fwd.damaged {
+        return Err(FormatError::Invalid(format!(
+            "the pg_dump archive is damaged: {d}"
+        )));
+    }
     let ok_status = status.as_ref().is_ok_and(|s| s.success());
     let (header, mut part, ours) = match read {
         Ok(x) => x,
-        Err(_) if ar.inner().broken && !ok_status => return Err(pg_restore_failed()),
+        Err(_) if fwd.broken && !ok_status => return Err(pg_restore_failed()),
         Err(e) => return Err(e),
     };
     if !ok_status {
@@ -176,11 +177,11 @@ fn plan(h: &Header, e: &TocEntry, kind: u8) -> Plan {
 }
 
 /// The archive as this backup reads it: passed on to pg_restore and hashed.
-type Reader<R, W> = ArchiveReader<Tee<R, W>>;
+type Reader<R> = ArchiveReader<Tee<R>>;
 
-fn read_archive<R: Read, W: Write>(
+fn read_archive<R: Read>(
     b: &Backup<'_>,
-    ar: &mut Reader<R, W>,
+    ar: &mut Reader<R>,
 ) -> Result<(Header, ArchivePart, HashMap<String, String>)> {
     let h = ar.header()?;
     let toc = ar.toc(&h)?;
@@ -191,6 +192,16 @@ fn read_archive<R: Read, W: Write>(
     if ar.kept_head.len() as u64 != ar.pos {
         return Err(unframed("the header and table of contents"));
     }
+    // pg_restore gets LZ4 and zstd blocks decompressed, under a header that says so (the
+    // algorithm byte of 1.15 and later; these algorithms exist only there).
+    let transcode = matches!(h.compression, Compression::Lz4 | Compression::Zstd);
+    let mut head = ar.kept_head.clone();
+    if transcode {
+        head[COMPRESSION_AT] = 0;
+    }
+    let tee = ar.inner();
+    tee.to.pass = true;
+    tee.to.read(&head);
     let by_id: HashMap<i64, &TocEntry> = toc.iter().map(|e| (e.dump_id, e)).collect();
     let mut seen = HashSet::new();
     let mut blocks = Vec::new();
@@ -228,10 +239,15 @@ fn read_archive<R: Read, W: Write>(
                 if oid == 0 {
                     break;
                 }
-                spooled += chunks(ar, &mut spool, &mut Check::new(Plan::Store))?;
+                spooled += chunks(
+                    ar,
+                    &mut spool,
+                    &mut Check::new(Plan::Store),
+                    transcoded(&h, id),
+                )?;
             }
         } else {
-            spooled += chunks(ar, &mut spool, &mut check)?;
+            spooled += chunks(ar, &mut spool, &mut check, transcoded(&h, id))?;
         }
         ar.stop_keeping();
         // What is stored is exactly the block's bytes: the proof that a stored block
@@ -309,8 +325,22 @@ fn unframed(what: &str) -> FormatError {
     ))
 }
 
+/// Where a 1.15 (or later) header holds the compression algorithm: after `PGDMP`, the
+/// version's three bytes, int size, offset size and format.
+const COMPRESSION_AT: usize = 11;
+
+/// The block message for pg_restore when a chunk list of dump id `id` is decompressed on
+/// its way there.
+fn transcoded(h: &Header, id: i64) -> Option<ToRestore> {
+    matches!(h.compression, Compression::Lz4 | Compression::Zstd).then_some(ToRestore::Block {
+        compression: h.compression,
+        int_size: h.int_size,
+        id,
+    })
+}
+
 /// Moves what the reader kept into `spool`; returns how many bytes.
-fn flush_kept<R: Read, W: Write>(ar: &mut Reader<R, W>, spool: &mut impl Write) -> Result<u64> {
+fn flush_kept<R: Read>(ar: &mut Reader<R>, spool: &mut impl Write) -> Result<u64> {
     spool
         .write_all(&ar.kept)
         .map_err(|e| FormatError::io("a temporary file", e))?;
@@ -319,16 +349,29 @@ fn flush_kept<R: Read, W: Write>(ar: &mut Reader<R, W>, spool: &mut impl Write) 
     Ok(n)
 }
 
-/// A block's chunks, up to and including the zero length that ends them.
-fn chunks<R: Read, W: Write>(
-    ar: &mut Reader<R, W>,
+/// A block's chunks, up to and including the zero length that ends them; with `block`,
+/// pg_restore gets them through that decompression instead of as they are.
+fn chunks<R: Read>(
+    ar: &mut Reader<R>,
     spool: &mut impl Write,
     check: &mut Check,
+    block: Option<ToRestore>,
 ) -> Result<u64> {
+    let transcode = block.is_some();
+    if let Some(m) = block {
+        let to = &mut ar.inner().to;
+        to.send(m);
+        to.pass = false;
+    }
     let mut n = 0;
     loop {
         let len = ar.int("in a data block")?;
         if len == 0 {
+            if transcode {
+                let to = &mut ar.inner().to;
+                to.send(ToRestore::EndBlock);
+                to.pass = true;
+            }
             return Ok(n + flush_kept(ar, spool)?);
         }
         if !(1..=1 << 30).contains(&len) {
@@ -342,6 +385,9 @@ fn chunks<R: Read, W: Write>(
         ar.exact(&mut buf, "in a data block")?;
         check.chunk(&buf);
         n += flush_kept(ar, spool)?;
+        if transcode {
+            ar.inner().to.send(ToRestore::Payload(buf));
+        }
     }
 }
 

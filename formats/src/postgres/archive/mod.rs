@@ -19,6 +19,7 @@ pub mod backup;
 pub mod format;
 pub mod rebuild;
 pub mod rows;
+pub mod to_restore;
 
 use serde::{Deserialize, Serialize};
 
