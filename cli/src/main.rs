@@ -2,7 +2,6 @@
 
 mod args;
 mod commands;
-mod config;
 mod malloc;
 mod output;
 mod repo_access;

@@ -12,21 +12,7 @@ pub fn name(s: &str) -> String {
     dbvault_formats::names::display(s)
 }
 
-/// `1.5 MiB`-style sizes.
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+pub use dbvault_jobs::bytes;
 
 /// Prints a line on stdout; a reader that went away (`| head`) is not an error.
 #[macro_export]
@@ -52,10 +38,7 @@ pub fn part_json(p: &dbvault_core::Part) -> serde_json::Value {
     })
 }
 
-/// A time as RFC 3339 with its offset, to the second.
-pub fn time(t: &chrono::DateTime<chrono::FixedOffset>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
-}
+pub use dbvault_jobs::time_text as time;
 
 /// Prints a JSON value on stdout.
 pub fn json(v: &serde_json::Value) {
@@ -153,4 +136,37 @@ pub fn capped(indent: &str, lines: &[(String, String)]) {
 /// None of those forms, with examples.
 pub fn parse_time(t: &str) -> anyhow::Result<chrono::DateTime<chrono::FixedOffset>> {
     Ok(dbvault_core::when::parse_time(t)?)
+}
+
+/// The command line's events: a spinner on a terminal (not under `--json`), notes and
+/// warnings on stderr (`--json` is stdout's format), each snapshot of a follower as
+/// `backup` prints it.
+pub struct CliEvents<'a> {
+    cli: &'a crate::args::Cli,
+}
+
+/// The events of this invocation.
+pub fn events(cli: &crate::args::Cli) -> CliEvents<'_> {
+    CliEvents { cli }
+}
+
+impl dbvault_jobs::events::Step for Progress {
+    fn finish(self: Box<Self>) {
+        Progress::finish(*self);
+    }
+}
+
+impl dbvault_jobs::events::Events for CliEvents<'_> {
+    fn step(&self, label: &str, bytes: Arc<AtomicU64>) -> Box<dyn dbvault_jobs::events::Step> {
+        Box::new(Progress::start(label, bytes, self.cli.json))
+    }
+    fn note(&self, message: &str) {
+        eprintln!("dbvault: {message}");
+    }
+    fn warn(&self, message: &str) {
+        eprintln!("dbvault: warning: {message}");
+    }
+    fn snapshot(&self, summary: &dbvault_core::backup::BackupSummary, requests: Option<u64>) {
+        crate::commands::backup::report(self.cli, summary, requests);
+    }
 }

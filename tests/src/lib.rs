@@ -50,14 +50,19 @@ pub fn bin() -> PathBuf {
 fn newest_source() -> Option<(PathBuf, std::time::SystemTime)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut newest: Option<(PathBuf, std::time::SystemTime)> = None;
-    let mut dirs: Vec<PathBuf> = ["core/src", "formats/src", "cli/src"]
+    let mut dirs: Vec<PathBuf> = ["core/src", "formats/src", "jobs/src", "cli/src"]
         .iter()
         .map(|d| root.join(d))
         .collect();
-    let mut files: Vec<PathBuf> = ["core/Cargo.toml", "formats/Cargo.toml", "cli/Cargo.toml"]
-        .iter()
-        .map(|f| root.join(f))
-        .collect();
+    let mut files: Vec<PathBuf> = [
+        "core/Cargo.toml",
+        "formats/Cargo.toml",
+        "jobs/Cargo.toml",
+        "cli/Cargo.toml",
+    ]
+    .iter()
+    .map(|f| root.join(f))
+    .collect();
     while let Some(d) = dirs.pop() {
         for e in std::fs::read_dir(&d).ok()?.flatten() {
             let path = e.path();

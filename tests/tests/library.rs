@@ -1,8 +1,8 @@
 //! The library driven without the binary, as a second front end would drive it: a
 //! repository made, an SQLite database (with writes going on) and a stream backed up,
 //! both restored and compared, `check` with every blob read, a restore-test, a snapshot
-//! forgotten and `prune`, then the rest still restores. (The nightly job runner, `run`, is
-//! still in the binary's crate.)
+//! forgotten and `prune`, then the rest still restores. (The nightly job, status and a
+//! follower through `dbvault-jobs`: jobs_library.rs.)
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,19 +1,14 @@
-//! `dbvault backup`
+//! `dbvault backup`: the arguments as a job for the jobs library, and the summary printed.
 
-use std::io::{Cursor, Read};
-use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
-
-use anyhow::{anyhow, bail, Context, Result};
-use dbvault_core::backup::{Backup, BackupSummary, SnapshotMeta};
+use anyhow::{anyhow, Context, Result};
+use dbvault_core::backup::BackupSummary;
 use dbvault_core::lock::LockKind;
-use dbvault_core::{Repository, SourceInfo};
-use dbvault_formats::postgres::{self, DirectOptions, PgSource, Selection};
-use dbvault_formats::sqlite;
+use dbvault_formats::postgres::{PgSource, Selection};
 use dbvault_formats::StreamFormat;
+use dbvault_jobs::backup::{backup_into, input, Input, Job};
 
 use crate::args::{BackupArgs, Cli};
-use crate::output::{self, Progress};
+use crate::output;
 use crate::repo_access;
 
 fn snapshot_time(a: &BackupArgs) -> Result<chrono::DateTime<chrono::FixedOffset>> {
@@ -21,74 +16,6 @@ fn snapshot_time(a: &BackupArgs) -> Result<chrono::DateTime<chrono::FixedOffset>
         Some(t) => output::parse_time(t).map_err(|e| anyhow!("--time: {e}")),
         None => Ok(chrono::Local::now().fixed_offset()),
     }
-}
-
-fn describe(status: ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(c), _) => format!("exited with status {c}"),
-        (None, Some(s)) => format!("was killed by signal {s}"),
-        _ => "failed".into(),
-    }
-}
-
-fn program_name(cmd: &str) -> String {
-    let first = cmd.split_whitespace().next().unwrap_or("command");
-    first.rsplit('/').next().unwrap_or(first).to_string()
-}
-
-/// Reads up to `n` bytes to look at; returns them and a reader that yields the whole stream.
-fn peek<R: Read>(mut r: R, n: usize) -> Result<(Vec<u8>, impl Read)> {
-    let mut head = vec![0u8; n];
-    let mut got = 0;
-    while got < n {
-        let k = r.read(&mut head[got..]).context("reading the input")?;
-        if k == 0 {
-            break;
-        }
-        got += k;
-    }
-    head.truncate(got);
-    Ok((head.clone(), Cursor::new(head).chain(r)))
-}
-
-fn tmp_dir() -> std::path::PathBuf {
-    std::env::temp_dir()
-}
-
-/// Where the bytes come from, resolved from the arguments.
-enum Input<'a> {
-    Stdin,
-    Command(&'a str),
-    Sqlite(&'a Path),
-    Postgres(&'a str),
-}
-
-/// One backup to take: what `backup`'s arguments and a configured source (`run`) both
-/// describe.
-pub struct Job {
-    /// `postgres://…`, `sqlite:PATH` or `-`.
-    pub source: Option<String>,
-    /// A command whose output is backed up.
-    pub command: Option<String>,
-    /// Source name.
-    pub name: Option<String>,
-    /// Tags.
-    pub tags: Vec<String>,
-    /// Parallel COPY connections.
-    pub jobs: Option<usize>,
-    /// A whole PostgreSQL server.
-    pub all_databases: bool,
-    /// PostgreSQL: store only the rows row-level security lets the role see.
-    pub enable_row_security: bool,
-    /// PostgreSQL: pg_dump's `--table`, `--exclude-table`, … (whole database by default).
-    pub selection: Selection,
-    /// PostgreSQL: a base backup of the cluster, waiting this long for its WAL.
-    pub physical: Option<std::time::Duration>,
-    /// With `physical`, on the database host: its data directory, read directly.
-    pub pgdata: Option<std::path::PathBuf>,
-    /// A stream may be empty (refused otherwise).
-    pub allow_empty: bool,
 }
 
 /// The selection options as the formats crate takes them.
@@ -103,49 +30,28 @@ pub fn selection(a: &crate::args::SelectionArgs) -> Selection {
     }
 }
 
-impl From<&BackupArgs> for Job {
-    fn from(a: &BackupArgs) -> Job {
-        Job {
-            source: a.source.clone(),
-            command: a.command.clone(),
-            name: a.name.clone(),
-            tags: a.tags.clone(),
-            jobs: a.jobs,
-            all_databases: a.all_databases,
-            enable_row_security: a.enable_row_security,
-            selection: selection(&a.selection),
-            physical: a.physical.then(|| {
-                a.wal_wait
-                    .as_deref()
-                    .and_then(|w| dbvault_core::retention::Span::parse(w).ok())
-                    .map_or(std::time::Duration::from_secs(300), |s| {
-                        std::time::Duration::from_secs(s.approx_seconds())
-                    })
-            }),
-            pgdata: a.pgdata.clone(),
-            allow_empty: a.allow_empty,
-        }
+/// The job `backup`'s arguments describe.
+pub fn job_of(a: &BackupArgs) -> Job {
+    Job {
+        source: a.source.clone(),
+        command: a.command.clone(),
+        name: a.name.clone(),
+        tags: a.tags.clone(),
+        jobs: a.jobs,
+        all_databases: a.all_databases,
+        enable_row_security: a.enable_row_security,
+        selection: selection(&a.selection),
+        physical: a.physical.then(|| {
+            a.wal_wait
+                .as_deref()
+                .and_then(|w| dbvault_core::retention::Span::parse(w).ok())
+                .map_or(std::time::Duration::from_secs(300), |s| {
+                    std::time::Duration::from_secs(s.approx_seconds())
+                })
+        }),
+        pgdata: a.pgdata.clone(),
+        allow_empty: a.allow_empty,
     }
-}
-
-fn input(a: &Job) -> Result<Input<'_>> {
-    if let Some(cmd) = &a.command {
-        return Ok(Input::Command(cmd));
-    }
-    let src = a.source.as_deref().unwrap_or("-");
-    if src == "-" {
-        return Ok(Input::Stdin);
-    }
-    if let Some(p) = src.strip_prefix("sqlite:") {
-        if p.is_empty() {
-            bail!("sqlite: needs a path, e.g. sqlite:/var/lib/app/app.db");
-        }
-        return Ok(Input::Sqlite(Path::new(p)));
-    }
-    if src.starts_with("postgres://") || src.starts_with("postgresql://") {
-        return Ok(Input::Postgres(src));
-    }
-    bail!("unknown source {src:?}: use sqlite:PATH, `-` (stdin) or --command 'CMD'")
 }
 
 pub fn run(cli: &Cli, a: &BackupArgs) -> Result<()> {
@@ -160,302 +66,16 @@ pub fn run(cli: &Cli, a: &BackupArgs) -> Result<()> {
     if let Some(w) = &a.wal_wait {
         dbvault_core::retention::Span::parse(w).context("--wal-wait")?;
     }
-    let job = Job::from(a);
+    let job = job_of(a);
     if let Input::Postgres(url) = input(&job)? {
         output::warn_url_password(&PgSource::parse(url)?);
     }
     let repo = repo_access::open_locked(cli, LockKind::Shared, "backup")?;
-    let summary = backup_into(cli, &repo, &job, format, time)?;
+    let summary = backup_into(&crate::output::events(cli), &repo, &job, format, time)?;
     // Counted after the lock is gone: its removal is a request too.
     repo.unlock();
     report(cli, &summary, repo.backend().requests());
     Ok(())
-}
-
-/// Backs `a`'s source up into an open, locked repository.
-pub fn backup_into(
-    cli: &Cli,
-    repo: &Repository,
-    a: &Job,
-    format: Option<StreamFormat>,
-    time: Option<chrono::DateTime<chrono::FixedOffset>>,
-) -> Result<BackupSummary> {
-    let now = chrono::Local::now().fixed_offset();
-    let inp = input(a)?;
-    if a.all_databases && !matches!(inp, Input::Postgres(_)) {
-        bail!("--all-databases needs a postgres:// source (the server to back up)");
-    }
-    if !a.selection.is_whole() {
-        if !matches!(inp, Input::Postgres(_)) {
-            bail!("--table, --exclude-table, --exclude-table-data, --schema, --exclude-schema and --schema-only select from a postgres:// source (for a piped dump, give them to pg_dump)");
-        }
-        if a.all_databases {
-            bail!("--all-databases backs up whole databases: selections (--table, --schema, …) apply to one database; back it up with its own URL");
-        }
-        a.selection.validate()?;
-    }
-    let meta = |name: String, source| SnapshotMeta {
-        time: time.unwrap_or(now),
-        name,
-        tags: a.tags.clone(),
-        source,
-    };
-    let summary = match inp {
-        Input::Command(cmd) => backup_command(cli, repo, a, cmd, format, time.is_some(), meta)?,
-        Input::Postgres(url) if a.physical.is_some() => {
-            super::physical::backup(cli, repo, a, url, time.unwrap_or(now))?
-        }
-        Input::Postgres(url) => {
-            let pg = PgSource::parse(url)?;
-            let name = a.name.clone().unwrap_or_else(|| {
-                if a.all_databases {
-                    "postgres-server".into()
-                } else {
-                    pg.dbname().to_string()
-                }
-            });
-            let b = start(repo, &name)?;
-            let progress = Progress::start(
-                &format!("backing up {}", pg.dbname()),
-                b.progress(),
-                cli.json,
-            );
-            let opts = DirectOptions {
-                jobs: a
-                    .jobs
-                    .unwrap_or_else(|| {
-                        std::thread::available_parallelism()
-                            .map(|n| n.get())
-                            .unwrap_or(2)
-                    })
-                    .clamp(1, 16),
-                enable_row_security: a.enable_row_security,
-                selection: a.selection.clone(),
-            };
-            let r = if a.all_databases {
-                postgres::server::backup_server(&b, &pg, &opts)
-            } else {
-                postgres::backup(&b, &pg, &opts)
-            };
-            progress.finish();
-            match r {
-                Ok(source) => b.finish(meta(name, source))?,
-                Err(e) => {
-                    b.abort();
-                    return Err(anyhow::Error::from(e).context(format!(
-                        "backing up {}: no snapshot recorded",
-                        pg.describe()
-                    )));
-                }
-            }
-        }
-        Input::Sqlite(path) => {
-            let copy = sqlite::online_copy(path, &tmp_dir())?;
-            let name = a.name.clone().unwrap_or_else(|| stem(path));
-            let identity = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-            backup_sqlite_copy(
-                cli,
-                repo,
-                &copy,
-                meta(
-                    name,
-                    sqlite_source(identity.display().to_string(), &copy.info),
-                ),
-            )?
-        }
-        Input::Stdin => {
-            let (head, reader) = peek(std::io::stdin(), 100)?;
-            if head.is_empty() && !a.allow_empty {
-                bail!("stdin is empty: nothing was backed up and no snapshot recorded. An empty pipe is what a producer that failed leaves (pg_dump of a missing database, a typo): with `set -o pipefail` the shell sees it fail, and `--command 'pg_dump …'` checks its exit status. --allow-empty stores an empty stream on purpose");
-            }
-            let fmt = format.unwrap_or_else(|| StreamFormat::detect(&head));
-            let name = a.name.clone().unwrap_or_else(|| "stdin".into());
-            if fmt == StreamFormat::Sqlite {
-                let copy = stdin_to_sqlite_file(reader)?;
-                backup_sqlite_copy(
-                    cli,
-                    repo,
-                    &copy,
-                    meta(name, sqlite_source("-".into(), &copy.info)),
-                )?
-            } else {
-                let b = start(repo, &name)?;
-                let progress = Progress::start("backing up stdin", b.progress(), cli.json);
-                let r = stream_parts(&b, fmt, reader);
-                progress.finish();
-                let info = match r {
-                    Ok(i) => i,
-                    Err(e) => {
-                        b.abort();
-                        return Err(e.context("no snapshot recorded"));
-                    }
-                };
-                let source = SourceInfo {
-                    kind: "stdin".into(),
-                    identity: "-".into(),
-                    format: fmt.name().into(),
-                    server_version: info.server_version.clone(),
-                    notes: info.notes.clone(),
-                };
-                b.finish(dumped_at(meta(name, source), time.is_some(), &info))?
-            }
-        }
-    };
-    Ok(summary)
-}
-
-/// Starts a backup with the latest snapshot of the same name as the base for deltas.
-pub(super) fn start<'r>(repo: &'r Repository, name: &str) -> Result<Backup<'r>> {
-    let parent = repo.newest_of(name).ok().flatten().map(|(_, s)| s);
-    Ok(repo.start_backup_after(parent.as_ref())?)
-}
-
-fn stem(path: &Path) -> String {
-    path.file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "sqlite".into())
-}
-
-fn sqlite_source(identity: String, info: &sqlite::DbInfo) -> SourceInfo {
-    sqlite::snapshot::source(identity, info)
-}
-
-/// A database file arriving on stdin: spooled to a temp file so it can be validated and its
-/// tables counted.
-fn stdin_to_sqlite_file(mut reader: impl Read) -> Result<sqlite::OnlineCopy> {
-    let mut file = tempfile::Builder::new()
-        .prefix(".dbvault-stdin-")
-        .tempfile_in(tmp_dir())
-        .context("creating a temporary file")?;
-    let size = std::io::copy(&mut reader, file.as_file_mut()).context("reading stdin")?;
-    let info = sqlite::inspect(file.path()).map_err(|e| match e {
-        dbvault_formats::FormatError::NotSqlite(_) => anyhow!("stdin is not an SQLite database"),
-        other => other.into(),
-    })?;
-    Ok(sqlite::OnlineCopy { file, size, info })
-}
-
-/// Backs up a stream as the parts of its format; returns the server version when the
-/// stream names one.
-fn stream_parts(
-    b: &Backup<'_>,
-    fmt: StreamFormat,
-    reader: impl Read,
-) -> Result<dbvault_formats::StreamInfo> {
-    Ok(dbvault_formats::backup_stream(b, fmt, reader)?)
-}
-
-/// A snapshot of an archive takes the archive's own time (pg_dump's local time) unless
-/// `--time` was given: importing old `.dump` files keeps their dates for retention.
-fn dumped_at(mut m: SnapshotMeta, given: bool, info: &dbvault_formats::StreamInfo) -> SnapshotMeta {
-    use chrono::TimeZone;
-    if given {
-        return m;
-    }
-    if let Some((y, mo, d, h, mi, s)) = info.created {
-        let local = chrono::NaiveDate::from_ymd_opt(y as i32, mo as u32, d as u32)
-            .and_then(|day| day.and_hms_opt(h as u32, mi as u32, s as u32))
-            .and_then(|t| chrono::Local.from_local_datetime(&t).earliest());
-        if let Some(t) = local {
-            m.time = t.fixed_offset();
-        }
-    }
-    m
-}
-
-fn backup_sqlite_copy(
-    cli: &Cli,
-    repo: &Repository,
-    copy: &sqlite::OnlineCopy,
-    meta: SnapshotMeta,
-) -> Result<BackupSummary> {
-    let b = start(repo, &meta.name)?;
-    let progress = Progress::start("backing up database", b.progress(), cli.json);
-    let r = sqlite::snapshot::backup_copy(&b, copy);
-    progress.finish();
-    r?;
-    Ok(b.finish(meta)?)
-}
-
-fn backup_command(
-    cli: &Cli,
-    repo: &Repository,
-    a: &Job,
-    cmd: &str,
-    format: Option<StreamFormat>,
-    given_time: bool,
-    meta: impl Fn(String, SourceInfo) -> SnapshotMeta,
-) -> Result<BackupSummary> {
-    if format == Some(StreamFormat::Sqlite) {
-        bail!("--format sqlite with --command is not supported: back up the file with sqlite:PATH");
-    }
-    let name = a.name.clone().unwrap_or_else(|| program_name(cmd));
-    let b = start(repo, &name)?;
-    // The command gets no passphrase and no store credentials (its own PG* stay).
-    // Unattended (cron, systemd, a script): its own process group, which dbvault stops
-    // when it is stopped (interrupt.rs), so no producer is left running. On a terminal it
-    // stays in the foreground group, where Ctrl-C reaches it anyway and it can still ask
-    // for a password on the terminal (a background group reading it would stop).
-    let unattended = !std::io::IsTerminal::is_terminal(&std::io::stdin());
-    let mut sh = Command::new("sh");
-    dbvault_core::secrets::scrub(&mut sh);
-    if unattended {
-        std::os::unix::process::CommandExt::process_group(&mut sh, 0);
-    }
-    let mut child = sh
-        .arg("-c")
-        .arg(cmd)
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot run the command {cmd:?}"))?;
-    let _group = dbvault_core::interrupt::ChildGroup::register(child.id(), unattended);
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| anyhow!("no stdout from the command"))?;
-    let progress = Progress::start("backing up command output", b.progress(), cli.json);
-    let r = peek(stdout, 100).and_then(|(head, reader)| {
-        if head.is_empty() && !a.allow_empty {
-            bail!("the command wrote nothing: an empty output is refused (--allow-empty stores one on purpose)");
-        }
-        let fmt = format.unwrap_or_else(|| StreamFormat::detect(&head));
-        Ok((fmt, stream_parts(&b, fmt, reader)?))
-    });
-    progress.finish();
-    let (fmt, info) = match r {
-        Ok(v) => v,
-        Err(e) => {
-            let _ = child.kill();
-            let status = child.wait();
-            b.abort();
-            // A truncated dump is usually the command dying: say both.
-            if let Ok(st) = status {
-                if !st.success() {
-                    bail!(
-                        "the command {cmd:?} {}: {e:#}; no snapshot recorded",
-                        describe(st)
-                    );
-                }
-            }
-            return Err(e.context("no snapshot recorded"));
-        }
-    };
-    let status = child.wait().context("waiting for the command")?;
-    if !status.success() {
-        b.abort();
-        bail!(
-            "the command {cmd:?} {}: no snapshot recorded",
-            describe(status)
-        );
-    }
-    let source = SourceInfo {
-        kind: "command".into(),
-        identity: cmd.to_string(),
-        format: fmt.name().into(),
-        server_version: info.server_version.clone(),
-        notes: info.notes.clone(),
-    };
-    Ok(b.finish(dumped_at(meta(name, source), given_time, &info))?)
 }
 
 pub fn report(cli: &Cli, s: &BackupSummary, requests: Option<u64>) {

@@ -47,25 +47,6 @@ pub fn run(cli: &Cli, a: &CheckArgs) -> Result<ExitCode> {
     })
 }
 
-/// One line naming where a problem is.
-pub fn describe(p: &Problem) -> String {
-    let mut at = Vec::new();
-    if let Some(s) = &p.snapshot {
-        at.push(format!("snapshot {}", &s[..s.len().min(8)]));
-    }
-    if let Some(t) = &p.part {
-        at.push(format!("part {t}"));
-    }
-    if let Some(k) = &p.pack {
-        at.push(format!("pack {}", &k[..k.len().min(8)]));
-    }
-    if at.is_empty() {
-        format!("{}: {}", p.kind, p.detail)
-    } else {
-        format!("{}: {}", at.join(", "), p.detail)
-    }
-}
-
 fn print(r: &CheckReport) {
     crate::outln!(
         "checked {} snapshots, {}{} index files, {} packs{} in {:.1} s",
@@ -92,7 +73,12 @@ fn print(r: &CheckReport) {
     // Lists that grow with the data (one missing pack can touch every snapshot) stay short.
     let lines = |ps: &[Problem], what: &str| -> Vec<(String, String)> {
         ps.iter()
-            .map(|p| (p.kind.to_string(), format!("{what}: {}", describe(p))))
+            .map(|p| {
+                (
+                    p.kind.to_string(),
+                    format!("{what}: {}", dbvault_jobs::maintain::describe_problem(p)),
+                )
+            })
             .collect()
     };
     crate::output::capped("", &lines(&r.warnings, "warning"));

@@ -39,7 +39,7 @@ pub fn run(cli: &Cli, a: &CopyArgs) -> Result<()> {
         j["wal"] = wal_json(&wal);
         output::json(&j);
     } else {
-        let (new, present) = counts(&report);
+        let (new, present) = dbvault_jobs::maintain::copy_counts(&report);
         crate::outln!(
             "{new} snapshot(s) copied, {present} already in the target; {} added",
             output::bytes(report.bytes_added())
@@ -138,16 +138,6 @@ pub fn wal_json(wal: &[WalCopied]) -> serde_json::Value {
         .collect()
 }
 
-/// Snapshots copied now and snapshots the target held already.
-pub fn counts(r: &CopyReport) -> (usize, usize) {
-    let new = r
-        .snapshots
-        .iter()
-        .filter(|c| matches!(c, Copied::New { .. }))
-        .count();
-    (new, r.snapshots.len() - new)
-}
-
 pub fn report_json(r: &CopyReport) -> serde_json::Value {
     let items: Vec<serde_json::Value> = r
         .snapshots
@@ -169,7 +159,7 @@ pub fn report_json(r: &CopyReport) -> serde_json::Value {
             _ => serde_json::Value::Null,
         })
         .collect();
-    let (new, present) = counts(r);
+    let (new, present) = dbvault_jobs::maintain::copy_counts(r);
     serde_json::json!({
         "snapshots": items,
         "copied": new,
@@ -177,46 +167,4 @@ pub fn report_json(r: &CopyReport) -> serde_json::Value {
         "bytes_added": r.bytes_added(),
         "warnings": r.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
     })
-}
-
-/// The nightly copy: for each source name, the snapshots newer than the newest copy the
-/// target holds (only the newest when it holds none), so a missed night is caught up and
-/// a snapshot the target's retention forgot is never brought back; before them, the WAL
-/// of physical sources that the target lacks (from its oldest base backup on).
-pub fn catch_up(
-    from: &Repository,
-    to: &Repository,
-    names: &[String],
-) -> Result<(CopyReport, Vec<WalCopied>)> {
-    let (all, _) = from.readable_snapshots()?;
-    let (held, _) = to.readable_snapshots()?;
-    let mut which = Vec::new();
-    for name in names {
-        let mine: Vec<&(Id, Snapshot)> = all.iter().filter(|(_, s)| &s.name == name).collect();
-        let newest_copy = held
-            .iter()
-            .filter(|(_, s)| &s.name == name)
-            .map(|(_, s)| s.time)
-            .max();
-        match newest_copy {
-            Some(t) => which.extend(mine.into_iter().filter(|(_, s)| s.time > t).cloned()),
-            None => which.extend(mine.last().map(|x| (*x).clone())),
-        }
-    }
-    // The newest base backup of each physical source goes in too (copied already, most
-    // nights): its archive is carried forward even on a night without a new base backup.
-    let mut for_wal = which.clone();
-    for name in names {
-        if let Some(newest) = all
-            .iter()
-            .filter(|(_, s)| {
-                &s.name == name && s.source.format == dbvault_formats::postgres::physical::FORMAT
-            })
-            .next_back()
-        {
-            for_wal.push(newest.clone());
-        }
-    }
-    let wal = copy_wal(from, to, &for_wal)?;
-    Ok((copy_snapshots(from, &which, to, &mut |_| {})?, wal))
 }

@@ -71,9 +71,14 @@ pub fn run(cli: &Cli, a: &ForgetArgs) -> Result<()> {
         .filter(|(id, _)| !doomed.contains(id))
         .cloned()
         .collect();
-    let wal = super::physical::forget_wal(&repo, &kept, keep_wal, a.dry_run)?;
+    let wal = dbvault_jobs::physical::forget_wal(&repo, &kept, keep_wal, a.dry_run)?;
     let pruned = if prune_after {
-        Some(prune::run_on(cli, &repo, false, 50)?)
+        Some(dbvault_jobs::maintain::prune_and_record(
+            &crate::output::events(cli),
+            &repo,
+            false,
+            50,
+        )?)
     } else {
         None
     };
@@ -145,41 +150,6 @@ pub fn run(cli: &Cli, a: &ForgetArgs) -> Result<()> {
         crate::outln!("(a dry run does not prune)");
     }
     Ok(())
-}
-
-/// Forgets the snapshots of source `name` that `policy` does not keep (an empty policy
-/// forgets nothing); returns how many.
-///
-/// # Errors
-/// Reading the snapshots or writing the forget records failed.
-pub(super) fn by_policy(
-    repo: &dbvault_core::Repository,
-    name: &str,
-    policy: &retention::Policy,
-) -> Result<usize> {
-    if policy.is_empty() {
-        return Ok(0);
-    }
-    let (snaps, _) = repo.readable_snapshots()?;
-    let list: Vec<_> = snaps
-        .iter()
-        .filter(|(_, x)| x.name == name)
-        .map(|(id, x)| (*id, x.name.clone(), x.time))
-        .collect();
-    let doomed: Vec<_> = retention::apply_grouped(&list, policy, &chrono::Local)
-        .into_values()
-        .flatten()
-        .filter(|v| v.reasons.is_empty())
-        .map(|v| v.id)
-        .collect();
-    repo.forget_snapshots(&doomed)?;
-    // A physical source's WAL goes with its base backups, as in `forget`.
-    let kept: Vec<_> = snaps
-        .into_iter()
-        .filter(|(id, x)| x.name == name && !doomed.contains(id))
-        .collect();
-    super::physical::forget_wal(repo, &kept, None, false)?;
-    Ok(doomed.len())
 }
 
 /// `forget ID…`: those snapshots, readable or not (a damaged manifest is matched by its

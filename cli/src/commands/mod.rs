@@ -1,6 +1,6 @@
 //! One module per subcommand; each is a plain function over the parsed arguments.
 
-mod backup;
+pub mod backup;
 mod check;
 mod copy;
 mod follow;
@@ -20,7 +20,6 @@ mod sql;
 mod stats;
 mod status;
 mod wal;
-mod wal_health;
 
 use std::process::ExitCode;
 

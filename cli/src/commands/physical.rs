@@ -1,71 +1,16 @@
-//! `backup postgres://… --physical` and `restore SNAPSHOT --to pgdata:DIR [--target-…]`:
-//! base backups and point-in-time recovery (the work is in
-//! `dbvault_formats::postgres::physical`).
+//! `restore SNAPSHOT --to pgdata:DIR [--target-…]`: point-in-time recovery (the work is in
+//! `dbvault_formats::postgres::physical`; base backups are `dbvault_jobs::physical`).
 
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use dbvault_core::backup::{BackupSummary, SnapshotMeta};
 use dbvault_core::lock::LockKind;
 use dbvault_core::Repository;
-use dbvault_formats::postgres::physical::{self, backup::PhysicalOptions, restore};
+use dbvault_formats::postgres::physical::{self, restore};
 use dbvault_formats::postgres::PgSource;
 
-use super::backup::Job;
 use crate::args::{Cli, RestoreArgs};
-use crate::output::Progress;
 use crate::{output, repo_access};
-
-/// The default source name of physical backups and their WAL.
-const DEFAULT_NAME: &str = "postgres";
-/// zstd level of base backups: measured on a pgbench cluster (185 MB), a full base backup
-/// stored 21.0 MB at level 1, 19.4 at 3, 17.9 at 6, in about the same time (pg_basebackup
-/// sets the pace), and the next one after 30 s of pgbench 7.7, 7.8 and 6.5 MB.
-const BASE_LEVEL: i32 = 6;
-
-/// Takes a base backup of the cluster at `url`.
-pub fn backup(
-    cli: &Cli,
-    repo: &Repository,
-    a: &Job,
-    url: &str,
-    time: chrono::DateTime<chrono::FixedOffset>,
-) -> Result<BackupSummary> {
-    if !a.selection.is_whole() || a.enable_row_security {
-        bail!("--physical copies the whole cluster: selections and --enable-row-security are for logical backups");
-    }
-    let pg = PgSource::parse(url)?;
-    let name = a.name.clone().unwrap_or_else(|| DEFAULT_NAME.into());
-    let parent = repo.newest_of(&name).ok().flatten().map(|(_, s)| s);
-    let b = repo.start_backup_at(parent.as_ref(), BASE_LEVEL)?;
-    let progress = Progress::start(
-        &format!("base backup of {}", pg.describe()),
-        b.progress(),
-        cli.json,
-    );
-    let opts = PhysicalOptions {
-        wal_source: name.clone(),
-        wal_wait: a.physical.unwrap_or(std::time::Duration::from_secs(300)),
-        pgdata: a.pgdata.clone(),
-    };
-    let r = physical::backup::backup(&b, repo, &pg, &opts);
-    progress.finish();
-    match r {
-        Ok((source, _)) => Ok(b.finish(SnapshotMeta {
-            time,
-            name,
-            tags: a.tags.clone(),
-            source,
-        })?),
-        Err(e) => {
-            b.abort();
-            Err(anyhow::Error::from(e).context(format!(
-                "base backup of {}: no snapshot recorded",
-                pg.describe()
-            )))
-        }
-    }
-}
 
 /// A word for the shell, quoted.
 fn sh_quote(s: &str) -> String {
@@ -420,49 +365,4 @@ pub fn windows(
         out.push(line.unwrap_or_else(|e| format!("{name}: WAL archive unreadable: {e:#}")));
     }
     out
-}
-
-/// Removes (unless `dry_run`) each physical source's WAL files that no base backup in
-/// `kept` needs, keeping those archived within `keep_within`; returns (source, files).
-///
-/// # Errors
-/// Reading the archive, or removing (an append-only host cannot).
-pub fn forget_wal(
-    repo: &Repository,
-    kept: &[(dbvault_core::Id, dbvault_core::Snapshot)],
-    keep_within: Option<dbvault_core::retention::Span>,
-    dry_run: bool,
-) -> Result<Vec<(String, usize)>> {
-    let mut by_source: std::collections::BTreeMap<String, Vec<physical::BaseBackup>> =
-        Default::default();
-    for (_, s) in kept
-        .iter()
-        .filter(|(_, s)| s.source.format == physical::FORMAT)
-    {
-        if let Some(b) = s.part(physical::PART).map(physical::BaseBackup::of) {
-            by_source.entry(b.wal_source.clone()).or_default().push(b);
-        }
-    }
-    let now = chrono::Local::now().fixed_offset();
-    let mut out = Vec::new();
-    for (source, bases) in by_source {
-        let a = physical::archive::Archive::load(repo, &source, bases[0].segment_size)?;
-        let ns = dbvault_formats::postgres::wal::namespace(repo, &source);
-        let mut gone = a.unneeded(&bases);
-        if let Some(span) = keep_within {
-            let since = span.before(now);
-            let mut older = Vec::new();
-            for n in gone {
-                if repo.file(&ns, &n).map(|r| r.time < since).unwrap_or(true) {
-                    older.push(n);
-                }
-            }
-            gone = older;
-        }
-        if !dry_run && !gone.is_empty() {
-            repo.remove_files(&ns, &gone)?;
-        }
-        out.push((source, gone.len()));
-    }
-    Ok(out)
 }

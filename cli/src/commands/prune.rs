@@ -2,8 +2,7 @@
 
 use anyhow::Result;
 use dbvault_core::lock::LockKind;
-use dbvault_core::prune::{prune, PruneOptions, PruneReport};
-use dbvault_core::Repository;
+use dbvault_core::prune::PruneReport;
 
 use crate::args::{Cli, PruneArgs};
 use crate::output::bytes;
@@ -11,45 +10,18 @@ use crate::repo_access;
 
 pub fn run(cli: &Cli, a: &PruneArgs) -> Result<()> {
     let repo = repo_access::open_locked(cli, LockKind::Exclusive, "prune")?;
-    let report = run_on(cli, &repo, a.dry_run, a.repack_unused)?;
+    let report = dbvault_jobs::maintain::prune_and_record(
+        &crate::output::events(cli),
+        &repo,
+        a.dry_run,
+        a.repack_unused,
+    )?;
     if cli.json {
         crate::output::json(&serde_json::to_value(&report)?);
     } else {
         print(&report);
     }
     Ok(())
-}
-
-/// Prunes an exclusively locked repository, with progress lines on stderr.
-pub fn run_on(cli: &Cli, repo: &Repository, dry_run: bool, repack: u8) -> Result<PruneReport> {
-    let quiet = cli.json;
-    let progress = move |m: &str| {
-        if !quiet {
-            eprintln!("dbvault: prune: {m}");
-        }
-    };
-    let r = prune(
-        repo,
-        PruneOptions {
-            dry_run,
-            repack_unused_percent: repack,
-        },
-        &progress,
-    )?;
-    if !dry_run {
-        // `run` schedules prunes by the last one's report.
-        let stored = repo.save_report(&dbvault_core::report::Report::now(
-            dbvault_core::report::ReportKind::Prune,
-            true,
-            None,
-            r.seconds,
-            serde_json::to_value(&r)?,
-        ));
-        if let Err(e) = stored {
-            eprintln!("dbvault: warning: the prune report could not be stored: {e}");
-        }
-    }
-    Ok(r)
 }
 
 /// Human summary of a prune.

@@ -82,7 +82,7 @@ pub fn remove_timeline(cli: &Cli, a: &WalRemoveTimelineArgs) -> Result<()> {
 fn spool(cli: &Cli, source: &str) -> Option<PathBuf> {
     let repo = cli.repo.as_deref().unwrap_or("");
     let key = dbvault_core::Id::hash_of(format!("{repo}\0{source}").as_bytes()).to_hex();
-    repo_access::cache_dir().map(|d| d.join("wal-prefetch").join(&key.as_str()[..32]))
+    dbvault_jobs::access::cache_dir().map(|d| d.join("wal-prefetch").join(&key.as_str()[..32]))
 }
 
 /// `restore_command`: exits 0 with the file in place, [`wal::FETCH_MISSING`] only when the

@@ -1,0 +1,49 @@
+//! dbvault's jobs: what a front end calls to do what the `dbvault` binary does, over the
+//! `dbvault-core` (storage) and `dbvault-formats` (databases) libraries.
+//!
+//! - [`access`]: a store URL to a repository, with the cache, client state and locks.
+//! - [`backup`]: a [`backup::Job`] of any source kind, routed to its format.
+//! - [`config`]: the configuration file's model; [`run`]: its nightly job as a typed
+//!   report; [`metrics`]: the Prometheus textfile; [`status`]: every source's state.
+//! - [`follow`]: continuous SQLite backup, stopped by a [`follow::Stop`] handle.
+//! - [`maintain`]: retention per source, prune with its report, the offsite copy.
+//! - [`events`]: the trait through which a job reports progress, notes and warnings.
+//!
+//! Errors are `anyhow` chains whose sources are the libraries' own errors: a front end
+//! finds the kind (damage, temporary, …) with `dbvault_core::error::FailureKind` by
+//! walking the chain, as the binary does for its exit codes.
+
+pub mod access;
+pub mod backup;
+pub mod config;
+pub mod events;
+pub mod follow;
+pub mod maintain;
+pub mod metrics;
+pub mod physical;
+pub mod run;
+pub mod status;
+pub mod wal_health;
+
+/// `1.5 MiB`-style sizes.
+#[must_use]
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// A time as RFC 3339 with its offset, to the second.
+#[must_use]
+pub fn time_text(t: &chrono::DateTime<chrono::FixedOffset>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
+}

@@ -1,0 +1,222 @@
+//! The jobs library driven without the binary, as a second front end (a daemon, a web
+//! page) would drive it: a configuration file loaded, a night run (one source backs up,
+//! one fails, retention, check and metrics happen anyway), the status read, the snapshot
+//! restored and compared, and a follower started, fed a change, and stopped by its handle.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dbvault_core::backend::local::LocalBackend;
+use dbvault_core::backup::BackupSummary;
+use dbvault_core::keyfile::KdfParams;
+use dbvault_core::{RepoConfig, Repository};
+use dbvault_formats::sqlite;
+use dbvault_jobs::access::Access;
+use dbvault_jobs::events::{Events, Step};
+use dbvault_jobs::follow::{follow, open_recent, Follow, Stop};
+
+/// What the jobs told their front end.
+#[derive(Default)]
+struct Recorder {
+    steps: Mutex<Vec<String>>,
+    notes: Mutex<Vec<String>>,
+    snapshots: Mutex<Vec<String>>,
+}
+
+struct Done;
+
+impl Step for Done {
+    fn finish(self: Box<Self>) {}
+}
+
+impl Events for Recorder {
+    fn step(&self, label: &str, _: Arc<AtomicU64>) -> Box<dyn Step> {
+        self.steps.lock().expect("steps").push(label.to_string());
+        Box::new(Done)
+    }
+    fn note(&self, m: &str) {
+        self.notes.lock().expect("notes").push(m.to_string());
+    }
+    fn warn(&self, m: &str) {
+        self.notes
+            .lock()
+            .expect("notes")
+            .push(format!("warning: {m}"));
+    }
+    fn snapshot(&self, s: &BackupSummary, _: Option<u64>) {
+        self.snapshots.lock().expect("snaps").push(s.id.to_hex());
+    }
+}
+
+fn rows(path: &std::path::Path) -> i64 {
+    let c = rusqlite::Connection::open(path).expect("open");
+    c.query_row("SELECT count(*) FROM orders", [], |r| r.get(0))
+        .expect("count")
+}
+
+#[test]
+fn a_second_front_end_runs_a_configured_night_reads_status_and_stops_a_follower() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // This client's memory of the repository goes here, not in the user's home.
+    std::env::set_var("DBVAULT_CACHE_DIR", dir.path().join("cache"));
+    let repo_dir = dir.path().join("repo");
+    let kdf = KdfParams {
+        m_kib: 8 * 1024,
+        t: 1,
+        p: 1,
+    };
+    Repository::init(
+        Arc::new(LocalBackend::new(&repo_dir)),
+        b"night passphrase",
+        kdf,
+        RepoConfig::default(),
+    )
+    .expect("init");
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "night passphrase\n").expect("pw");
+    let app = dir.path().join("app.db");
+    let c = rusqlite::Connection::open(&app).expect("create");
+    c.execute_batch(
+        "PRAGMA journal_mode=WAL; CREATE TABLE orders (id INTEGER PRIMARY KEY, v TEXT);
+         WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 3000)
+         INSERT INTO orders SELECT i, 'order ' || i FROM s;",
+    )
+    .expect("fill");
+    let metrics = dir.path().join("dbvault.prom");
+    let cfg_path = dir.path().join("dbvault.toml");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "[repository.main]\nurl = {:?}\npassword_file = {:?}\n\n\
+             [retention]\nkeep_last = 2\n\n[check]\nread_data_subset = \"100%\"\n\n\
+             [metrics]\ntextfile = {:?}\n\n\
+             [[source]]\nname = \"app\"\nsqlite = {:?}\n\n\
+             [[source]]\nname = \"broken\"\ncommand = \"echo half a dump; exit 3\"\n",
+            repo_dir.display().to_string(),
+            pw.display().to_string(),
+            metrics.display().to_string(),
+            app.display().to_string(),
+        ),
+    )
+    .expect("config");
+    let cfg = dbvault_jobs::config::load(&cfg_path).expect("load");
+    let access = Access::default();
+    let ev = Recorder::default();
+
+    // Three nights: every source tried, the failing one reported, retention keeps 2.
+    let mut last = None;
+    for _ in 0..3 {
+        let night = dbvault_jobs::run::run_night(&access, &ev, &cfg, None).expect("night");
+        assert!(!night.ok, "a source failed: the night is not ok");
+        let app_r = night.sources.iter().find(|r| r.name == "app").expect("app");
+        assert!(app_r.ok, "{:?}", app_r.error);
+        let broken = night
+            .sources
+            .iter()
+            .find(|r| r.name == "broken")
+            .expect("broken");
+        assert!(
+            !broken.ok
+                && broken
+                    .error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("exited with status 3")),
+            "{:?}",
+            broken.error
+        );
+        assert!(
+            night
+                .maintenance
+                .iter()
+                .any(|s| s.step == "check" && s.ok && s.detail.contains("no damage")),
+            "{:?}",
+            night.maintenance
+        );
+        last = app_r.snapshot_id.clone();
+    }
+    assert!(ev
+        .steps
+        .lock()
+        .expect("steps")
+        .iter()
+        .any(|s| s.contains("backing up")));
+    let prom = std::fs::read_to_string(&metrics).expect("metrics");
+    assert!(
+        prom.contains("dbvault_backup_success{source=\"app\"} 1")
+            && prom.contains("dbvault_backup_success{source=\"broken\"} 0"),
+        "{prom}"
+    );
+
+    // Status: the backed-up source is ok, the other never backed up.
+    let st = dbvault_jobs::status::status(&access, &ev, &cfg).expect("status");
+    let state = |n: &str| {
+        st.iter()
+            .find(|s| s.name == n)
+            .map(|s| (s.state.clone(), s.snapshots))
+    };
+    assert_eq!(state("app"), Some(("ok".into(), 2)), "retention kept 2");
+    assert_eq!(state("broken").map(|s| s.0), Some("NEVER".into()));
+
+    // The newest snapshot restores with every row.
+    let pass = "night passphrase";
+    let repo = access
+        .open(Arc::new(LocalBackend::new(&repo_dir)), pass)
+        .expect("open");
+    let (id, snap) = repo.find_snapshot("latest", Some("app")).expect("latest");
+    assert_eq!(Some(id.to_hex()), last);
+    let out = dir.path().join("restored.db");
+    sqlite::snapshot::restore(
+        &repo,
+        &snap,
+        &sqlite::snapshot::RestoreOptions::default(),
+        sqlite::snapshot::Target::File(&out),
+        &|_| {},
+    )
+    .expect("restore");
+    assert_eq!(rows(&out), 3000);
+    drop(repo);
+
+    // A follower: a snapshot at start, another after a change, then stopped by its handle.
+    let source = cfg.source.iter().find(|s| s.name == "app").expect("app");
+    let f = Follow {
+        path: app.clone(),
+        job: dbvault_jobs::run::job_of(source).expect("job"),
+        interval: Duration::from_secs(1),
+        compact: None,
+    };
+    let stop = Stop::new();
+    let repo = open_recent(&access, Arc::new(LocalBackend::new(&repo_dir)), pass).expect("open");
+    let snaps = || ev.snapshots.lock().expect("snaps").len();
+    std::thread::scope(|s| {
+        let h = s.spawn(|| follow(&access, &ev, &repo, &f, &stop));
+        let wait_for = |n: usize| {
+            let t = Instant::now();
+            while snaps() < n {
+                assert!(t.elapsed() < Duration::from_secs(60), "no snapshot {n}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        };
+        wait_for(1);
+        c.execute("INSERT INTO orders VALUES (3001, 'late order')", [])
+            .expect("insert");
+        wait_for(2);
+        let t = Instant::now();
+        stop.stop();
+        h.join().expect("follower thread").expect("follower");
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    });
+    let newest = ev.snapshots.lock().expect("snaps").last().cloned();
+    let (id, snap) = repo.find_snapshot("latest", Some("app")).expect("latest");
+    assert_eq!(Some(id.to_hex()), newest);
+    let out = dir.path().join("followed.db");
+    sqlite::snapshot::restore(
+        &repo,
+        &snap,
+        &sqlite::snapshot::RestoreOptions::default(),
+        sqlite::snapshot::Target::File(&out),
+        &|_| {},
+    )
+    .expect("restore followed");
+    assert_eq!(rows(&out), 3001);
+}
