@@ -167,6 +167,56 @@ impl dbvault_jobs::events::Events for CliEvents<'_> {
         eprintln!("dbvault: warning: {message}");
     }
     fn snapshot(&self, summary: &dbvault_core::backup::BackupSummary, requests: Option<u64>) {
-        crate::commands::backup::report(self.cli, summary, requests);
+        backup_summary(self.cli, summary, requests);
+    }
+}
+
+/// What a backup recorded: a line (and its notes on stderr), or JSON.
+pub fn backup_summary(
+    cli: &crate::args::Cli,
+    s: &dbvault_core::backup::BackupSummary,
+    requests: Option<u64>,
+) {
+    let snap = &s.snapshot;
+    if cli.json {
+        json(&serde_json::json!({
+            "requests": requests,
+            "snapshot_id": s.id.to_hex(),
+            "name": snap.name,
+            "time": time(&snap.time),
+            "bytes_in": snap.bytes_in,
+            "bytes_added": snap.bytes_added,
+            "seconds": snap.seconds,
+            "new_blobs": s.new_blobs,
+            "packs": s.packs,
+            "parts": snap.parts.iter().map(part_json).collect::<Vec<_>>(),
+            "notes": snap.source.notes,
+        }));
+    } else {
+        for n in &snap.source.notes {
+            eprintln!("dbvault: note: {n}");
+        }
+        crate::outln!(
+            "snapshot {} saved: {} ({}) read, {} added, {:.2} s",
+            s.id.short(),
+            snap.name,
+            bytes(snap.bytes_in),
+            bytes(snap.bytes_added),
+            snap.seconds
+        );
+        if let Some(n) = requests {
+            crate::outln!("{n} requests to the object store");
+        }
+    }
+}
+
+/// Prints what a restore tells as it goes, on stderr.
+pub fn print_notice(n: dbvault_formats::notice::Notice) {
+    use dbvault_formats::notice::Notice;
+    match n {
+        Notice::Warning(w) => eprintln!("dbvault: warning: {w}"),
+        Notice::DamagedElsewhere(s) => eprintln!("dbvault: warning: {s}"),
+        Notice::Done(s) => eprintln!("{s}"),
+        other => eprintln!("{other:?}"),
     }
 }

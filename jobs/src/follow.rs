@@ -19,9 +19,9 @@ use dbvault_core::Repository;
 use dbvault_formats::sqlite::watch::ChangeWatch;
 
 use crate::access::Access;
-use crate::backup::Job;
 use crate::config::{self, Config, Source};
 use crate::events::Events;
+use crate::job::Job;
 
 /// How often a follower compacts unless told (the configuration's default too).
 pub const COMPACT_EVERY: Duration = Duration::from_secs(600);

@@ -2,7 +2,7 @@
 //! `dbvault-core` (storage) and `dbvault-formats` (databases) libraries.
 //!
 //! - [`access`]: a store URL to a repository, with the cache, client state and locks.
-//! - [`backup`]: a [`backup::Job`] of any source kind, routed to its format.
+//! - [`backup`]: a [`job::Job`] of any source kind, routed to its format.
 //! - [`config`]: the configuration file's model; [`run`]: its nightly job as a typed
 //!   report; [`metrics`]: the Prometheus textfile; [`status`]: every source's state.
 //! - [`follow`]: continuous SQLite backup, stopped by a [`follow::Stop`] handle.
@@ -18,8 +18,10 @@ pub mod backup;
 pub mod config;
 pub mod events;
 pub mod follow;
+pub mod job;
 pub mod maintain;
 pub mod metrics;
+pub mod night;
 pub mod physical;
 pub mod run;
 pub mod status;

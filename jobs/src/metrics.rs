@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 
-use crate::run::SourceResult;
+use crate::night::SourceResult;
 
 /// Prometheus textfile-collector metrics, written atomically.
 ///

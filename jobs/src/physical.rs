@@ -6,8 +6,8 @@ use dbvault_core::Repository;
 use dbvault_formats::postgres::physical::{self, backup::PhysicalOptions};
 use dbvault_formats::postgres::PgSource;
 
-use crate::backup::Job;
 use crate::events::Events;
+use crate::job::Job;
 
 /// The default source name of physical backups and their WAL.
 const DEFAULT_NAME: &str = "postgres";

@@ -1,7 +1,6 @@
 //! `dbvault backup`: the arguments as a job for the jobs library, and the summary printed.
 
 use anyhow::{anyhow, Context, Result};
-use dbvault_core::backup::BackupSummary;
 use dbvault_core::lock::LockKind;
 use dbvault_formats::postgres::{PgSource, Selection};
 use dbvault_formats::StreamFormat;
@@ -55,9 +54,6 @@ pub fn job_of(a: &BackupArgs) -> Job {
 }
 
 pub fn run(cli: &Cli, a: &BackupArgs) -> Result<()> {
-    if a.follow {
-        return super::follow::run(cli, a);
-    }
     let format = match &a.format {
         Some(f) => Some(StreamFormat::parse(f).map_err(|e| anyhow!(e))?),
         None => None,
@@ -74,40 +70,6 @@ pub fn run(cli: &Cli, a: &BackupArgs) -> Result<()> {
     let summary = backup_into(&crate::output::events(cli), &repo, &job, format, time)?;
     // Counted after the lock is gone: its removal is a request too.
     repo.unlock();
-    report(cli, &summary, repo.backend().requests());
+    output::backup_summary(cli, &summary, repo.backend().requests());
     Ok(())
-}
-
-pub fn report(cli: &Cli, s: &BackupSummary, requests: Option<u64>) {
-    let snap = &s.snapshot;
-    if cli.json {
-        output::json(&serde_json::json!({
-            "requests": requests,
-            "snapshot_id": s.id.to_hex(),
-            "name": snap.name,
-            "time": output::time(&snap.time),
-            "bytes_in": snap.bytes_in,
-            "bytes_added": snap.bytes_added,
-            "seconds": snap.seconds,
-            "new_blobs": s.new_blobs,
-            "packs": s.packs,
-            "parts": snap.parts.iter().map(output::part_json).collect::<Vec<_>>(),
-            "notes": snap.source.notes,
-        }));
-    } else {
-        for n in &snap.source.notes {
-            eprintln!("dbvault: note: {n}");
-        }
-        crate::outln!(
-            "snapshot {} saved: {} ({}) read, {} added, {:.2} s",
-            s.id.short(),
-            snap.name,
-            output::bytes(snap.bytes_in),
-            output::bytes(snap.bytes_added),
-            snap.seconds
-        );
-        if let Some(n) = requests {
-            crate::outln!("{n} requests to the object store");
-        }
-    }
 }

@@ -38,6 +38,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Follow(a) => follow::from_config(cli, a),
         Command::Status => return status::run(cli),
         Command::Init(a) => init::run(cli, a),
+        Command::Backup(a) if a.follow => follow::run(cli, a),
         Command::Backup(a) => backup::run(cli, a),
         Command::Snapshots(a) => snapshots::run(cli, a),
         Command::Restore(a) => restore::run(cli, a),

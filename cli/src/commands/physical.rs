@@ -126,7 +126,7 @@ pub fn restore(cli: &Cli, a: &RestoreArgs, dir: &Path) -> Result<()> {
         target,
         archive,
     };
-    physical::restore::restore_pgdata(&repo, &snap, &o, &super::restore::print_notice)?;
+    physical::restore::restore_pgdata(&repo, &snap, &o, &crate::output::print_notice)?;
     eprintln!(
         "dbvault: base backup {} ({}, WAL from {}) restored into {}; start the server on it to recover{}",
         id.short(),
@@ -211,9 +211,9 @@ pub fn restore_tables(
         snap,
         &o,
         &database,
-        &super::restore::pg_options(a),
+        &a.pg_options(),
         to,
-        &super::restore::print_notice,
+        &crate::output::print_notice,
     )?;
     std::io::Write::flush(&mut stdout)?;
     eprintln!(

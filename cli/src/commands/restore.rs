@@ -5,7 +5,6 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 use dbvault_core::lock::LockKind;
-use dbvault_formats::notice::Notice;
 use dbvault_formats::postgres::{self, meta, physical, restore_server, PgSource};
 use dbvault_formats::read::stream_part;
 use dbvault_formats::sqlite::snapshot as sqlite;
@@ -44,16 +43,6 @@ fn tgt_url(t: &Target<'_>) -> Option<Option<String>> {
     }
 }
 
-/// Prints what a restore tells as it goes, on stderr.
-pub fn print_notice(n: Notice) {
-    match n {
-        Notice::Warning(w) => eprintln!("dbvault: warning: {w}"),
-        Notice::DamagedElsewhere(s) => eprintln!("dbvault: warning: {s}"),
-        Notice::Done(s) => eprintln!("{s}"),
-        other => eprintln!("{other:?}"),
-    }
-}
-
 /// The database a PostgreSQL snapshot goes into (`None`: a script on stdout).
 fn pg_source(tgt: &Target<'_>) -> Result<Option<PgSource>> {
     match tgt {
@@ -76,19 +65,6 @@ fn pg_target<'a>(
     match pg {
         Some(db) => postgres::Target::Database(db),
         None => postgres::Target::Script(stdout),
-    }
-}
-
-pub(super) fn pg_options(a: &RestoreArgs) -> postgres::RestoreOptions {
-    postgres::RestoreOptions {
-        tables: a.tables.clone(),
-        rename_table: a.rename_table.clone(),
-        schema_only: a.schema_only,
-        data_only: a.data_only,
-        clean: a.clean,
-        create: a.create,
-        plain: a.plain,
-        jobs: a.jobs.map(usize::from),
     }
 }
 
@@ -124,7 +100,7 @@ pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<()> {
     for n in &snap.source.notes {
         eprintln!("dbvault: note: snapshot {}: {n}", id.short());
     }
-    let notify = &print_notice;
+    let notify = &crate::output::print_notice;
     let mut stdout = BufWriter::with_capacity(1 << 20, raw_stdout()?);
     if snap.source.kind == postgres::server::KIND {
         let Some(db) = &a.database else {
@@ -142,7 +118,7 @@ pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<()> {
             &id,
             &snap,
             db,
-            &pg_options(a),
+            &a.pg_options(),
             target,
             notify,
         )?;
@@ -178,7 +154,7 @@ pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<()> {
         meta::FORMAT => {
             let pg = pg_source(&tgt)?;
             let target = pg_target(&mut stdout, pg.as_ref());
-            postgres::restore(&repo, &snap, &pg_options(a), target, notify)?;
+            postgres::restore(&repo, &snap, &a.pg_options(), target, notify)?;
         }
         _ => {
             if let Some(t) = a.tables.first() {

@@ -23,7 +23,7 @@ pub fn run(cli: &Cli, a: &RestoreTestArgs) -> Result<ExitCode> {
         bail!("--target-time is for physical snapshots (a logical one holds one moment)");
     }
     let started = Instant::now();
-    let notify = &super::restore::print_notice;
+    let notify = &crate::output::print_notice;
     let out = match snap.source.format.as_str() {
         postgres::meta::FORMAT => {
             let scratch =

@@ -69,7 +69,7 @@ fn postgres_tables(
         bail!("a PostgreSQL snapshot is queried through the tables you load: give --table NAME for each table the query reads (`dbvault ls SNAPSHOT` lists them)");
     }
     let (db, loaded) =
-        postgres::to_sqlite::Scratch::load(repo, snap, &a.table, &super::restore::print_notice)?;
+        postgres::to_sqlite::Scratch::load(repo, snap, &a.table, &crate::output::print_notice)?;
     for l in &loaded {
         let types: Vec<String> = l
             .columns

@@ -21,7 +21,7 @@ use crate::{output, repo_access};
 
 pub fn push(cli: &Cli, a: &WalPushArgs) -> Result<()> {
     let repo = repo_access::open_locked(cli, LockKind::Shared, "wal-push")?;
-    let p = wal::push(&repo, &a.name, &a.path)?;
+    let p = dbvault_formats::postgres::physical::push::push(&repo, &a.name, &a.path)?;
     repo.unlock();
     if let Some(w) = &p.warning {
         eprintln!("dbvault: warning: {w}");

@@ -24,10 +24,12 @@ use crate::error::{FormatError, Result};
 use crate::postgres::conn::{pg_err, rows, runtime, PgSource};
 use crate::postgres::data::DataRun;
 use crate::postgres::dump::{SCHEMA_CHUNKS, TABLE_CHUNKS};
+use crate::postgres::ident::qualified;
 use crate::postgres::lobs::TextFingerprint;
 use crate::postgres::meta::{TablePart, FORMAT, LARGE_OBJECTS, POST_DATA, PRE_DATA, TABLE_DATA};
-use crate::postgres::script::{entries, qualified};
+use crate::postgres::script::entries;
 use crate::postgres::select::{self, Candidate, Selection};
+use crate::postgres::session::{script_encoding, session_sql};
 use crate::postgres::setvals::{matview_refreshes, sequence_sets};
 
 /// How to take a direct backup.
@@ -74,31 +76,6 @@ const TABLES_SQL: &str = "SELECT * FROM (\
   JOIN pg_class c ON c.oid = u.reloid JOIN pg_namespace n ON n.oid = c.relnamespace \
   WHERE c.relkind = 'r') t \
   ORDER BY nspname COLLATE \"C\", relname COLLATE \"C\"";
-
-/// pg_dump's session settings (its `setup_connection`), so COPY writes every value as
-/// pg_dump would: dates in ISO, floats exact, regclass and friends schema-qualified,
-/// the dump's client encoding, no timeouts, no synchronized scans (rows in table order),
-/// and row-level security off unless asked for (then a filtered table is an error).
-pub(crate) fn session_sql(encoding: &str, row_security: bool) -> String {
-    format!(
-        "SET DATESTYLE = ISO; SET INTERVALSTYLE = POSTGRES; SET extra_float_digits TO 3; \
-         SET synchronize_seqscans TO off; SET statement_timeout = 0; SET lock_timeout = 0; \
-         SET idle_in_transaction_session_timeout = 0; SET row_security = {}; \
-         SELECT pg_catalog.set_config('search_path', '', false); SET client_encoding = '{}'",
-        if row_security { "on" } else { "off" },
-        encoding.replace('\'', "''")
-    )
-}
-
-/// The client encoding a pg_dump script declares (`SET client_encoding = 'X';`).
-pub(crate) fn script_encoding(script: &str) -> String {
-    script
-        .lines()
-        .find_map(|l| l.strip_prefix("SET client_encoding = '"))
-        .and_then(|r| r.split('\'').next())
-        .unwrap_or("UTF8")
-        .to_string()
-}
 
 /// Rows and hash of one table's COPY text, filled while it streams.
 struct CopyStats {

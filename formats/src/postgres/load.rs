@@ -38,8 +38,8 @@ impl Loader {
     /// Connection failures.
     pub fn connect_like_pg_dump(src: &PgSource, script: &str) -> Result<Loader> {
         let l = Loader::connect(src)?;
-        let sql = crate::postgres::backup::session_sql(
-            &crate::postgres::backup::script_encoding(script),
+        let sql = crate::postgres::session::session_sql(
+            &crate::postgres::session::script_encoding(script),
             false,
         );
         l.execute("setting up the session as pg_dump does", &sql)?;

@@ -14,7 +14,7 @@ use crate::error::{FormatError, Result};
 use crate::postgres::load::Loader;
 
 /// Part kind and name of a database's large objects.
-pub const PART: &str = "large-objects";
+pub const PART: &str = super::meta::LARGE_OBJECTS;
 
 /// What a large-objects part records: how many there are and the fingerprint of all.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

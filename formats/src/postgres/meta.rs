@@ -11,7 +11,7 @@ pub const PRE_DATA: &str = "pre-data";
 /// Part kind: one table's rows, in pg_dump's `COPY … FROM stdin;` text.
 pub const TABLE_DATA: &str = "table-data";
 /// Part kind: the large objects (see [`super::lobs`]).
-pub const LARGE_OBJECTS: &str = super::lobs::PART;
+pub const LARGE_OBJECTS: &str = "large-objects";
 /// Part kind: everything after the data (sequence values, indexes, constraints, …).
 pub const POST_DATA: &str = "post-data";
 /// Part kind: a whole server's roles and tablespaces (`pg_dumpall --globals-only`).
@@ -50,7 +50,7 @@ impl TablePart {
 
     /// `schema.table`, quoted as pg_dump quotes names.
     pub fn qualified(&self) -> String {
-        super::script::qualified(&self.schema, &self.table)
+        super::ident::qualified(&self.schema, &self.table)
     }
 }
 

@@ -8,9 +8,10 @@ use std::io::{BufWriter, Write};
 
 use dbvault_core::{Part, Repository, Snapshot};
 
+use super::ident::qualified;
 use super::meta::{self, TablePart, POST_DATA, PRE_DATA};
 pub use super::options::{RestoreOptions, Target};
-use super::script::{qualified, table_script, TableScript};
+use super::script::{table_script, TableScript};
 use crate::error::{FormatError, Result};
 pub use crate::notice::{Notice, Notify};
 pub use crate::read::{part_bytes, stream_part, write_part};

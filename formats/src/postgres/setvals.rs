@@ -6,7 +6,7 @@
 
 use crate::error::Result;
 use crate::postgres::conn::rows;
-use crate::postgres::script::qualified;
+use crate::postgres::ident::qualified;
 
 /// Materialized views whose data pg_dump would refresh: only needed when the data run
 /// excluded every table by pattern (which excludes these refreshes too).

@@ -9,6 +9,7 @@ pub mod backup;
 pub mod copy;
 pub mod health;
 pub mod local;
+pub mod push;
 pub mod relay;
 pub mod restore;
 pub mod table;
