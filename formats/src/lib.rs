@@ -7,6 +7,7 @@ use std::fmt;
 
 pub mod check;
 pub mod error;
+pub mod kind;
 pub mod listing;
 pub mod names;
 pub mod notice;

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use dbvault_core::lock::LockKind;
 use dbvault_core::Repository;
-use dbvault_formats::postgres::physical::{self, restore};
+use dbvault_formats::postgres::physical::{self, reach, restore};
 use dbvault_formats::postgres::PgSource;
 
 use crate::args::{Cli, RestoreArgs};
@@ -100,7 +100,9 @@ pub fn restore(cli: &Cli, a: &RestoreArgs, dir: &Path) -> Result<()> {
         (Some(t), "latest") => repo.find_at(a.name.as_deref(), output::parse_time(t)?)?,
         _ => repo.find_snapshot(&a.snapshot, a.name.as_deref())?,
     };
-    if snap.source.format != physical::FORMAT {
+    if dbvault_formats::kind::SnapshotFormat::of(&snap)?
+        != dbvault_formats::kind::SnapshotFormat::PgPhysical
+    {
         bail!(
             "snapshot {} is a logical backup ({}): --to pgdata: takes a physical one (`backup --physical`)",
             id.short(),
@@ -110,7 +112,7 @@ pub fn restore(cli: &Cli, a: &RestoreArgs, dir: &Path) -> Result<()> {
     let part = snap.part(physical::PART).context("no base.tar")?;
     let info = physical::BaseBackup::of(part);
     let archive = restore::ArchiveMode::parse(&a.archive_mode)?;
-    let resolved = reachable(&repo, &info, a)?;
+    let resolved = reach::reachable(&repo, &info, &goal(a)?)?;
     let target = restore::RecoveryTarget {
         time: a.target_time.as_deref().map(recovery_time).transpose()?,
         lsn: a.target_lsn.clone(),
@@ -184,7 +186,7 @@ pub fn restore_tables(
         (None, None) => bail!("say which database of the cluster the table is in: --database NAME (or name it in the --to URL)"),
     };
     let info = physical::BaseBackup::of(snap.part(physical::PART).context("no base.tar")?);
-    reachable(repo, &info, a)?;
+    reach::reachable(repo, &info, &goal(a)?)?;
     let target = restore::RecoveryTarget {
         time: a.target_time.as_deref().map(recovery_time).transpose()?,
         lsn: a.target_lsn.clone(),
@@ -233,136 +235,25 @@ pub fn restore_tables(
     Ok(())
 }
 
-/// Refuses a recovery the archive cannot complete: WAL missing for the base backup to
-/// become consistent, a gap before the target (PostgreSQL would stop there and carry on as
-/// if it were the end), a target time after everything archived, or `latest` across two
-/// servers' branches. Returns the timeline recovery follows.
-fn reachable(
-    repo: &Repository,
-    b: &physical::BaseBackup,
-    a: &RestoreArgs,
-) -> Result<physical::timeline::Resolved> {
-    use physical::timeline::TimelineChoice;
-    let arch = physical::archive::Archive::load(repo, &b.wal_source, b.segment_size)?;
-    let choice = a
-        .target_timeline
-        .as_deref()
-        .map(TimelineChoice::parse)
-        .transpose()?
-        .unwrap_or_default();
-    let resolved = arch.resolve(b, choice, &b.wal_source)?;
-    let w = arch.window_to(b, resolved.timeline)?;
-    if let Some(m) = w.missing_for_consistency.first() {
-        bail!(
-            "the base backup needs WAL segment {m} to become consistent, and the archive of {:?} does not have it: restore an older base backup (`dbvault snapshots`)",
-            b.wal_source
-        );
-    }
-    let ns = dbvault_formats::postgres::wal::namespace(repo, &b.wal_source);
-    let last_time = repo.file(&ns, &w.last).map(|r| r.time).ok();
-    let target_time = a
-        .target_time
-        .as_deref()
-        .map(output::parse_time)
-        .transpose()?;
-    let Some(gap) = &w.gap else {
-        if let (Some(t), Some(lt)) = (target_time, last_time) {
-            if t > lt {
-                bail!(
-                    "the archive of {:?} ends before {}: its newest WAL segment, {}, was archived {}, and the WAL that reaches the target is still in the server's pg_wal. On the server, run SELECT pg_switch_wal() (or wait for archive_timeout) and restore again; without a target, recovery replays everything archived",
-                    b.wal_source,
-                    output::time(&t),
-                    w.last,
-                    output::time(&lt)
-                );
-            }
-        }
-        return Ok(resolved);
-    };
-    let before_gap = match (target_time, &a.target_lsn) {
-        (Some(t), _) => last_time.is_some_and(|lt| t <= lt),
-        (_, Some(l)) => {
-            let gap_start = match dbvault_formats::postgres::wal::parse_name(gap, arch.per_log()) {
-                Some(dbvault_formats::postgres::wal::WalFile::Segment { number, .. }) => {
-                    dbvault_formats::postgres::wal::segment_start(number, b.segment_size)
-                }
-                _ => 0,
-            };
-            physical::parse_lsn(l).is_ok_and(|l| l < gap_start)
-        }
-        _ => false,
-    };
-    if !before_gap {
-        bail!(
-            "WAL segment {gap} is missing from the archive of {:?}: recovery would stop at {} (archived {}) and the server would carry on from there; give a --target-time or --target-lsn before it to recover up to the gap",
-            b.wal_source,
-            w.last,
-            last_time.map_or_else(|| "?".into(), |t| output::time(&t))
-        );
-    }
-    Ok(resolved)
+/// Where `a` asks the recovery to stop.
+fn goal(a: &RestoreArgs) -> Result<reach::Goal<'_>> {
+    Ok(reach::Goal {
+        time: a
+            .target_time
+            .as_deref()
+            .map(output::parse_time)
+            .transpose()?,
+        lsn: a.target_lsn.as_deref(),
+        timeline: a
+            .target_timeline
+            .as_deref()
+            .map(physical::timeline::TimelineChoice::parse)
+            .transpose()?
+            .unwrap_or_default(),
+    })
 }
 
-/// A time PostgreSQL reads unambiguously: with its zone, as RFC 3339 gives it.
+/// `--target-time` as PostgreSQL reads it unambiguously.
 pub fn recovery_time(t: &str) -> Result<String> {
-    Ok(output::parse_time(t)?
-        .format("%Y-%m-%d %H:%M:%S%.6f%:z")
-        .to_string())
-}
-
-/// What each physical source's archive lets recovery reach, one line each (for
-/// `snapshots`): from its oldest base backup to the last segment archived without a gap.
-pub fn windows(
-    repo: &Repository,
-    snaps: &[(dbvault_core::Id, dbvault_core::Snapshot)],
-) -> Vec<String> {
-    let mut by_name: std::collections::BTreeMap<&str, Vec<&dbvault_core::Snapshot>> =
-        Default::default();
-    for (_, s) in snaps
-        .iter()
-        .filter(|(_, s)| s.source.format == physical::FORMAT)
-    {
-        by_name.entry(&s.name).or_default().push(s);
-    }
-    let mut out = Vec::new();
-    for (name, list) in by_name {
-        let Some(oldest) = list.iter().min_by_key(|s| s.time) else {
-            continue;
-        };
-        let Some(b) = oldest.part(physical::PART).map(physical::BaseBackup::of) else {
-            continue;
-        };
-        let line = (|| -> Result<String> {
-            let a = physical::archive::Archive::load(repo, &b.wal_source, b.segment_size)?;
-            let w = a.window(&b)?;
-            let ns = dbvault_formats::postgres::wal::namespace(repo, &b.wal_source);
-            let until = repo
-                .file(&ns, &w.last)
-                .map(|r| output::time(&r.time))
-                .unwrap_or_else(|_| "?".into());
-            let mut l = format!(
-                "{name}: point-in-time recovery from {} to about {until} (WAL to {}, timeline {})",
-                output::time(&oldest.time),
-                w.last,
-                w.timeline
-            );
-            if let Some(g) = &w.gap {
-                l.push_str(&format!(
-                    "; ends at a gap: segment {g} is missing (run `dbvault check`)"
-                ));
-            }
-            for f in a.forks() {
-                l.push_str(&format!("; {}", f.describe(name)));
-            }
-            if !w.missing_for_consistency.is_empty() {
-                l.push_str(&format!(
-                    "; the oldest base backup lacks {} to become consistent",
-                    w.missing_for_consistency.join(", ")
-                ));
-            }
-            Ok(l)
-        })();
-        out.push(line.unwrap_or_else(|e| format!("{name}: WAL archive unreadable: {e:#}")));
-    }
-    out
+    Ok(reach::recovery_time(&output::parse_time(t)?))
 }

@@ -5,7 +5,8 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 use dbvault_core::lock::LockKind;
-use dbvault_formats::postgres::{self, meta, physical, restore_server, PgSource};
+use dbvault_formats::kind::SnapshotFormat;
+use dbvault_formats::postgres::{self, restore_server, PgSource};
 use dbvault_formats::read::stream_part;
 use dbvault_formats::sqlite::snapshot as sqlite;
 
@@ -86,7 +87,8 @@ pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<()> {
         a.name.as_deref(),
         a.target_time.as_deref(),
     )?;
-    if snap.source.format == physical::FORMAT {
+    let format = SnapshotFormat::of(&snap)?;
+    if format == SnapshotFormat::PgPhysical {
         return super::physical::restore_tables(&repo, &id, &snap, a, &tgt_url(&tgt));
     }
     if a.target_lsn.is_some()
@@ -130,8 +132,8 @@ pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<()> {
             id.short()
         );
     }
-    match snap.source.format.as_str() {
-        sqlite::FORMAT => {
+    match format {
+        SnapshotFormat::Sqlite => {
             let target = match tgt {
                 Target::Stdout => sqlite::Target::Stream(&mut stdout),
                 Target::Sqlite(path) => sqlite::Target::File(path),
@@ -151,12 +153,12 @@ pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<()> {
             };
             sqlite::restore(&repo, &snap, &opts, target, notify)?;
         }
-        meta::FORMAT => {
+        SnapshotFormat::PgDump => {
             let pg = pg_source(&tgt)?;
             let target = pg_target(&mut stdout, pg.as_ref());
             postgres::restore(&repo, &snap, &a.pg_options(), target, notify)?;
         }
-        _ => {
+        SnapshotFormat::Raw | SnapshotFormat::PgPhysical => {
             if let Some(t) = a.tables.first() {
                 bail!(
                     "snapshot {} has no table {t:?}: it is a raw stream from {}, with no tables",

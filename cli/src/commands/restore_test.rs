@@ -14,26 +14,28 @@ use dbvault_formats::sqlite;
 
 use crate::args::{Cli, RestoreTestArgs};
 use crate::repo_access;
+use dbvault_formats::kind::SnapshotFormat;
 
 pub fn run(cli: &Cli, a: &RestoreTestArgs) -> Result<ExitCode> {
     let repo = repo_access::open_locked(cli, LockKind::Shared, "restore-test")?;
     let (id, snap) = repo.find_snapshot(&a.snapshot, a.name.as_deref())?;
     super::note_latest(&a.snapshot, &id, &snap);
-    if a.target_time.is_some() && snap.source.format != physical::FORMAT {
+    let format = SnapshotFormat::of(&snap)?;
+    if a.target_time.is_some() && format != SnapshotFormat::PgPhysical {
         bail!("--target-time is for physical snapshots (a logical one holds one moment)");
     }
     let started = Instant::now();
     let notify = &crate::output::print_notice;
-    let out = match snap.source.format.as_str() {
-        postgres::meta::FORMAT => {
+    let out = match format {
+        SnapshotFormat::PgDump => {
             let scratch =
                 PgSource::parse(a.scratch.as_deref().unwrap_or("postgresql:///postgres"))?;
             crate::output::warn_url_password(&scratch);
             postgres::verify::restore_test(&repo, &id, &snap, &scratch, notify)
                 .map_err(|e| anyhow::Error::from(e).context("the restore-test could not be done"))?
         }
-        sqlite::snapshot::FORMAT => sqlite::verify::restore_test(&repo, &id, &snap, notify)?,
-        physical::FORMAT => {
+        SnapshotFormat::Sqlite => sqlite::verify::restore_test(&repo, &id, &snap, notify)?,
+        SnapshotFormat::PgPhysical => {
             if a.scratch.is_some() {
                 bail!("--scratch is for logical snapshots: a physical one is recovered on a throwaway server of its own");
             }
@@ -51,7 +53,7 @@ pub fn run(cli: &Cli, a: &RestoreTestArgs) -> Result<ExitCode> {
             physical::verify::restore_test(&repo, &id, &snap, &o, notify)
                 .map_err(|e| anyhow::Error::from(e).context("the restore-test could not be done"))?
         }
-        _ => bail!(
+        SnapshotFormat::Raw => bail!(
             "snapshot {} is a raw stream ({}): restore-test needs a PostgreSQL or SQLite snapshot",
             id.short(),
             snap.source.kind

@@ -140,7 +140,7 @@ fn list(
             crate::outln!("  {name}: {n} snapshot(s) from {from} to {to}");
         }
     }
-    for l in super::physical::windows(repo, &snaps) {
+    for l in dbvault_formats::postgres::physical::reach::windows(repo, &snaps) {
         crate::outln!("  {l}");
     }
     Ok(())

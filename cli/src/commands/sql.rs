@@ -7,7 +7,7 @@ use dbvault_core::lock::LockKind;
 use dbvault_core::{Repository, Snapshot};
 use dbvault_formats::postgres;
 use dbvault_formats::sqlite::remote::{Cell, Rows, SnapshotDb};
-use dbvault_formats::sqlite::snapshot::{database_part, FORMAT};
+use dbvault_formats::sqlite::snapshot::database_part;
 
 use crate::args::{Cli, SqlArgs};
 use crate::{output, repo_access};
@@ -29,10 +29,11 @@ pub fn run(cli: &Cli, a: &SqlArgs) -> Result<()> {
             .filter(|l| !l.trim().is_empty())
             .collect(),
     };
-    if snap.source.format == postgres::meta::FORMAT {
+    let format = dbvault_formats::kind::SnapshotFormat::of(&snap)?;
+    if format == dbvault_formats::kind::SnapshotFormat::PgDump {
         return postgres_tables(cli, a, &repo, &snap, &queries);
     }
-    if snap.source.format != FORMAT {
+    if format != dbvault_formats::kind::SnapshotFormat::Sqlite {
         bail!(
             "snapshot {} is neither an SQLite nor a PostgreSQL database's: `dbvault sql` cannot read it",
             id.short()

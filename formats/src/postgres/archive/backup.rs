@@ -90,12 +90,14 @@ pub fn backup_archive(b: &Backup<'_>, reader: impl Read) -> Result<ArchiveInfo> 
             s.spawn(move || to_restore::forward(&rx, BufWriter::with_capacity(1 << 16, stdin)));
         let plain = s.spawn(move || crate::postgres::dump::backup_plain(b, stdout, Some(rows_ref)));
         let read = read_archive(b, &mut ar);
-        // pg_restore reads to the end of what it was given: close its input.
+        // pg_restore reads to the end of what it was given: close its input, and let it
+        // take what was sent before stopping it, so that "it stopped reading" means it
+        // failed on its own (then its message is the cause), never that it was stopped.
         ar.inner().to.close();
+        let fwd = fwd.join().unwrap_or_default();
         if read.is_err() {
             let _ = child.kill();
         }
-        let fwd = fwd.join().unwrap_or_default();
         let plain = plain.join();
         let status = child.wait();
         (read, plain, status, err.join().unwrap_or_default(), fwd)

@@ -10,6 +10,7 @@ pub mod copy;
 pub mod health;
 pub mod local;
 pub mod push;
+pub mod reach;
 pub mod relay;
 pub mod restore;
 pub mod table;
