@@ -31,10 +31,14 @@ pub fn part_json(p: &dbvault_core::Part) -> serde_json::Value {
         "bytes": p.size,
         "rows": p.rows,
         "chunks": p.chunks,
+        // A record that does not read shows as null here; `check` names it.
         "tables": (p.kind == dbvault_formats::sqlite::snapshot::PART_KIND)
-            .then(|| dbvault_formats::sqlite::snapshot::DatabasePart::of(p).tables),
+            .then(|| dbvault_formats::sqlite::snapshot::DatabasePart::of(p).ok())
+            .flatten()
+            .map(|d| d.tables),
         "base_backup": (p.kind == dbvault_formats::postgres::physical::PART_KIND)
-            .then(|| dbvault_formats::postgres::physical::BaseBackup::of(p)),
+            .then(|| dbvault_formats::postgres::physical::BaseBackup::of(p).ok())
+            .flatten(),
     })
 }
 

@@ -38,7 +38,8 @@ pub fn entries(snap: &Snapshot) -> Vec<Entry> {
     for p in &snap.parts {
         out.push(part_entry(p));
         if p.kind == PART_KIND {
-            for (t, rows) in DatabasePart::of(p).tables {
+            // A record that does not read lists no tables (`check` names the part).
+            for (t, rows) in DatabasePart::of(p).map(|d| d.tables).unwrap_or_default() {
                 out.push(Entry {
                     name: t,
                     kind: "table".into(),

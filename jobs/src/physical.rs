@@ -78,7 +78,12 @@ pub fn forget_wal(
         .iter()
         .filter(|(_, s)| s.source.format == physical::FORMAT)
     {
-        if let Some(b) = s.part(physical::PART).map(physical::BaseBackup::of) {
+        // A record that does not read stops retention: its WAL must not look unneeded.
+        if let Some(b) = s
+            .part(physical::PART)
+            .map(physical::BaseBackup::of)
+            .transpose()?
+        {
             by_source.entry(b.wal_source.clone()).or_default().push(b);
         }
     }

@@ -45,6 +45,7 @@ pub fn of(repo: &Repository, s: &Source) -> WalHealth {
         .ok()
         .flatten()
         .and_then(|(_, snap)| snap.part(physical::PART).map(physical::BaseBackup::of))
+        .and_then(Result::ok)
         .map_or(16 << 20, |b| b.segment_size.max(1 << 20));
     match physical::archive::Archive::load(repo, &s.name, segment_size) {
         Ok(a) => {

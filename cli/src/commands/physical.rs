@@ -110,7 +110,7 @@ pub fn restore(cli: &Cli, a: &RestoreArgs, dir: &Path) -> Result<()> {
         );
     }
     let part = snap.part(physical::PART).context("no base.tar")?;
-    let info = physical::BaseBackup::of(part);
+    let info = physical::BaseBackup::of(part)?;
     let archive = restore::ArchiveMode::parse(&a.archive_mode)?;
     let resolved = reach::reachable(&repo, &info, &goal(a)?)?;
     let target = restore::RecoveryTarget {
@@ -185,7 +185,7 @@ pub fn restore_tables(
         (Some(d), _) | (None, Some(d)) => d,
         (None, None) => bail!("say which database of the cluster the table is in: --database NAME (or name it in the --to URL)"),
     };
-    let info = physical::BaseBackup::of(snap.part(physical::PART).context("no base.tar")?);
+    let info = physical::BaseBackup::of(snap.part(physical::PART).context("no base.tar")?)?;
     reach::reachable(repo, &info, &goal(a)?)?;
     let target = restore::RecoveryTarget {
         time: a.target_time.as_deref().map(recovery_time).transpose()?,

@@ -106,7 +106,7 @@ pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<()> {
     let mut stdout = BufWriter::with_capacity(1 << 20, raw_stdout()?);
     if snap.source.kind == postgres::server::KIND {
         let Some(db) = &a.database else {
-            let names: Vec<String> = restore_server::databases(&snap).into_keys().collect();
+            let names: Vec<String> = restore_server::databases(&snap)?.into_keys().collect();
             bail!(
                 "snapshot {} holds every database of a server ({}): choose one with --database NAME",
                 id.short(),

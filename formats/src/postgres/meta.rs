@@ -44,8 +44,11 @@ impl TablePart {
     }
 
     /// What a part recorded (empty fields for a part that is not a table's).
-    pub fn of(part: &Part) -> TablePart {
-        crate::partmeta::from_meta(part)
+    ///
+    /// # Errors
+    /// The record does not read as this type (a newer dbvault wrote it).
+    pub fn of(part: &dbvault_core::Part) -> crate::error::Result<TablePart> {
+        crate::partmeta::from_meta(part, "table")
     }
 
     /// `schema.table`, quoted as pg_dump quotes names.
@@ -102,7 +105,15 @@ mod tests {
             depth: 0,
             meta,
         };
-        assert_eq!(TablePart::of(&part), t);
+        assert_eq!(TablePart::of(&part).expect("reads"), t);
         assert_eq!(t.qualified(), "app.orders");
+        // A field that does not read is an error naming the part, never a default.
+        let mut bad = part.clone();
+        bad.meta.insert("table".into(), serde_json::json!(["not", "a name"]));
+        let e = TablePart::of(&bad).expect_err("a list is no table name");
+        assert!(
+            e.to_string().contains("app.orders") && e.to_string().contains("does not read"),
+            "{e}"
+        );
     }
 }

@@ -72,11 +72,11 @@ impl Tables {
 }
 
 /// Sorts the post-data `post` of `snap` into a [`PostPlan`].
-pub(crate) fn plan_post(snap: &Snapshot, post: &str) -> PostPlan {
+pub(crate) fn plan_post(snap: &Snapshot, post: &str) -> crate::error::Result<PostPlan> {
     let names = Tables(
         tables(snap)
-            .map(|p| (TablePart::of(p).qualified(), (p.name.clone(), p.size)))
-            .collect(),
+            .map(|p| Ok((TablePart::of(p)?.qualified(), (p.name.clone(), p.size))))
+            .collect::<crate::error::Result<_>>()?,
     );
     let mut plan = PostPlan::default();
     for e in super::script::entries(post) {
@@ -114,7 +114,7 @@ pub(crate) fn plan_post(snap: &Snapshot, post: &str) -> PostPlan {
                 .any(|cols| cols.starts_with(&fk))
         });
     }
-    plan
+    Ok(plan)
 }
 
 /// The text between `(` at `at` and the next `)`, split at commas; `None` when it holds

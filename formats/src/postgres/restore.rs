@@ -118,7 +118,10 @@ pub fn find_table<'a>(snap: &'a Snapshot, arg: &str) -> Result<&'a Part> {
 fn find_table_as<'a>(snap: &'a Snapshot, arg: &str, shown: &str) -> Result<&'a Part> {
     let arg_shown = shown;
     let (schema, table, exact) = parse_table_arg(arg);
-    let matches = |p: &&Part, ci: bool| {
+    let metas: Vec<(&Part, TablePart)> = meta::tables(snap)
+        .map(|p| Ok((p, TablePart::of(p)?)))
+        .collect::<Result<_>>()?;
+    let matching = |ci: bool| -> Vec<&Part> {
         let eq = |a: &str, b: &str| {
             if ci {
                 a.eq_ignore_ascii_case(b)
@@ -126,12 +129,17 @@ fn find_table_as<'a>(snap: &'a Snapshot, arg: &str, shown: &str) -> Result<&'a P
                 a == b
             }
         };
-        let t = TablePart::of(p);
-        eq(&t.table, &table) && schema.as_deref().is_none_or(|s| eq(&t.schema, s))
+        metas
+            .iter()
+            .filter(|(_, t)| {
+                eq(&t.table, &table) && schema.as_deref().is_none_or(|s| eq(&t.schema, s))
+            })
+            .map(|(p, _)| *p)
+            .collect()
     };
-    let mut found: Vec<&Part> = meta::tables(snap).filter(|p| matches(p, false)).collect();
+    let mut found = matching(false);
     if found.is_empty() && !exact {
-        found = meta::tables(snap).filter(|p| matches(p, true)).collect();
+        found = matching(true);
     }
     let names = |ps: &mut dyn Iterator<Item = &Part>| {
         ps.map(|p| crate::names::display(&p.name))
@@ -317,7 +325,7 @@ pub fn restore(
     let post_text = part_text(repo, meta::section(snap, POST_DATA), notify)?;
     let mut target = target;
     for part in &chosen {
-        let t = TablePart::of(part);
+        let t = TablePart::of(part)?;
         let rename = new_name(opts.rename_table.as_deref(), &t.schema)?;
         let ts = table_script(
             &pre_text,

@@ -130,7 +130,7 @@ pub(crate) fn restore_database(
         Some(p) => String::from_utf8_lossy(&part_bytes(repo, p, notify)?).into_owned(),
         None => String::new(),
     };
-    let mut plan = plan_post(snap, &post_text);
+    let mut plan = plan_post(snap, &post_text)?;
     if !a.data_only {
         let dropped = super::clean::prepare(url, &String::from_utf8_lossy(&pre_text), a.clean)?;
         if dropped > 0 {
@@ -328,7 +328,7 @@ fn load_table(
     sent: Option<&Sent>,
     notify: Notify<'_>,
 ) -> Result<()> {
-    let t = TablePart::of(part);
+    let t = TablePart::of(part)?;
     if let Some(copy) = &t.copy {
         let freeze = (!a.data_only).then(|| t.qualified());
         let fill = |w: &mut (dyn Write + Send)| write_part(repo, part, w, notify);

@@ -13,10 +13,15 @@ use super::server::Globals;
 use crate::error::{FormatError, Result};
 
 /// The databases of a whole-server snapshot, with their owners.
-pub fn databases(snap: &Snapshot) -> BTreeMap<String, String> {
-    section(snap, GLOBALS)
-        .map(|g| Globals::of(g).databases)
-        .unwrap_or_default()
+///
+/// # Errors
+/// The globals part's record does not read.
+pub fn databases(snap: &Snapshot) -> Result<BTreeMap<String, String>> {
+    Ok(section(snap, GLOBALS)
+        .map(Globals::of)
+        .transpose()?
+        .map(|g| g.databases)
+        .unwrap_or_default())
 }
 
 /// One database's parts as a one-database snapshot.
@@ -54,7 +59,7 @@ pub fn restore_database_of_server(
     notify: Notify<'_>,
 ) -> Result<()> {
     let globals = section(snap, GLOBALS);
-    let dbs = databases(snap);
+    let dbs = databases(snap)?;
     let owner = dbs.get(db).ok_or_else(|| FormatError::NoSuchDatabase {
         snapshot: id.short(),
         database: db.to_string(),

@@ -34,8 +34,11 @@ impl Globals {
     }
 
     /// What a globals part recorded.
-    pub fn of(part: &dbvault_core::Part) -> Globals {
-        crate::partmeta::from_meta(part)
+    ///
+    /// # Errors
+    /// The record does not read as this type (a newer dbvault wrote it).
+    pub fn of(part: &dbvault_core::Part) -> crate::error::Result<Globals> {
+        crate::partmeta::from_meta(part, "globals")
     }
 }
 

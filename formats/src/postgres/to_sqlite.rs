@@ -124,7 +124,10 @@ pub fn load_tables(
         None => String::new(),
     };
     let pre = entries(&pre);
-    let metas: Vec<TablePart> = parts.iter().map(|p| TablePart::of(p)).collect();
+    let metas: Vec<TablePart> = parts
+        .iter()
+        .map(|p| TablePart::of(p))
+        .collect::<Result<_>>()?;
     let mut out = Vec::new();
     for (part, tp) in parts.iter().zip(&metas) {
         let shared = metas.iter().filter(|m| m.table == tp.table).count() > 1;

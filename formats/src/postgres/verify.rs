@@ -56,7 +56,7 @@ pub fn restore_test(
         return test_database(repo, id, snap, scratch, notify);
     }
     let mut all = Outcome::default();
-    for db in super::restore_server::databases(snap).keys() {
+    for db in super::restore_server::databases(snap)?.keys() {
         let sub = super::restore_server::sub_snapshot(snap, db);
         let mut o = test_database(repo, id, &sub, scratch, notify)?;
         for t in &mut o.tables {
@@ -107,8 +107,9 @@ fn prepare_scratch(
                 .into(),
         );
     }
-    let mut schemas: std::collections::BTreeSet<String> =
-        tables(snap).map(|p| TablePart::of(p).schema).collect();
+    let mut schemas: std::collections::BTreeSet<String> = tables(snap)
+        .map(|p| TablePart::of(p).map(|t| t.schema))
+        .collect::<Result<_>>()?;
     schemas.extend(headers.iter().map(|h| h.schema.clone()));
     let mut made = Vec::new();
     for s in schemas {
@@ -256,7 +257,7 @@ fn compare_table(
         t.detail = "not compared (an INSERT-format dump)".into();
         return Ok(t);
     };
-    let meta = TablePart::of(part);
+    let meta = TablePart::of(part)?;
     let stmt = read_back_statement(
         meta.copy.as_deref().unwrap_or_default(),
         filters.get(&meta.qualified()).map(String::as_str),

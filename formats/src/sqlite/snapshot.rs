@@ -45,8 +45,11 @@ impl DatabasePart {
     }
 
     /// What a part recorded.
-    pub fn of(part: &Part) -> DatabasePart {
-        crate::partmeta::from_meta(part)
+    ///
+    /// # Errors
+    /// The record does not read as this type (a newer dbvault wrote it).
+    pub fn of(part: &dbvault_core::Part) -> crate::error::Result<DatabasePart> {
+        crate::partmeta::from_meta(part, "database")
     }
 }
 
@@ -154,7 +157,7 @@ pub fn restore(
                 Ok(out.flush()?)
             }
             Target::File(path) => {
-                let accepted = DatabasePart::of(part)
+                let accepted = DatabasePart::of(part)?
                     .integrity_problems
                     .unwrap_or_default();
                 let known =
@@ -178,7 +181,7 @@ pub fn restore(
     }
     // Check the names before reading any data: a missing table is the common 3 a.m. typo.
     // `ls` shows a newline in a name as `\n`: that spelling names it too.
-    let recorded = DatabasePart::of(part);
+    let recorded = DatabasePart::of(part)?;
     let mut tables = Vec::new();
     for t in &opts.tables {
         let known = |n: &str| recorded.tables.keys().any(|x| x.eq_ignore_ascii_case(n));

@@ -45,7 +45,7 @@ pub fn restore_test(
         ));
         return Ok(out);
     }
-    let recorded = DatabasePart::of(part);
+    let recorded = DatabasePart::of(part)?;
     let info = inspect(&path)?;
     // As for foreign keys: complaints the source had at backup are noted; different ones
     // (or any, for a snapshot that recorded none) are damage.

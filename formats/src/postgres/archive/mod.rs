@@ -89,8 +89,11 @@ impl ArchivePart {
     }
 
     /// What a part recorded.
-    pub fn of(part: &dbvault_core::Part) -> ArchivePart {
-        crate::partmeta::from_meta(part)
+    ///
+    /// # Errors
+    /// The record does not read as this type (a newer dbvault wrote it).
+    pub fn of(part: &dbvault_core::Part) -> crate::error::Result<ArchivePart> {
+        crate::partmeta::from_meta(part, "archive")
     }
 
     /// Blocks rebuilt from rows, and blocks stored as they came.

@@ -140,7 +140,7 @@ pub fn write_archive(
     let toc = toc_part(snap).ok_or_else(|| {
         FormatError::Invalid("this snapshot was not made from a custom-format archive".into())
     })?;
-    let meta = ArchivePart::of(toc);
+    let meta = ArchivePart::of(toc)?;
     let part = |name: &str| {
         snap.part(name).ok_or_else(|| {
             FormatError::Invalid(format!(

@@ -14,7 +14,8 @@ use super::{BaseBackup, FORMAT, PART};
 pub fn by_source(snaps: &[(Id, Snapshot)]) -> BTreeMap<String, Vec<(Id, BaseBackup, &Snapshot)>> {
     let mut out: BTreeMap<String, Vec<(Id, BaseBackup, &Snapshot)>> = BTreeMap::new();
     for (id, s) in snaps.iter().filter(|(_, s)| s.source.format == FORMAT) {
-        if let Some(b) = s.part(PART).map(BaseBackup::of) {
+        // One whose record does not read is named by `problems`.
+        if let Some(Ok(b)) = s.part(PART).map(BaseBackup::of) {
             out.entry(b.wal_source.clone())
                 .or_default()
                 .push((*id, b, s));
@@ -26,6 +27,11 @@ pub fn by_source(snaps: &[(Id, Snapshot)]) -> BTreeMap<String, Vec<(Id, BaseBack
 /// The WAL archives' damage (see the module docs), for `check` and `run`'s check alike.
 pub fn problems(repo: &Repository, snaps: &[(Id, Snapshot)]) -> Vec<Problem> {
     let mut out = Vec::new();
+    for (id, s) in snaps.iter().filter(|(_, s)| s.source.format == FORMAT) {
+        if let Some(Err(e)) = s.part(PART).map(BaseBackup::of) {
+            out.push(Problem::new("wal", format!("snapshot {}: {e}", id.short())));
+        }
+    }
     for (source, list) in by_source(snaps) {
         let seg = list.first().map_or(16 << 20, |(_, b, _)| b.segment_size);
         let a = match Archive::load(repo, &source, seg) {

@@ -70,8 +70,11 @@ impl BaseBackup {
     }
 
     /// What a part recorded.
-    pub fn of(part: &dbvault_core::Part) -> BaseBackup {
-        crate::partmeta::from_meta(part)
+    ///
+    /// # Errors
+    /// The record does not read as this type (a newer dbvault wrote it).
+    pub fn of(part: &dbvault_core::Part) -> crate::error::Result<BaseBackup> {
+        crate::partmeta::from_meta(part, "base backup")
     }
 }
 

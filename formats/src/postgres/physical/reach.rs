@@ -102,8 +102,13 @@ pub fn windows(repo: &Repository, snaps: &[(Id, Snapshot)]) -> Vec<String> {
         let Some(oldest) = list.iter().min_by_key(|s| s.time) else {
             continue;
         };
-        let Some(b) = oldest.part(PART).map(BaseBackup::of) else {
-            continue;
+        let b = match oldest.part(PART).map(BaseBackup::of) {
+            Some(Ok(b)) => b,
+            Some(Err(e)) => {
+                out.push(format!("{name}: {e}"));
+                continue;
+            }
+            None => continue,
         };
         let line = (|| -> Result<String> {
             let a = Archive::load(repo, &b.wal_source, b.segment_size)?;

@@ -143,7 +143,7 @@ pub fn restore_pgdata(
     let part = snap
         .part(PART)
         .ok_or_else(|| FormatError::Invalid("not a physical snapshot (no base.tar)".into()))?;
-    let info = BaseBackup::of(part);
+    let info = BaseBackup::of(part)?;
     let settings = o.target.settings()?;
     let io = |e| FormatError::io(o.dir.display().to_string(), e);
     if o.dir.exists() {

@@ -261,7 +261,7 @@ pub fn with_recovered_in<T>(
     let part = snap
         .part(PART)
         .ok_or_else(|| FormatError::Invalid("not a physical snapshot (no base.tar)".into()))?;
-    let info = BaseBackup::of(part);
+    let info = BaseBackup::of(part)?;
     let user = server_user()?;
     let owner = user.as_ref().map(|(_, u, g)| (*u, *g));
     let dir = tmp.path().to_path_buf();

@@ -41,7 +41,7 @@ pub fn restore_test(
     let part = snap
         .part(PART)
         .ok_or_else(|| FormatError::Invalid("not a physical snapshot (no base.tar)".into()))?;
-    let info = BaseBackup::of(part);
+    let info = BaseBackup::of(part)?;
     let mut out = Outcome {
         scratch: "a throwaway server in a temporary directory".into(),
         ..Outcome::default()
