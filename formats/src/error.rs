@@ -19,6 +19,9 @@ pub enum FormatError {
         context: String,
         /// The server's or the program's message (never a password).
         message: String,
+        /// The server's SQLSTATE (e.g. `42P01` for a missing table), when the server said
+        /// it: what a caller matches on, not the text.
+        sqlstate: Option<String>,
     },
     /// A table's rows would be filtered by row-level security: a backup would hold less
     /// than the table, so it stops instead (as `pg_dump` does).
@@ -106,6 +109,15 @@ impl FormatError {
         match self {
             FormatError::Core(e) => e.storage_kind(),
             FormatError::Damaged { cause, .. } => cause.storage_kind(),
+            _ => None,
+        }
+    }
+
+    /// The server's SQLSTATE, when this is a PostgreSQL error that carried one.
+    #[must_use]
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            FormatError::Postgres { sqlstate, .. } => sqlstate.as_deref(),
             _ => None,
         }
     }

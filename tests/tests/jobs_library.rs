@@ -49,6 +49,14 @@ impl Events for Recorder {
     }
 }
 
+/// This client's memory of repositories goes into one directory for the whole test
+/// binary (the tests run in parallel and the variable is the process's), not the home.
+fn private_cache() {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let d = DIR.get_or_init(|| tempfile::tempdir().expect("cache dir"));
+    std::env::set_var("DBVAULT_CACHE_DIR", d.path());
+}
+
 fn rows(path: &std::path::Path) -> i64 {
     let c = rusqlite::Connection::open(path).expect("open");
     c.query_row("SELECT count(*) FROM orders", [], |r| r.get(0))
@@ -58,8 +66,7 @@ fn rows(path: &std::path::Path) -> i64 {
 #[test]
 fn a_second_front_end_runs_a_configured_night_reads_status_and_stops_a_follower() {
     let dir = tempfile::tempdir().expect("tempdir");
-    // This client's memory of the repository goes here, not in the user's home.
-    std::env::set_var("DBVAULT_CACHE_DIR", dir.path().join("cache"));
+    private_cache();
     let repo_dir = dir.path().join("repo");
     let kdf = KdfParams {
         m_kib: 8 * 1024,
@@ -219,4 +226,52 @@ fn a_second_front_end_runs_a_configured_night_reads_status_and_stops_a_follower(
     )
     .expect("restore followed");
     assert_eq!(rows(&out), 3001);
+}
+
+#[test]
+fn a_postgresql_error_reaches_the_front_end_with_its_kind_and_sqlstate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    private_cache();
+    let backend = Arc::new(LocalBackend::new(dir.path().join("repo")));
+    let kdf = KdfParams {
+        m_kib: 8 * 1024,
+        t: 1,
+        p: 1,
+    };
+    Repository::init(backend.clone(), b"pw", kdf, RepoConfig::default()).expect("init");
+    let access = Access::default();
+    let repo = access.open(backend, "pw").expect("open");
+    access
+        .lock(&repo, dbvault_core::lock::LockKind::Shared, "test")
+        .expect("lock");
+    let job = dbvault_jobs::job::Job {
+        source: Some("postgresql:///dbv_jobs_no_such_database".into()),
+        command: None,
+        name: Some("gone".into()),
+        tags: Vec::new(),
+        jobs: Some(1),
+        all_databases: false,
+        enable_row_security: false,
+        selection: Default::default(),
+        physical: None,
+        pgdata: None,
+        allow_empty: false,
+    };
+    let e =
+        dbvault_jobs::backup::backup_into(&dbvault_jobs::events::Quiet, &repo, &job, None, None)
+            .expect_err("no such database");
+    // The chain holds the library's own error: its SQLSTATE (3D000, invalid_catalog_name)
+    // and its kind, as the binary reads them for its exit code.
+    let pg = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<dbvault_formats::FormatError>())
+        .unwrap_or_else(|| panic!("no FormatError in {e:#}"));
+    assert_eq!(pg.sqlstate(), Some("3D000"), "{e:#}");
+    assert_eq!(
+        pg.failure_kind(),
+        dbvault_core::error::FailureKind::Failure,
+        "{e:#}"
+    );
+    assert!(format!("{e:#}").contains("no snapshot recorded"), "{e:#}");
+    assert!(repo.snapshot_ids().expect("ids").is_empty());
 }

@@ -158,6 +158,7 @@ fn run_pg_dump_pre(
                 .next()
                 .unwrap_or("failed")
                 .to_string(),
+            sqlstate: None,
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())

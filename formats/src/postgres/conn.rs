@@ -23,6 +23,7 @@ pub(crate) fn pg_err(context: &str, e: tokio_postgres::Error) -> FormatError {
     FormatError::Postgres {
         context: context.to_string(),
         message: msg,
+        sqlstate: e.code().map(|c| c.code().to_string()),
     }
 }
 
@@ -72,6 +73,7 @@ impl PgSource {
         let mut config = Config::from_str(&plain_url).map_err(|e| FormatError::Postgres {
             context: "the PostgreSQL URL".into(),
             message: e.to_string(),
+            sqlstate: None,
         })?;
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         if config.get_user().is_none() {
@@ -239,6 +241,7 @@ impl PgSource {
             Some(m) => Err(FormatError::Postgres {
                 context: format!("before running a PostgreSQL client for {}", self.describe()),
                 message: m.clone(),
+                sqlstate: None,
             }),
         }
     }
@@ -297,6 +300,7 @@ impl PgSource {
                 message: format!(
                     "the server does not offer TLS and asks for the password in clear text;                      dbvault refuses to send it over an unencrypted connection (enable ssl on                      the server or use scram-sha-256 in pg_hba.conf, or add sslmode=disable to                      the URL to send it anyway; {host}:{port})"
                 ),
+                sqlstate: None,
             });
         }
         Ok(())

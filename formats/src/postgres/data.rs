@@ -184,12 +184,14 @@ impl DataRun {
             return Err(FormatError::Postgres {
                 context: "pg_dump --section=data --section=post-data".into(),
                 message: err.lines().next().unwrap_or("failed").to_string(),
+                sqlstate: None,
             });
         }
         if !self.complete {
             return Err(FormatError::Postgres {
                 context: "pg_dump --section=data --section=post-data".into(),
                 message: "its output ended without pg_dump's closing line".into(),
+                sqlstate: None,
             });
         }
         Ok(text)

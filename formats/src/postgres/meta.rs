@@ -109,7 +109,8 @@ mod tests {
         assert_eq!(t.qualified(), "app.orders");
         // A field that does not read is an error naming the part, never a default.
         let mut bad = part.clone();
-        bad.meta.insert("table".into(), serde_json::json!(["not", "a name"]));
+        bad.meta
+            .insert("table".into(), serde_json::json!(["not", "a name"]));
         let e = TablePart::of(&bad).expect_err("a list is no table name");
         assert!(
             e.to_string().contains("app.orders") && e.to_string().contains("does not read"),

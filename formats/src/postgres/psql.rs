@@ -95,6 +95,7 @@ impl PgSource {
             return Err(FormatError::Postgres {
                 context: format!("{what} failed"),
                 message: summarize_psql_error(&errs),
+                sqlstate: None,
             });
         }
         fed
@@ -138,6 +139,7 @@ impl PgSource {
             return Err(FormatError::Postgres {
                 context: self.url.public.clone(),
                 message: summarize_psql_error(&String::from_utf8_lossy(&out.stderr)),
+                sqlstate: None,
             });
         }
         Ok(String::from_utf8_lossy(&out.stdout)

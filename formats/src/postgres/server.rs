@@ -74,6 +74,7 @@ pub fn backup_server(b: &Backup<'_>, src: &PgSource, opts: &DirectOptions) -> Re
                 .next()
                 .unwrap_or("failed")
                 .to_string(),
+            sqlstate: None,
         });
     }
     let databases: BTreeMap<String, String> = dbs

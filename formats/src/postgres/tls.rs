@@ -58,6 +58,7 @@ impl SslMode {
                     message: format!(
                         "sslmode {other:?} is not one of disable, allow, prefer, require, verify-ca, verify-full"
                     ),
+                    sqlstate: None,
                 })
             }
         })
@@ -93,6 +94,7 @@ fn tls_err(message: impl Into<String>) -> FormatError {
     FormatError::Postgres {
         context: "TLS to PostgreSQL".into(),
         message: message.into(),
+        sqlstate: None,
     }
 }
 

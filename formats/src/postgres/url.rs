@@ -7,6 +7,7 @@ fn invalid(msg: impl Into<String>) -> FormatError {
     FormatError::Postgres {
         context: "the PostgreSQL URL".into(),
         message: msg.into(),
+        sqlstate: None,
     }
 }
 

@@ -96,6 +96,7 @@ fn prepare_scratch(
         target.query(&sql).map_err(|e| FormatError::Postgres {
             context: format!("preparing the scratch database ({sql})"),
             message: e.to_string(),
+            sqlstate: None,
         })
     };
     let mut notes = Vec::new();
@@ -144,6 +145,7 @@ fn test_database(
         .map_err(|e| FormatError::Postgres {
             context: format!("cannot create the scratch database on {}", server.public()),
             message: e.to_string(),
+            sqlstate: None,
         })?;
     let scratch = Scratch { server, db, notify };
     let target = server.for_database(&scratch.db);

@@ -109,6 +109,7 @@ pub fn backup_archive(b: &Backup<'_>, reader: impl Read) -> Result<ArchiveInfo> 
             .find(|l| !l.trim().is_empty())
             .unwrap_or("failed")
             .to_string(),
+        sqlstate: None,
     };
     if let Some(d) = fwd.damaged {
         return Err(FormatError::Invalid(format!(

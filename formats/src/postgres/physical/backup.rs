@@ -37,6 +37,7 @@ fn pg_err(context: &str, message: impl Into<String>) -> FormatError {
     FormatError::Postgres {
         context: context.into(),
         message: message.into(),
+        sqlstate: None,
     }
 }
 
