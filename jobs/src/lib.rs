@@ -5,6 +5,7 @@
 //! - [`backup`]: a [`job::Job`] of any source kind, routed to its format.
 //! - [`config`]: the configuration file's model; [`run`]: its nightly job as a typed
 //!   report; [`metrics`]: the Prometheus textfile; [`status`]: every source's state.
+//! - [`restore`]: a logical snapshot of any kind to any target.
 //! - [`follow`]: continuous SQLite backup, stopped by a [`follow::Stop`] handle.
 //! - [`maintain`]: retention per source, prune with its report, the offsite copy.
 //! - [`events`]: the trait through which a job reports progress, notes and warnings.
@@ -23,6 +24,7 @@ pub mod maintain;
 pub mod metrics;
 pub mod night;
 pub mod physical;
+pub mod restore;
 pub mod run;
 pub mod status;
 pub mod wal_health;

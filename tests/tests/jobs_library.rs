@@ -173,11 +173,12 @@ fn a_second_front_end_runs_a_configured_night_reads_status_and_stops_a_follower(
     let (id, snap) = repo.find_snapshot("latest", Some("app")).expect("latest");
     assert_eq!(Some(id.to_hex()), last);
     let out = dir.path().join("restored.db");
-    sqlite::snapshot::restore(
+    dbvault_jobs::restore::restore(
         &repo,
+        &id,
         &snap,
-        &sqlite::snapshot::RestoreOptions::default(),
-        sqlite::snapshot::Target::File(&out),
+        &dbvault_jobs::restore::Request::default(),
+        dbvault_jobs::restore::Destination::SqliteFile(&out),
         &|_| {},
     )
     .expect("restore");

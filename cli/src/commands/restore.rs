@@ -1,4 +1,5 @@
-//! `dbvault restore`: picks the snapshot and the target, then calls the format's restore.
+//! `dbvault restore`: picks the snapshot and the target, then calls the restore of
+//! `dbvault_jobs::restore` (a base backup: `physical`).
 
 use std::io::{BufWriter, Write};
 use std::path::Path;
@@ -6,9 +7,8 @@ use std::path::Path;
 use anyhow::{bail, Result};
 use dbvault_core::lock::LockKind;
 use dbvault_formats::kind::SnapshotFormat;
-use dbvault_formats::postgres::{self, restore_server, PgSource};
-use dbvault_formats::read::stream_part;
-use dbvault_formats::sqlite::snapshot as sqlite;
+use dbvault_formats::postgres::PgSource;
+use dbvault_jobs::restore::{restore, Destination, Request};
 
 use crate::args::{Cli, RestoreArgs};
 use crate::repo_access;
@@ -41,31 +41,6 @@ fn tgt_url(t: &Target<'_>) -> Option<Option<String>> {
         Target::Stdout => Some(None),
         Target::Postgres(u) => Some(Some((*u).to_string())),
         Target::Sqlite(_) => None,
-    }
-}
-
-/// The database a PostgreSQL snapshot goes into (`None`: a script on stdout).
-fn pg_source(tgt: &Target<'_>) -> Result<Option<PgSource>> {
-    match tgt {
-        Target::Stdout => Ok(None),
-        Target::Postgres(url) => {
-            let pg = PgSource::parse(url)?;
-            crate::output::warn_url_password(&pg);
-            Ok(Some(pg))
-        }
-        Target::Sqlite(_) => {
-            bail!("a PostgreSQL snapshot restores --to postgres://… or --to -, not into an SQLite file")
-        }
-    }
-}
-
-fn pg_target<'a>(
-    stdout: &'a mut (dyn Write + Send),
-    pg: Option<&'a PgSource>,
-) -> postgres::Target<'a> {
-    match pg {
-        Some(db) => postgres::Target::Database(db),
-        None => postgres::Target::Script(stdout),
     }
 }
 
@@ -102,82 +77,24 @@ pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<()> {
     for n in &snap.source.notes {
         eprintln!("dbvault: note: snapshot {}: {n}", id.short());
     }
-    let notify = &crate::output::print_notice;
     let mut stdout = BufWriter::with_capacity(1 << 20, raw_stdout()?);
-    if snap.source.kind == postgres::server::KIND {
-        let Some(db) = &a.database else {
-            let names: Vec<String> = restore_server::databases(&snap)?.into_keys().collect();
-            bail!(
-                "snapshot {} holds every database of a server ({}): choose one with --database NAME",
-                id.short(),
-                names.join(", ")
-            );
-        };
-        let pg = pg_source(&tgt)?;
-        let target = pg_target(&mut stdout, pg.as_ref());
-        restore_server::restore_database_of_server(
-            &repo,
-            &id,
-            &snap,
-            db,
-            &a.pg_options(),
-            target,
-            notify,
-        )?;
-        return Ok(stdout.flush()?);
-    }
-    if let Some(d) = &a.database {
-        bail!(
-            "--database {d:?}: snapshot {} is of one database, not of a whole server",
-            id.short()
-        );
-    }
-    match format {
-        SnapshotFormat::Sqlite => {
-            let target = match tgt {
-                Target::Stdout => sqlite::Target::Stream(&mut stdout),
-                Target::Sqlite(path) => sqlite::Target::File(path),
-                Target::Postgres(_) if a.tables.is_empty() => {
-                    bail!("this is an SQLite snapshot: restore it --to sqlite:PATH or --to -")
-                }
-                Target::Postgres(_) => bail!(
-                    "this is an SQLite snapshot: restore its tables --to sqlite:PATH or --to -"
-                ),
-            };
-            let opts = sqlite::RestoreOptions {
-                tables: a.tables.clone(),
-                rename_table: a.rename_table.clone(),
-                clean: a.clean,
-                force: a.force,
-                while_open: a.while_open,
-            };
-            sqlite::restore(&repo, &snap, &opts, target, notify)?;
+    let pg;
+    let dest = match tgt {
+        Target::Stdout => Destination::Stream(&mut stdout),
+        Target::Sqlite(p) => Destination::SqliteFile(p),
+        Target::Postgres(url) => {
+            pg = PgSource::parse(url)?;
+            crate::output::warn_url_password(&pg);
+            Destination::Postgres(&pg)
         }
-        SnapshotFormat::PgDump => {
-            let pg = pg_source(&tgt)?;
-            let target = pg_target(&mut stdout, pg.as_ref());
-            postgres::restore(&repo, &snap, &a.pg_options(), target, notify)?;
-        }
-        SnapshotFormat::Raw | SnapshotFormat::PgPhysical => {
-            if let Some(t) = a.tables.first() {
-                bail!(
-                    "snapshot {} has no table {t:?}: it is a raw stream from {}, with no tables",
-                    id.short(),
-                    snap.source.kind
-                );
-            }
-            if !matches!(tgt, Target::Stdout) {
-                // (a raw stream has no database to restore into)
-                bail!(
-                    "snapshot {} is a raw stream: restore it with --to -",
-                    id.short()
-                );
-            }
-            for part in &snap.parts {
-                stream_part(&repo, part, &mut stdout, notify)?;
-            }
-        }
-    }
+    };
+    let req = Request {
+        pg: a.pg_options(),
+        database: a.database.clone(),
+        force: a.force,
+        while_open: a.while_open,
+    };
+    restore(&repo, &id, &snap, &req, dest, &crate::output::print_notice)?;
     Ok(stdout.flush()?)
 }
 

@@ -6,7 +6,8 @@ use anyhow::{bail, Result};
 use dbvault_core::lock::LockKind;
 use dbvault_core::{Repository, Snapshot};
 use dbvault_formats::postgres;
-use dbvault_formats::sqlite::remote::{Cell, Rows, SnapshotDb};
+use dbvault_formats::sqlite::export::{csv_cell, csv_field, insert_statement, json, text};
+use dbvault_formats::sqlite::remote::{Rows, SnapshotDb};
 use dbvault_formats::sqlite::snapshot::database_part;
 
 use crate::args::{Cli, SqlArgs};
@@ -97,82 +98,6 @@ fn postgres_tables(
     Ok(())
 }
 
-fn text(v: &Cell) -> String {
-    match v {
-        Cell::Null => "NULL".into(),
-        Cell::Integer(i) => i.to_string(),
-        Cell::Real(f) => f.to_string(),
-        Cell::Text(t) => t.clone(),
-        Cell::Blob(b) => format!("x'{}'", hex::encode(b)),
-        _ => String::new(),
-    }
-}
-
-fn json(v: &Cell) -> serde_json::Value {
-    match v {
-        Cell::Integer(i) => (*i).into(),
-        Cell::Real(f) => {
-            serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, Into::into)
-        }
-        Cell::Text(t) => t.clone().into(),
-        Cell::Blob(b) => format!("x'{}'", hex::encode(b)).into(),
-        _ => serde_json::Value::Null,
-    }
-}
-
-fn csv_field(s: &str) -> String {
-    // An empty string is quoted so it loads as '' and not as NULL, and `\.` alone is
-    // quoted so that COPY does not take it for the end of the data.
-    if s.is_empty() || s == "\\." || s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
-/// A float as text that reads back as the same value (shortest round trip), in the
-/// spelling PostgreSQL's float8 input takes.
-fn real(f: f64) -> String {
-    if f.is_nan() {
-        "NaN".into()
-    } else if f.is_infinite() {
-        if f > 0.0 { "Infinity" } else { "-Infinity" }.into()
-    } else {
-        format!("{f:?}")
-    }
-}
-
-/// One CSV field as PostgreSQL's CSV COPY reads it.
-fn csv_cell(c: &Cell) -> String {
-    match c {
-        Cell::Null => String::new(),
-        Cell::Integer(i) => i.to_string(),
-        Cell::Real(f) => real(*f),
-        Cell::Text(t) => csv_field(t),
-        Cell::Blob(b) => format!("\\x{}", hex::encode(b)),
-        _ => String::new(),
-    }
-}
-
-/// One value as an SQLite literal.
-fn sql_literal(c: &Cell) -> String {
-    match c {
-        Cell::Integer(i) => i.to_string(),
-        // SQLite has no NaN (it stores NULL) and reads 1e999 as infinity.
-        Cell::Real(f) if f.is_nan() => "NULL".into(),
-        Cell::Real(f) if f.is_infinite() => if *f > 0.0 { "1e999" } else { "-1e999" }.into(),
-        Cell::Real(f) => format!("{f:?}"),
-        Cell::Text(t) => format!("'{}'", t.replace('\'', "''")),
-        Cell::Blob(b) => format!("X'{}'", hex::encode(b)),
-        _ => "NULL".into(),
-    }
-}
-
-/// `"name"` with inner quotes doubled.
-fn ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
 fn query(cli: &Cli, a: &SqlArgs, run: &dyn Fn(&str) -> Result<Rows>, q: &str) -> Result<()> {
     let res = run(q)?;
     let names = &res.columns;
@@ -202,15 +127,8 @@ fn query(cli: &Cli, a: &SqlArgs, run: &dyn Fn(&str) -> Result<Rows>, q: &str) ->
         return Ok(());
     }
     if let Some(t) = &a.insert {
-        let cols: Vec<String> = names.iter().map(|n| ident(n)).collect();
         for r in &res.rows {
-            let vals: Vec<String> = r.iter().map(sql_literal).collect();
-            crate::outln!(
-                "INSERT INTO {}({}) VALUES({});",
-                ident(t),
-                cols.join(","),
-                vals.join(",")
-            );
+            crate::outln!("{}", insert_statement(t, names, r));
         }
         return Ok(());
     }

@@ -14,6 +14,7 @@ use crate::error::{FormatError, Result};
 use names::quote_ident;
 use plan::{find_table, plan_table};
 
+pub mod export;
 pub mod health;
 mod names;
 mod plan;
