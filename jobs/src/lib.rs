@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod night;
 pub mod physical;
 pub mod restore;
+pub mod restore_test;
 pub mod run;
 pub mod status;
 pub mod wal_health;

@@ -1,89 +1,50 @@
-//! `dbvault restore-test SNAPSHOT`: restore into a scratch copy, run the database's own
-//! checks, drop the copy, store and print a report; exit 3 when anything is wrong. The
-//! tests themselves are the formats' (`postgres::verify`, `sqlite::verify`).
+//! `dbvault restore-test SNAPSHOT`: the test is `dbvault_jobs::restore_test` (restore into
+//! a scratch copy, the database's own checks, the report stored); this prints it and exits
+//! 3 when anything is wrong.
 
 use std::process::ExitCode;
-use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use dbvault_core::check::Problem;
 use dbvault_core::lock::LockKind;
-use dbvault_core::report::Report;
-use dbvault_formats::postgres::{self, physical, PgSource};
-use dbvault_formats::sqlite;
+use dbvault_formats::postgres::PgSource;
+use dbvault_jobs::restore_test::{restore_test, TestRequest, Tested};
 
 use crate::args::{Cli, RestoreTestArgs};
 use crate::repo_access;
-use dbvault_formats::kind::SnapshotFormat;
 
 pub fn run(cli: &Cli, a: &RestoreTestArgs) -> Result<ExitCode> {
     let repo = repo_access::open_locked(cli, LockKind::Shared, "restore-test")?;
     let (id, snap) = repo.find_snapshot(&a.snapshot, a.name.as_deref())?;
     super::note_latest(&a.snapshot, &id, &snap);
-    let format = SnapshotFormat::of(&snap)?;
-    if a.target_time.is_some() && format != SnapshotFormat::PgPhysical {
-        bail!("--target-time is for physical snapshots (a logical one holds one moment)");
+    let scratch = a.scratch.as_deref().map(PgSource::parse).transpose()?;
+    if let Some(s) = &scratch {
+        crate::output::warn_url_password(s);
     }
-    let started = Instant::now();
-    let notify = &crate::output::print_notice;
-    let out = match format {
-        SnapshotFormat::PgDump => {
-            let scratch =
-                PgSource::parse(a.scratch.as_deref().unwrap_or("postgresql:///postgres"))?;
-            crate::output::warn_url_password(&scratch);
-            postgres::verify::restore_test(&repo, &id, &snap, &scratch, notify)
-                .map_err(|e| anyhow::Error::from(e).context("the restore-test could not be done"))?
-        }
-        SnapshotFormat::Sqlite => sqlite::verify::restore_test(&repo, &id, &snap, notify)?,
-        SnapshotFormat::PgPhysical => {
-            if a.scratch.is_some() {
-                bail!("--scratch is for logical snapshots: a physical one is recovered on a throwaway server of its own");
-            }
-            let o = physical::throwaway::RecoverOptions {
-                target: physical::restore::RecoveryTarget {
-                    time: a
-                        .target_time
-                        .as_deref()
-                        .map(super::physical::recovery_time)
-                        .transpose()?,
-                    ..Default::default()
-                },
-                restore_command: &super::physical::relay_command,
-            };
-            physical::verify::restore_test(&repo, &id, &snap, &o, notify)
-                .map_err(|e| anyhow::Error::from(e).context("the restore-test could not be done"))?
-        }
-        SnapshotFormat::Raw => bail!(
-            "snapshot {} is a raw stream ({}): restore-test needs a PostgreSQL or SQLite snapshot",
-            id.short(),
-            snap.source.kind
-        ),
+    let req = TestRequest {
+        scratch: scratch.as_ref(),
+        target_time: a
+            .target_time
+            .as_deref()
+            .map(crate::output::parse_time)
+            .transpose()?,
+        relay_command: &super::physical::relay_command,
     };
-    let ok = out.problems.is_empty();
-    let seconds = started.elapsed().as_secs_f64();
-    let body = serde_json::json!({
-        "ok": ok,
-        "snapshot": id.to_hex(),
-        "name": snap.name,
-        "snapshot_time": crate::output::time(&snap.time),
-        "scratch": out.scratch,
-        "seconds": (seconds * 1000.0).round() / 1000.0,
-        "tables": out.tables,
-        "problems": out.problems,
-        "notes": out.notes,
-    });
-    let stored = repo.save_report(&Report::now(
-        dbvault_core::report::ReportKind::RestoreTest,
-        ok,
-        Some(id),
-        seconds,
-        body.clone(),
-    ));
-    if let Err(e) = &stored {
-        eprintln!("dbvault: warning: the report could not be stored: {e}");
-    }
+    let Tested {
+        record: out,
+        stored,
+    } = restore_test(
+        &crate::output::events(cli),
+        &repo,
+        &id,
+        &snap,
+        &req,
+        &crate::output::print_notice,
+    )?;
+    let ok = out.ok;
+    let seconds = out.seconds;
     if cli.json {
-        crate::output::json(&body);
+        crate::output::json(&serde_json::to_value(&out)?);
     } else {
         crate::outln!(
             "restore-test of snapshot {} ({}, {}) into {}",
@@ -151,7 +112,7 @@ pub fn run(cli: &Cli, a: &RestoreTestArgs) -> Result<ExitCode> {
             "{} in {:.1} s{}",
             if ok { "PASSED" } else { "FAILED" },
             seconds,
-            if stored.is_ok() {
+            if stored {
                 " (report stored in the repository)"
             } else {
                 ""
