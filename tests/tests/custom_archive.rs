@@ -232,6 +232,32 @@ fn pg_dump_16_archives_come_back_byte_for_byte_and_restore_a_table() {
         };
         assert_eq!(rows, want, "{args:?}: {ls}");
     }
+    // `pg_dump -Fc > file`: PostgreSQL 16 opens its standard output for appending, so the
+    // table of contents it rewrites with the data offsets lands after the data. pg_restore
+    // reads such a file; so must a backup, and give it back with those bytes.
+    let file = repo.dir.path().join("redirected.dump");
+    let st = Command::new(format!("{}/pg_dump", pg16()))
+        .args(["-Fc", "-d", &conn(&db)])
+        .stdout(std::fs::File::create(&file).expect("create"))
+        .status()
+        .expect("pg_dump 16");
+    assert!(st.success());
+    let redirected = std::fs::read(&file).expect("read");
+    let piped = pg_dump16(&db, &["-Fc"]);
+    assert!(
+        redirected.len() > piped.len(),
+        "{} vs {}: no second table of contents",
+        redirected.len(),
+        piped.len()
+    );
+    let mut c = repo.cmd(&["backup", "-", "--name", "redirected", "--json"]);
+    c.env("PATH", path16());
+    let s = run_cmd(c, Some(&redirected)).ok().json();
+    let id = s["snapshot_id"].as_str().expect("id").to_string();
+    assert!(
+        repo.restore(&id).ok().stdout == redirected,
+        "the file differs"
+    );
     let chk = repo.run(&["check", "--read-data"], None);
     assert_eq!(chk.code, Some(0), "{}", chk.stderr);
     // One table of the newest, into the PostgreSQL 15 server.
@@ -240,7 +266,7 @@ fn pg_dump_16_archives_come_back_byte_for_byte_and_restore_a_table() {
         "restore",
         "latest",
         "--name",
-        "fc16",
+        "redirected",
         "--table",
         "public.a",
         "--to",

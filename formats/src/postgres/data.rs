@@ -18,7 +18,7 @@ use std::process::{Child, ChildStdout, Stdio};
 
 use crate::error::{FormatError, Result};
 use crate::postgres::conn::PgSource;
-use crate::postgres::dump::parse_toc;
+use crate::postgres::toc::parse_toc;
 
 /// Above this many bytes of `--exclude-table-data` arguments, the run excludes every
 /// table's data with one pattern instead (argument lists have a size limit); sequence

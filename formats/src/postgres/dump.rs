@@ -20,6 +20,7 @@ use std::rc::Rc;
 use dbvault_core::backup::{Backup, Chunking, PartInput};
 
 use super::meta::TablePart;
+use super::toc::{copy_target, parse_toc};
 
 /// Row-aligned chunks for table data. A changed chunk is stored as a delta against the
 /// chunk it replaces (see `dbvault_core::delta`), so an updated row costs about the row
@@ -37,34 +38,6 @@ pub const SCHEMA_CHUNKS: dbvault_core::chunker::LineParams = dbvault_core::chunk
     avg: 8192,
     max: 128 * 1024,
 };
-
-/// A parsed TOC comment line.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TocHeader {
-    /// `Name:` field (for table data: the table).
-    pub name: String,
-    /// `Type:` field, e.g. `TABLE`, `TABLE DATA`, `INDEX`.
-    pub kind: String,
-    /// `Schema:` field (`-` when none).
-    pub schema: String,
-}
-
-/// Parses `-- Name: …; Type: …; Schema: …; Owner: …` (or `-- Data for Name: …`).
-pub fn parse_toc(line: &[u8]) -> Option<TocHeader> {
-    let s = std::str::from_utf8(line).ok()?.trim_end_matches('\n');
-    let rest = s
-        .strip_prefix("-- Data for Name: ")
-        .or_else(|| s.strip_prefix("-- Name: "))?;
-    // Fields are separated by "; Type: ", "; Schema: ", "; Owner: " (names may contain ';').
-    let (name, rest) = rest.split_once("; Type: ")?;
-    let (kind, rest) = rest.split_once("; Schema: ")?;
-    let schema = rest.split_once("; Owner: ").map(|(s, _)| s).unwrap_or(rest);
-    Some(TocHeader {
-        name: name.to_string(),
-        kind: kind.to_string(),
-        schema: schema.to_string(),
-    })
-}
 
 /// Which section a part belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -309,51 +282,6 @@ fn odd_quotes(line: &[u8]) -> bool {
     line.iter().filter(|b| **b == b'"').count() % 2 == 1
 }
 
-/// The schema and table a `COPY schema.table (…) FROM stdin;` statement names, unquoted:
-/// the names as they are (pg_dump's header comments replace a newline in a name by a
-/// space, so the statement is the authority).
-pub fn copy_target(copy: &str) -> Option<(String, String)> {
-    let mut rest = copy.strip_prefix("COPY ")?;
-    let mut names = Vec::new();
-    loop {
-        let (name, after) = if let Some(q) = rest.strip_prefix('"') {
-            let mut out = String::new();
-            let mut it = q.char_indices().peekable();
-            let mut end = None;
-            while let Some((i, c)) = it.next() {
-                if c == '"' {
-                    if it.peek().is_some_and(|(_, n)| *n == '"') {
-                        out.push('"');
-                        it.next();
-                    } else {
-                        end = Some(i + 1);
-                        break;
-                    }
-                } else {
-                    out.push(c);
-                }
-            }
-            (out, &q[end?..])
-        } else {
-            let n = rest
-                .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
-                .unwrap_or(rest.len());
-            if n == 0 {
-                return None;
-            }
-            (rest[..n].to_string(), &rest[n..])
-        };
-        names.push(name);
-        match after.strip_prefix('.') {
-            Some(more) => rest = more,
-            None => break,
-        }
-    }
-    let table = names.pop()?;
-    let schema = names.pop()?;
-    names.is_empty().then_some((schema, table))
-}
-
 /// Backs up a pg_dump plain-format stream into `b`: pre-data, one part per table's data
 /// (row-aligned chunks), post-data. Returns the server version the dump names.
 ///
@@ -533,6 +461,7 @@ impl<R: BufRead> Read for PartReader<'_, R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::postgres::toc::TocHeader;
 
     pub(crate) const SAMPLE: &str = "--\n-- PostgreSQL database dump\n--\n\n\\restrict abc\n\n-- Dumped from database version 15.18\n\nSET x = 1;\n\n--\n-- Name: t; Type: TABLE; Schema: public; Owner: me\n--\n\nCREATE TABLE public.t (a text);\n\n--\n-- Data for Name: t; Type: TABLE DATA; Schema: public; Owner: me\n--\n\nCOPY public.t (a) FROM stdin;\n--\n-- Data for Name: fake; Type: TABLE DATA; Schema: public; Owner: me\n\\\\.\nrow2\n\\.\n\n\n--\n-- Data for Name: u v; Type: TABLE DATA; Schema: s; Owner: me\n--\n\nCOPY s.\"u v\" (a) FROM stdin;\n\\.\n\n\n--\n-- Name: t t_pkey; Type: CONSTRAINT; Schema: public; Owner: me\n--\n\nALTER TABLE ONLY public.t ADD CONSTRAINT t_pkey PRIMARY KEY (a);\n\n--\n-- PostgreSQL database dump complete\n--\n\n\\unrestrict abc\n\n";
 

@@ -40,6 +40,7 @@ pub mod session;
 mod setvals;
 pub mod tls;
 pub mod to_sqlite;
+pub mod toc;
 pub mod tools;
 pub mod url;
 pub mod verify;

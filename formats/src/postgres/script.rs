@@ -2,8 +2,8 @@
 //! comments, indexes, constraints and triggers, picked from the pre-data and post-data
 //! sections by their table-of-contents entries, optionally renamed, as a psql script.
 
-use crate::postgres::dump::{parse_toc, TocHeader};
 use crate::postgres::ident::{pg_ident, qualified};
+use crate::postgres::toc::{parse_toc, TocHeader};
 
 /// One table-of-contents entry (or the preamble, which has no header).
 #[derive(Clone, Debug)]

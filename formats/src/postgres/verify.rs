@@ -82,7 +82,7 @@ fn prepare_scratch(
     target: &PgSource,
     notify: Notify<'_>,
 ) -> Result<Vec<String>> {
-    let headers: Vec<super::dump::TocHeader> = match section(snap, PRE_DATA) {
+    let headers: Vec<super::toc::TocHeader> = match section(snap, PRE_DATA) {
         Some(p) => {
             let text = String::from_utf8_lossy(&part_bytes(repo, p, notify)?).into_owned();
             super::script::entries(&text)

@@ -206,10 +206,22 @@ fn read_archive<R: Read>(
     tee.to.pass = true;
     tee.to.read(&head);
     let by_id: HashMap<i64, &TocEntry> = toc.iter().map(|e| (e.dump_id, e)).collect();
+    let announced = toc
+        .iter()
+        .filter(|e| e.had_dumper && e.offset_flag != 3)
+        .count();
     let mut seen = HashSet::new();
     let mut blocks = Vec::new();
     let mut ours = HashMap::new();
-    while let Some(kind) = ar.byte_or_end()? {
+    let mut trailer = None;
+    loop {
+        if seen.len() >= announced {
+            // Every announced block came: what follows is no block (see
+            // `ArchivePart::trailer`), kept as it came.
+            trailer = store_trailer(b, ar)?;
+            break;
+        }
+        let Some(kind) = ar.byte_or_end()? else { break };
         if kind != BLK_DATA && kind != BLK_BLOBS {
             return Err(FormatError::Invalid(format!(
                 "the pg_dump archive is damaged after byte {}: unknown block type {kind}",
@@ -260,7 +272,7 @@ fn read_archive<R: Read>(
         }
         // The part pg_restore's script gives this table is named by its COPY statement
         // (the exact name; header comments turn a newline in it into a space).
-        let name = crate::postgres::dump::copy_target(e.copy_stmt.trim_end()).map_or_else(
+        let name = crate::postgres::toc::copy_target(e.copy_stmt.trim_end()).map_or_else(
             || format!("{}.{}", e.namespace, e.tag),
             |(s, t)| format!("{s}.{t}"),
         );
@@ -316,8 +328,48 @@ fn read_archive<R: Read>(
         blake3: String::new(),
         version: format!("{}.{}.{}", h.version.0, h.version.1, h.version.2),
         compression,
+        trailer,
     };
     Ok((h, part, ours))
+}
+
+/// Stores what follows the last data block, if anything, as part `archive-trailer`.
+fn store_trailer<R: Read>(b: &Backup<'_>, ar: &mut Reader<R>) -> Result<Option<String>> {
+    let mut spool =
+        BufWriter::new(tempfile::tempfile().map_err(|e| FormatError::io("a temporary file", e))?);
+    let mut buf = vec![0u8; 1 << 16];
+    let mut n = 0u64;
+    loop {
+        let k = ar
+            .read_some(&mut buf)
+            .map_err(|e| FormatError::io("the archive", e))?;
+        if k == 0 {
+            break;
+        }
+        spool
+            .write_all(&buf[..k])
+            .map_err(|e| FormatError::io("a temporary file", e))?;
+        n += k as u64;
+    }
+    if n == 0 {
+        return Ok(None);
+    }
+    let mut f = spool
+        .into_inner()
+        .map_err(|e| FormatError::io("a temporary file", e.into_error()))?;
+    f.rewind()
+        .map_err(|e| FormatError::io("a temporary file", e))?;
+    let name = "archive-trailer".to_string();
+    b.add_part(
+        PartInput {
+            name: name.clone(),
+            kind: BLOCK_KIND.into(),
+            chunking: Chunking::ContentDefined,
+            ..Default::default()
+        },
+        std::io::BufReader::new(f),
+    )?;
+    Ok(Some(name))
 }
 
 /// A framing fault of this reader (never of the archive): refuse rather than promise a

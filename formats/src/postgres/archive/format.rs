@@ -156,7 +156,27 @@ impl<R: Read> ArchiveReader<R> {
         Ok(())
     }
 
-    /// One byte, or `None` at a clean end of the stream.
+    /// Reads what is there, up to `buf`'s length (0 at the end of the stream).
+    ///
+    /// # Errors
+    /// A read error.
+    pub fn read_some(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            match self.r.read(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Ok(n) => {
+                    if self.keep {
+                        self.kept.extend_from_slice(&buf[..n]);
+                    }
+                    self.pos += n as u64;
+                    return Ok(n);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The next byte, or `None` at the end of the stream.
     ///
     /// # Errors
     /// A read error.

@@ -80,6 +80,12 @@ pub struct ArchivePart {
     pub version: String,
     /// Compression, e.g. `gzip level -1`.
     pub compression: String,
+    /// Bytes after the last data block, stored as they came, in this part: PostgreSQL 16's
+    /// pg_dump writing to a file through its standard output opens it for appending, so
+    /// its rewrite of the table of contents (with the data offsets) lands after the data.
+    /// pg_restore never reads them; the archive is given back with them all the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trailer: Option<String>,
 }
 
 impl ArchivePart {

@@ -210,6 +210,9 @@ pub fn write_archive(
             }
         }
     }
+    if let Some(t) = &meta.trailer {
+        write_part(repo, part(t)?, &mut o, notify)?;
+    }
     o.flush().map_err(io)?;
     if o.n != meta.size || o.hasher.finalize().to_hex().as_str() != meta.blake3 {
         return Err(FormatError::Invalid(format!(
