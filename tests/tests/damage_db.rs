@@ -56,3 +56,40 @@ fn a_damaged_table_part_commits_none_of_its_rows() {
         );
     }
 }
+
+#[test]
+fn damage_to_the_schema_says_no_table_restores_from_that_snapshot() {
+    let src = PgDb::new("dmgpre");
+    src.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, pad text); \
+         INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 2000) g",
+    );
+    let repo = Repo::new();
+    let dump = pg_dump_with(&["-d", &conn(&src)]);
+    repo.backup(dump.as_bytes(), &["--name", "shop"]);
+    // Early in the pack: the pre-data part's bytes (it is stored first).
+    damage_pack(&repo, 0.005);
+    let dst = PgDb::new("dmgpredst");
+    let r = repo.run(&["restore", "latest", "--to", &dst.url()], None);
+    assert_eq!(r.code, Some(3), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("pre-data")
+            && r.stderr.contains("no table of this snapshot restores")
+            && !r.stderr.contains("one by one with --table"),
+        "{}",
+        r.stderr
+    );
+    // And so it is: a table restore fails on the same damage.
+    let t = repo.run(
+        &[
+            "restore",
+            "latest",
+            "--table",
+            "public.t",
+            "--to",
+            &dst.url(),
+        ],
+        None,
+    );
+    assert_eq!(t.code, Some(3), "{}", t.stderr);
+}

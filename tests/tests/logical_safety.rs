@@ -326,7 +326,17 @@ fn a_database_holding_the_schema_is_refused_unchanged_and_clean_and_create_work(
     let created = PgDb { name: name.clone() };
     let url = created.url();
     let r = repo.run(&["restore", &id, "--to", &url], None);
-    assert_ne!(r.code, Some(0), "a missing database without --create");
+    assert_eq!(
+        r.code,
+        Some(1),
+        "a missing database without --create: {}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("does not exist") && r.stderr.contains("--create"),
+        "{}",
+        r.stderr
+    );
     let r = repo.run(&["restore", &id, "--to", &url, "--create"], None);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert_eq!(created.fingerprint(), want);

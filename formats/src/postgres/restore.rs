@@ -96,6 +96,25 @@ fn new_name(arg: Option<&str>, schema: &str) -> Result<Option<String>> {
 
 /// What a whole-database restore stopped by damage leaves, and the way on.
 const PARTLY_RESTORED: &str = "the target holds what was loaded before the damage (drop it, or restore again with --clean); intact tables can still be restored one by one with --table (`dbvault check --read-data` names the damaged ones)";
+/// The same, when the schema itself (pre-data) is what is damaged: no table restores.
+const SCHEMA_DAMAGED: &str = "the target holds what was loaded before the damage (drop it, or restore again with --clean); the schema (pre-data) is damaged, so no table of this snapshot restores: restore an older snapshot (`dbvault snapshots`), and see `dbvault check --read-data` and `dbvault repair snapshots`";
+
+/// Whether `e` is the server saying the target database does not exist (SQLSTATE 3D000,
+/// or psql's connection message, which carries no SQLSTATE).
+fn missing_database(e: &FormatError) -> bool {
+    e.sqlstate() == Some("3D000")
+        || matches!(e, FormatError::Postgres { message, .. }
+            if message.contains("FATAL:") && message.contains("database \"") && message.contains("does not exist"))
+}
+
+/// The way out of a whole restore stopped by damage, by what the damage names.
+fn damage_hint(detail: &str) -> &'static str {
+    if detail.contains(meta::PRE_DATA) {
+        SCHEMA_DAMAGED
+    } else {
+        PARTLY_RESTORED
+    }
+}
 
 /// Finds the data part of a table named by the user.
 ///
@@ -300,8 +319,8 @@ pub fn restore(
             .and_then(|()| super::restore_db::restore_database(repo, snap, opts, db, None, notify))
             .map_err(|e| match damaged_elsewhere(repo, snap, &[]) {
                 Some(list) => FormatError::Damaged {
+                    hint: damage_hint(&list),
                     detail: list,
-                    hint: PARTLY_RESTORED,
                     cause: Box::new(e),
                 },
                 // Damage met while reading (bytes that no longer authenticate): the same
@@ -309,9 +328,13 @@ pub fn restore(
                 None if e.failure_kind() == dbvault_core::error::FailureKind::Damage => {
                     FormatError::Damaged {
                         detail: e.to_string(),
-                        hint: PARTLY_RESTORED,
+                        hint: damage_hint(&e.to_string()),
                         cause: Box::new(e),
                     }
+                }
+                // The commonest first restore: into a database not made yet.
+                None if !opts.create && missing_database(&e) => {
+                    FormatError::Invalid(format!("{e}: create it first, or restore with --create"))
                 }
                 None => e,
             }),
