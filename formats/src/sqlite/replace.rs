@@ -140,6 +140,10 @@ fn through_sqlite(target: &Path, restored: &Path) -> Result<()> {
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .map_err(sq)?;
     if mode.eq_ignore_ascii_case("wal") {
+        // The restore is committed (in the WAL) already; folding it into the file waits
+        // for readers still in a transaction, so only briefly: one that outlasts this sees
+        // the restored data when its transaction ends, and the next checkpoint folds it.
+        dst.busy_timeout(Duration::from_secs(2)).map_err(sq)?;
         dst.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
             .map_err(sq)?;
     }
