@@ -291,6 +291,7 @@ impl Repository {
             }
         }
         all.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        order_ties(&mut all);
         Ok((ids, all, damaged))
     }
 
@@ -539,5 +540,37 @@ impl Repository {
             self.backend.remove(&snapshot_path(id))?;
         }
         Ok(())
+    }
+}
+
+/// Snapshots of the same time (two archives pg_dump made within a second, imported with
+/// their own times) in the order they were taken: one whose parent is another of them
+/// comes after it, so `latest` is the one backed up last.
+fn order_ties(all: &mut [(Id, Snapshot)]) {
+    let mut start = 0;
+    while start < all.len() {
+        let t = all[start].1.time;
+        let end = start + all[start..].iter().take_while(|(_, s)| s.time == t).count();
+        if end - start > 1 {
+            let run = &mut all[start..end];
+            let ids: std::collections::HashMap<Id, Option<Id>> = run
+                .iter()
+                .map(|(id, s)| (*id, s.parent.as_ref().map(|p| p.id)))
+                .collect();
+            let depth = |id: Id| {
+                let mut d = 0usize;
+                let mut cur = ids.get(&id).copied().flatten();
+                while let Some(p) = cur.filter(|p| ids.contains_key(p)) {
+                    d += 1;
+                    if d > ids.len() {
+                        break;
+                    }
+                    cur = ids.get(&p).copied().flatten();
+                }
+                d
+            };
+            run.sort_by_cached_key(|(id, _)| (depth(*id), *id));
+        }
+        start = end;
     }
 }

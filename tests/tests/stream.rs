@@ -219,3 +219,38 @@ fn scattered_edits_are_stored_as_small_deltas_and_restore_exactly() {
     repo.backup(&again, &["--name", "db"]);
     assert!(repo.restore("latest").ok().stdout == again);
 }
+
+#[test]
+fn latest_of_snapshots_with_one_time_is_the_one_backed_up_last() {
+    // Two archives pg_dump made within one second, imported with their own times, tie on
+    // time: `latest` must be the second one backed up, whatever their ids.
+    let repo = Repo::new();
+    let t = "2026-11-30T03:00:00+00:00";
+    let mut ids = Vec::new();
+    for i in 0..4u64 {
+        let data = random_bytes(10_000, 100 + i);
+        let s = repo
+            .run(
+                &["backup", "-", "--name", "tie", "--time", t, "--json"],
+                Some(&data),
+            )
+            .ok()
+            .json();
+        ids.push(s["snapshot_id"].as_str().expect("id").to_string());
+        let latest = repo
+            .run(&["restore", "latest", "--name", "tie", "--to", "-"], None)
+            .ok();
+        assert!(
+            latest.stdout == data,
+            "after backup {i}: latest is not the newest"
+        );
+    }
+    let list = repo.run(&["snapshots", "--json"], None).ok().json();
+    let order: Vec<String> = list
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|s| s["id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(order, ids, "snapshots lists them in the order taken");
+}
