@@ -292,8 +292,10 @@ fn backup_command(
         .take()
         .ok_or_else(|| anyhow!("no stdout from the command"))?;
     let progress = ev.step("backing up command output", b.progress());
+    let mut empty = false;
     let r = peek(stdout, 100).and_then(|(head, reader)| {
         if head.is_empty() && !a.allow_empty {
+            empty = true;
             bail!("the command wrote nothing: an empty output is refused (--allow-empty stores one on purpose)");
         }
         let fmt = format.unwrap_or_else(|| StreamFormat::detect(&head));
@@ -308,6 +310,13 @@ fn backup_command(
             b.abort();
             // A truncated dump is usually the command dying: say both.
             if let Ok(st) = status {
+                if !st.success() && empty {
+                    // It failed: --allow-empty would not help, its status is the news.
+                    bail!(
+                        "the command {cmd:?} {} and wrote nothing (its own message is above); no snapshot recorded",
+                        describe(st)
+                    );
+                }
                 if !st.success() {
                     bail!(
                         "the command {cmd:?} {}: {e:#}; no snapshot recorded",

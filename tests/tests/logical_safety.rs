@@ -96,6 +96,23 @@ fn a_failed_pg_dump_piped_in_is_refused_and_latest_stays_good() {
     let r = repo.run(&["backup", "--command", "true", "--name", "shop"], None);
     assert_eq!(r.code, Some(1), "{}", r.stderr);
     assert!(r.stderr.contains("empty"), "{}", r.stderr);
+    // One that fails with nothing is named by its status, with no --allow-empty advice.
+    let r = repo.run(
+        &[
+            "backup",
+            "--command",
+            "echo no such db >&2; exit 2",
+            "--name",
+            "shop",
+        ],
+        None,
+    );
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("exited with status 2") && !r.stderr.contains("--allow-empty"),
+        "{}",
+        r.stderr
+    );
     assert_eq!(repo.snapshot_ids(), vec![snap_id(&good)]);
     assert_eq!(
         repo.restore("latest").ok().stdout,
