@@ -260,3 +260,17 @@ impl Drop for Restored {
         let _ = as_postgres("pg_ctl", &["-D", &d, "-m", "immediate", "stop"]);
     }
 }
+
+/// A cluster archiving into `archive` as source `name`.
+pub fn production(archive: &Archive, name: &str) -> crate::PgCluster {
+    let settings = format!(
+        "archive_mode = on\n{}\nwal_level = replica\n",
+        archive.archive_command(name)
+    );
+    crate::PgCluster::with_tcp(Some((&settings, "local replication all trust")))
+}
+
+/// A `--to` naming a data directory.
+pub fn pgdata(dir: &Path) -> String {
+    format!("pgdata:{}", dir.display())
+}
