@@ -76,19 +76,6 @@ fn strip_newline(mut s: String) -> String {
     s
 }
 
-/// The first line of a password file, wiped from memory when dropped.
-pub fn password_file(f: &Path) -> Result<Zeroizing<String>> {
-    let s = Zeroizing::new(
-        std::fs::read_to_string(f)
-            .with_context(|| format!("cannot read the password file {}", f.display()))?,
-    );
-    let first = Zeroizing::new(s.lines().next().unwrap_or("").to_string());
-    if first.is_empty() {
-        bail!("the password file {} is empty", f.display());
-    }
-    Ok(first)
-}
-
 /// The passphrase: `--password-file`/`DBVAULT_PASSWORD_FILE`, else `DBVAULT_PASSWORD`, else a
 /// prompt on the terminal (twice when creating a repository).
 ///
@@ -110,7 +97,7 @@ pub fn passphrase_from(
     confirm: bool,
 ) -> Result<Zeroizing<String>> {
     if let Some(f) = file {
-        return password_file(f);
+        return dbvault_jobs::access::password_file(f);
     }
     if let Ok(p) = std::env::var(var) {
         let p = Zeroizing::new(p);

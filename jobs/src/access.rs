@@ -7,14 +7,32 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use dbvault_core::backend::local::LocalBackend;
 use dbvault_core::backend::s3::{S3Backend, S3Options};
 use dbvault_core::backend::Backend;
 use dbvault_core::lock::{LockKind, LockOptions};
 use dbvault_core::Repository;
+use zeroize::Zeroizing;
 
 use crate::config::RepoConfig;
+
+/// The first line of a passphrase file (without its line ending), wiped from memory when
+/// dropped.
+///
+/// # Errors
+/// The file cannot be read, or its first line is empty.
+pub fn password_file(f: &Path) -> Result<Zeroizing<String>> {
+    let s = Zeroizing::new(
+        std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read the password file {}", f.display()))?,
+    );
+    let first = Zeroizing::new(s.lines().next().unwrap_or("").to_string());
+    if first.is_empty() {
+        bail!("the password file {} is empty", f.display());
+    }
+    Ok(first)
+}
 
 /// How repositories are reached.
 #[derive(Clone)]

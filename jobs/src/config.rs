@@ -38,6 +38,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use dbvault_core::retention::{Policy, Span};
 use serde::Deserialize;
+use zeroize::Zeroizing;
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -117,7 +118,6 @@ pub struct Metrics {
 
 /// One source.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Source {
     /// Source name (snapshot group).
     pub name: String,
@@ -142,24 +142,11 @@ pub struct Source {
     /// (`backup --enable-row-security`).
     #[serde(default)]
     pub enable_row_security: bool,
-    /// PostgreSQL selections, as `backup --table` etc. (lists of patterns).
-    #[serde(default)]
-    pub table: Vec<String>,
-    /// `--exclude-table` patterns.
-    #[serde(default)]
-    pub exclude_table: Vec<String>,
-    /// `--exclude-table-data` patterns.
-    #[serde(default)]
-    pub exclude_table_data: Vec<String>,
-    /// `--schema` patterns.
-    #[serde(default)]
-    pub schema: Vec<String>,
-    /// `--exclude-schema` patterns.
-    #[serde(default)]
-    pub exclude_schema: Vec<String>,
-    /// `--schema-only`.
-    #[serde(default)]
-    pub schema_only: bool,
+    /// PostgreSQL selections: `table`, `exclude_table`, `exclude_table_data`, `schema`,
+    /// `exclude_schema` (lists of patterns) and `schema_only`, as `backup`'s options of
+    /// the same names (one type for both).
+    #[serde(flatten)]
+    pub selection: dbvault_formats::postgres::Selection,
     /// An SQLite source backed up continuously by `dbvault follow`: the least time between
     /// two snapshots (e.g. `"10s"`). `run` still takes its nightly snapshot (a safety net,
     /// costing only the pages changed since the follower's last one).
@@ -178,6 +165,10 @@ pub struct Source {
     /// With `physical`: the server's `archive_timeout`, to judge a stalled archive by when
     /// the server cannot be asked (default: the server's own setting).
     pub archive_timeout: Option<String>,
+    /// Keys no field took: an error naming them (`deny_unknown_fields` cannot be combined
+    /// with the flattened selection).
+    #[serde(flatten)]
+    unknown: BTreeMap<String, toml::Value>,
 }
 
 impl Source {
@@ -204,14 +195,7 @@ impl Source {
 
     /// Its PostgreSQL selection.
     pub fn selection(&self) -> dbvault_formats::postgres::Selection {
-        dbvault_formats::postgres::Selection {
-            table: self.table.clone(),
-            exclude_table: self.exclude_table.clone(),
-            exclude_table_data: self.exclude_table_data.clone(),
-            schema: self.schema.clone(),
-            exclude_schema: self.exclude_schema.clone(),
-            schema_only: self.schema_only,
-        }
+        self.selection.clone()
     }
 
     /// `follow` and `compact_every`, when this source is followed.
@@ -382,6 +366,13 @@ pub fn load(path: &Path) -> Result<Config> {
         }
     }
     for s in &cfg.source {
+        if let Some(k) = s.unknown.keys().next() {
+            let msg = format!("source {}: unknown field `{k}`", s.name);
+            return Err(match key_line(&text, &s.name, k) {
+                Some(l) => anyhow!("{}:{l}: {msg}", path.display()),
+                None => at(msg),
+            });
+        }
         s.target().map_err(|e| at(e.to_string()))?;
         s.max_age_secs()
             .map_err(|e| at(format!("source {}: max_age: {e}", s.name)))?;
@@ -407,6 +398,28 @@ pub fn load(path: &Path) -> Result<Config> {
         }
     }
     Ok(cfg)
+}
+
+/// The line of key `key` in the `[[source]]` whose name is `name` (the first line after
+/// that name that sets it): serde's flatten keeps no position for keys no field took.
+fn key_line(text: &str, name: &str, key: &str) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let sets = |l: &str, k: &str| {
+        l.trim_start()
+            .strip_prefix(k)
+            .is_some_and(|r| r.trim_start().starts_with('='))
+    };
+    let named = lines.iter().position(|l| {
+        sets(l, "name") && l.split_once('=').is_some_and(|(_, v)| v.trim().trim_matches('"') == name)
+    })?;
+    let start = lines[..named]
+        .iter()
+        .rposition(|l| l.trim_start().starts_with("[[source]]"))
+        .unwrap_or(0);
+    (start..lines.len())
+        .take_while(|&i| i <= named || !lines[i].trim_start().starts_with('['))
+        .find(|&i| sets(lines[i], key))
+        .map(|i| i + 1)
 }
 
 impl Config {
@@ -449,23 +462,14 @@ impl Config {
     }
 }
 
-/// Reads the passphrase a repository's configuration names.
-pub fn passphrase(name: &str, r: &RepoConfig) -> Result<String> {
+/// Reads the passphrase a repository's configuration names (wiped from memory when
+/// dropped).
+///
+/// # Errors
+/// The file or command failing, or no source of a passphrase set.
+pub fn passphrase(name: &str, r: &RepoConfig) -> Result<Zeroizing<String>> {
     if let Some(f) = r.password_file.as_ref().map(|f| f.get_ref()) {
-        let s = std::fs::read_to_string(f).with_context(|| {
-            format!(
-                "repository {name}: cannot read the password file {}",
-                f.display()
-            )
-        })?;
-        let first = s.lines().next().unwrap_or("").to_string();
-        if first.is_empty() {
-            bail!(
-                "repository {name}: the password file {} is empty",
-                f.display()
-            );
-        }
-        return Ok(first);
+        return crate::access::password_file(f).with_context(|| format!("repository {name}"));
     }
     if let Some(c) = &r.password_command {
         let out = dbvault_core::secrets::scrub(&mut std::process::Command::new("sh"))
@@ -474,18 +478,21 @@ pub fn passphrase(name: &str, r: &RepoConfig) -> Result<String> {
             .stderr(std::process::Stdio::inherit())
             .output()
             .with_context(|| format!("repository {name}: cannot run password_command"))?;
-        let first = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .next()
-            .unwrap_or("")
-            .to_string();
+        let stdout = Zeroizing::new(out.stdout);
+        let first = Zeroizing::new(
+            String::from_utf8_lossy(&stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string(),
+        );
         if !out.status.success() || first.is_empty() {
             bail!("repository {name}: password_command failed or printed nothing");
         }
         return Ok(first);
     }
     if let Some(p) = &r.password {
-        return Ok(p.clone());
+        return Ok(Zeroizing::new(p.clone()));
     }
     bail!("repository {name}: no passphrase source: set password_file or password_command")
 }
@@ -504,5 +511,34 @@ mod tests {
             .expect("policy")
             .is_some_and(|p| p.daily == 14));
         assert_eq!(cfg.repo_of(&cfg.source[0]).expect("repo"), "main");
+    }
+
+    /// The selection keys are the `Selection` type's own; a key no field takes is an
+    /// error naming the source and its line (a typo must not widen a selective backup).
+    #[test]
+    fn selections_parse_and_unknown_source_keys_name_their_line() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "x\n").expect("pw");
+        let head = format!("[repository.main]\nurl = \"/r\"\npassword_file = \"{}\"\n", pw.display());
+        let good = format!("{head}\n[[source]]\nname = \"a\"\npostgres = \"postgres:///a\"\ntable = [\"t*\"]\nexclude_table_data = [\"logs\"]\nschema_only = true\nrepository = \"main\"\n");
+        let f = dir.path().join("good.toml");
+        std::fs::write(&f, good).expect("write");
+        let cfg = load(&f).expect("load");
+        let sel = cfg.source[0].selection();
+        assert_eq!(sel.table, ["t*"]);
+        assert_eq!(sel.exclude_table_data, ["logs"]);
+        assert!(sel.schema_only && sel.schema.is_empty());
+        assert_eq!(cfg.repo_of(&cfg.source[0]).expect("repo"), "main");
+        let bad = format!("{head}\n[[source]]\nname = \"a\"\nsqlite = \"/a.db\"\n\n[[source]]\nname = \"b\"\npostgres = \"postgres:///b\"\nexclude_tabel = [\"x\"]\n");
+        let f = dir.path().join("bad.toml");
+        std::fs::write(&f, bad).expect("write");
+        let e = load(&f).expect_err("typo").to_string();
+        assert!(e.ends_with(":12: source b: unknown field `exclude_tabel`"), "{e}");
+        // A source's own keys keep their position beside the flattened selection.
+        let f = dir.path().join("repo.toml");
+        std::fs::write(&f, format!("{head}\n[[source]]\nname = \"a\"\nsqlite = \"/a.db\"\nrepository = \"offsite\"\n")).expect("write");
+        let e = load(&f).expect_err("no such repository").to_string();
+        assert!(e.ends_with(":8: source a: no repository named \"offsite\""), "{e}");
     }
 }

@@ -5,7 +5,8 @@
 //! - [`backup`]: a [`job::Job`] of any source kind, routed to its format.
 //! - [`config`]: the configuration file's model; [`run`]: its nightly job as a typed
 //!   report; [`metrics`]: the Prometheus textfile; [`status`]: every source's state.
-//! - [`restore`]: a logical snapshot of any kind to any target.
+//! - [`restore`]: a logical snapshot of any kind to any target; [`recover`]: a base
+//!   backup to a moment, as a cluster or single tables.
 //! - [`follow`]: continuous SQLite backup, stopped by a [`follow::Stop`] handle.
 //! - [`maintain`]: retention per source, prune with its report, the offsite copy.
 //! - [`events`]: the trait through which a job reports progress, notes and warnings.
@@ -24,10 +25,12 @@ pub mod maintain;
 pub mod metrics;
 pub mod night;
 pub mod physical;
+pub mod recover;
 pub mod restore;
 pub mod restore_test;
 pub mod run;
 pub mod status;
+pub mod wal_fetch;
 pub mod wal_health;
 
 /// `1.5 MiB`-style sizes.

@@ -57,9 +57,11 @@ pub struct BackupArgs {
     /// table whose rows the role would not all see stops the backup.
     #[arg(long)]
     pub enable_row_security: bool,
-    /// What to select, as pg_dump's options of the same names.
+    /// What to select, as pg_dump's options of the same names (patterns as pg_dump takes
+    /// them: `*`, `?`, `schema.table`, double quotes for case; each repeatable). The
+    /// snapshot records the selection and says it is not the whole database.
     #[command(flatten)]
-    pub selection: SelectionArgs,
+    pub selection: dbvault_formats::postgres::Selection,
     /// Parallel COPY connections for a postgres:// source (default: the number of cores).
     #[arg(long, value_name = "N")]
     pub jobs: Option<usize>,
@@ -80,31 +82,6 @@ pub struct BackupArgs {
     /// sqlite or raw (detected from the first bytes when absent).
     #[arg(long, value_name = "FORMAT")]
     pub format: Option<String>,
-}
-
-/// Backup selections for a postgres:// source, with pg_dump's names and meaning (patterns
-/// as pg_dump takes them: `*`, `?`, `schema.table`, double quotes for case). Each is
-/// repeatable. The snapshot records the selection and says it is not the whole database.
-#[derive(Args, Debug, Default, Clone)]
-pub struct SelectionArgs {
-    /// Only tables (sequences, views) matching PATTERN; `--schema` is then ignored.
-    #[arg(short = 't', long = "table", value_name = "PATTERN")]
-    pub table: Vec<String>,
-    /// Leave out tables matching PATTERN.
-    #[arg(short = 'T', long = "exclude-table", value_name = "PATTERN")]
-    pub exclude_table: Vec<String>,
-    /// Keep the definition of tables matching PATTERN but not their rows.
-    #[arg(long = "exclude-table-data", value_name = "PATTERN")]
-    pub exclude_table_data: Vec<String>,
-    /// Only schemas matching PATTERN.
-    #[arg(short = 'n', long = "schema", value_name = "PATTERN")]
-    pub schema: Vec<String>,
-    /// Leave out schemas matching PATTERN.
-    #[arg(short = 'N', long = "exclude-schema", value_name = "PATTERN")]
-    pub exclude_schema: Vec<String>,
-    /// Only the schema: no rows, sequence values or large objects.
-    #[arg(long)]
-    pub schema_only: bool,
 }
 
 /// `snapshots` options.

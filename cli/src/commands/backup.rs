@@ -2,7 +2,7 @@
 
 use anyhow::{anyhow, Context, Result};
 use dbvault_core::lock::LockKind;
-use dbvault_formats::postgres::{PgSource, Selection};
+use dbvault_formats::postgres::PgSource;
 use dbvault_formats::StreamFormat;
 use dbvault_jobs::backup::{backup_into, input, Input, Job};
 
@@ -17,18 +17,6 @@ fn snapshot_time(a: &BackupArgs) -> Result<chrono::DateTime<chrono::FixedOffset>
     }
 }
 
-/// The selection options as the formats crate takes them.
-pub fn selection(a: &crate::args::SelectionArgs) -> Selection {
-    Selection {
-        table: a.table.clone(),
-        exclude_table: a.exclude_table.clone(),
-        exclude_table_data: a.exclude_table_data.clone(),
-        schema: a.schema.clone(),
-        exclude_schema: a.exclude_schema.clone(),
-        schema_only: a.schema_only,
-    }
-}
-
 /// The job `backup`'s arguments describe.
 pub fn job_of(a: &BackupArgs) -> Job {
     Job {
@@ -39,7 +27,7 @@ pub fn job_of(a: &BackupArgs) -> Job {
         jobs: a.jobs,
         all_databases: a.all_databases,
         enable_row_security: a.enable_row_security,
-        selection: selection(&a.selection),
+        selection: a.selection.clone(),
         physical: a.physical.then(|| {
             a.wal_wait
                 .as_deref()

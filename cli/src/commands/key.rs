@@ -24,7 +24,7 @@ pub fn kdf_params(a: &KdfArgs) -> Result<KdfParams> {
 /// The new passphrase: `--new-password-file`, else a prompt (twice) on the terminal.
 fn new_passphrase(a: &KeyNewArgs) -> Result<Zeroizing<String>> {
     if let Some(f) = &a.new_password_file {
-        return repo_access::password_file(f);
+        return dbvault_jobs::access::password_file(f);
     }
     if std::fs::File::open("/dev/tty").is_err() {
         bail!("no new passphrase: use --new-password-file FILE");

@@ -35,15 +35,6 @@ fn target(to: &str) -> Result<Target<'_>> {
     bail!("unknown restore target {to:?}: use - (stdout), postgres://… or sqlite:PATH")
 }
 
-/// The database URL a target names (`None`: stdout; an SQLite file is refused).
-fn tgt_url(t: &Target<'_>) -> Option<Option<String>> {
-    match t {
-        Target::Stdout => Some(None),
-        Target::Postgres(u) => Some(Some((*u).to_string())),
-        Target::Sqlite(_) => None,
-    }
-}
-
 pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<()> {
     if let Some(dir) = a.to.strip_prefix("pgdata:") {
         return super::physical::restore(cli, a, Path::new(dir));
@@ -64,7 +55,12 @@ pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<()> {
     )?;
     let format = SnapshotFormat::of(&snap)?;
     if format == SnapshotFormat::PgPhysical {
-        return super::physical::restore_tables(&repo, &id, &snap, a, &tgt_url(&tgt));
+        let url = match tgt {
+            Target::Stdout => None,
+            Target::Postgres(u) => Some(u),
+            Target::Sqlite(_) => bail!("a physical snapshot restores --to pgdata:DIR, or single tables --to postgres://… or --to -"),
+        };
+        return super::physical::restore_tables(cli, &repo, &id, &snap, a, url);
     }
     if a.target_lsn.is_some()
         || a.target_xid.is_some()

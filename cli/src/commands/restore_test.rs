@@ -21,6 +21,7 @@ pub fn run(cli: &Cli, a: &RestoreTestArgs) -> Result<ExitCode> {
     if let Some(s) = &scratch {
         crate::output::warn_url_password(s);
     }
+    let fetch = super::physical::fetch_command(cli)?;
     let req = TestRequest {
         scratch: scratch.as_ref(),
         target_time: a
@@ -28,7 +29,7 @@ pub fn run(cli: &Cli, a: &RestoreTestArgs) -> Result<ExitCode> {
             .as_deref()
             .map(crate::output::parse_time)
             .transpose()?,
-        relay_command: &super::physical::relay_command,
+        relay_command: &|socket| fetch.relay(socket),
     };
     let Tested {
         record: out,
