@@ -8,7 +8,8 @@
 //! - [`restore`]: a logical snapshot of any kind to any target; [`recover`]: a base
 //!   backup to a moment, as a cluster or single tables.
 //! - [`follow`]: continuous SQLite backup, stopped by a [`follow::Stop`] handle.
-//! - [`maintain`]: retention per source, prune with its report, the offsite copy.
+//! - [`forget`]: retention rules or ids; [`maintain`]: retention per source, prune with
+//!   its report, the offsite copy.
 //! - [`events`]: the trait through which a job reports progress, notes and warnings.
 //!
 //! Errors are `anyhow` chains whose sources are the libraries' own errors: a front end
@@ -20,6 +21,7 @@ pub mod backup;
 pub mod config;
 pub mod events;
 pub mod follow;
+pub mod forget;
 pub mod job;
 pub mod maintain;
 pub mod metrics;

@@ -9,41 +9,25 @@ use dbvault_core::retention;
 use dbvault_core::{Id, Repository, Snapshot};
 use dbvault_formats::postgres::physical::copy::{copy_wal, WalCopied};
 
+use dbvault_formats::kind::SnapshotFormat;
+
 use crate::events::Events;
 
 /// Forgets the snapshots of source `name` that `policy` does not keep (an empty policy
-/// forgets nothing); returns how many.
+/// forgets nothing), and their WAL; returns how many snapshots.
 ///
 /// # Errors
 /// Reading the snapshots or writing the forget records failed.
-pub fn forget_by_policy(
-    repo: &dbvault_core::Repository,
-    name: &str,
-    policy: &retention::Policy,
-) -> Result<usize> {
+pub fn forget_by_policy(repo: &Repository, name: &str, policy: &retention::Policy) -> Result<usize> {
     if policy.is_empty() {
         return Ok(0);
     }
-    let (snaps, _) = repo.readable_snapshots()?;
-    let list: Vec<_> = snaps
-        .iter()
-        .filter(|(_, x)| x.name == name)
-        .map(|(id, x)| (*id, x.name.clone(), x.time))
-        .collect();
-    let doomed: Vec<_> = retention::apply_grouped(&list, policy, &chrono::Local)
-        .into_values()
-        .flatten()
-        .filter(|v| v.reasons.is_empty())
-        .map(|v| v.id)
-        .collect();
-    repo.forget_snapshots(&doomed)?;
-    // A physical source's WAL goes with its base backups, as in `forget`.
-    let kept: Vec<_> = snaps
-        .into_iter()
-        .filter(|(id, x)| x.name == name && !doomed.contains(id))
-        .collect();
-    crate::physical::forget_wal(repo, &kept, None, false)?;
-    Ok(doomed.len())
+    let req = crate::forget::ForgetRequest {
+        name: Some(name.to_string()),
+        policy: policy.clone(),
+        ..Default::default()
+    };
+    Ok(crate::forget::forget(repo, &req)?.forgotten().len())
 }
 
 /// Prunes an exclusively locked repository, telling `ev` each step; unless a dry run,
@@ -145,7 +129,7 @@ pub fn catch_up(
         if let Some(newest) = all
             .iter()
             .filter(|(_, s)| {
-                &s.name == name && s.source.format == dbvault_formats::postgres::physical::FORMAT
+                &s.name == name && SnapshotFormat::of(s).is_ok_and(|f| f == SnapshotFormat::PgPhysical)
             })
             .next_back()
         {
@@ -154,4 +138,52 @@ pub fn catch_up(
     }
     let wal = copy_wal(from, to, &for_wal)?;
     Ok((copy_snapshots(from, &which, to, &mut |_| {})?, wal))
+}
+
+/// The snapshots `copy` takes: those `selectors` name (ids, prefixes, `latest`), else
+/// every one of source `name`, else every one; and the manifests that could not be read
+/// (not copied).
+///
+/// # Errors
+/// A selector that names nothing, no snapshots of `name`, reading the repository.
+pub fn chosen_for_copy(
+    from: &Repository,
+    selectors: &[String],
+    name: Option<&str>,
+) -> Result<(Vec<(Id, Snapshot)>, Vec<String>)> {
+    if !selectors.is_empty() {
+        let which = selectors
+            .iter()
+            .map(|s| Ok(from.find_snapshot(s, name)?))
+            .collect::<Result<_>>()?;
+        return Ok((which, Vec::new()));
+    }
+    let (all, damaged) = from.readable_snapshots()?;
+    let all: Vec<_> = all
+        .into_iter()
+        .filter(|(_, s)| name.is_none_or(|n| s.name == n))
+        .collect();
+    if let (true, Some(n)) = (all.is_empty(), name) {
+        anyhow::bail!("no snapshots of source {n:?}");
+    }
+    Ok((all, damaged.iter().map(ToString::to_string).collect()))
+}
+
+/// Copies `which` from `from` into `to`: first the WAL of the physical sources among them
+/// (a base backup in the target is only worth its WAL), then the snapshots, telling
+/// `each` about every one as it is done.
+///
+/// # Errors
+/// Reading either repository, or writing the target.
+pub fn copy(
+    from: &Repository,
+    to: &Repository,
+    which: &[(Id, Snapshot)],
+    each: &mut dyn FnMut(&Copied),
+) -> Result<(Vec<WalCopied>, CopyReport)> {
+    if from.config().id == to.config().id {
+        anyhow::bail!("--to-repo is the repository being copied from");
+    }
+    let wal = copy_wal(from, to, which)?;
+    Ok((wal, copy_snapshots(from, which, to, each)?))
 }

@@ -276,3 +276,62 @@ fn a_postgresql_error_reaches_the_front_end_with_its_kind_and_sqlstate() {
     assert!(format!("{e:#}").contains("no snapshot recorded"), "{e:#}");
     assert!(repo.snapshot_ids().expect("ids").is_empty());
 }
+
+/// A script restore goes through psql: its error keeps the SQLSTATE too. The table's
+/// owner at backup time no longer exists: `ALTER TABLE … OWNER TO` fails with 42704,
+/// undefined_object, and the restore stops there.
+#[test]
+fn a_script_restore_failing_in_psql_keeps_its_sqlstate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    private_cache();
+    let src = dbvault_tests::PgDb::new("jobs_psql_src");
+    src.sql("CREATE TABLE t (a int); INSERT INTO t SELECT generate_series(1, 3)");
+    let role = format!("dbv_gone_{}", std::process::id());
+    src.sql(&format!("CREATE ROLE {role}; ALTER TABLE t OWNER TO {role}"));
+    let dst = dbvault_tests::PgDb::new("jobs_psql_dst");
+    let backend = Arc::new(LocalBackend::new(dir.path().join("repo")));
+    let kdf = KdfParams {
+        m_kib: 8 * 1024,
+        t: 1,
+        p: 1,
+    };
+    Repository::init(backend.clone(), b"pw", kdf, RepoConfig::default()).expect("init");
+    let access = Access::default();
+    let repo = access.open(backend, "pw").expect("open");
+    access
+        .lock(&repo, dbvault_core::lock::LockKind::Shared, "test")
+        .expect("lock");
+    let job = dbvault_jobs::job::Job {
+        source: None,
+        command: Some(src.dump_cmd()),
+        name: Some("script".into()),
+        tags: Vec::new(),
+        jobs: Some(1),
+        all_databases: false,
+        enable_row_security: false,
+        selection: Default::default(),
+        physical: None,
+        pgdata: None,
+        allow_empty: false,
+    };
+    dbvault_jobs::backup::backup_into(&dbvault_jobs::events::Quiet, &repo, &job, None, None)
+        .expect("backup");
+    let (id, snap) = repo.find_snapshot("latest", Some("script")).expect("latest");
+    src.sql(&format!("ALTER TABLE t OWNER TO CURRENT_USER; DROP ROLE {role}"));
+    let target = dbvault_formats::postgres::PgSource::parse(&dst.url()).expect("url");
+    let e = dbvault_jobs::restore::restore(
+        &repo,
+        &id,
+        &snap,
+        &dbvault_jobs::restore::Request::default(),
+        dbvault_jobs::restore::Destination::Postgres(&target),
+        &|_| {},
+    )
+    .expect_err("the owner is gone");
+    let pg = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<dbvault_formats::FormatError>())
+        .unwrap_or_else(|| panic!("no FormatError in {e:#}"));
+    assert_eq!(pg.sqlstate(), Some("42704"), "{e:#}");
+    assert!(format!("{e:#}").contains("does not exist"), "{e:#}");
+}

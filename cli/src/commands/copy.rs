@@ -2,10 +2,11 @@
 //! nightly offsite copy `run` makes for a repository with `copy_to`.
 
 use anyhow::{Context, Result};
-use dbvault_core::copy::{copy_snapshots, Copied, CopyReport};
+use dbvault_core::copy::{Copied, CopyReport};
 use dbvault_core::lock::LockKind;
-use dbvault_core::{Id, Repository, Snapshot};
-use dbvault_formats::postgres::physical::copy::{copy_wal, WalCopied};
+use dbvault_core::Repository;
+use dbvault_jobs::maintain::{chosen_for_copy, copy};
+use dbvault_formats::postgres::physical::copy::WalCopied;
 
 use crate::args::{Cli, CopyArgs};
 use crate::output;
@@ -14,19 +15,12 @@ use crate::repo_access;
 pub fn run(cli: &Cli, a: &CopyArgs) -> Result<()> {
     let from = repo_access::open_locked(cli, LockKind::Shared, "copy")?;
     let to = open_target(cli, a)?;
-    if from.config().id == to.config().id {
-        anyhow::bail!("--to-repo is the repository being copied from");
+    let (which, damaged) = chosen_for_copy(&from, &a.snapshots, a.name.as_deref())?;
+    for e in &damaged {
+        eprintln!("dbvault: warning: {e} (not copied)");
     }
-    let which = select(&from, a)?;
     let human = !cli.json;
-    // The WAL first: a base backup in the target is only worth its WAL.
-    let wal = copy_wal(&from, &to, &which)?;
-    if human {
-        for w in &wal {
-            crate::outln!("{}", describe_wal(w));
-        }
-    }
-    let report = copy_snapshots(&from, &which, &to, &mut |c| {
+    let (wal, report) = copy(&from, &to, &which, &mut |c| {
         if human {
             crate::outln!("{}", describe(c));
         }
@@ -39,6 +33,9 @@ pub fn run(cli: &Cli, a: &CopyArgs) -> Result<()> {
         j["wal"] = wal_json(&wal);
         output::json(&j);
     } else {
+        for w in &wal {
+            crate::outln!("{}", describe_wal(w));
+        }
         let (new, present) = dbvault_jobs::maintain::copy_counts(&report);
         crate::outln!(
             "{new} snapshot(s) copied, {present} already in the target; {} added",
@@ -67,30 +64,6 @@ fn open_target(cli: &Cli, a: &CopyArgs) -> Result<Repository> {
         .with_context(|| format!("target repository {}", a.to_repo))?;
     repo_access::lock(cli, &to, LockKind::Shared, "copy")?;
     Ok(to)
-}
-
-/// The snapshots named (each `latest` resolved), else all of `--name`, else all.
-fn select(from: &Repository, a: &CopyArgs) -> Result<Vec<(Id, Snapshot)>> {
-    if a.snapshots.is_empty() {
-        let (all, damaged) = from.readable_snapshots()?;
-        for e in &damaged {
-            eprintln!("dbvault: warning: {e} (not copied)");
-        }
-        let all: Vec<_> = all
-            .into_iter()
-            .filter(|(_, s)| a.name.as_deref().is_none_or(|n| s.name == n))
-            .collect();
-        if all.is_empty() {
-            if let Some(n) = &a.name {
-                anyhow::bail!("no snapshots of source {n:?}");
-            }
-        }
-        return Ok(all);
-    }
-    a.snapshots
-        .iter()
-        .map(|s| Ok(from.find_snapshot(s, a.name.as_deref())?))
-        .collect()
 }
 
 /// One line per snapshot, as it is done.

@@ -2,7 +2,8 @@
 
 use anyhow::{bail, Result};
 use dbvault_core::lock::LockKind;
-use dbvault_core::retention::{self, Verdict};
+use dbvault_core::retention::Verdict;
+use dbvault_jobs::forget::{forget, ids_named, ForgetRequest, Forgotten};
 
 use crate::args::{Cli, ForgetArgs};
 use crate::commands::{policy, prune};
@@ -32,46 +33,30 @@ pub fn run(cli: &Cli, a: &ForgetArgs) -> Result<()> {
             ),
         },
     };
-    if rules.is_empty() {
-        bail!("every rule is zero: that would forget all but the latest snapshot of each source; give at least one rule above zero");
-    }
-    let (snaps, damaged) = repo.readable_snapshots()?;
-    for e in &damaged {
-        eprintln!("dbvault: warning: {e} (neither kept nor forgotten)");
-    }
-    let list: Vec<_> = snaps
-        .iter()
-        .filter(|(_, s)| a.name.as_deref().is_none_or(|n| s.name == n))
-        .map(|(id, s)| (*id, s.name.clone(), s.time))
-        .collect();
-    if list.is_empty() {
-        if let Some(n) = &a.name {
-            bail!("no snapshots of source {n:?}");
-        }
-    }
-    let groups = retention::apply_grouped(&list, &rules, &chrono::Local);
-    let doomed: Vec<_> = groups
-        .values()
-        .flatten()
-        .filter(|v| v.reasons.is_empty())
-        .map(|v| v.id)
-        .collect();
-    if !a.dry_run {
-        repo.forget_snapshots(&doomed)?;
-    }
-    // WAL that no kept base backup needs goes with the base backups (before prune, so its
-    // data is reclaimed with theirs).
-    let keep_wal = a
+    let keep_wal_within = a
         .keep_wal_within
         .as_deref()
         .map(dbvault_core::retention::Span::parse)
         .transpose()?;
-    let kept: Vec<_> = snaps
-        .iter()
-        .filter(|(id, _)| !doomed.contains(id))
-        .cloned()
-        .collect();
-    let wal = dbvault_jobs::physical::forget_wal(&repo, &kept, keep_wal, a.dry_run)?;
+    let req = ForgetRequest {
+        name: a.name.clone(),
+        policy: rules.clone(),
+        keep_wal_within,
+        dry_run: a.dry_run,
+    };
+    let Forgotten {
+        groups,
+        wal,
+        damaged,
+    } = forget(&repo, &req)?;
+    for e in &damaged {
+        eprintln!("dbvault: warning: {e} (neither kept nor forgotten)");
+    }
+    if groups.is_empty() {
+        if let Some(n) = &a.name {
+            bail!("no snapshots of source {n:?}");
+        }
+    }
     let pruned = if prune_after {
         Some(dbvault_jobs::maintain::prune_and_record(
             &crate::output::events(cli),
@@ -155,20 +140,7 @@ pub fn run(cli: &Cli, a: &ForgetArgs) -> Result<()> {
 /// `forget ID…`: those snapshots, readable or not (a damaged manifest is matched by its
 /// file name, never read).
 fn by_id(cli: &Cli, repo: &dbvault_core::Repository, a: &ForgetArgs) -> Result<()> {
-    let all = repo.snapshot_ids()?;
-    let mut ids = Vec::new();
-    for sel in &a.snapshots {
-        let s = sel.to_ascii_lowercase();
-        let m: Vec<_> = all
-            .iter()
-            .filter(|id| !s.is_empty() && id.to_hex().starts_with(&s))
-            .collect();
-        match m.as_slice() {
-            [one] => ids.push(**one),
-            [] => bail!("no snapshot matches {sel:?}"),
-            _ => bail!("snapshot id prefix {sel:?} matches {} snapshots", m.len()),
-        }
-    }
+    let ids = ids_named(repo, &a.snapshots)?;
     let described: Vec<String> = ids
         .iter()
         .map(|id| match repo.load_snapshot(id) {

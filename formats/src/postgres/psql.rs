@@ -48,6 +48,9 @@ impl PgSource {
             "-q",
             "-v",
             "ON_ERROR_STOP=1",
+            // `ERROR:  42P01: …`: the SQLSTATE goes into the error (see `summarize`).
+            "-v",
+            "VERBOSITY=verbose",
             "--echo-errors",
             "-d",
             &self.url.public,
@@ -92,10 +95,11 @@ impl PgSource {
         let status = child.wait().map_err(no_psql)?;
         let errs = errs.join().unwrap_or_default();
         if !status.success() {
+            let (message, sqlstate) = summarize_psql_error(&errs);
             return Err(FormatError::Postgres {
                 context: format!("{what} failed"),
-                message: summarize_psql_error(&errs),
-                sqlstate: None,
+                message,
+                sqlstate,
             });
         }
         fed
@@ -127,6 +131,8 @@ impl PgSource {
                 "-q",
                 "-v",
                 "ON_ERROR_STOP=1",
+                "-v",
+                "VERBOSITY=verbose",
                 "-d",
                 &self.url.public,
                 "-c",
@@ -136,10 +142,11 @@ impl PgSource {
             .output()
             .map_err(no_psql)?;
         if !out.status.success() {
+            let (message, sqlstate) = summarize_psql_error(&String::from_utf8_lossy(&out.stderr));
             return Err(FormatError::Postgres {
                 context: self.url.public.clone(),
-                message: summarize_psql_error(&String::from_utf8_lossy(&out.stderr)),
-                sqlstate: None,
+                message,
+                sqlstate,
             });
         }
         Ok(String::from_utf8_lossy(&out.stdout)
@@ -149,8 +156,9 @@ impl PgSource {
     }
 }
 
-/// One line from psql's stderr: the ERROR and the statement it was running.
-fn summarize_psql_error(stderr: &str) -> String {
+/// One line from psql's stderr (the ERROR and the statement it was running), and the
+/// SQLSTATE that `VERBOSITY=verbose` puts before the message.
+fn summarize_psql_error(stderr: &str) -> (String, Option<String>) {
     let lines: Vec<&str> = stderr
         .lines()
         .map(str::trim)
@@ -166,8 +174,17 @@ fn summarize_psql_error(stderr: &str) -> String {
         .iter()
         .position(|l| l.contains("ERROR:"))
         .and_then(|i| {
-            lines[i + 1..].iter().find(|l| {
-                !l.starts_with("DETAIL") && !l.starts_with("HINT") && !l.starts_with("LINE")
+            // psql's echo (`STATEMENT:`), else the first line that is not the error's
+            // DETAIL, HINT, LOCATION or the `LINE 1:` quote and its `^` marker.
+            let after = &lines[i + 1..];
+            after.iter().find(|l| l.starts_with("STATEMENT:")).or_else(|| {
+                after.iter().find(|l| {
+                    !l.starts_with("DETAIL")
+                        && !l.starts_with("HINT")
+                        && !l.starts_with("LINE")
+                        && !l.starts_with("LOCATION")
+                        && !l.starts_with('^')
+                })
             })
         })
         .map(|s| {
@@ -176,10 +193,40 @@ fn summarize_psql_error(stderr: &str) -> String {
             format!("; statement: {}", s.chars().take(200).collect::<String>())
         })
         .unwrap_or_default();
-    // `psql:<stdin>:12: ERROR:  x` and `ERROR:  x` alike read `ERROR: x`.
+    // `psql:<stdin>:12: ERROR:  42P01: x` and `ERROR:  x` alike read `ERROR: x`.
+    let mut sqlstate = None;
     let error = match error.find("ERROR:") {
-        Some(i) => format!("ERROR: {}", error[i + 6..].trim()),
+        Some(i) => {
+            let rest = error[i + 6..].trim();
+            let code = rest.get(..5).filter(|c| {
+                c.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
+                    && rest[5..].starts_with(':')
+            });
+            let rest = match code {
+                Some(c) => {
+                    sqlstate = Some(c.to_string());
+                    rest[6..].trim()
+                }
+                None => rest,
+            };
+            format!("ERROR: {rest}")
+        }
         None => error.to_string(),
     };
-    format!("{error}{statement}")
+    (format!("{error}{statement}"), sqlstate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::summarize_psql_error;
+
+    #[test]
+    fn the_sqlstate_of_a_verbose_error_is_kept_apart_from_its_message() {
+        let err = "psql:<stdin>:12: ERROR:  42P01: relation \"nope\" does not exist\nLINE 1: select * from nope;\n                      ^\nLOCATION:  parserOpenTable, parse_relation.c:1384\nSTATEMENT:  select * from nope;\n";
+        let (m, code) = summarize_psql_error(err);
+        assert_eq!(m, "ERROR: relation \"nope\" does not exist; statement: select * from nope;");
+        assert_eq!(code.as_deref(), Some("42P01"));
+        let (m, code) = summarize_psql_error("ERROR:  syntax error at end of input\n");
+        assert_eq!((m.as_str(), code), ("ERROR: syntax error at end of input", None));
+    }
 }
