@@ -410,7 +410,9 @@ fn key_line(text: &str, name: &str, key: &str) -> Option<usize> {
             .is_some_and(|r| r.trim_start().starts_with('='))
     };
     let named = lines.iter().position(|l| {
-        sets(l, "name") && l.split_once('=').is_some_and(|(_, v)| v.trim().trim_matches('"') == name)
+        sets(l, "name")
+            && l.split_once('=')
+                .is_some_and(|(_, v)| v.trim().trim_matches('"') == name)
     })?;
     let start = lines[..named]
         .iter()
@@ -520,7 +522,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let pw = dir.path().join("pw");
         std::fs::write(&pw, "x\n").expect("pw");
-        let head = format!("[repository.main]\nurl = \"/r\"\npassword_file = \"{}\"\n", pw.display());
+        let head = format!(
+            "[repository.main]\nurl = \"/r\"\npassword_file = \"{}\"\n",
+            pw.display()
+        );
         let good = format!("{head}\n[[source]]\nname = \"a\"\npostgres = \"postgres:///a\"\ntable = [\"t*\"]\nexclude_table_data = [\"logs\"]\nschema_only = true\nrepository = \"main\"\n");
         let f = dir.path().join("good.toml");
         std::fs::write(&f, good).expect("write");
@@ -534,11 +539,23 @@ mod tests {
         let f = dir.path().join("bad.toml");
         std::fs::write(&f, bad).expect("write");
         let e = load(&f).expect_err("typo").to_string();
-        assert!(e.ends_with(":12: source b: unknown field `exclude_tabel`"), "{e}");
+        assert!(
+            e.ends_with(":12: source b: unknown field `exclude_tabel`"),
+            "{e}"
+        );
         // A source's own keys keep their position beside the flattened selection.
         let f = dir.path().join("repo.toml");
-        std::fs::write(&f, format!("{head}\n[[source]]\nname = \"a\"\nsqlite = \"/a.db\"\nrepository = \"offsite\"\n")).expect("write");
+        std::fs::write(
+            &f,
+            format!(
+                "{head}\n[[source]]\nname = \"a\"\nsqlite = \"/a.db\"\nrepository = \"offsite\"\n"
+            ),
+        )
+        .expect("write");
         let e = load(&f).expect_err("no such repository").to_string();
-        assert!(e.ends_with(":8: source a: no repository named \"offsite\""), "{e}");
+        assert!(
+            e.ends_with(":8: source a: no repository named \"offsite\""),
+            "{e}"
+        );
     }
 }

@@ -18,13 +18,17 @@ use crate::events::Events;
 ///
 /// # Errors
 /// Reading the snapshots or writing the forget records failed.
-pub fn forget_by_policy(repo: &Repository, name: &str, policy: &retention::Policy) -> Result<usize> {
+pub fn forget_by_policy(
+    repo: &Repository,
+    name: &str,
+    policy: &retention::Policy,
+) -> Result<usize> {
     if policy.is_empty() {
         return Ok(0);
     }
     let req = crate::forget::ForgetRequest {
         name: Some(name.to_string()),
-        policy: policy.clone(),
+        policy: *policy,
         ..Default::default()
     };
     Ok(crate::forget::forget(repo, &req)?.forgotten().len())
@@ -126,19 +130,18 @@ pub fn catch_up(
     // nights): its archive is carried forward even on a night without a new base backup.
     let mut for_wal = which.clone();
     for name in names {
-        if let Some(newest) = all
-            .iter()
-            .filter(|(_, s)| {
-                &s.name == name && SnapshotFormat::of(s).is_ok_and(|f| f == SnapshotFormat::PgPhysical)
-            })
-            .next_back()
-        {
+        if let Some(newest) = all.iter().rfind(|(_, s)| {
+            &s.name == name && SnapshotFormat::of(s).is_ok_and(|f| f == SnapshotFormat::PgPhysical)
+        }) {
             for_wal.push(newest.clone());
         }
     }
     let wal = copy_wal(from, to, &for_wal)?;
     Ok((copy_snapshots(from, &which, to, &mut |_| {})?, wal))
 }
+
+/// Snapshots with their ids, and the manifests that could not be read.
+pub type Chosen = (Vec<(Id, Snapshot)>, Vec<String>);
 
 /// The snapshots `copy` takes: those `selectors` name (ids, prefixes, `latest`), else
 /// every one of source `name`, else every one; and the manifests that could not be read
@@ -150,7 +153,7 @@ pub fn chosen_for_copy(
     from: &Repository,
     selectors: &[String],
     name: Option<&str>,
-) -> Result<(Vec<(Id, Snapshot)>, Vec<String>)> {
+) -> Result<Chosen> {
     if !selectors.is_empty() {
         let which = selectors
             .iter()

@@ -46,7 +46,9 @@ impl FetchCommand {
     /// No repository or no passphrase file given.
     pub fn for_source(&self, source: &str) -> Result<String> {
         let Some(repo) = &self.repo else {
-            bail!("give --repo (or DBVAULT_REPO): the recovering server's restore_command names it");
+            bail!(
+                "give --repo (or DBVAULT_REPO): the recovering server's restore_command names it"
+            );
         };
         let Some(pw) = &self.password_file else {
             bail!("the recovering server reads the passphrase from a file: give --password-file (or DBVAULT_PASSWORD_FILE); a passphrase in the environment is not written into its settings");
@@ -168,7 +170,11 @@ impl Target {
         })
     }
 
-    fn recovery(&self, timeline: Option<String>, action: Option<String>) -> Result<restore::RecoveryTarget> {
+    fn recovery(
+        &self,
+        timeline: Option<String>,
+        action: Option<String>,
+    ) -> Result<restore::RecoveryTarget> {
         Ok(restore::RecoveryTarget {
             time: self.parsed_time()?.map(|t| reach::recovery_time(&t)),
             lsn: self.lsn.clone(),
@@ -286,28 +292,38 @@ pub struct TablesRestored {
     pub elapsed: std::time::Duration,
 }
 
-/// Restores `opts.tables` of `database` as they were at `target`, from base backup `snap`
+/// A table restore's options.
+pub struct TablesRequest<'a> {
+    /// Where recovery stops (no `action`: the throwaway server always ends its recovery).
+    pub target: &'a Target,
+    /// How the throwaway server fetches its WAL (through a relay: see [`FetchCommand::relay`]).
+    pub fetch: &'a FetchCommand,
+    /// The database of the cluster the tables are in.
+    pub database: &'a str,
+    /// The tables (`opts.tables`, at least one) and how to restore them.
+    pub opts: &'a RestoreOptions,
+}
+
+/// Restores the tables `req` names as they were at its target, from base backup `snap`
 /// and its WAL, through a throwaway server that is gone afterwards.
 ///
 /// # Errors
-/// No table named, a target action given, the archive not reaching the target, the
-/// throwaway server or the restore failing.
+/// A target action given, the archive not reaching the target, the throwaway server or
+/// the restore failing.
 pub fn restore_tables(
     repo: &Repository,
     snap: &Snapshot,
-    target: &Target,
-    fetch: &FetchCommand,
-    database: &str,
-    opts: &RestoreOptions,
+    req: &TablesRequest<'_>,
     to: TablesTo<'_>,
     notify: Notify<'_>,
 ) -> Result<TablesRestored> {
+    let target = req.target;
     if target.action.is_some() {
         bail!("--target-action is for --to pgdata:DIR (a table restore's throwaway server always ends its recovery)");
     }
     let info = physical::BaseBackup::of(snap.part(physical::PART).context("no base.tar")?)?;
     reach::reachable(repo, &info, &target.goal()?)?;
-    let relay = |socket: &Path| fetch.relay(socket);
+    let relay = |socket: &Path| req.fetch.relay(socket);
     let o = throwaway::RecoverOptions {
         target: target.recovery(target.timeline.clone(), None)?,
         restore_command: &relay,
@@ -317,7 +333,8 @@ pub fn restore_tables(
         TablesTo::Script(out) => dbvault_formats::postgres::Target::Script(out),
     };
     let t0 = std::time::Instant::now();
-    let served = physical::table::restore_tables_at(repo, snap, &o, database, opts, to, notify)?;
+    let served =
+        physical::table::restore_tables_at(repo, snap, &o, req.database, req.opts, to, notify)?;
     Ok(TablesRestored {
         last_segment: served.segments.last().cloned(),
         elapsed: t0.elapsed(),

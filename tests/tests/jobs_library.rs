@@ -287,7 +287,9 @@ fn a_script_restore_failing_in_psql_keeps_its_sqlstate() {
     let src = dbvault_tests::PgDb::new("jobs_psql_src");
     src.sql("CREATE TABLE t (a int); INSERT INTO t SELECT generate_series(1, 3)");
     let role = format!("dbv_gone_{}", std::process::id());
-    src.sql(&format!("CREATE ROLE {role}; ALTER TABLE t OWNER TO {role}"));
+    src.sql(&format!(
+        "CREATE ROLE {role}; ALTER TABLE t OWNER TO {role}"
+    ));
     let dst = dbvault_tests::PgDb::new("jobs_psql_dst");
     let backend = Arc::new(LocalBackend::new(dir.path().join("repo")));
     let kdf = KdfParams {
@@ -316,8 +318,12 @@ fn a_script_restore_failing_in_psql_keeps_its_sqlstate() {
     };
     dbvault_jobs::backup::backup_into(&dbvault_jobs::events::Quiet, &repo, &job, None, None)
         .expect("backup");
-    let (id, snap) = repo.find_snapshot("latest", Some("script")).expect("latest");
-    src.sql(&format!("ALTER TABLE t OWNER TO CURRENT_USER; DROP ROLE {role}"));
+    let (id, snap) = repo
+        .find_snapshot("latest", Some("script"))
+        .expect("latest");
+    src.sql(&format!(
+        "ALTER TABLE t OWNER TO CURRENT_USER; DROP ROLE {role}"
+    ));
     let target = dbvault_formats::postgres::PgSource::parse(&dst.url()).expect("url");
     let e = dbvault_jobs::restore::restore(
         &repo,

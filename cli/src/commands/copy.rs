@@ -5,8 +5,8 @@ use anyhow::{Context, Result};
 use dbvault_core::copy::{Copied, CopyReport};
 use dbvault_core::lock::LockKind;
 use dbvault_core::Repository;
-use dbvault_jobs::maintain::{chosen_for_copy, copy};
 use dbvault_formats::postgres::physical::copy::WalCopied;
+use dbvault_jobs::maintain::{chosen_for_copy, copy};
 
 use crate::args::{Cli, CopyArgs};
 use crate::output;

@@ -40,7 +40,7 @@ pub fn run(cli: &Cli, a: &ForgetArgs) -> Result<()> {
         .transpose()?;
     let req = ForgetRequest {
         name: a.name.clone(),
-        policy: rules.clone(),
+        policy: rules,
         keep_wal_within,
         dry_run: a.dry_run,
     };

@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use dbvault_core::lock::LockKind;
 use dbvault_core::{Id, Repository, Snapshot};
 use dbvault_formats::postgres::PgSource;
-use dbvault_jobs::recover::{self, FetchCommand, PgdataRequest, TablesTo, Target};
+use dbvault_jobs::recover::{self, FetchCommand, PgdataRequest, TablesRequest, TablesTo, Target};
 
 use crate::args::{Cli, RestoreArgs};
 use crate::{output, repo_access};
@@ -102,16 +102,13 @@ pub fn restore_tables(
         Some(db) => TablesTo::Database(db),
         None => TablesTo::Script(&mut stdout),
     };
-    let r = recover::restore_tables(
-        repo,
-        snap,
-        &target,
-        &fetch_command(cli)?,
-        &database,
-        &a.pg_options(),
-        to,
-        &output::print_notice,
-    )?;
+    let req = TablesRequest {
+        target: &target,
+        fetch: &fetch_command(cli)?,
+        database: &database,
+        opts: &a.pg_options(),
+    };
+    let r = recover::restore_tables(repo, snap, &req, to, &output::print_notice)?;
     std::io::Write::flush(&mut stdout)?;
     eprintln!(
         "dbvault: {} of database {database} restored as of {} from base backup {} ({}) and WAL to {}, in {:.1} s; the throwaway server is gone",

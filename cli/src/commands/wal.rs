@@ -99,8 +99,8 @@ fn fetch_inner(cli: &Cli, a: &WalFetchArgs) -> Result<ExitCode> {
             }
         });
     }
-    let spool = wal_fetch::spool(cli.repo.as_deref().unwrap_or(""), &a.name)
-        .filter(|_| a.prefetch > 0);
+    let spool =
+        wal_fetch::spool(cli.repo.as_deref().unwrap_or(""), &a.name).filter(|_| a.prefetch > 0);
     if a.prefetch_only {
         if let Some(s) = &spool {
             let open = || repo_access::open_locked(cli, LockKind::Shared, "wal-fetch (ahead)");
@@ -135,4 +135,3 @@ fn fetch_inner(cli: &Cli, a: &WalFetchArgs) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
-

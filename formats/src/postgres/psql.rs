@@ -177,15 +177,18 @@ fn summarize_psql_error(stderr: &str) -> (String, Option<String>) {
             // psql's echo (`STATEMENT:`), else the first line that is not the error's
             // DETAIL, HINT, LOCATION or the `LINE 1:` quote and its `^` marker.
             let after = &lines[i + 1..];
-            after.iter().find(|l| l.starts_with("STATEMENT:")).or_else(|| {
-                after.iter().find(|l| {
-                    !l.starts_with("DETAIL")
-                        && !l.starts_with("HINT")
-                        && !l.starts_with("LINE")
-                        && !l.starts_with("LOCATION")
-                        && !l.starts_with('^')
+            after
+                .iter()
+                .find(|l| l.starts_with("STATEMENT:"))
+                .or_else(|| {
+                    after.iter().find(|l| {
+                        !l.starts_with("DETAIL")
+                            && !l.starts_with("HINT")
+                            && !l.starts_with("LINE")
+                            && !l.starts_with("LOCATION")
+                            && !l.starts_with('^')
+                    })
                 })
-            })
         })
         .map(|s| {
             // psql labels the echoed statement itself (`--echo-errors`).
@@ -199,7 +202,8 @@ fn summarize_psql_error(stderr: &str) -> (String, Option<String>) {
         Some(i) => {
             let rest = error[i + 6..].trim();
             let code = rest.get(..5).filter(|c| {
-                c.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
+                c.bytes()
+                    .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
                     && rest[5..].starts_with(':')
             });
             let rest = match code {
@@ -224,9 +228,15 @@ mod tests {
     fn the_sqlstate_of_a_verbose_error_is_kept_apart_from_its_message() {
         let err = "psql:<stdin>:12: ERROR:  42P01: relation \"nope\" does not exist\nLINE 1: select * from nope;\n                      ^\nLOCATION:  parserOpenTable, parse_relation.c:1384\nSTATEMENT:  select * from nope;\n";
         let (m, code) = summarize_psql_error(err);
-        assert_eq!(m, "ERROR: relation \"nope\" does not exist; statement: select * from nope;");
+        assert_eq!(
+            m,
+            "ERROR: relation \"nope\" does not exist; statement: select * from nope;"
+        );
         assert_eq!(code.as_deref(), Some("42P01"));
         let (m, code) = summarize_psql_error("ERROR:  syntax error at end of input\n");
-        assert_eq!((m.as_str(), code), ("ERROR: syntax error at end of input", None));
+        assert_eq!(
+            (m.as_str(), code),
+            ("ERROR: syntax error at end of input", None)
+        );
     }
 }

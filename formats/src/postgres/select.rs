@@ -31,33 +31,72 @@ use crate::postgres::meta::PRE_DATA;
 pub struct Selection {
     /// `--table`: only these tables (and sequences, views), whatever `--schema` says.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[cfg_attr(feature = "clap", arg(short = 't', long = "table", value_name = "PATTERN",
-        help = "Only tables (sequences, views) matching PATTERN; `--schema` is then ignored"))]
+    #[cfg_attr(
+        feature = "clap",
+        arg(
+            short = 't',
+            long = "table",
+            value_name = "PATTERN",
+            help = "Only tables (sequences, views) matching PATTERN; `--schema` is then ignored"
+        )
+    )]
     pub table: Vec<String>,
     /// `--exclude-table`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[cfg_attr(feature = "clap", arg(short = 'T', long = "exclude-table", value_name = "PATTERN",
-        help = "Leave out tables matching PATTERN"))]
+    #[cfg_attr(
+        feature = "clap",
+        arg(
+            short = 'T',
+            long = "exclude-table",
+            value_name = "PATTERN",
+            help = "Leave out tables matching PATTERN"
+        )
+    )]
     pub exclude_table: Vec<String>,
     /// `--exclude-table-data`: the table's definition, not its rows.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[cfg_attr(feature = "clap", arg(long = "exclude-table-data", value_name = "PATTERN",
-        help = "Keep the definition of tables matching PATTERN but not their rows"))]
+    #[cfg_attr(
+        feature = "clap",
+        arg(
+            long = "exclude-table-data",
+            value_name = "PATTERN",
+            help = "Keep the definition of tables matching PATTERN but not their rows"
+        )
+    )]
     pub exclude_table_data: Vec<String>,
     /// `--schema`: only these schemas.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[cfg_attr(feature = "clap", arg(short = 'n', long = "schema", value_name = "PATTERN",
-        help = "Only schemas matching PATTERN"))]
+    #[cfg_attr(
+        feature = "clap",
+        arg(
+            short = 'n',
+            long = "schema",
+            value_name = "PATTERN",
+            help = "Only schemas matching PATTERN"
+        )
+    )]
     pub schema: Vec<String>,
     /// `--exclude-schema`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[cfg_attr(feature = "clap", arg(short = 'N', long = "exclude-schema", value_name = "PATTERN",
-        help = "Leave out schemas matching PATTERN"))]
+    #[cfg_attr(
+        feature = "clap",
+        arg(
+            short = 'N',
+            long = "exclude-schema",
+            value_name = "PATTERN",
+            help = "Leave out schemas matching PATTERN"
+        )
+    )]
     pub exclude_schema: Vec<String>,
     /// `--schema-only`: no rows, no sequence values, no large objects.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    #[cfg_attr(feature = "clap", arg(long,
-        help = "Only the schema: no rows, sequence values or large objects"))]
+    #[cfg_attr(
+        feature = "clap",
+        arg(
+            long,
+            help = "Only the schema: no rows, sequence values or large objects"
+        )
+    )]
     pub schema_only: bool,
 }
 
