@@ -34,6 +34,41 @@ pub fn password_file(f: &Path) -> Result<Zeroizing<String>> {
     Ok(first)
 }
 
+/// Reads the passphrase a repository's configuration names (wiped from memory when
+/// dropped).
+///
+/// # Errors
+/// The file or command failing, or no source of a passphrase set.
+pub fn configured_passphrase(name: &str, r: &RepoConfig) -> Result<Zeroizing<String>> {
+    if let Some(f) = r.password_file.as_ref().map(|f| f.get_ref()) {
+        return password_file(f).with_context(|| format!("repository {name}"));
+    }
+    if let Some(c) = &r.password_command {
+        let out = dbvault_core::secrets::scrub(&mut std::process::Command::new("sh"))
+            .arg("-c")
+            .arg(c)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .with_context(|| format!("repository {name}: cannot run password_command"))?;
+        let stdout = Zeroizing::new(out.stdout);
+        let first = Zeroizing::new(
+            String::from_utf8_lossy(&stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string(),
+        );
+        if !out.status.success() || first.is_empty() {
+            bail!("repository {name}: password_command failed or printed nothing");
+        }
+        return Ok(first);
+    }
+    if let Some(p) = &r.password {
+        return Ok(Zeroizing::new(p.clone()));
+    }
+    bail!("repository {name}: no passphrase source: set password_file or password_command")
+}
+
 /// How repositories are reached.
 #[derive(Clone)]
 pub struct Access {
@@ -169,7 +204,7 @@ impl Access {
     /// # Errors
     /// The passphrase cannot be read, or the repository cannot be opened.
     pub fn open_configured(&self, name: &str, rc: &RepoConfig) -> Result<Repository> {
-        let pass = crate::config::passphrase(name, rc)?;
+        let pass = configured_passphrase(name, rc)?;
         self.open(self.configured_backend(rc)?, &pass)
     }
 

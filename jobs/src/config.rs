@@ -38,7 +38,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use dbvault_core::retention::{Policy, Span};
 use serde::Deserialize;
-use zeroize::Zeroizing;
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -462,41 +461,6 @@ impl Config {
             .map(Retention::policy)
             .transpose()?)
     }
-}
-
-/// Reads the passphrase a repository's configuration names (wiped from memory when
-/// dropped).
-///
-/// # Errors
-/// The file or command failing, or no source of a passphrase set.
-pub fn passphrase(name: &str, r: &RepoConfig) -> Result<Zeroizing<String>> {
-    if let Some(f) = r.password_file.as_ref().map(|f| f.get_ref()) {
-        return crate::access::password_file(f).with_context(|| format!("repository {name}"));
-    }
-    if let Some(c) = &r.password_command {
-        let out = dbvault_core::secrets::scrub(&mut std::process::Command::new("sh"))
-            .arg("-c")
-            .arg(c)
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .with_context(|| format!("repository {name}: cannot run password_command"))?;
-        let stdout = Zeroizing::new(out.stdout);
-        let first = Zeroizing::new(
-            String::from_utf8_lossy(&stdout)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_string(),
-        );
-        if !out.status.success() || first.is_empty() {
-            bail!("repository {name}: password_command failed or printed nothing");
-        }
-        return Ok(first);
-    }
-    if let Some(p) = &r.password {
-        return Ok(Zeroizing::new(p.clone()));
-    }
-    bail!("repository {name}: no passphrase source: set password_file or password_command")
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use dbvault_core::Repository;
 use dbvault_formats::sqlite::watch::ChangeWatch;
 
 use crate::access::Access;
-use crate::config::{self, Config, Source};
+use crate::config::{Config, Source};
 use crate::events::Events;
 use crate::job::Job;
 
@@ -131,7 +131,7 @@ pub fn follow_source(
     let repo = open_recent(
         access,
         access.configured_backend(rc)?,
-        &config::passphrase(rname, rc)?,
+        &crate::access::configured_passphrase(rname, rc)?,
     )?;
     let compact = if access.is_append_only(Some(rc)) {
         None

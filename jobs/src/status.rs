@@ -7,7 +7,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::access::Access;
-use crate::config::{self, Config};
+use crate::config::Config;
 use crate::events::Events;
 
 /// One configured source's state.
@@ -46,7 +46,7 @@ pub fn status(access: &Access, ev: &dyn Events, cfg: &Config) -> Result<Vec<Sour
     let mut out = Vec::new();
     for (rname, rc) in &cfg.repository {
         // Read-only: never wrapped append-only, never locked.
-        let opened = config::passphrase(rname, rc).and_then(|p| {
+        let opened = crate::access::configured_passphrase(rname, rc).and_then(|p| {
             access.open(crate::access::backend_for(&rc.url, &access.s3_for(rc))?, &p)
         });
         let sources = cfg
