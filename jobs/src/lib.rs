@@ -10,6 +10,8 @@
 //! - [`follow`]: continuous SQLite backup, stopped by a [`follow::Stop`] handle.
 //! - [`forget`]: retention rules or ids; [`maintain`]: retention per source, prune with
 //!   its report, the offsite copy.
+//! - [`table_events`]: a table's changes found in a physical source's WAL; [`history`]:
+//!   a table across a logical source's snapshots.
 //! - [`events`]: the trait through which a job reports progress, notes and warnings.
 //!
 //! Errors are `anyhow` chains whose sources are the libraries' own errors: a front end
@@ -22,6 +24,7 @@ pub mod config;
 pub mod events;
 pub mod follow;
 pub mod forget;
+pub mod history;
 pub mod job;
 pub mod maintain;
 pub mod metrics;
@@ -32,6 +35,7 @@ pub mod restore;
 pub mod restore_test;
 pub mod run;
 pub mod status;
+pub mod table_events;
 pub mod wal_fetch;
 pub mod wal_health;
 

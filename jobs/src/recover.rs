@@ -128,6 +128,9 @@ pub struct Target {
     pub timeline: Option<String>,
     /// `--target-action` (pgdata restores only).
     pub action: Option<String>,
+    /// `Some(false)`: stop just before the transaction or LSN (`--before-xid`,
+    /// `--before-lsn`), as `events` prints them.
+    pub inclusive: Option<bool>,
 }
 
 impl Target {
@@ -140,9 +143,12 @@ impl Target {
     /// `to 2026-…`, `to LSN …`, … for messages.
     #[must_use]
     pub fn describe(&self) -> String {
+        let before = self.inclusive == Some(false);
         match (&self.time, &self.lsn, &self.xid, &self.name) {
             (Some(t), ..) => format!("to {t}"),
+            (_, Some(l), ..) if before => format!("to just before LSN {l}"),
             (_, Some(l), ..) => format!("to LSN {l}"),
+            (_, _, Some(x), _) if before => format!("to just before transaction {x}"),
             (_, _, Some(x), _) => format!("to transaction {x}"),
             (.., Some(n)) => format!("to restore point {n}"),
             _ => "to the end of the archive".into(),
@@ -182,6 +188,7 @@ impl Target {
             name: self.name.clone(),
             action,
             timeline,
+            inclusive: self.inclusive,
         })
     }
 }

@@ -104,3 +104,88 @@ fn ls_and_diff_read_the_tables_inside_an_sqlite_snapshot() {
     );
     assert_eq!(find(&d, "changes", "extra")["status"], "added");
 }
+
+/// `history` reads the snapshots' records only: a table's rows night after night, and the
+/// night they went to zero (PostgreSQL), or the table vanished (SQLite).
+#[test]
+fn history_shows_the_night_a_table_lost_its_rows() {
+    let db = PgDb::new("history");
+    db.sql(
+        "CREATE TABLE orders (id int PRIMARY KEY, note text); \
+         INSERT INTO orders SELECT g, md5(g::text) FROM generate_series(1, 3120) g;",
+    );
+    let repo = Repo::new();
+    let url = db.url();
+    let night = |t: &str| {
+        repo.run(
+            &["backup", &url, "--name", "shop", "--time", t, "--json"],
+            None,
+        )
+        .ok()
+        .json()["snapshot_id"]
+            .as_str()
+            .expect("id")
+            .to_string()
+    };
+    night("2026-12-05 01:00");
+    let before = night("2026-12-06 01:00");
+    db.sql("DELETE FROM orders");
+    let after = night("2026-12-07 01:00");
+    let h = repo
+        .run(
+            &["history", "--name", "shop", "--table", "orders", "--json"],
+            None,
+        )
+        .ok()
+        .json();
+    assert_eq!(h["table"], "public.orders", "{h}");
+    let rows: Vec<u64> = h["points"]
+        .as_array()
+        .expect("points")
+        .iter()
+        .map(|p| p["rows"].as_u64().expect("rows"))
+        .collect();
+    assert_eq!(rows, [3120, 3120, 0], "{h}");
+    let falls = h["falls"].as_array().expect("falls");
+    assert_eq!(falls.len(), 1, "{h}");
+    assert_eq!(falls[0]["before"].as_str(), Some(before.as_str()));
+    assert_eq!(falls[0]["after"].as_str(), Some(after.as_str()));
+    let text = repo
+        .run(&["history", "--name", "shop", "--table", "orders"], None)
+        .ok()
+        .text();
+    assert!(
+        text.contains("3120 → 0 rows between the snapshots of 2026-12-06"),
+        "{text}"
+    );
+
+    // SQLite: a table dropped between two snapshots is named as gone.
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("app.db");
+    dbvault_tests::sqlite3(
+        &path,
+        "CREATE TABLE notes (n int); INSERT INTO notes VALUES (1), (2), (3);",
+    );
+    let src = format!("sqlite:{}", path.display());
+    repo.run(&["backup", &src, "--name", "app"], None).ok();
+    dbvault_tests::sqlite3(&path, "DROP TABLE notes; CREATE TABLE other (x int);");
+    repo.run(&["backup", &src, "--name", "app"], None).ok();
+    let h = repo
+        .run(
+            &["history", "--name", "app", "--table", "notes", "--json"],
+            None,
+        )
+        .ok()
+        .json();
+    assert_eq!(h["falls"][0]["gone"], true, "{h}");
+    assert_eq!(h["falls"][0]["from_rows"], 3, "{h}");
+    // A name no snapshot has is one line, exit 1.
+    let r = repo.run(&["history", "--name", "app", "--table", "nope"], None);
+    assert_eq!(r.code, Some(1));
+    assert!(
+        r.stderr
+            .contains("no snapshot of \"app\" holds a table \"nope\""),
+        "{}",
+        r.stderr
+    );
+}

@@ -209,6 +209,15 @@ pub struct RestoreArgs {
     /// With `--to pgdata:DIR`: recover to this restore point (`pg_create_restore_point`).
     #[arg(long, value_name = "NAME")]
     pub target_name: Option<String>,
+    /// A base backup (cluster or `--table`): recover to just before this transaction
+    /// committed, as `dbvault events` prints it (`recovery_target_xid` with
+    /// `recovery_target_inclusive = off`).
+    #[arg(long, value_name = "XID", conflicts_with_all = ["target_xid", "target_lsn", "target_time", "target_name", "before_lsn"])]
+    pub before_xid: Option<String>,
+    /// A base backup: recover to just before this LSN (`recovery_target_lsn`,
+    /// `recovery_target_inclusive = off`).
+    #[arg(long, value_name = "LSN", conflicts_with_all = ["target_xid", "target_lsn", "target_time", "target_name"])]
+    pub before_lsn: Option<String>,
     /// With `--to pgdata:DIR` and a target: promote, pause or shutdown when it is reached
     /// (PostgreSQL's default: pause).
     #[arg(long, value_name = "ACTION")]
@@ -311,4 +320,36 @@ impl RestoreArgs {
             jobs: self.jobs.map(usize::from),
         }
     }
+}
+
+/// `events` options.
+#[derive(Args, Debug)]
+pub struct EventsArgs {
+    /// The physical source (its WAL archive's name, `wal-push --name`).
+    #[arg(long)]
+    pub name: String,
+    /// The table (`schema.table`, or a bare name).
+    #[arg(long)]
+    pub table: String,
+    /// The table's database, when several databases have such a table.
+    #[arg(long)]
+    pub database: Option<String>,
+    /// Only changes committed at or after this time (the search starts at the newest base
+    /// backup before it: faster).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only changes committed before this time (the search stops there).
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+}
+
+/// `history` options.
+#[derive(Args, Debug)]
+pub struct HistoryArgs {
+    /// The logical source (PostgreSQL or SQLite).
+    #[arg(long)]
+    pub name: String,
+    /// The table (`schema.table`, or a bare name).
+    #[arg(long)]
+    pub table: String,
 }

@@ -98,6 +98,13 @@ pub enum Command {
     Ls(LsArgs),
     /// What changed between two snapshots, table by table (rows before and after).
     Diff(DiffArgs),
+    /// When was the DROP? The transactions that deleted or updated rows of a table,
+    /// truncated, rewrote or dropped it, from a physical source's WAL archive, newest
+    /// first, each with the command that restores the table as it was just before.
+    Events(EventsArgs),
+    /// A table's rows and size in each snapshot of a logical source, and between which
+    /// two snapshots its rows fell (reads no data).
+    History(HistoryArgs),
     /// Run SQL on an SQLite snapshot without restoring it (pages are read as needed).
     Sql(SqlArgs),
     /// Copy snapshots into a second repository (offsite), re-encrypted under its keys,

@@ -3,6 +3,7 @@
 pub mod backup;
 mod check;
 mod copy;
+mod events;
 mod follow;
 mod forget;
 mod init;
@@ -52,6 +53,8 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Sql(a) => sql::run(cli, a),
         Command::Ls(a) => ls::run(cli, a),
         Command::Diff(a) => ls::diff(cli, a),
+        Command::Events(a) => events::events(cli, a),
+        Command::History(a) => events::table_history(cli, a),
         Command::WalPush(a) => wal::push(cli, a),
         Command::WalFetch(a) => return wal::fetch(cli, a),
         Command::WalRemoveTimeline(a) => wal::remove_timeline(cli, a),

@@ -26,13 +26,15 @@ pub fn fetch_command(cli: &Cli) -> Result<FetchCommand> {
 }
 
 fn target(a: &RestoreArgs) -> Target {
+    let before = a.before_xid.is_some() || a.before_lsn.is_some();
     Target {
         time: a.target_time.clone(),
-        lsn: a.target_lsn.clone(),
-        xid: a.target_xid.clone(),
+        lsn: a.target_lsn.clone().or_else(|| a.before_lsn.clone()),
+        xid: a.target_xid.clone().or_else(|| a.before_xid.clone()),
         name: a.target_name.clone(),
         timeline: a.target_timeline.clone(),
         action: a.target_action.clone(),
+        inclusive: before.then_some(false),
     }
 }
 

@@ -66,8 +66,10 @@ pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<()> {
         || a.target_xid.is_some()
         || a.target_name.is_some()
         || a.target_action.is_some()
+        || a.before_xid.is_some()
+        || a.before_lsn.is_some()
     {
-        bail!("--target-lsn, --target-xid, --target-name and --target-action recover a physical snapshot (restore it --to pgdata:DIR, or one table --table NAME --to postgres://…)");
+        bail!("--target-lsn, --target-xid, --target-name, --target-action, --before-xid and --before-lsn recover a physical snapshot (restore it --to pgdata:DIR, or one table --table NAME --to postgres://…)");
     }
     // A selective or filtered snapshot says so before anyone takes it for the whole database.
     for n in &snap.source.notes {

@@ -24,6 +24,28 @@ pub fn program(name: &str) -> OsString {
         .map_or_else(|| name.into(), PathBuf::into_os_string)
 }
 
+/// `name` of PostgreSQL major version `major` exactly (programs that read a cluster's files,
+/// such as `pg_waldump`, take no other version): Debian's `/usr/lib/postgresql/MAJOR/bin`,
+/// else PATH's when its `--version` says that major version.
+#[must_use]
+pub fn versioned(name: &str, major: &str) -> Option<PathBuf> {
+    let debian = Path::new(DEBIAN_LIB).join(major).join("bin").join(name);
+    if debian.is_file() {
+        return Some(debian);
+    }
+    let on_path = std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())?;
+    let out = std::process::Command::new(&on_path)
+        .arg("--version")
+        .output()
+        .ok()?;
+    // `pg_waldump (PostgreSQL) 16.2`
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text.split_whitespace().last()?;
+    (version.split('.').next()? == major).then_some(on_path)
+}
+
 fn resolve(name: &str, path: Option<OsString>, lib: &Path) -> Option<PathBuf> {
     let found = std::env::split_paths(&path?)
         .map(|d| d.join(name))

@@ -188,6 +188,63 @@ impl Archive {
         })
     }
 
+    /// The segments recovery from `b` replays, in order, to the end of the newest
+    /// timeline it can reach (as [`Archive::window`] finds it), timeline switches
+    /// included.
+    ///
+    /// # Errors
+    /// A base backup whose record is malformed.
+    pub fn replay_path(&self, b: &BaseBackup) -> Result<Vec<String>> {
+        let w = self.window(b)?;
+        let per_log = self.per_log();
+        let number = |name: &str| match wal::parse_name(name, per_log) {
+            Some(WalFile::Segment { timeline, number }) => Some((timeline, number)),
+            _ => None,
+        };
+        let (Some((_, start)), Some((last_tli, last))) = (number(&b.start_wal), number(&w.last))
+        else {
+            return Ok(Vec::new());
+        };
+        // Each segment number's timeline: the newest on the way that has it (a timeline's
+        // first segments are its parent's up to the switch).
+        let mut way: Vec<(u32, u64)> = Vec::new();
+        if let (true, Some(h)) = (last_tli != b.timeline, self.history.get(&last_tli)) {
+            let from = h.iter().position(|(p, _)| *p == b.timeline).unwrap_or(0);
+            for (p, sw) in h.iter().skip(from) {
+                way.push((*p, sw / self.segment_size));
+            }
+        }
+        let tli_of = |n: u64| {
+            way.iter()
+                .find(|(_, switch_seg)| n < *switch_seg)
+                .map_or(last_tli, |(t, _)| *t)
+        };
+        Ok((start..=last).map(|n| self.name(tli_of(n), n)).collect())
+    }
+
+    /// `path` with the segments before it from `first` on put in front, when the archive
+    /// has every one of them on `b`'s timeline (a catalog read shortly before the base
+    /// backup began).
+    pub fn extend_back(&self, b: &BaseBackup, first: u64, path: Vec<String>) -> Vec<String> {
+        let per_log = self.per_log();
+        let Some(WalFile::Segment { number: start, .. }) = wal::parse_name(&b.start_wal, per_log)
+        else {
+            return path;
+        };
+        let has = |n: u64| {
+            self.segments
+                .get(&b.timeline)
+                .is_some_and(|s| s.contains(&n))
+        };
+        if first >= start || !(first..start).all(has) {
+            return path;
+        }
+        (first..start)
+            .map(|n| self.name(b.timeline, n))
+            .chain(path)
+            .collect()
+    }
+
     /// The files no base backup in `kept` needs: segments (and backup history and partial
     /// files) before the oldest kept backup's first segment. History files are kept.
     pub fn unneeded(&self, kept: &[BaseBackup]) -> Vec<String> {

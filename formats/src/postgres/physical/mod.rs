@@ -6,6 +6,8 @@
 pub mod archive;
 pub mod archiver;
 pub mod backup;
+pub mod catalog;
+pub mod changes;
 pub mod copy;
 pub mod health;
 pub mod local;
@@ -18,6 +20,7 @@ pub mod tar;
 pub mod throwaway;
 pub mod timeline;
 pub mod verify;
+pub mod waldump;
 
 use serde::{Deserialize, Serialize};
 

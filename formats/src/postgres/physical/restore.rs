@@ -31,6 +31,9 @@ pub struct RecoveryTarget {
     /// `recovery_target_timeline` (`current`, a number; `None` for PostgreSQL's default,
     /// `latest`): see [`super::timeline`].
     pub timeline: Option<String>,
+    /// `recovery_target_inclusive` (`None`: PostgreSQL's default, on): off stops just
+    /// before the target transaction or LSN (`--before-xid`, `--before-lsn`).
+    pub inclusive: Option<bool>,
 }
 
 impl RecoveryTarget {
@@ -75,6 +78,17 @@ impl RecoveryTarget {
         }
         if let Some(t) = &self.timeline {
             out.push(("recovery_target_timeline", t.clone()));
+        }
+        if let Some(i) = self.inclusive {
+            if self.lsn.is_none() && self.xid.is_none() && self.time.is_none() {
+                return Err(FormatError::Invalid(
+                    "recovery_target_inclusive needs a target time, LSN or transaction".into(),
+                ));
+            }
+            out.push((
+                "recovery_target_inclusive",
+                if i { "on" } else { "off" }.into(),
+            ));
         }
         Ok(out)
     }
