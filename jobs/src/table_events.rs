@@ -121,14 +121,22 @@ pub fn table_events(repo: &Repository, req: &EventsRequest) -> Result<TableEvent
     let (db, rel) = match candidates.as_slice() {
         [one] => *one,
         [] => bail!(
-            "no table {:?}{} in the catalog of base backup {} ({})",
+            "no table {:?}{} in the catalog of base backup {} ({}){}",
             req.table,
             req.database
                 .as_deref()
                 .map(|d| format!(" in database {d}"))
                 .unwrap_or_default(),
             all[bi].0.short(),
-            crate::time_text(&base_snap.time)
+            crate::time_text(&base_snap.time),
+            if catalog.unread.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; databases it could not read: {}",
+                    catalog.unread.join("; ")
+                )
+            }
         ),
         many => bail!(
             "a table {:?} is in several databases ({}): choose one with --database",

@@ -60,8 +60,9 @@ pub fn backup(
         .parse()
         .map_err(|_| pg_err("wal_segment_size", "not a number"))?;
     // Which file holds which table, read before the backup begins: `events` follows a
-    // table through the WAL from here (super::changes).
-    let catalog = super::catalog::Catalog::read(src)?;
+    // table through the WAL from here (super::changes). Without it the base backup is
+    // still whole: only `events` cannot start from it.
+    let catalog = super::catalog::Catalog::read(src).ok();
     let info = match &opts.pgdata {
         Some(dir) => {
             let (pipe, producer) = super::local::start(src, dir)?;
@@ -95,18 +96,20 @@ pub fn backup(
         _ => {}
     }
     wait_for_wal(repo, src, &info, opts)?;
-    let json = serde_json::to_vec(&catalog)
-        .map_err(|e| FormatError::Invalid(format!("the catalog: {e}")))?;
-    b.add_part(
-        PartInput {
-            chunking: Chunking::ContentDefined,
-            name: super::catalog::PART.into(),
-            kind: super::catalog::PART_KIND.into(),
-            rows: None,
-            meta: Default::default(),
-        },
-        json.as_slice(),
-    )?;
+    if let Some(c) = &catalog {
+        let json =
+            serde_json::to_vec(c).map_err(|e| FormatError::Invalid(format!("the catalog: {e}")))?;
+        b.add_part(
+            PartInput {
+                chunking: Chunking::ContentDefined,
+                name: super::catalog::PART.into(),
+                kind: super::catalog::PART_KIND.into(),
+                rows: None,
+                meta: Default::default(),
+            },
+            json.as_slice(),
+        )?;
+    }
     let source = SourceInfo {
         kind: "postgres".into(),
         identity: src.describe(),

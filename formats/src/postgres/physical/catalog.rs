@@ -56,16 +56,22 @@ pub struct Catalog {
     pub lsn: String,
     /// The databases.
     pub databases: Vec<Database>,
+    /// Databases that could not be read, with why (the role may not connect to them):
+    /// `events` cannot name their tables.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unread: Vec<String>,
 }
 
 impl Catalog {
-    /// Reads the catalog of the cluster `src` is connected to.
+    /// Reads the catalog of the cluster `src` is connected to. A database the role cannot
+    /// read is listed in `unread`, not an error: a base backup does not fail for it.
     ///
     /// # Errors
-    /// A query failing.
+    /// The cluster's list of databases cannot be read.
     pub fn read(src: &PgSource) -> Result<Catalog> {
         let lsn = src.query("SELECT pg_current_wal_lsn()")?.trim().to_string();
         let mut databases = Vec::new();
+        let mut unread = Vec::new();
         for line in src.query_lines(
             "SELECT oid, datname FROM pg_database WHERE datallowconn ORDER BY datname",
         )? {
@@ -74,13 +80,19 @@ impl Catalog {
             };
             let oid: u32 = oid.parse().map_err(|_| bad(&line))?;
             // Names may hold `|`: the relation's own columns are read in hex.
-            let rows = src.for_database(name).query_lines(
+            let rows = match src.for_database(name).query_lines(
                 "SELECT c.oid, pg_relation_filenode(c.oid), coalesce(pg_relation_filenode(c.reltoastrelid), 0), \
                  encode(convert_to(n.nspname, 'UTF8'), 'hex'), encode(convert_to(c.relname, 'UTF8'), 'hex') \
                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                  WHERE c.relkind IN ('r', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
                  AND n.nspname NOT LIKE 'pg_toast%' AND pg_relation_filenode(c.oid) IS NOT NULL",
-            )?;
+            ) {
+                Ok(r) => r,
+                Err(e) => {
+                    unread.push(format!("{name}: {e}"));
+                    continue;
+                }
+            };
             let mut relations = Vec::new();
             for r in rows {
                 let f: Vec<&str> = r.split('|').collect();
@@ -101,7 +113,11 @@ impl Catalog {
                 relations,
             });
         }
-        Ok(Catalog { lsn, databases })
+        Ok(Catalog {
+            lsn,
+            databases,
+            unread,
+        })
     }
 
     /// The catalog a base backup recorded (`None`: taken by a dbvault that recorded none).

@@ -98,7 +98,19 @@ pub struct Span<'a> {
 /// A segment that cannot be fetched, pg_waldump failing before the end of the archive.
 pub fn scan(span: &Span<'_>, each: &mut dyn FnMut(Fact) -> bool) -> Result<()> {
     let per_log = wal::segments_per_log(span.segment_size);
-    let windows: Vec<&[String]> = span.segments.chunks(WINDOW).collect();
+    // Windows of at most WINDOW segments, each within one timeline (pg_waldump reads one).
+    let tli = |n: &String| n.get(..8).map(str::to_string);
+    let mut windows: Vec<&[String]> = Vec::new();
+    let mut from = 0;
+    for i in 1..=span.segments.len() {
+        let cut = i == span.segments.len()
+            || i - from == WINDOW
+            || tli(&span.segments[i]) != tli(&span.segments[from]);
+        if cut {
+            windows.push(&span.segments[from..i]);
+            from = i;
+        }
+    }
     let dir = tempfile::Builder::new()
         .prefix("dbvault-waldump-")
         .tempdir()
@@ -113,8 +125,12 @@ pub fn scan(span: &Span<'_>, each: &mut dyn FnMut(Fact) -> bool) -> Result<()> {
                 .iter()
                 .enumerate()
                 .map(|(i, w)| {
-                    let next = span.segments.get((i + 1) * WINDOW);
-                    (i, w.to_vec(), next.cloned())
+                    // The next window's first segment, read along when on this timeline.
+                    let next = windows
+                        .get(i + 1)
+                        .map(|n| n[0].clone())
+                        .filter(|n| n.get(..8) == w[0].get(..8));
+                    (i, w.to_vec(), next)
                 })
                 .collect();
             // Two workers over the windows, each sending in order through a turnstile.
@@ -239,8 +255,8 @@ fn decode(
     let _ = std::fs::remove_dir_all(&here);
     // At the end of the archive pg_waldump stops at the first record that is not there
     // ("invalid record length", "could not find file"): that is where the WAL ends.
-    let at_end = next.is_none();
-    if !status.success() && !(at_end && ends_normally(&errs)) {
+    let ended = next.is_none() && ends_normally(&errs);
+    if !status.success() && !ended {
         return Err(FormatError::Invalid(format!(
             "pg_waldump over {}..{}: {}",
             window[0],
@@ -368,7 +384,7 @@ pub fn parse_line(line: &str, out: &mut Vec<Fact>) {
                 ("Heap", "UPDATE" | "HOT_UPDATE") => HeapOp::Update,
                 ("Heap", "INSERT" | "INSERT+INIT")
                 | ("Heap2", "MULTI_INSERT" | "MULTI_INSERT+INIT") => HeapOp::Write,
-                ("XLOG", "FPI" | "FPI_FOR_HINT") if kind == "FPI" => HeapOp::Write,
+                ("XLOG", "FPI") => HeapOp::Write,
                 _ => return,
             };
             // The first block reference names the file (an update's second is the same
