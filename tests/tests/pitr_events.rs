@@ -87,6 +87,7 @@ fn events_find_each_change_of_a_table_and_their_restore_brings_it_back() {
     truth.insert("t", xact(&pg, "DELETE FROM t WHERE id % 6 = 0"));
     sql("INSERT INTO t SELECT i, 'after' FROM generate_series(5001, 5007) i");
     pause(6000);
+    let u_before = fp("u");
     truth.insert("u", xact(&pg, "TRUNCATE u"));
     pause(6000);
     let v_before = fp("v");
@@ -187,4 +188,34 @@ fn events_find_each_change_of_a_table_and_their_restore_brings_it_back() {
         );
         assert_eq!(got.trim(), before.as_str(), "{table} restored with `{cmd}`");
     }
+    // `--before-lsn` with the commit record's LSN: u as it was before the TRUNCATE, into a
+    // database directly.
+    let u = &found["u"];
+    let base = u["base"].as_str().expect("base");
+    sql("CREATE DATABASE back_u");
+    ok(
+        dbv(&[
+            "restore",
+            base,
+            "--table",
+            "public.u",
+            "--database",
+            "postgres",
+            "--before-lsn",
+            u["lsn"].as_str().expect("lsn"),
+            "--to",
+            &pg.url("back_u"),
+        ]),
+        "restore --before-lsn",
+    );
+    let got = pg.sql(
+        "back_u",
+        "SELECT count(*) || ' ' || coalesce(md5(string_agg(x::text, ',' ORDER BY x::text)), '') FROM u x",
+    );
+    assert_eq!(got.trim(), u_before, "u before its TRUNCATE");
+    assert!(u_before.starts_with("800 "), "{u_before}");
+    // A logical source is told where its table history is.
+    let r = dbv(&["events", "--name", "nope", "--table", "t"]);
+    assert_eq!(r.code, Some(1));
+    assert!(r.stderr.contains("no base backups of \"nope\""), "{}", r.stderr);
 }
