@@ -69,9 +69,44 @@ fn main() -> ExitCode {
     };
     match commands::run(&cli) {
         Ok(code) => code,
+        // `restore --to - | head`: the reader has all it wanted. Quiet, and the status a
+        // program killed by SIGPIPE has (what `pg_dump | head` gives), not an error line.
+        Err(e) if stdout_closed(&e) => ExitCode::from(141),
         Err(e) => {
-            eprintln!("dbvault: error: {}", one_line(&e));
-            ExitCode::from(exit_code(&e))
+            let line = one_line(&e);
+            let code = exit_code(&e);
+            eprintln!("dbvault: error: {line}");
+            if cli.json {
+                // A wrapper reading stdout gets the failure in the format it asked for.
+                output::json(&serde_json::json!({
+                    "error": line,
+                    "exit_code": code,
+                    "kind": match code {
+                        3 => "damage",
+                        75 => "temporary",
+                        _ => "failure",
+                    },
+                }));
+            }
+            ExitCode::from(code)
         }
     }
+}
+
+/// The error is a write to a standard output whose reader has gone.
+#[allow(unsafe_code)]
+fn stdout_closed(e: &anyhow::Error) -> bool {
+    let broken = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    }) || one_line(e).contains("Broken pipe");
+    // A pipe whose read end is closed polls as an error on the write end.
+    let mut fd = libc::pollfd {
+        fd: 1,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no timeout.
+    let polled = unsafe { libc::poll(&raw mut fd, 1, 0) };
+    broken && polled == 1 && fd.revents & libc::POLLERR != 0
 }

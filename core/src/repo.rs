@@ -387,12 +387,20 @@ impl Repository {
             n => Err(Error::AmbiguousSnapshot {
                 prefix: selector.to_string(),
                 count: n,
-                examples: matches
-                    .iter()
-                    .take(3)
-                    .map(Id::short)
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                // Each shown long enough to tell it from the others (and all of them
+                // when few, so "matches 4" lists 4).
+                examples: {
+                    let len = (sel.len() + 4).max(8);
+                    let mut shown: Vec<String> = matches
+                        .iter()
+                        .take(10)
+                        .map(|id| id.to_hex()[..len.min(64)].to_string())
+                        .collect();
+                    if n > shown.len() {
+                        shown.push(format!("and {} more", n - shown.len()));
+                    }
+                    shown.join(", ")
+                },
             }),
         }
     }

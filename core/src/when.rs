@@ -64,7 +64,13 @@ pub fn parse_time(t: &str) -> Result<DateTime<FixedOffset>> {
         "%a %b %d %H:%M:%S%.f %Y",
     ]
     .iter()
-    .find_map(|f| NaiveDateTime::parse_from_str(clock, f).ok());
+    .find_map(|f| NaiveDateTime::parse_from_str(clock, f).ok())
+    // A day alone is its midnight (`--since 2026-12-07`).
+    .or_else(|| {
+        chrono::NaiveDate::parse_from_str(clock.trim(), "%Y-%m-%d")
+            .ok()
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+    });
     let found = naive.and_then(|n| match zone {
         Some(secs) => FixedOffset::east_opt(secs).and_then(|z| z.from_local_datetime(&n).single()),
         None => Local
@@ -74,7 +80,7 @@ pub fn parse_time(t: &str) -> Result<DateTime<FixedOffset>> {
     });
     found.ok_or_else(|| {
         Error::Invalid(format!(
-            "{t:?} is not a time: use RFC 3339 (2026-12-01T14:31:00+01:00), PostgreSQL's form (2026-12-01 14:31:00.123456+00, as SELECT now() prints it), or local time (\"2026-12-01 14:31\")"
+            "{t:?} is not a time: use RFC 3339 (2026-12-01T14:31:00+01:00), PostgreSQL's form (2026-12-01 14:31:00.123456+00, as SELECT now() prints it), local time (\"2026-12-01 14:31\"), or a day (2026-12-01, its midnight)"
         ))
     })
 }

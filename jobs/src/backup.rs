@@ -128,6 +128,15 @@ pub fn backup_into(
             }
         }
         Input::Sqlite(path) => {
+            // SQLite takes an empty file for an empty database; an application's database
+            // never is one: a wrong path, or a file truncated by accident.
+            if std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0) && !a.allow_empty
+            {
+                bail!(
+                    "{} is an empty file (0 bytes), not an SQLite database: nothing was backed up and no snapshot recorded (is it the right path?). --allow-empty backs it up as an empty database on purpose",
+                    path.display()
+                );
+            }
             let copy = sqlite::online_copy(path, &tmp_dir())?;
             let name = a.name.clone().unwrap_or_else(|| stem(path));
             let identity = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());

@@ -69,7 +69,26 @@ pub fn history(repo: &Repository, source: &str, table: &str) -> Result<History> 
         })
         .collect();
     if mine.is_empty() {
-        bail!("no logical snapshots of source {source:?} (a physical source's table history is `dbvault events`)");
+        let mut logical: Vec<&str> = snaps
+            .iter()
+            .filter(|(_, s)| {
+                matches!(
+                    SnapshotFormat::of(s),
+                    Ok(SnapshotFormat::PgDump | SnapshotFormat::Sqlite)
+                )
+            })
+            .map(|(_, s)| s.name.as_str())
+            .collect();
+        logical.sort_unstable();
+        logical.dedup();
+        bail!(
+            "no logical snapshots of source {source:?} ({}); a physical source's table history is `dbvault events`",
+            if logical.is_empty() {
+                "this repository has none".to_string()
+            } else {
+                format!("the logical sources here: {}", logical.join(", "))
+            }
+        );
     }
     let want = |n: &str| {
         n == table

@@ -9,7 +9,7 @@ use chrono::{DateTime, FixedOffset, Utc};
 use dbvault_core::{Id, Repository, Snapshot};
 use dbvault_formats::kind::SnapshotFormat;
 use dbvault_formats::postgres::physical::catalog::Catalog;
-use dbvault_formats::postgres::physical::changes::{TableEvent, Tracker};
+use dbvault_formats::postgres::physical::changes::{Change, TableEvent, Tracker};
 use dbvault_formats::postgres::physical::waldump::{self, parse_lsn, Fact};
 use dbvault_formats::postgres::physical::{self, archive::Archive, BaseBackup};
 use serde::Serialize;
@@ -28,6 +28,8 @@ pub struct EventsRequest {
     pub since: Option<DateTime<FixedOffset>>,
     /// Only events before this time (the scan stops there).
     pub until: Option<DateTime<FixedOffset>>,
+    /// Leave out row changes of fewer rows (a busy table's single-row updates).
+    pub min_rows: Option<u64>,
 }
 
 /// One event and how to undo it.
@@ -45,6 +47,10 @@ pub struct Found {
 /// What [`table_events`] found.
 #[derive(Clone, Debug, Serialize)]
 pub struct TableEvents {
+    /// What the search could not cover, said once.
+    pub notes: Vec<String>,
+    /// The last commit the archive holds (a change after it is not archived yet).
+    pub last_commit: Option<DateTime<Utc>>,
     /// The table, schema-qualified.
     pub table: String,
     /// Its database.
@@ -60,6 +66,17 @@ pub struct TableEvents {
     /// How long the search took.
     #[serde(skip)]
     pub elapsed: Duration,
+}
+
+/// The WAL source names of every base backup in the repository.
+fn bases_of_any(repo: &Repository) -> Result<Vec<String>> {
+    let (snaps, _) = repo.readable_snapshots()?;
+    Ok(snaps
+        .iter()
+        .filter(|(_, s)| SnapshotFormat::of(s).ok() == Some(SnapshotFormat::PgPhysical))
+        .filter_map(|(_, s)| BaseBackup::of(s.part(physical::PART)?).ok())
+        .map(|b| b.wal_source)
+        .collect())
 }
 
 /// The base backups of `source` with their records, oldest first.
@@ -91,62 +108,107 @@ fn bases(repo: &Repository, source: &str) -> Result<Vec<(Id, Snapshot, BaseBacku
 /// installed, a segment missing or unreadable.
 pub fn table_events(repo: &Repository, req: &EventsRequest) -> Result<TableEvents> {
     let t0 = Instant::now();
-    let all = bases(repo, &req.source)?;
-    if all.is_empty() {
-        bail!("no base backups of {:?}: `dbvault events` reads a physical source's WAL (a logical source's table history is `dbvault history`)", req.source);
-    }
-    let mut catalogs = Vec::new();
-    let mut start = None;
-    for (i, (_, s, _)) in all.iter().enumerate() {
-        if let Some(c) = Catalog::of(repo, s)? {
-            let before = req.since.is_none_or(|t| s.time <= t);
-            if before || start.is_none() {
-                start = Some((i, catalogs.len()));
-            }
-            catalogs.push(c);
+    if let (Some(s), Some(u)) = (req.since, req.until) {
+        if s > u {
+            bail!("--since is after --until: nothing can be between them");
         }
     }
-    let Some((bi, ci)) = start else {
+    let all = bases(repo, &req.source)?;
+    if all.is_empty() {
+        let mut known: Vec<String> = bases_of_any(repo)?;
+        known.sort();
+        known.dedup();
+        bail!(
+            "no base backups of {:?}: `events` reads a physical source's WAL ({}); a logical source's table history is `dbvault history`",
+            req.source,
+            if known.is_empty() {
+                "this repository has no base backups".to_string()
+            } else {
+                format!("the physical sources here: {}", known.join(", "))
+            }
+        );
+    }
+    // The base backups that recorded a catalog, oldest first.
+    let mut with_catalog = Vec::new();
+    for (i, (_, s, _)) in all.iter().enumerate() {
+        if let Some(c) = Catalog::of(repo, s)? {
+            with_catalog.push((i, c));
+        }
+    }
+    if with_catalog.is_empty() {
         bail!("the base backups of {:?} recorded no catalog (taken by an older dbvault): take a new base backup, then search the WAL written after it", req.source);
-    };
-    let (_, base_snap, base) = &all[bi];
-    let catalog = &catalogs[ci];
-    // The table: in the named database, else in the only database that has it.
-    let candidates: Vec<_> = catalog
-        .databases
-        .iter()
-        .filter(|d| req.database.as_deref().is_none_or(|n| d.name == n))
-        .filter_map(|d| d.table(&req.table).map(|r| (d, r)))
-        .collect();
-    let (db, rel) = match candidates.as_slice() {
-        [one] => *one,
-        [] => bail!(
-            "no table {:?}{} in the catalog of base backup {} ({}){}",
+    }
+    // From the newest base backup before --since; without it (or none that old), the
+    // oldest: the whole archive.
+    let first = req
+        .since
+        .and_then(|t| with_catalog.iter().rposition(|(i, _)| all[*i].1.time <= t))
+        .unwrap_or(0);
+    let mut notes = Vec::new();
+    // The table, in the named database or the only one that has it; a table created after
+    // that base backup is found in a later one's catalog, and searched from there.
+    let mut found = None;
+    for (pos, (_, c)) in with_catalog.iter().enumerate().skip(first) {
+        let candidates: Vec<_> = c
+            .databases
+            .iter()
+            .filter(|d| req.database.as_deref().is_none_or(|n| d.name == n))
+            .filter_map(|d| d.table(&req.table).map(|r| (d.name.clone(), r.clone())))
+            .collect();
+        match candidates.len() {
+            0 => continue,
+            1 => {
+                found = Some((pos, candidates.into_iter().next().expect("one")));
+                break;
+            }
+            _ => bail!(
+                "a table {:?} is in several databases ({}): choose one with --database",
+                req.table,
+                candidates
+                    .iter()
+                    .map(|(d, _)| d.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+    let (from_base, _) = &with_catalog[first];
+    let Some((pos, (db_name, rel))) = found else {
+        let unread: Vec<&String> = with_catalog.iter().flat_map(|(_, c)| &c.unread).collect();
+        bail!(
+            "no table {:?}{} in the catalog of any base backup of {:?} from {} ({}) on: a table created and dropped between two base backups cannot be followed{}",
             req.table,
             req.database
                 .as_deref()
                 .map(|d| format!(" in database {d}"))
                 .unwrap_or_default(),
-            all[bi].0.short(),
-            crate::time_text(&base_snap.time),
-            if catalog.unread.is_empty() {
+            req.source,
+            all[*from_base].0.short(),
+            crate::time_text(&all[*from_base].1.time),
+            if unread.is_empty() {
                 String::new()
             } else {
                 format!(
-                    "; databases it could not read: {}",
-                    catalog.unread.join("; ")
+                    "; databases a base backup could not read: {}",
+                    unread.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; ")
                 )
             }
-        ),
-        many => bail!(
-            "a table {:?} is in several databases ({}): choose one with --database",
-            req.table,
-            many.iter()
-                .map(|(d, _)| d.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        );
     };
+    let bi = with_catalog[pos].0;
+    if pos != first {
+        notes.push(format!(
+            "{} is in the catalogs from base backup {} ({}) on: its changes before that are not searched",
+            rel.qualified(),
+            all[bi].0.short(),
+            crate::time_text(&all[bi].1.time)
+        ));
+    }
+    let catalogs: Vec<Catalog> = with_catalog.into_iter().map(|(_, c)| c).collect();
+    let catalog = &catalogs[pos];
+    let db = catalog.database(&db_name).context("the table's database")?;
+    let rel = &rel;
+    let (_, _, base) = &all[bi];
     let arch = Archive::load(repo, &req.source, base.segment_size)?;
     let mut segments = arch.replay_path(base)?;
     // From where the catalog was read, when the archive has that segment.
@@ -172,10 +234,13 @@ pub fn table_events(repo: &Repository, req: &EventsRequest) -> Result<TableEvent
     let mut tracker = Tracker::new(db, rel.oid, rel.filenode, rel.toast_filenode, &catalogs);
     let until = req.until.map(|t| t.with_timezone(&Utc));
     let mut stopped = false;
+    let mut last_commit = None;
     waldump::scan(&span, &mut |f: Fact| {
-        if let (Fact::End(e), Some(u)) = (&f, until) {
-            if e.time > u {
+        if let Fact::End(e) = &f {
+            if until.is_some_and(|u| e.time > u) {
                 stopped = true;
+            } else {
+                last_commit = Some(e.time);
             }
         }
         if !stopped {
@@ -188,6 +253,9 @@ pub fn table_events(repo: &Repository, req: &EventsRequest) -> Result<TableEvent
         .events
         .into_iter()
         .filter(|e| since.is_none_or(|s| e.time >= s))
+        .filter(|e| {
+            e.change != Change::Rows || req.min_rows.is_none_or(|m| e.deleted + e.updated >= m)
+        })
         .map(|event| {
             // The newest base backup consistent before the event.
             let base = all
@@ -196,12 +264,15 @@ pub fn table_events(repo: &Repository, req: &EventsRequest) -> Result<TableEvent
                 .find(|(_, _, b)| parse_lsn(&b.stop_lsn).is_some_and(|s| s <= event.lsn_value))
                 .map(|(id, _, _)| *id);
             let restore = base.map(|id| {
+                // Beside the live table under a name of its own: the script can be run
+                // into the live database as it is.
                 format!(
-                    "dbvault restore {} --table {} --database {} --before-xid {} --to -",
+                    "dbvault restore {} --table {} --database {} --before-xid {} --rename-table {} --to -",
                     id.short(),
                     shell_word(&rel.qualified()),
                     shell_word(&db.name),
-                    event.xid
+                    event.xid,
+                    shell_word(&format!("{}_before_{}", rel.name, event.xid))
                 )
             });
             Found {
@@ -213,6 +284,8 @@ pub fn table_events(repo: &Repository, req: &EventsRequest) -> Result<TableEvent
         .collect();
     events.reverse();
     Ok(TableEvents {
+        notes,
+        last_commit,
         table: rel.qualified(),
         database: db.name.clone(),
         events,

@@ -86,7 +86,16 @@ fn events_find_each_change_of_a_table_and_their_restore_brings_it_back() {
     let t_before = fp("t");
     truth.insert("t", xact(&pg, "DELETE FROM t WHERE id % 6 = 0"));
     sql("INSERT INTO t SELECT i, 'after' FROM generate_series(5001, 5007) i");
-    pause(6000);
+    // A second base backup after the DELETE: `events` without --since still searches from
+    // the first (the whole archive), with --since from the newest before it.
+    pause(3000);
+    ok(
+        dbv(&["backup", &pg.url("postgres"), "--physical", "--name", "pg"]),
+        "second base backup",
+    );
+    let after_second = sql("SELECT to_char(clock_timestamp(), 'YYYY-MM-DD\"T\"HH24:MI:SS.USOF')");
+    let after_second = format!("{}:00", after_second.trim());
+    pause(3000);
     let u_before = fp("u");
     truth.insert("u", xact(&pg, "TRUNCATE u"));
     pause(6000);
@@ -110,6 +119,7 @@ fn events_find_each_change_of_a_table_and_their_restore_brings_it_back() {
         ("w", "rewrite"),
     ];
     let mut found = BTreeMap::new();
+    let mut segments = BTreeMap::new();
     for (table, change) in expect {
         let t0 = Instant::now();
         let r = ok(
@@ -122,6 +132,7 @@ fn events_find_each_change_of_a_table_and_their_restore_brings_it_back() {
             j["segments"],
             t0.elapsed().as_secs_f64()
         );
+        segments.insert(table, j["segments"].as_u64().expect("segments"));
         let events = j["events"].as_array().expect("events");
         assert_eq!(
             events.len(),
@@ -144,6 +155,38 @@ fn events_find_each_change_of_a_table_and_their_restore_brings_it_back() {
         }
         found.insert(table, e.clone());
     }
+    // From the second base backup on, the DELETE is before the search: nothing, and the
+    // answer says where the archive ends.
+    let r = ok(
+        dbv(&[
+            "events",
+            "--name",
+            "pg",
+            "--table",
+            "t",
+            "--since",
+            &after_second,
+            "--json",
+        ]),
+        "events --since",
+    );
+    let j = r.json();
+    assert_eq!(j["events"].as_array().map(Vec::len), Some(0), "{j}");
+    assert!(j["segments"].as_u64() < Some(segments["t"]), "{j}");
+    let r = ok(
+        dbv(&[
+            "events",
+            "--name",
+            "pg",
+            "--table",
+            "t",
+            "--min-rows",
+            "501",
+            "--json",
+        ]),
+        "events --min-rows",
+    );
+    assert_eq!(r.json()["events"].as_array().map(Vec::len), Some(0));
     // Human output says the same, newest first, with the command.
     let r = ok(
         dbv(&["events", "--name", "pg", "--table", "t"]),
@@ -182,9 +225,12 @@ fn events_find_each_change_of_a_table_and_their_restore_brings_it_back() {
             "{}",
             String::from_utf8_lossy(&load.stderr)
         );
+        // Under a name of its own, so the script can go into the live database as it is.
+        let renamed = format!("{table}_before_{}", truth[table]);
+        assert!(cmd.contains(&format!("--rename-table {renamed}")), "{cmd}");
         let got = pg.sql(
             &db,
-            &format!("SELECT count(*) || ' ' || coalesce(md5(string_agg(x::text, ',' ORDER BY x::text)), '') FROM {table} x"),
+            &format!("SELECT count(*) || ' ' || coalesce(md5(string_agg(x::text, ',' ORDER BY x::text)), '') FROM {renamed} x"),
         );
         assert_eq!(got.trim(), before.as_str(), "{table} restored with `{cmd}`");
     }
@@ -217,5 +263,9 @@ fn events_find_each_change_of_a_table_and_their_restore_brings_it_back() {
     // A logical source is told where its table history is.
     let r = dbv(&["events", "--name", "nope", "--table", "t"]);
     assert_eq!(r.code, Some(1));
-    assert!(r.stderr.contains("no base backups of \"nope\""), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("no base backups of \"nope\""),
+        "{}",
+        r.stderr
+    );
 }

@@ -19,8 +19,9 @@ pub struct BackupArgs {
     /// Run CMD with `sh -c` and back up its standard output; no snapshot if it fails.
     #[arg(long, value_name = "CMD")]
     pub command: Option<String>,
-    /// Store an empty stream (stdin or a command's output) as a snapshot. Without it, an
-    /// empty input is refused: it is what a failed producer leaves in a pipe.
+    /// Store an empty stream (stdin or a command's output), or a 0-byte `sqlite:` file as an
+    /// empty database, as a snapshot. Without it, an empty input is refused: it is what a
+    /// failed producer leaves in a pipe, or a wrong path.
     #[arg(long)]
     pub allow_empty: bool,
     /// Source name: groups snapshots for `latest` and retention (default: stdin, the
@@ -90,6 +91,12 @@ pub struct SnapshotsArgs {
     /// Only snapshots of this source name.
     #[arg(long)]
     pub name: Option<String>,
+    /// Only snapshots with this tag (repeatable: all of them).
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Only snapshots taken on this host.
+    #[arg(long)]
+    pub host: Option<String>,
 }
 
 /// `ls` options.
@@ -341,6 +348,10 @@ pub struct EventsArgs {
     /// Only changes committed before this time (the search stops there).
     #[arg(long, value_name = "TIME")]
     pub until: Option<String>,
+    /// Leave out transactions that deleted or updated fewer rows than this (a busy
+    /// table's one-row updates); TRUNCATE, rewrites and DROP are always shown.
+    #[arg(long, value_name = "N")]
+    pub min_rows: Option<u64>,
 }
 
 /// `history` options.

@@ -20,6 +20,7 @@ pub fn events(cli: &Cli, a: &EventsArgs) -> Result<()> {
         database: a.database.clone(),
         since: time(&a.since)?,
         until: time(&a.until)?,
+        min_rows: a.min_rows,
     };
     let repo = repo_access::open_locked(cli, LockKind::Shared, "events")?;
     let found = table_events(&repo, &req)?;
@@ -96,6 +97,12 @@ pub fn table_history(cli: &Cli, a: &HistoryArgs) -> Result<()> {
             output::time(&p.time),
             p.rows.map_or_else(|| "(absent)".into(), |r| r.to_string()),
             p.bytes.map_or_else(|| "-".into(), output::bytes)
+        );
+    }
+    if h.falls.is_empty() {
+        crate::outln!(
+            "{}: its rows never fell by a tenth or more between two snapshots",
+            h.table
         );
     }
     for f in &h.falls {

@@ -43,6 +43,8 @@ fn list(
     let snaps: Vec<_> = all
         .into_iter()
         .filter(|(_, s)| a.name.as_deref().is_none_or(|n| s.name == n))
+        .filter(|(_, s)| a.host.as_deref().is_none_or(|h| s.host == h))
+        .filter(|(_, s)| a.tags.iter().all(|t| s.tags.contains(t)))
         .collect();
     // The latest restore-test of each snapshot, and when it last passed.
     let mut tested: HashMap<Id, (Option<String>, Option<String>, bool)> = HashMap::new();
@@ -96,8 +98,15 @@ fn list(
         crate::outln!("no snapshots");
         return Ok(());
     }
+    // The name column as wide as the longest name.
+    let w = snaps
+        .iter()
+        .map(|(_, s)| s.name.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(4);
     crate::outln!(
-        "{:<10} {:<25} {:<16} {:>10} {:>6}  {:<27} tags",
+        "{:<10} {:<25} {:<w$} {:>10} {:>6}  {:<27} tags",
         "id",
         "time",
         "name",
@@ -105,6 +114,8 @@ fn list(
         "parts",
         "restore-test"
     );
+    // A note (a selective or custom-format snapshot) once, naming its snapshots.
+    let mut notes: Vec<(String, Vec<String>)> = Vec::new();
     for (id, s) in &snaps {
         let rt = match tested.get(id) {
             None => "never".to_string(),
@@ -113,7 +124,7 @@ fn list(
             Some(_) => "?".into(),
         };
         crate::outln!(
-            "{:<10} {:<25} {:<16} {:>10} {:>6}  {:<27} {}",
+            "{:<10} {:<25} {:<w$} {:>10} {:>6}  {:<27} {}",
             id.short(),
             output::time(&s.time),
             s.name,
@@ -123,8 +134,21 @@ fn list(
             s.tags.join(",")
         );
         for n in &s.source.notes {
-            crate::outln!("{:<10} note: {n}", "");
+            match notes.iter_mut().find(|(t, _)| t == n) {
+                Some((_, ids)) => ids.push(id.short()),
+                None => notes.push((n.clone(), vec![id.short()])),
+            }
         }
+    }
+    for (n, ids) in &notes {
+        let which = if ids.len() == snaps.len() && ids.len() > 1 {
+            "every snapshot".to_string()
+        } else if ids.len() > 6 {
+            format!("{} snapshots", ids.len())
+        } else {
+            ids.join(", ")
+        };
+        crate::outln!("note: {n} ({which})");
     }
     crate::outln!("{} snapshot(s)", snaps.len());
     // The window each source covers: what --target-time can reach.

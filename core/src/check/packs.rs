@@ -65,14 +65,24 @@ pub(crate) fn check_packs(
         crate::crypto::fill_random(&mut b)?;
         u64::from_le_bytes(b)
     };
-    let chosen = |id: &Id| {
-        let x = u64::from_le_bytes(id.0[..8].try_into().unwrap_or_default());
-        match read {
-            ReadData::None => false,
-            ReadData::All => true,
-            ReadData::Percent(p) => ((x ^ salt) as f64 / u64::MAX as f64) * 100.0 < p,
-            ReadData::Slice(n, m) => x % u64::from(m) == u64::from(n - 1),
+    let key = |id: &Id| u64::from_le_bytes(id.0[..8].try_into().unwrap_or_default());
+    // A percentage reads that share of the packs, rounded up: at least one pack of a
+    // small repository (5% of 3 packs is one, not a coin toss that reads none).
+    let percent: std::collections::HashSet<Id> = match read {
+        ReadData::Percent(p) if p > 0.0 => {
+            let n = by_pack.len();
+            let k = ((p / 100.0 * n as f64).ceil() as usize).clamp(1, n.max(1));
+            let mut ids: Vec<&Id> = by_pack.keys().collect();
+            ids.sort_by_key(|id| key(id) ^ salt);
+            ids.into_iter().take(k).copied().collect()
         }
+        _ => Default::default(),
+    };
+    let chosen = |id: &Id| match read {
+        ReadData::None => false,
+        ReadData::All => true,
+        ReadData::Percent(_) => percent.contains(id),
+        ReadData::Slice(n, m) => key(id) % u64::from(m) == u64::from(n - 1),
     };
     let packs: Vec<(&Id, &Vec<u32>)> = by_pack.iter().collect();
     let outcomes: Vec<PackOutcome> = packs

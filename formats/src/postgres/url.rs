@@ -11,6 +11,52 @@ fn invalid(msg: impl Into<String>) -> FormatError {
     }
 }
 
+/// The connection parameters libpq takes in a URL's query (PostgreSQL 16's list); any
+/// other is refused by name rather than as "invalid connection string".
+const LIBPQ_PARAMS: &[&str] = &[
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "passfile",
+    "channel_binding",
+    "connect_timeout",
+    "client_encoding",
+    "options",
+    "application_name",
+    "fallback_application_name",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+    "replication",
+    "gssencmode",
+    "sslmode",
+    "requiressl",
+    "sslcompression",
+    "sslcert",
+    "sslkey",
+    "sslpassword",
+    "sslcertmode",
+    "sslrootcert",
+    "sslcrl",
+    "sslcrldir",
+    "sslsni",
+    "requirepeer",
+    "ssl_min_protocol_version",
+    "ssl_max_protocol_version",
+    "krbsrvname",
+    "gsslib",
+    "gssdelegation",
+    "service",
+    "target_session_attrs",
+    "load_balance_hosts",
+    "require_auth",
+];
+
 /// A `postgres://` URL split into a password-free form and the password.
 #[derive(Clone)]
 pub(crate) struct PgUrl {
@@ -54,6 +100,16 @@ impl PgUrl {
             for kv in q.split('&') {
                 match kv.split_once('=') {
                     Some(("password", v)) => password = Some(percent_decode(v)),
+                    Some((k, _)) if !LIBPQ_PARAMS.contains(&k) => {
+                        return Err(invalid(format!(
+                            "parameter {k:?} is not a libpq connection parameter{}: remove it (libpq's are host, port, dbname, user, sslmode, application_name, options, …)",
+                            if k == "schema" {
+                                " (Prisma's `schema` selects a schema for Prisma, not for a connection; to back up one schema give --schema NAME)"
+                            } else {
+                                ""
+                            }
+                        )))
+                    }
                     _ => query_parts.push(kv),
                 }
             }
