@@ -47,5 +47,5 @@ mod worker;
 pub use backup::{Backup, BackupSummary, Chunking, PartInput, SnapshotMeta};
 pub use error::{Error, Result};
 pub use id::Id;
-pub use repo::{RepoConfig, Repository};
+pub use repo::{RepoConfig, Repository, SnapshotFilter};
 pub use snapshot::{Part, Snapshot, SourceInfo};

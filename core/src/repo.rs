@@ -306,6 +306,25 @@ impl Repository {
     /// [`Error::SnapshotNotFound`], [`Error::AmbiguousSnapshot`], or a damaged snapshot
     /// named by id.
     pub fn find_snapshot(&self, selector: &str, name: Option<&str>) -> Result<(Id, Snapshot)> {
+        let filter = SnapshotFilter {
+            name: name.map(str::to_string),
+            ..SnapshotFilter::default()
+        };
+        self.find_snapshot_in(selector, &filter)
+    }
+
+    /// As [`Repository::find_snapshot`], `latest` being the newest snapshot that `filter`
+    /// matches (its source name, host and tags); an id names its snapshot whatever the
+    /// filter says.
+    ///
+    /// # Errors
+    /// As [`Repository::find_snapshot`].
+    pub fn find_snapshot_in(
+        &self,
+        selector: &str,
+        filter: &SnapshotFilter,
+    ) -> Result<(Id, Snapshot)> {
+        let name = filter.name.as_deref();
         if selector == "latest" {
             // Damaged manifests are skipped here (`check` reports them): the newest
             // readable snapshot is still the one to restore. A newer one that vanished is
@@ -346,6 +365,7 @@ impl Repository {
                 let mut names: Vec<&str> = audit
                     .snapshots
                     .iter()
+                    .filter(|(_, s)| filter.matches(s))
                     .map(|(_, s)| s.name.as_str())
                     .collect();
                 names.sort_unstable();
@@ -360,11 +380,12 @@ impl Repository {
             return audit
                 .snapshots
                 .into_iter()
-                .rfind(|(_, s)| name.is_none_or(|n| s.name == n))
+                .rfind(|(_, s)| filter.matches(s))
                 .ok_or_else(|| Error::SnapshotNotFound {
-                    selector: match name {
-                        Some(n) => format!("latest (name {n})"),
-                        None => "latest (the repository has no snapshots)".into(),
+                    selector: match (name, filter.is_empty()) {
+                        (_, false) => format!("latest ({})", filter.describe()),
+                        (Some(n), _) => format!("latest (name {n})"),
+                        (None, _) => "latest (the repository has no snapshots)".into(),
                     },
                 });
         }
@@ -580,5 +601,47 @@ fn order_ties(all: &mut [(Id, Snapshot)]) {
             run.sort_by_cached_key(|(id, _)| (depth(*id), *id));
         }
         start = end;
+    }
+}
+
+/// Which snapshots `latest` (and listings) consider: a source name, a host, tags (all of
+/// them).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotFilter {
+    /// The source name.
+    pub name: Option<String>,
+    /// The host that took it.
+    pub host: Option<String>,
+    /// Tags it must all have.
+    pub tags: Vec<String>,
+}
+
+impl SnapshotFilter {
+    /// Whether `s` passes.
+    #[must_use]
+    pub fn matches(&self, s: &Snapshot) -> bool {
+        self.name.as_deref().is_none_or(|n| s.name == n)
+            && self.host.as_deref().is_none_or(|h| s.host == h)
+            && self.tags.iter().all(|t| s.tags.contains(t))
+    }
+
+    /// True when it lets every snapshot through but by name.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.host.is_none() && self.tags.is_empty()
+    }
+
+    /// `name shop, host db1, tag pre-migration` for messages.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        let mut v = Vec::new();
+        if let Some(n) = &self.name {
+            v.push(format!("name {n}"));
+        }
+        if let Some(h) = &self.host {
+            v.push(format!("host {h}"));
+        }
+        v.extend(self.tags.iter().map(|t| format!("tag {t}")));
+        v.join(", ")
     }
 }

@@ -193,20 +193,20 @@ impl Target {
     }
 }
 
-/// The base backup `selector` names, or with a target time and `latest` the newest one
-/// taken before it (of `name`).
+/// The base backup `selector` names (`latest`: the newest `filter` lets through), or with
+/// a target time and `latest` the newest one taken before it (of the filter's name).
 ///
 /// # Errors
 /// No such snapshot, or one that is not a base backup.
 pub fn pick_base(
     repo: &Repository,
     selector: &str,
-    name: Option<&str>,
+    filter: &dbvault_core::SnapshotFilter,
     target: &Target,
 ) -> Result<(Id, Snapshot)> {
     let (id, snap) = match (target.parsed_time()?, selector) {
-        (Some(t), "latest") => repo.find_at(name, t)?,
-        _ => repo.find_snapshot(selector, name)?,
+        (Some(t), "latest") => repo.find_at(filter.name.as_deref(), t)?,
+        _ => repo.find_snapshot_in(selector, filter)?,
     };
     if SnapshotFormat::of(&snap)? != SnapshotFormat::PgPhysical {
         bail!(

@@ -145,6 +145,22 @@ fn snapshots_filter_by_tag_and_host_and_keep_their_columns() {
         .ok()
         .json();
     assert_eq!(none.as_array().map(Vec::len), Some(0));
+    // `latest` with a tag: the tagged snapshot, whichever source is newer.
+    let r = repo
+        .run(
+            &["restore", "latest", "--tag", "pre-migration-0042", "--to", "-"],
+            None,
+        )
+        .ok();
+    assert_eq!(r.stdout, b"one");
+    let r = repo.run(&["restore", "latest", "--tag", "nope", "--to", "-"], None);
+    assert_eq!(r.code, Some(1));
+    assert!(r.stderr.contains("latest (tag nope)"), "{}", r.stderr);
+    let ls = repo
+        .run(&["ls", "latest", "--tag", "nightly", "--json"], None)
+        .ok()
+        .json();
+    assert_eq!(ls["name"], "s", "{ls}");
     // The columns after the name line up whatever its length.
     let text = repo.run(&["snapshots"], None).ok().text();
     let rows: Vec<&str> = text

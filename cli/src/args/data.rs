@@ -108,6 +108,13 @@ pub struct LsArgs {
     /// With `latest`: the latest of this source.
     #[arg(long)]
     pub name: Option<String>,
+    /// With `latest`: the newest snapshot with this tag (repeatable: all of them), e.g.
+    /// `--tag pre-migration-0042`.
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// With `latest`: the newest snapshot taken on this host.
+    #[arg(long)]
+    pub host: Option<String>,
 }
 
 /// `diff` options.
@@ -201,6 +208,13 @@ pub struct RestoreArgs {
     /// With `latest`: the source name to pick from.
     #[arg(long)]
     pub name: Option<String>,
+    /// With `latest`: the newest snapshot with this tag (repeatable: all of them), e.g.
+    /// `--tag pre-migration-0042`.
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// With `latest`: the newest snapshot taken on this host.
+    #[arg(long)]
+    pub host: Option<String>,
     /// With `latest`: the newest snapshot taken at or before this time (RFC 3339, e.g.
     /// 2026-12-01T14:31:00+01:00; PostgreSQL's `2026-12-01 13:31:00.123456+00`, as
     /// `SELECT now()` prints it; or `YYYY-MM-DD HH:MM[:SS]` in local time). With
@@ -314,6 +328,15 @@ pub struct RestoreTestArgs {
 }
 
 impl RestoreArgs {
+    /// Which snapshots `latest` picks from.
+    pub fn filter(&self) -> dbvault_core::SnapshotFilter {
+        dbvault_core::SnapshotFilter {
+            name: self.name.clone(),
+            host: self.host.clone(),
+            tags: self.tags.clone(),
+        }
+    }
+
     /// The options a PostgreSQL restore takes from these.
     pub fn pg_options(&self) -> dbvault_formats::postgres::RestoreOptions {
         dbvault_formats::postgres::RestoreOptions {

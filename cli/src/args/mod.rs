@@ -8,6 +8,8 @@ use clap::{Args, Parser, Subcommand};
 /// dbvault: deduplicated, compressed, encrypted backups of PostgreSQL and SQLite databases.
 #[derive(Parser, Debug)]
 #[command(name = "dbvault", version, about, propagate_version = true)]
+// The options every command takes come after a command's own, under their own heading.
+#[command(next_help_heading = "Global options")]
 pub struct Cli {
     /// Repository: a local path, file:///path, or s3://bucket/prefix.
     #[arg(long, global = true, env = "DBVAULT_REPO", value_name = "URL")]
@@ -105,7 +107,9 @@ pub enum Command {
     /// A table's rows and size in each snapshot of a logical source, and between which
     /// two snapshots its rows fell (reads no data).
     History(HistoryArgs),
-    /// Run SQL on an SQLite snapshot without restoring it (pages are read as needed).
+    /// Run SQL on a snapshot without restoring it: an SQLite snapshot in place (pages are
+    /// read as needed), a PostgreSQL snapshot's tables (`--table`) loaded into a scratch
+    /// SQLite database.
     Sql(SqlArgs),
     /// Copy snapshots into a second repository (offsite), re-encrypted under its keys,
     /// storing only what it lacks; a snapshot it already holds is never copied again.

@@ -13,7 +13,12 @@ fn opt(n: Option<u64>) -> String {
 
 pub fn run(cli: &Cli, a: &LsArgs) -> Result<()> {
     let repo = repo_access::open(cli)?;
-    let (id, snap) = repo.find_snapshot(&a.snapshot, a.name.as_deref())?;
+    let filter = dbvault_core::SnapshotFilter {
+        name: a.name.clone(),
+        host: a.host.clone(),
+        tags: a.tags.clone(),
+    };
+    let (id, snap) = repo.find_snapshot_in(&a.snapshot, &filter)?;
     super::note_latest(&a.snapshot, &id, &snap);
     let entries = listing::entries(&snap);
     if cli.json {

@@ -80,18 +80,21 @@ pub(crate) fn note_latest(selector: &str, id: &Id, snap: &Snapshot) {
 pub(crate) fn pick_snapshot(
     repo: &Repository,
     selector: &str,
-    name: Option<&str>,
+    filter: &dbvault_core::SnapshotFilter,
     target_time: Option<&str>,
 ) -> Result<(Id, Snapshot)> {
     let Some(t) = target_time else {
-        let (id, snap) = repo.find_snapshot(selector, name)?;
+        let (id, snap) = repo.find_snapshot_in(selector, filter)?;
         note_latest(selector, &id, &snap);
         return Ok((id, snap));
     };
     if selector != "latest" {
         bail!("--target-time picks among the snapshots: give `latest` (with --name), not a snapshot id");
     }
-    let (id, snap) = repo.find_at(name, crate::output::parse_time(t)?)?;
+    if !filter.is_empty() {
+        bail!("--target-time picks by time: --tag and --host are for `latest`");
+    }
+    let (id, snap) = repo.find_at(filter.name.as_deref(), crate::output::parse_time(t)?)?;
     eprintln!(
         "dbvault: snapshot {} taken {} (the newest at or before {t})",
         id.short(),

@@ -45,7 +45,7 @@ pub fn restore(cli: &Cli, a: &RestoreArgs, dir: &Path) -> Result<()> {
     }
     let repo = repo_access::open_locked(cli, LockKind::Shared, "restore")?;
     let target = target(a);
-    let (id, snap) = recover::pick_base(&repo, &a.snapshot, a.name.as_deref(), &target)?;
+    let (id, snap) = recover::pick_base(&repo, &a.snapshot, &a.filter(), &target)?;
     let req = PgdataRequest {
         dir,
         force: a.force,

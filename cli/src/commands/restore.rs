@@ -47,12 +47,8 @@ pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<()> {
         bail!("--rename-table needs exactly one --table");
     }
     let repo = repo_access::open_locked(cli, LockKind::Shared, "restore")?;
-    let (id, snap) = super::pick_snapshot(
-        &repo,
-        &a.snapshot,
-        a.name.as_deref(),
-        a.target_time.as_deref(),
-    )?;
+    let (id, snap) =
+        super::pick_snapshot(&repo, &a.snapshot, &a.filter(), a.target_time.as_deref())?;
     let format = SnapshotFormat::of(&snap)?;
     if format == SnapshotFormat::PgPhysical {
         let url = match tgt {

@@ -15,12 +15,11 @@ use crate::{output, repo_access};
 
 pub fn run(cli: &Cli, a: &SqlArgs) -> Result<()> {
     let repo = repo_access::open_locked(cli, LockKind::Shared, "sql")?;
-    let (id, snap) = super::pick_snapshot(
-        &repo,
-        &a.snapshot,
-        a.name.as_deref(),
-        a.target_time.as_deref(),
-    )?;
+    let filter = dbvault_core::SnapshotFilter {
+        name: a.name.clone(),
+        ..Default::default()
+    };
+    let (id, snap) = super::pick_snapshot(&repo, &a.snapshot, &filter, a.target_time.as_deref())?;
     let queries: Vec<String> = match &a.query {
         Some(q) => vec![q.clone()],
         None => std::io::stdin()
