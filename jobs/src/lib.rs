@@ -4,7 +4,7 @@
 //! - [`access`]: a store URL to a repository, with the cache, client state and locks.
 //! - [`backup`]: a [`job::Job`] of any source kind, routed to its format.
 //! - [`config`]: the configuration file's model; [`run`]: its nightly job as a typed
-//!   report; [`metrics`]: the Prometheus textfile; [`status`]: every source's state.
+//!   report, [`plan`] its dry run; [`metrics`]: the Prometheus textfile; [`status`]: every source's state.
 //! - [`restore`]: a logical snapshot of any kind to any target; [`recover`]: a base
 //!   backup to a moment, as a cluster or single tables.
 //! - [`follow`]: continuous SQLite backup, stopped by a [`follow::Stop`] handle.
@@ -30,6 +30,7 @@ pub mod maintain;
 pub mod metrics;
 pub mod night;
 pub mod physical;
+pub mod plan;
 pub mod recover;
 pub mod restore;
 pub mod restore_test;

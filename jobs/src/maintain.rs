@@ -111,6 +111,20 @@ pub fn catch_up(
     to: &Repository,
     names: &[String],
 ) -> Result<(CopyReport, Vec<WalCopied>)> {
+    let (which, for_wal) = to_catch_up(from, to, names)?;
+    let wal = copy_wal(from, to, &for_wal)?;
+    Ok((copy_snapshots(from, &which, to, &mut |_| {})?, wal))
+}
+
+/// What [`catch_up`] copies: the snapshots, and those whose WAL goes along.
+///
+/// # Errors
+/// Reading either repository.
+pub fn to_catch_up(
+    from: &Repository,
+    to: &Repository,
+    names: &[String],
+) -> Result<(Vec<(Id, Snapshot)>, Vec<(Id, Snapshot)>)> {
     let (all, _) = from.readable_snapshots()?;
     let (held, _) = to.readable_snapshots()?;
     let mut which = Vec::new();
@@ -136,8 +150,7 @@ pub fn catch_up(
             for_wal.push(newest.clone());
         }
     }
-    let wal = copy_wal(from, to, &for_wal)?;
-    Ok((copy_snapshots(from, &which, to, &mut |_| {})?, wal))
+    Ok((which, for_wal))
 }
 
 /// Snapshots with their ids, and the manifests that could not be read.

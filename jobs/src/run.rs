@@ -95,7 +95,11 @@ pub fn run_night(
 }
 
 /// Opens and locks (shared) a configured repository.
-fn open_configured(access: &Access, rname: &str, rc: &config::RepoConfig) -> Result<Repository> {
+pub(crate) fn open_configured(
+    access: &Access,
+    rname: &str,
+    rc: &config::RepoConfig,
+) -> Result<Repository> {
     let repo = access.open_configured(rname, rc)?;
     access.lock(&repo, LockKind::Shared, "run")?;
     Ok(repo)
@@ -291,7 +295,7 @@ pub fn policy_for(
 }
 
 /// True when no report of `kind` is younger than `every` (no `every`: always).
-fn due(repo: &Repository, kind: &ReportKind, every: Option<&str>) -> Result<bool> {
+pub(crate) fn due(repo: &Repository, kind: &ReportKind, every: Option<&str>) -> Result<bool> {
     let Some(every) = every else { return Ok(true) };
     let secs = Span::parse(every)?.approx_seconds();
     let last = repo

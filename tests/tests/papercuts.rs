@@ -148,7 +148,14 @@ fn snapshots_filter_by_tag_and_host_and_keep_their_columns() {
     // `latest` with a tag: the tagged snapshot, whichever source is newer.
     let r = repo
         .run(
-            &["restore", "latest", "--tag", "pre-migration-0042", "--to", "-"],
+            &[
+                "restore",
+                "latest",
+                "--tag",
+                "pre-migration-0042",
+                "--to",
+                "-",
+            ],
             None,
         )
         .ok();

@@ -211,3 +211,68 @@ fn config_errors_name_the_file_and_line() {
         r.stderr
     );
 }
+
+/// `run --dry-run` says what tonight would do (what each source backs up, what its
+/// retention forgets, whether prune and check run) and changes nothing.
+#[test]
+fn a_dry_run_plans_the_night_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    let mut c = std::process::Command::new(bin());
+    c.arg("--repo")
+        .arg(d.join("repo"))
+        .arg("init")
+        .env("DBVAULT_PASSWORD", PASSWORD);
+    run_cmd(c, None).ok();
+    let db = d.join("app.db");
+    dbvault_tests::sqlite3(&db, "CREATE TABLE t (a int); INSERT INTO t VALUES (1);");
+    let cfg = write_config(
+        d,
+        &format!(
+            "[[source]]\nname = \"app\"\nsqlite = \"{}\"\n",
+            db.display()
+        ),
+    );
+    // Four snapshots from earlier nights: keep_last = 2 forgets two.
+    for day in 1..=4 {
+        let mut c = std::process::Command::new(bin());
+        c.arg("--repo")
+            .arg(d.join("repo"))
+            .args([
+                "backup",
+                &format!("sqlite:{}", db.display()),
+                "--name",
+                "app",
+            ])
+            .args(["--time", &format!("2026-11-0{day} 01:00")])
+            .env("DBVAULT_PASSWORD", PASSWORD);
+        run_cmd(c, None).ok();
+    }
+    let before = dbvault_tests::tree(&d.join("repo"));
+    let plan = dbvault(&cfg, &["run", "--dry-run", "--json"]).ok().json();
+    let repo = &plan["repositories"][0];
+    assert_eq!(repo["name"], "main", "{plan}");
+    let src = &repo["sources"][0];
+    assert_eq!(src["name"], "app");
+    assert!(
+        src["backup"].as_str().is_some_and(|b| b.contains("app.db")),
+        "{plan}"
+    );
+    assert_eq!(src["forget"].as_array().map(Vec::len), Some(2), "{plan}");
+    assert_eq!(src["keep"], 2, "{plan}");
+    let steps: Vec<&str> = repo["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["step"].as_str().expect("step"))
+        .collect();
+    assert_eq!(steps, ["prune", "check"], "{plan}");
+    assert!(repo["steps"][0]["runs"].as_bool().expect("runs"), "{plan}");
+    let text = dbvault(&cfg, &["run", "--dry-run"]).ok().text();
+    assert!(text.contains("would forget"), "{text}");
+    assert!(text.contains("nothing is changed"), "{text}");
+    // Not a file of the repository changed; no snapshot, no report, no metrics.
+    assert_eq!(dbvault_tests::tree(&d.join("repo")), before);
+    assert_eq!(snapshots(d, "app").len(), 4);
+    assert!(!d.join("dbvault.prom").exists());
+}

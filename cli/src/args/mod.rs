@@ -197,6 +197,10 @@ pub struct RunArgs {
     /// Only this source (by name).
     #[arg(value_name = "JOB")]
     pub job: Option<String>,
+    /// `run`: say what tonight's run would do (back up, forget, copy, prune, check) and
+    /// change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// Retention rules (`--keep-…`): the library's type, which the configuration file's

@@ -59,6 +59,9 @@ pub fn run(cli: &Cli, a: &BackupArgs) -> Result<()> {
 /// each, until stopped. A source whose repository or database cannot be opened is tried
 /// again every 30 s (at boot the store or the file may not be there yet).
 pub fn from_config(cli: &Cli, a: &RunArgs) -> Result<()> {
+    if a.dry_run {
+        bail!("--dry-run is for `run`: `follow` has nothing to plan");
+    }
     let path = config::locate(cli.config.as_deref())?;
     let cfg = config::load(&path)?;
     let chosen: Vec<&Source> = cfg

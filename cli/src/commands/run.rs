@@ -17,6 +17,9 @@ pub fn run(cli: &Cli, a: &RunArgs) -> Result<ExitCode> {
             bail!("{}: no source named {j:?}", path.display());
         }
     }
+    if a.dry_run {
+        return dry_run(cli, &cfg, &path, a);
+    }
     let night = run_night(
         &crate::repo_access::access(cli)?,
         &crate::output::events(cli),
@@ -78,4 +81,51 @@ pub fn run(cli: &Cli, a: &RunArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// `run --dry-run`: the plan, changing nothing.
+fn dry_run(
+    cli: &Cli,
+    cfg: &config::Config,
+    path: &std::path::Path,
+    a: &RunArgs,
+) -> Result<ExitCode> {
+    let plan =
+        dbvault_jobs::plan::plan_night(&crate::repo_access::access(cli)?, cfg, a.job.as_deref())?;
+    if cli.json {
+        crate::output::json(&serde_json::to_value(&plan)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    crate::outln!(
+        "dbvault run --dry-run ({}): nothing is changed",
+        path.display()
+    );
+    for r in &plan.repositories {
+        crate::outln!("repository {}:", r.name);
+        if let Some(e) = &r.error {
+            crate::outln!("  cannot be opened: {e}");
+            continue;
+        }
+        for s in &r.sources {
+            crate::outln!("  {}: back up {}", s.name, s.backup);
+            crate::outln!(
+                "    retention {}: keep {}, forget {}",
+                s.retention,
+                s.keep,
+                s.forget.len()
+            );
+            for (id, t) in &s.forget {
+                crate::outln!("      would forget {id} ({t})");
+            }
+        }
+        for st in &r.steps {
+            crate::outln!(
+                "  {}: {} ({})",
+                st.step,
+                if st.runs { "runs" } else { "skipped" },
+                st.detail
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,207 @@
+//! `run --dry-run`: what tonight's run would do, read from the configuration and the
+//! repositories, changing nothing: each source's backup, the snapshots its retention would
+//! forget, the offsite copy, and whether prune and check are due.
+
+use anyhow::Result;
+use dbvault_core::report::ReportKind;
+use serde::Serialize;
+
+use crate::access::Access;
+use crate::config::{Config, Source};
+use crate::forget::{forget, ForgetRequest};
+use crate::run::{due, open_configured, policy_for};
+
+/// One source's part of the night.
+#[derive(Clone, Debug, Serialize)]
+pub struct SourcePlan {
+    /// Its name.
+    pub name: String,
+    /// What would be backed up (the database or file, never a password).
+    pub backup: String,
+    /// Its retention rules, or why none apply.
+    pub retention: String,
+    /// Snapshots its retention would forget now (tonight's new one aside): id and time.
+    pub forget: Vec<(String, String)>,
+    /// Snapshots it would keep.
+    pub keep: usize,
+}
+
+/// A maintenance step's schedule.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepPlan {
+    /// `prune`, `check`, `copy to NAME`.
+    pub step: String,
+    /// Whether it would run tonight.
+    pub runs: bool,
+    /// Why, or what it would do.
+    pub detail: String,
+}
+
+/// One repository's part of the night.
+#[derive(Clone, Debug, Serialize)]
+pub struct RepoPlan {
+    /// The repository's name in the file.
+    pub name: String,
+    /// Why it could not be read (then nothing else is known of it).
+    pub error: Option<String>,
+    /// Its sources.
+    pub sources: Vec<SourcePlan>,
+    /// Copy, prune and check.
+    pub steps: Vec<StepPlan>,
+}
+
+/// What `run` would do tonight.
+#[derive(Clone, Debug, Serialize)]
+pub struct NightPlan {
+    /// Per repository.
+    pub repositories: Vec<RepoPlan>,
+}
+
+fn what(s: &Source) -> String {
+    let mut w = match s.target() {
+        Ok((Some(t), _, whole)) => {
+            let shown = dbvault_formats::postgres::PgSource::parse(&t)
+                .map_or_else(|_| t.clone(), |p| p.describe());
+            format!("{}{shown}", if whole { "every database of " } else { "" })
+        }
+        Ok((None, Some(c), _)) => format!("the output of `{c}`"),
+        _ => "nothing: the source is malformed".into(),
+    };
+    if s.physical {
+        w = format!("a base backup of the cluster at {w}");
+    }
+    if !s.selection.is_whole() {
+        w.push_str(" (selective)");
+    }
+    w
+}
+
+/// The plan of `cfg`'s night (only source `job`, when given, which skips maintenance).
+///
+/// # Errors
+/// None beyond what the plan reports; kept for what cannot be reported.
+pub fn plan_night(access: &Access, cfg: &Config, job: Option<&str>) -> Result<NightPlan> {
+    let mut out = Vec::new();
+    for (rname, rc) in &cfg.repository {
+        let sources: Vec<&Source> = cfg
+            .source
+            .iter()
+            .filter(|s| cfg.repo_of(s).is_ok_and(|r| r == rname))
+            .filter(|s| job.is_none_or(|j| s.name == j))
+            .collect();
+        if sources.is_empty() && job.is_some() {
+            continue;
+        }
+        let mut plan = RepoPlan {
+            name: rname.clone(),
+            error: None,
+            sources: Vec::new(),
+            steps: Vec::new(),
+        };
+        let repo = match open_configured(access, rname, rc) {
+            Ok(r) => r,
+            Err(e) => {
+                plan.error = Some(format!("{e:#}"));
+                out.push(plan);
+                continue;
+            }
+        };
+        let append_only = access.is_append_only(Some(rc));
+        for s in &sources {
+            let mut sp = SourcePlan {
+                name: s.name.clone(),
+                backup: what(s),
+                retention: String::new(),
+                forget: Vec::new(),
+                keep: 0,
+            };
+            match policy_for(&repo, cfg, s) {
+                _ if append_only => sp.retention = "left to the admin host (append-only)".into(),
+                Ok(None) => sp.retention = "none: every snapshot is kept".into(),
+                Ok(Some(p)) if p.is_empty() => sp.retention = "none: every snapshot is kept".into(),
+                Ok(Some(p)) => {
+                    sp.retention = p.describe();
+                    let req = ForgetRequest {
+                        name: Some(s.name.clone()),
+                        policy: p,
+                        keep_wal_within: None,
+                        dry_run: true,
+                    };
+                    match forget(&repo, &req) {
+                        Ok(f) => {
+                            for v in f.groups.values().flatten() {
+                                if v.reasons.is_empty() {
+                                    sp.forget.push((v.id.short(), crate::time_text(&v.time)));
+                                } else {
+                                    sp.keep += 1;
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            sp.retention = format!("{}: cannot be applied: {e:#}", p.describe())
+                        }
+                    }
+                }
+                Err(e) => sp.retention = format!("cannot be read: {e:#}"),
+            }
+            plan.sources.push(sp);
+        }
+        if let Some(target) = &rc.copy_to {
+            let step = format!("copy to {}", target.get_ref());
+            let detail = (|| -> Result<String> {
+                let trc = cfg
+                    .repository
+                    .get(target.get_ref())
+                    .ok_or_else(|| anyhow::anyhow!("no repository named {:?}", target.get_ref()))?;
+                let to = open_configured(access, target.get_ref(), trc)?;
+                let names: Vec<String> = sources.iter().map(|s| s.name.clone()).collect();
+                let (which, _) = crate::maintain::to_catch_up(&repo, &to, &names)?;
+                Ok(format!(
+                    "{} snapshot(s) it lacks now, and tonight's new ones",
+                    which.len()
+                ))
+            })();
+            plan.steps.push(match detail {
+                Ok(d) => StepPlan {
+                    step,
+                    runs: true,
+                    detail: d,
+                },
+                Err(e) => StepPlan {
+                    step,
+                    runs: false,
+                    detail: format!("{e:#}"),
+                },
+            });
+        }
+        if job.is_none() {
+            for (step, kind, sch) in [
+                (
+                    "prune",
+                    ReportKind::Prune,
+                    cfg.prune.as_ref().filter(|_| !append_only),
+                ),
+                ("check", ReportKind::Check, cfg.check.as_ref()),
+            ] {
+                let Some(sch) = sch else { continue };
+                let every = sch.every.as_deref();
+                let (runs, detail) = match due(&repo, &kind, every) {
+                    Ok(true) => (
+                        true,
+                        every.map_or_else(|| "every run".into(), |e| format!("due (every {e})")),
+                    ),
+                    Ok(false) => (false, format!("not due (every {})", every.unwrap_or("run"))),
+                    Err(e) => (false, format!("{e:#}")),
+                };
+                plan.steps.push(StepPlan {
+                    step: step.into(),
+                    runs,
+                    detail,
+                });
+            }
+        }
+        repo.unlock();
+        out.push(plan);
+    }
+    Ok(NightPlan { repositories: out })
+}
