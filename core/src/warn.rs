@@ -10,8 +10,9 @@ pub fn set_sink(f: fn(&str)) {
     let _ = SINK.set(f);
 }
 
-/// One warning line.
-pub(crate) fn warn(line: &str) {
+/// One warning line (the other libraries send theirs here too, so a front end sets one
+/// sink for all).
+pub fn warn(line: &str) {
     if let Some(f) = SINK.get() {
         f(line);
     }

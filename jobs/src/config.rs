@@ -85,6 +85,14 @@ pub struct RepoConfig {
     /// Path-style S3 addressing.
     #[serde(default)]
     pub s3_path_style: bool,
+    /// This repository's own S3 keys, from a file only the service reads: an environment
+    /// file (`AWS_ACCESS_KEY_ID=…`, `AWS_SECRET_ACCESS_KEY=…`, as systemd's
+    /// `EnvironmentFile=` or `LoadCredential=` gives it) or an AWS credentials file
+    /// (`aws_access_key_id = …` under `[profile]` sections). Without it, the process's
+    /// AWS environment and profile.
+    pub s3_credentials_file: Option<toml::Spanned<PathBuf>>,
+    /// With an AWS credentials file: the section to read (default `default`).
+    pub s3_profile: Option<String>,
     /// This host only adds to the repository (as `--append-only`): `run` backs up and
     /// checks, and leaves retention and prune to the admin host.
     #[serde(default)]
@@ -345,6 +353,11 @@ pub fn load(path: &Path) -> Result<Config> {
                         f.get_ref().display()
                     ),
                 ));
+            }
+        }
+        if let Some(f) = &r.s3_credentials_file {
+            if let Err(e) = crate::access::s3_credentials(f.get_ref(), r.s3_profile.as_deref()) {
+                return Err(at_line(f.span(), format!("repository {name}: {e:#}")));
             }
         }
         if let Some(t) = &r.copy_to {

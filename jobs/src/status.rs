@@ -47,7 +47,10 @@ pub fn status(access: &Access, ev: &dyn Events, cfg: &Config) -> Result<Vec<Sour
     for (rname, rc) in &cfg.repository {
         // Read-only: never wrapped append-only, never locked.
         let opened = crate::access::configured_passphrase(rname, rc).and_then(|p| {
-            access.open(crate::access::backend_for(&rc.url, &access.s3_for(rc))?, &p)
+            access.open(
+                crate::access::backend_for(&rc.url, &access.s3_for(rc)?)?,
+                &p,
+            )
         });
         let sources = cfg
             .source

@@ -195,6 +195,24 @@ impl Garage {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// A second bucket with a key of its own, allowed on that bucket only: (key id,
+    /// secret).
+    pub fn another_bucket(&self, bucket: &str) -> (String, String) {
+        self.ok(&["bucket", "create", bucket]);
+        let key_name = format!("{bucket}-key");
+        let key = self.ok(&["key", "create", &key_name]);
+        let field = |name: &str| {
+            key.lines()
+                .find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_string()))
+                .unwrap_or_else(|| panic!("no {name} in: {key}"))
+        };
+        let ids = (field("Key ID:"), field("Secret key:"));
+        self.ok(&[
+            "bucket", "allow", "--read", "--write", "--owner", bucket, "--key", &key_name,
+        ]);
+        ids
+    }
+
     /// The server's log, for failure messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("garage.log")).unwrap_or_default()

@@ -353,3 +353,156 @@ fn run_keeps_an_offsite_copy_with_the_same_retention() {
         .expect("count");
     assert_eq!(n, 3, "the offsite copy is not tonight's database");
 }
+
+/// Two S3 repositories with keys of their own, each allowed on its own bucket only, named
+/// in the configuration file (an environment file and an AWS credentials file with a
+/// profile): `run` backs up into one and copies offsite into the other with no AWS
+/// variable in its environment, and the offsite copy restores.
+#[test]
+fn each_configured_repository_uses_its_own_s3_keys() {
+    let g = Garage::start();
+    let (off_id, off_secret) = g.another_bucket("offsite-bucket");
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    let main_creds = d.join("main.env");
+    std::fs::write(
+        &main_creds,
+        format!(
+            "# main bucket\nexport AWS_ACCESS_KEY_ID={}\nAWS_SECRET_ACCESS_KEY=\"{}\"\n",
+            g.key_id, g.secret
+        ),
+    )
+    .expect("creds");
+    let off_creds = d.join("aws-credentials");
+    std::fs::write(
+        &off_creds,
+        format!(
+            "[default]\naws_access_key_id = wrong\naws_secret_access_key = wrong\n\n[offsite]\naws_access_key_id = {off_id}\naws_secret_access_key = {off_secret}\n"
+        ),
+    )
+    .expect("creds");
+    for f in [&main_creds, &off_creds] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    let pw = d.join("pw");
+    std::fs::write(&pw, format!("{}\n", dbvault_tests::PASSWORD)).expect("pw");
+    let db = d.join("app.db");
+    dbvault_tests::sqlite3(
+        &db,
+        "CREATE TABLE t (a int, b text); INSERT INTO t SELECT value, hex(randomblob(20)) FROM generate_series(1, 2000);",
+    );
+    let cfg = d.join("dbvault.toml");
+    let repo = |name: &str, bucket: &str, creds: &Path, extra: &str| {
+        format!(
+            "[repository.{name}]\nurl = \"s3://{bucket}/r\"\npassword_file = \"{}\"\ns3_endpoint = \"{}\"\ns3_region = \"garage\"\ns3_path_style = true\ns3_credentials_file = \"{}\"\n{extra}\n",
+            pw.display(),
+            g.endpoint,
+            creds.display()
+        )
+    };
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}{}[[source]]\nname = \"app\"\nsqlite = \"{}\"\nrepository = \"main\"\n",
+            repo("main", &g.bucket, &main_creds, "copy_to = \"offsite\""),
+            repo(
+                "offsite",
+                "offsite-bucket",
+                &off_creds,
+                "s3_profile = \"offsite\""
+            ),
+            db.display()
+        ),
+    )
+    .expect("config");
+    // The repositories are made with each bucket's own key, the way an admin would.
+    for (bucket, id, secret) in [
+        (g.bucket.as_str(), g.key_id.as_str(), g.secret.as_str()),
+        ("offsite-bucket", off_id.as_str(), off_secret.as_str()),
+    ] {
+        let mut c = Command::new(dbvault_tests::bin());
+        c.args([
+            "--s3-path-style",
+            "--repo",
+            &format!("s3://{bucket}/r"),
+            "init",
+        ])
+        .env("DBVAULT_PASSWORD", dbvault_tests::PASSWORD)
+        .env("AWS_ACCESS_KEY_ID", id)
+        .env("AWS_SECRET_ACCESS_KEY", secret)
+        .env("AWS_REGION", "garage")
+        .env("AWS_ENDPOINT_URL", &g.endpoint);
+        run_cmd(c, None).ok();
+    }
+    // The run: no AWS variable, no profile in its environment.
+    let mut c = Command::new(dbvault_tests::bin());
+    c.arg("--config").arg(&cfg).args(["run", "--json"]);
+    for k in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_ENDPOINT_URL",
+        "AWS_REGION",
+        "AWS_PROFILE",
+        "DBVAULT_PASSWORD",
+        "DBVAULT_REPO",
+    ] {
+        c.env_remove(k);
+    }
+    c.env("HOME", d).env("DBVAULT_CACHE_DIR", d.join("cache"));
+    let r = run_cmd(c, None);
+    assert_eq!(r.code, Some(0), "{}\n{}", r.stderr, r.text());
+    let night = r.json();
+    let copy = night["maintenance"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .find(|s| s["step"].as_str().is_some_and(|w| w.starts_with("copy to")))
+        .unwrap_or_else(|| panic!("no copy step: {night}"));
+    assert_eq!(copy["ok"], true, "{night}");
+    // The offsite copy restores, with the offsite key.
+    let out = d.join("back.db");
+    let mut c = Command::new(dbvault_tests::bin());
+    c.args(["--s3-path-style", "--repo", "s3://offsite-bucket/r"])
+        .args(["restore", "latest", "--name", "app", "--to"])
+        .arg(format!("sqlite:{}", out.display()))
+        .env("DBVAULT_PASSWORD", dbvault_tests::PASSWORD)
+        .env("DBVAULT_CACHE_DIR", d.join("cache2"))
+        .env("AWS_ACCESS_KEY_ID", &off_id)
+        .env("AWS_SECRET_ACCESS_KEY", &off_secret)
+        .env("AWS_REGION", "garage")
+        .env("AWS_ENDPOINT_URL", &g.endpoint);
+    run_cmd(c, None).ok();
+    assert_eq!(
+        dbvault_tests::sqlite3(&out, "SELECT count(*), sum(a) FROM t").trim(),
+        dbvault_tests::sqlite3(&db, "SELECT count(*), sum(a) FROM t").trim()
+    );
+    // A credentials file others can read is used, with a warning; one without the keys
+    // is a one-line error naming the file and line.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&main_creds, std::fs::Permissions::from_mode(0o644))
+            .expect("chmod");
+    }
+    let mut c = Command::new(dbvault_tests::bin());
+    c.arg("--config").arg(&cfg).args(["status"]);
+    c.env("DBVAULT_CACHE_DIR", d.join("cache"));
+    let r = run_cmd(c, None);
+    assert!(
+        r.stderr
+            .contains("can be read by other users: chmod 600 it"),
+        "{}",
+        r.stderr
+    );
+    std::fs::write(&off_creds, "[default]\naws_access_key_id = x\n").expect("creds");
+    let mut c = Command::new(dbvault_tests::bin());
+    c.arg("--config").arg(&cfg).args(["run"]);
+    let r = run_cmd(c, None);
+    assert_eq!(r.code, Some(1));
+    assert!(
+        r.stderr
+            .contains(":15: repository offsite: the S3 credentials file"),
+        "{}",
+        r.stderr
+    );
+}
