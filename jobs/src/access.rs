@@ -69,71 +69,6 @@ pub fn configured_passphrase(name: &str, r: &RepoConfig) -> Result<Zeroizing<Str
     bail!("repository {name}: no passphrase source: set password_file or password_command")
 }
 
-/// An S3 key pair from `path`: an environment file (`AWS_ACCESS_KEY_ID=…`,
-/// `AWS_SECRET_ACCESS_KEY=…`, optionally `export`ed or quoted) or an AWS credentials file
-/// (`aws_access_key_id = …`, `aws_secret_access_key = …` in the `[profile]` section, by
-/// default `[default]`). A file others can read is used, with a warning.
-///
-/// # Errors
-/// The file cannot be read, or lacks either key.
-pub fn s3_credentials(path: &Path, profile: Option<&str>) -> Result<(String, String)> {
-    let text = Zeroizing::new(
-        std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the S3 credentials file {}", path.display()))?,
-    );
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        if std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o044 != 0) {
-            dbvault_core::warn::warn(&format!(
-                "the S3 credentials file {} can be read by other users: chmod 600 it",
-                path.display()
-            ));
-        }
-    }
-    let want = profile.unwrap_or("default");
-    let (mut section, mut id, mut secret) = (None::<String>, None, None);
-    for line in text.lines() {
-        let l = line.trim();
-        if l.is_empty() || l.starts_with('#') || l.starts_with(';') {
-            continue;
-        }
-        if let Some(name) = l.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
-            let name = name.trim();
-            section = Some(
-                name.strip_prefix("profile ")
-                    .unwrap_or(name)
-                    .trim()
-                    .to_string(),
-            );
-            continue;
-        }
-        // Keys outside any section (an environment file) count whatever the profile.
-        if section.as_deref().is_some_and(|s| s != want) {
-            continue;
-        }
-        let Some((k, v)) = l.trim_start_matches("export ").split_once('=') else {
-            continue;
-        };
-        let v = v.trim().trim_matches('"').trim_matches('\'').to_string();
-        match k.trim().to_ascii_lowercase().as_str() {
-            "aws_access_key_id" => id = Some(v),
-            "aws_secret_access_key" => secret = Some(v),
-            _ => {}
-        }
-    }
-    match (id, secret) {
-        (Some(i), Some(s)) if !i.is_empty() && !s.is_empty() => Ok((i, s)),
-        _ => bail!(
-            "the S3 credentials file {} has no AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY{}",
-            path.display(),
-            profile
-                .map(|p| format!(" in section [{p}]"))
-                .unwrap_or_default()
-        ),
-    }
-}
-
 /// How repositories are reached.
 #[derive(Clone)]
 pub struct Access {
@@ -251,7 +186,10 @@ impl Access {
         o.region = o.region.or_else(|| rc.s3_region.clone());
         o.path_style |= rc.s3_path_style;
         if let Some(f) = &rc.s3_credentials_file {
-            o.credentials = Some(s3_credentials(f.get_ref(), rc.s3_profile.as_deref())?);
+            o.credentials = Some(crate::config::s3_credentials(
+                f.get_ref(),
+                rc.s3_profile.as_deref(),
+            )?);
         }
         Ok(o)
     }

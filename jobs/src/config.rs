@@ -38,6 +38,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use dbvault_core::retention::{Policy, Span};
 use serde::Deserialize;
+use zeroize::Zeroizing;
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -356,7 +357,7 @@ pub fn load(path: &Path) -> Result<Config> {
             }
         }
         if let Some(f) = &r.s3_credentials_file {
-            if let Err(e) = crate::access::s3_credentials(f.get_ref(), r.s3_profile.as_deref()) {
+            if let Err(e) = s3_credentials(f.get_ref(), r.s3_profile.as_deref()) {
                 return Err(at_line(f.span(), format!("repository {name}: {e:#}")));
             }
         }
@@ -473,6 +474,71 @@ impl Config {
             .or(self.retention.as_ref())
             .map(Retention::policy)
             .transpose()?)
+    }
+}
+
+/// An S3 key pair from `path`: an environment file (`AWS_ACCESS_KEY_ID=…`,
+/// `AWS_SECRET_ACCESS_KEY=…`, optionally `export`ed or quoted) or an AWS credentials file
+/// (`aws_access_key_id = …`, `aws_secret_access_key = …` in the `[profile]` section, by
+/// default `[default]`). A file others can read is used, with a warning.
+///
+/// # Errors
+/// The file cannot be read, or lacks either key.
+pub fn s3_credentials(path: &Path, profile: Option<&str>) -> Result<(String, String)> {
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the S3 credentials file {}", path.display()))?,
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o044 != 0) {
+            dbvault_core::warn::warn(&format!(
+                "the S3 credentials file {} can be read by other users: chmod 600 it",
+                path.display()
+            ));
+        }
+    }
+    let want = profile.unwrap_or("default");
+    let (mut section, mut id, mut secret) = (None::<String>, None, None);
+    for line in text.lines() {
+        let l = line.trim();
+        if l.is_empty() || l.starts_with('#') || l.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = l.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+            let name = name.trim();
+            section = Some(
+                name.strip_prefix("profile ")
+                    .unwrap_or(name)
+                    .trim()
+                    .to_string(),
+            );
+            continue;
+        }
+        // Keys outside any section (an environment file) count whatever the profile.
+        if section.as_deref().is_some_and(|s| s != want) {
+            continue;
+        }
+        let Some((k, v)) = l.trim_start_matches("export ").split_once('=') else {
+            continue;
+        };
+        let v = v.trim().trim_matches('"').trim_matches('\'').to_string();
+        match k.trim().to_ascii_lowercase().as_str() {
+            "aws_access_key_id" => id = Some(v),
+            "aws_secret_access_key" => secret = Some(v),
+            _ => {}
+        }
+    }
+    match (id, secret) {
+        (Some(i), Some(s)) if !i.is_empty() && !s.is_empty() => Ok((i, s)),
+        _ => bail!(
+            "the S3 credentials file {} has no AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY{}",
+            path.display(),
+            profile
+                .map(|p| format!(" in section [{p}]"))
+                .unwrap_or_default()
+        ),
     }
 }
 
