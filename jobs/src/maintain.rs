@@ -116,6 +116,9 @@ pub fn catch_up(
     Ok((copy_snapshots(from, &which, to, &mut |_| {})?, wal))
 }
 
+/// Snapshots with their ids.
+pub type Snapshots = Vec<(Id, Snapshot)>;
+
 /// What [`catch_up`] copies: the snapshots, and those whose WAL goes along.
 ///
 /// # Errors
@@ -124,7 +127,7 @@ pub fn to_catch_up(
     from: &Repository,
     to: &Repository,
     names: &[String],
-) -> Result<(Vec<(Id, Snapshot)>, Vec<(Id, Snapshot)>)> {
+) -> Result<(Snapshots, Snapshots)> {
     let (all, _) = from.readable_snapshots()?;
     let (held, _) = to.readable_snapshots()?;
     let mut which = Vec::new();
