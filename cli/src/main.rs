@@ -76,8 +76,9 @@ fn main() -> ExitCode {
             let line = one_line(&e);
             let code = exit_code(&e);
             eprintln!("dbvault: error: {line}");
-            if cli.json {
-                // A wrapper reading stdout gets the failure in the format it asked for.
+            if cli.json && !output::PRINTED.load(std::sync::atomic::Ordering::Relaxed) {
+                // A wrapper reading stdout gets the failure in the format it asked for
+                // (unless a document went out already: one document per run).
                 output::json(&serde_json::json!({
                     "error": line,
                     "exit_code": code,

@@ -14,11 +14,16 @@ pub fn name(s: &str) -> String {
 
 pub use dbvault_jobs::bytes;
 
+/// Set once anything went to stdout: a failure's JSON then does not follow a document
+/// already printed (two documents would break a parser).
+pub static PRINTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Prints a line on stdout; a reader that went away (`| head`) is not an error.
 #[macro_export]
 macro_rules! outln {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
+        $crate::output::PRINTED.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = writeln!(std::io::stdout(), $($arg)*);
     }};
 }
