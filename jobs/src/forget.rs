@@ -10,14 +10,30 @@ use dbvault_core::{Id, Repository};
 /// What [`forget`] is asked.
 #[derive(Clone, Debug, Default)]
 pub struct ForgetRequest {
-    /// Only this source (else every one).
+    /// Only snapshots of this source (else every one).
     pub name: Option<String>,
+    /// Only snapshots with all these tags: the rules are applied among them alone, and
+    /// the others are neither kept nor forgotten.
+    pub tags: Vec<String>,
+    /// Only snapshots taken on this host.
+    pub host: Option<String>,
     /// The rules (at least one above zero).
     pub policy: Policy,
     /// Keep WAL archived within this span even when no kept base backup needs it.
     pub keep_wal_within: Option<Span>,
     /// Decide and report, remove nothing.
     pub dry_run: bool,
+}
+
+impl ForgetRequest {
+    fn selects(&self, s: &dbvault_core::Snapshot) -> bool {
+        dbvault_core::SnapshotFilter {
+            name: self.name.clone(),
+            host: self.host.clone(),
+            tags: self.tags.clone(),
+        }
+        .matches(s)
+    }
 }
 
 /// What [`forget`] decided (and, unless a dry run, did).
@@ -57,7 +73,7 @@ pub fn forget(repo: &Repository, req: &ForgetRequest) -> Result<Forgotten> {
     let (snaps, damaged) = repo.readable_snapshots()?;
     let list: Vec<_> = snaps
         .iter()
-        .filter(|(_, s)| req.name.as_deref().is_none_or(|n| s.name == n))
+        .filter(|(_, s)| req.selects(s))
         .map(|(id, s)| (*id, s.name.clone(), s.time))
         .collect();
     let mut out = Forgotten {

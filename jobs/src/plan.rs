@@ -124,8 +124,8 @@ pub fn plan_night(access: &Access, cfg: &Config, job: Option<&str>) -> Result<Ni
                     let req = ForgetRequest {
                         name: Some(s.name.clone()),
                         policy: p,
-                        keep_wal_within: None,
                         dry_run: true,
+                        ..ForgetRequest::default()
                     };
                     match forget(&repo, &req) {
                         Ok(f) => {

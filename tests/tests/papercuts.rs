@@ -204,3 +204,54 @@ fn a_note_shared_by_snapshots_is_said_once() {
     assert_eq!(notes.len(), 1, "{text}");
     assert!(notes[0].contains("(every snapshot)"), "{text}");
 }
+
+/// `forget --tag`: the rules apply among the tagged snapshots alone; the others are
+/// neither kept nor forgotten.
+#[test]
+fn forget_by_tag_leaves_the_other_snapshots_alone() {
+    let repo = Repo::new();
+    for (i, tag) in [
+        "pre-migration",
+        "nightly",
+        "pre-migration",
+        "nightly",
+        "pre-migration",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let data = format!("night {i}");
+        repo.backup(data.as_bytes(), &["--name", "db", "--tag", tag]);
+    }
+    let j = repo
+        .run(
+            &[
+                "forget",
+                "--tag",
+                "pre-migration",
+                "--keep-last",
+                "1",
+                "--json",
+            ],
+            None,
+        )
+        .ok()
+        .json();
+    assert_eq!(j["forget"].as_array().map(Vec::len), Some(2), "{j}");
+    assert_eq!(j["keep"].as_array().map(Vec::len), Some(1), "{j}");
+    let left = repo.run(&["snapshots", "--json"], None).ok().json();
+    let tags: Vec<String> = left
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|s| s["tags"][0].as_str().expect("tag").to_string())
+        .collect();
+    assert_eq!(tags, ["nightly", "nightly", "pre-migration"], "{left}");
+    let r = repo.run(&["forget", "--tag", "nope", "--keep-last", "1"], None);
+    assert_eq!(r.code, Some(1));
+    assert!(
+        r.stderr.contains("no snapshots match tag nope"),
+        "{}",
+        r.stderr
+    );
+}

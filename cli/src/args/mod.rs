@@ -220,6 +220,13 @@ pub struct ForgetArgs {
     /// Only this source name's snapshots.
     #[arg(long)]
     pub name: Option<String>,
+    /// Only snapshots with this tag (repeatable: all of them): the rules apply among them
+    /// alone; the others are neither kept nor forgotten.
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Only snapshots taken on this host.
+    #[arg(long)]
+    pub host: Option<String>,
     /// List what would be kept and forgotten; change nothing.
     #[arg(long)]
     pub dry_run: bool,

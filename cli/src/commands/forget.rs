@@ -40,6 +40,8 @@ pub fn run(cli: &Cli, a: &ForgetArgs) -> Result<()> {
         .transpose()?;
     let req = ForgetRequest {
         name: a.name.clone(),
+        tags: a.tags.clone(),
+        host: a.host.clone(),
         policy: rules,
         keep_wal_within,
         dry_run: a.dry_run,
@@ -53,8 +55,19 @@ pub fn run(cli: &Cli, a: &ForgetArgs) -> Result<()> {
         eprintln!("dbvault: warning: {e} (neither kept nor forgotten)");
     }
     if groups.is_empty() {
-        if let Some(n) = &a.name {
-            bail!("no snapshots of source {n:?}");
+        let filter = dbvault_core::SnapshotFilter {
+            name: a.name.clone(),
+            host: a.host.clone(),
+            tags: a.tags.clone(),
+        };
+        if a.name.is_some() && filter.is_empty() {
+            bail!(
+                "no snapshots of source {:?}",
+                a.name.as_deref().unwrap_or("")
+            );
+        }
+        if !filter.is_empty() {
+            bail!("no snapshots match {}", filter.describe());
         }
     }
     let pruned = if prune_after {
