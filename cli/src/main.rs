@@ -11,20 +11,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// One line: the cause chain joined, no newlines, each cause once (an error whose message
-/// already holds its source's text is not followed by it again).
+/// One line: the cause chain joined, each cause once (`dbvault_jobs::one_line`).
 pub(crate) fn one_line(e: &anyhow::Error) -> String {
-    let mut msg = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if !msg.contains(&text) {
-            if !msg.is_empty() {
-                msg.push_str(": ");
-            }
-            msg.push_str(&text);
-        }
-    }
-    msg.replace('\n', " ")
+    dbvault_jobs::one_line(e)
 }
 
 /// Exit status of a failed command, from its error's kind (docs/exit-codes.md): 3 damage,

@@ -356,11 +356,8 @@ pub fn load(path: &Path) -> Result<Config> {
                 ));
             }
         }
-        if let Some(f) = &r.s3_credentials_file {
-            if let Err(e) = s3_credentials(f.get_ref(), r.s3_profile.as_deref()) {
-                return Err(at_line(f.span(), format!("repository {name}: {e:#}")));
-            }
-        }
+        // The S3 credentials file is read when its repository is opened: a bad one
+        // fails that repository's steps, never the other repositories' backups.
         if let Some(t) = &r.copy_to {
             if t.get_ref() == name || !cfg.repository.contains_key(t.get_ref()) {
                 return Err(at_line(
@@ -492,15 +489,23 @@ pub fn s3_credentials(path: &Path, profile: Option<&str>) -> Result<(String, Str
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
+        static WARNED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
         if std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o044 != 0) {
-            dbvault_core::warn::warn(&format!(
-                "the S3 credentials file {} can be read by other users: chmod 600 it",
-                path.display()
-            ));
+            let mut w = WARNED
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !w.iter().any(|p| p == path) {
+                w.push(path.to_path_buf());
+                dbvault_core::warn::warn(&format!(
+                    "the S3 credentials file {} can be read by other users: chmod 600 it",
+                    path.display()
+                ));
+            }
         }
     }
     let want = profile.unwrap_or("default");
     let (mut section, mut id, mut secret) = (None::<String>, None, None);
+    let mut sections = Vec::new();
     for line in text.lines() {
         let l = line.trim();
         if l.is_empty() || l.starts_with('#') || l.starts_with(';') {
@@ -508,12 +513,13 @@ pub fn s3_credentials(path: &Path, profile: Option<&str>) -> Result<(String, Str
         }
         if let Some(name) = l.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
             let name = name.trim();
-            section = Some(
-                name.strip_prefix("profile ")
-                    .unwrap_or(name)
-                    .trim()
-                    .to_string(),
-            );
+            let name = name
+                .strip_prefix("profile ")
+                .unwrap_or(name)
+                .trim()
+                .to_string();
+            sections.push(name.clone());
+            section = Some(name);
             continue;
         }
         // Keys outside any section (an environment file) count whatever the profile.
@@ -530,14 +536,27 @@ pub fn s3_credentials(path: &Path, profile: Option<&str>) -> Result<(String, Str
             _ => {}
         }
     }
+    if let Some(p) = profile {
+        if sections.is_empty() {
+            bail!(
+                "s3_profile = {p:?}, but the S3 credentials file {} has no [sections] (an environment file): remove s3_profile, or give an AWS credentials file",
+                path.display()
+            );
+        }
+        if !sections.iter().any(|s| s == p) {
+            bail!(
+                "the S3 credentials file {} has no section [{p}] (its sections: {})",
+                path.display(),
+                sections.join(", ")
+            );
+        }
+    }
     match (id, secret) {
         (Some(i), Some(s)) if !i.is_empty() && !s.is_empty() => Ok((i, s)),
         _ => bail!(
-            "the S3 credentials file {} has no AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY{}",
+            "the S3 credentials file {} lacks the access key id or the secret key{} (AWS_ACCESS_KEY_ID= and AWS_SECRET_ACCESS_KEY= lines, or aws_access_key_id = and aws_secret_access_key = in a section)",
             path.display(),
-            profile
-                .map(|p| format!(" in section [{p}]"))
-                .unwrap_or_default()
+            profile.map(|p| format!(" in section [{p}]")).unwrap_or_default()
         ),
     }
 }

@@ -112,7 +112,15 @@ pub fn ids_named(repo: &Repository, selectors: &[String]) -> Result<Vec<Id>> {
         match m.as_slice() {
             [one] => ids.push(**one),
             [] => bail!("no snapshot matches {sel:?}"),
-            _ => bail!("snapshot id prefix {sel:?} matches {} snapshots", m.len()),
+            _ => bail!(
+                "snapshot id prefix {sel:?} is ambiguous: it matches {} snapshots ({}): give more of the id",
+                m.len(),
+                m.iter()
+                    .take(10)
+                    .map(|id| id.to_hex()[..(s.len() + 4).clamp(8, 64)].to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         }
     }
     Ok(ids)

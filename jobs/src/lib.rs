@@ -62,3 +62,20 @@ pub fn bytes(n: u64) -> String {
 pub fn time_text(t: &chrono::DateTime<chrono::FixedOffset>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
 }
+
+/// An error as one line: its causes joined, each once (a cause whose text the message
+/// already holds is not repeated), no newlines. What a report or a log line shows.
+#[must_use]
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !msg.contains(&text) {
+            if !msg.is_empty() {
+                msg.push_str(": ");
+            }
+            msg.push_str(&text);
+        }
+    }
+    msg.replace('\n', " ")
+}

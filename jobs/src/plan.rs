@@ -8,7 +8,6 @@ use serde::Serialize;
 
 use crate::access::Access;
 use crate::config::{Config, Source};
-use crate::forget::{forget, ForgetRequest};
 use crate::run::{due, open_configured, policy_for};
 
 /// One source's part of the night.
@@ -20,9 +19,9 @@ pub struct SourcePlan {
     pub backup: String,
     /// Its retention rules, or why none apply.
     pub retention: String,
-    /// Snapshots its retention would forget now (tonight's new one aside): id and time.
+    /// Snapshots its retention would forget once tonight's is made: id and time.
     pub forget: Vec<(String, String)>,
-    /// Snapshots it would keep.
+    /// Older snapshots it would keep (tonight's is kept besides).
     pub keep: usize,
 }
 
@@ -53,6 +52,8 @@ pub struct RepoPlan {
 /// What `run` would do tonight.
 #[derive(Clone, Debug, Serialize)]
 pub struct NightPlan {
+    /// Everything could be read (else `run` would fail somewhere: the plan says where).
+    pub ok: bool,
     /// Per repository.
     pub repositories: Vec<RepoPlan>,
 }
@@ -82,6 +83,7 @@ fn what(s: &Source) -> String {
 /// None beyond what the plan reports; kept for what cannot be reported.
 pub fn plan_night(access: &Access, cfg: &Config, job: Option<&str>) -> Result<NightPlan> {
     let mut out = Vec::new();
+    let mut ok = true;
     for (rname, rc) in &cfg.repository {
         let sources: Vec<&Source> = cfg
             .source
@@ -101,7 +103,8 @@ pub fn plan_night(access: &Access, cfg: &Config, job: Option<&str>) -> Result<Ni
         let repo = match open_configured(access, rname, rc) {
             Ok(r) => r,
             Err(e) => {
-                plan.error = Some(format!("{e:#}"));
+                ok = false;
+                plan.error = Some(crate::one_line(&e));
                 out.push(plan);
                 continue;
             }
@@ -121,15 +124,23 @@ pub fn plan_night(access: &Access, cfg: &Config, job: Option<&str>) -> Result<Ni
                 Ok(Some(p)) if p.is_empty() => sp.retention = "none: every snapshot is kept".into(),
                 Ok(Some(p)) => {
                     sp.retention = p.describe();
-                    let req = ForgetRequest {
-                        name: Some(s.name.clone()),
-                        policy: p,
-                        dry_run: true,
-                        ..ForgetRequest::default()
-                    };
-                    match forget(&repo, &req) {
-                        Ok(f) => {
-                            for v in f.groups.values().flatten() {
+                    // As `run` applies it: after tonight's snapshot, which counts too.
+                    match repo.readable_snapshots() {
+                        Ok((snaps, _)) => {
+                            let tonight = dbvault_core::Id::hash_of(b"tonight's snapshot");
+                            let mut list: Vec<_> = snaps
+                                .iter()
+                                .filter(|(_, x)| x.name == s.name)
+                                .map(|(id, x)| (*id, x.name.clone(), x.time))
+                                .collect();
+                            list.push((
+                                tonight,
+                                s.name.clone(),
+                                chrono::Local::now().fixed_offset(),
+                            ));
+                            let groups =
+                                dbvault_core::retention::apply_grouped(&list, &p, &chrono::Local);
+                            for v in groups.values().flatten().filter(|v| v.id != tonight) {
                                 if v.reasons.is_empty() {
                                     sp.forget.push((v.id.short(), crate::time_text(&v.time)));
                                 } else {
@@ -138,11 +149,19 @@ pub fn plan_night(access: &Access, cfg: &Config, job: Option<&str>) -> Result<Ni
                             }
                         }
                         Err(e) => {
-                            sp.retention = format!("{}: cannot be applied: {e:#}", p.describe())
+                            sp.retention = format!(
+                                "{}: cannot be applied: {}",
+                                p.describe(),
+                                crate::one_line(&e.into())
+                            );
+                            ok = false;
                         }
                     }
                 }
-                Err(e) => sp.retention = format!("cannot be read: {e:#}"),
+                Err(e) => {
+                    sp.retention = format!("cannot be read: {}", crate::one_line(&e));
+                    ok = false;
+                }
             }
             plan.sources.push(sp);
         }
@@ -157,7 +176,7 @@ pub fn plan_night(access: &Access, cfg: &Config, job: Option<&str>) -> Result<Ni
                 let names: Vec<String> = sources.iter().map(|s| s.name.clone()).collect();
                 let (which, _) = crate::maintain::to_catch_up(&repo, &to, &names)?;
                 Ok(format!(
-                    "{} snapshot(s) it lacks now, and tonight's new ones",
+                    "{} snapshot(s) it lacks (tonight's new ones among them, when they are made)",
                     which.len()
                 ))
             })();
@@ -167,11 +186,14 @@ pub fn plan_night(access: &Access, cfg: &Config, job: Option<&str>) -> Result<Ni
                     runs: true,
                     detail: d,
                 },
-                Err(e) => StepPlan {
-                    step,
-                    runs: false,
-                    detail: format!("{e:#}"),
-                },
+                Err(e) => {
+                    ok = false;
+                    StepPlan {
+                        step,
+                        runs: false,
+                        detail: crate::one_line(&e),
+                    }
+                }
             });
         }
         if job.is_none() {
@@ -188,10 +210,13 @@ pub fn plan_night(access: &Access, cfg: &Config, job: Option<&str>) -> Result<Ni
                 let (runs, detail) = match due(&repo, &kind, every) {
                     Ok(true) => (
                         true,
-                        every.map_or_else(|| "every run".into(), |e| format!("due (every {e})")),
+                        every.map_or_else(|| "every run".into(), |e| format!("due, every {e}")),
                     ),
-                    Ok(false) => (false, format!("not due (every {})", every.unwrap_or("run"))),
-                    Err(e) => (false, format!("{e:#}")),
+                    Ok(false) => (false, format!("not due, every {}", every.unwrap_or("run"))),
+                    Err(e) => {
+                        ok = false;
+                        (false, crate::one_line(&e))
+                    }
                 };
                 plan.steps.push(StepPlan {
                     step: step.into(),
@@ -203,5 +228,8 @@ pub fn plan_night(access: &Access, cfg: &Config, job: Option<&str>) -> Result<Ni
         repo.unlock();
         out.push(plan);
     }
-    Ok(NightPlan { repositories: out })
+    Ok(NightPlan {
+        ok,
+        repositories: out,
+    })
 }

@@ -48,9 +48,13 @@ pub fn run_night(
             Ok(r) => r,
             Err(e) => {
                 for s in &sources {
-                    results.push(failed(s, rname, format!("repository {rname}: {e:#}")));
+                    results.push(failed(
+                        s,
+                        rname,
+                        format!("repository {rname}: {}", crate::one_line(&e)),
+                    ));
                 }
-                steps.push(step(rname, "open", Err(format!("{e:#}"))));
+                steps.push(step(rname, "open", Err(crate::one_line(&e))));
                 continue;
             }
         };
@@ -82,7 +86,7 @@ pub fn run_night(
     }
     if let Some(m) = &cfg.metrics {
         if let Err(e) = crate::metrics::write(&m.textfile, &results) {
-            steps.push(step("-", "metrics", Err(format!("{e:#}"))));
+            steps.push(step("-", "metrics", Err(crate::one_line(&e))));
         }
     }
     let ok = results.iter().all(|r| r.ok) && steps.iter().all(|s| s.ok);
@@ -143,7 +147,7 @@ fn copy_offsite(
             }
         ))
     })();
-    r.map_err(|e| format!("{e:#}"))
+    r.map_err(|e| crate::one_line(&e))
 }
 
 fn failed(s: &Source, repo: &str, error: String) -> SourceResult {
@@ -229,7 +233,7 @@ fn back_up(
             error: None,
             wal: None,
         },
-        Err(e) => failed(s, rname, format!("{e:#}")),
+        Err(e) => failed(s, rname, crate::one_line(&e)),
     };
     // Retention runs even when tonight's backup failed: the latest snapshot is never
     // forgotten, so a failing source keeps its history.
@@ -238,7 +242,7 @@ fn back_up(
         Ok(n) => r.forgotten = n,
         Err(e) if r.ok => {
             r.ok = false;
-            r.error = Some(format!("retention: {e:#}"));
+            r.error = Some(format!("retention: {}", crate::one_line(&e)));
         }
         Err(_) => {}
     }
@@ -337,7 +341,7 @@ fn maintain(
         match r {
             Ok(None) => {}
             Ok(Some(d)) => steps.push(step(rname, "prune", Ok(d))),
-            Err(e) => steps.push(step(rname, "prune", Err(format!("{e:#}")))),
+            Err(e) => steps.push(step(rname, "prune", Err(crate::one_line(&e)))),
         }
     }
     if let Some(c) = &cfg.check {
@@ -370,7 +374,7 @@ fn maintain(
             Ok(None) => {}
             Ok(Some((true, d))) => steps.push(step(rname, "check", Ok(d))),
             Ok(Some((false, d))) => steps.push(step(rname, "check", Err(d))),
-            Err(e) => steps.push(step(rname, "check", Err(format!("{e:#}")))),
+            Err(e) => steps.push(step(rname, "check", Err(crate::one_line(&e)))),
         }
     }
 }

@@ -495,14 +495,28 @@ fn each_configured_repository_uses_its_own_s3_keys() {
         r.stderr
     );
     std::fs::write(&off_creds, "[default]\naws_access_key_id = x\n").expect("creds");
+    // A bad offsite credentials file fails the copy, not tonight's local backup.
     let mut c = Command::new(dbvault_tests::bin());
-    c.arg("--config").arg(&cfg).args(["run"]);
+    c.arg("--config").arg(&cfg).args(["run", "--json"]);
+    c.env("DBVAULT_CACHE_DIR", d.join("cache"));
     let r = run_cmd(c, None);
-    assert_eq!(r.code, Some(1));
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    let night = r.json();
+    assert_eq!(night["sources"][0]["ok"], true, "{night}");
+    let text = night.to_string();
     assert!(
-        r.stderr
-            .contains(":15: repository offsite: the S3 credentials file"),
+        text.contains("has no section [offsite] (its sections: default)"),
+        "{night}"
+    );
+    // The dry run says so too, and exits 1.
+    let mut c = Command::new(dbvault_tests::bin());
+    c.arg("--config").arg(&cfg).args(["run", "--dry-run"]);
+    c.env("DBVAULT_CACHE_DIR", d.join("cache"));
+    let r = run_cmd(c, None);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(
+        r.text().contains("has no section [offsite]"),
         "{}",
-        r.stderr
+        r.text()
     );
 }

@@ -233,7 +233,7 @@ fn a_dry_run_plans_the_night_and_changes_nothing() {
             db.display()
         ),
     );
-    // Four snapshots from earlier nights: keep_last = 2 forgets two.
+    // Four snapshots from earlier nights: with tonight's, keep_last = 2 keeps one of them.
     for day in 1..=4 {
         let mut c = std::process::Command::new(bin());
         c.arg("--repo")
@@ -258,8 +258,9 @@ fn a_dry_run_plans_the_night_and_changes_nothing() {
         src["backup"].as_str().is_some_and(|b| b.contains("app.db")),
         "{plan}"
     );
-    assert_eq!(src["forget"].as_array().map(Vec::len), Some(2), "{plan}");
-    assert_eq!(src["keep"], 2, "{plan}");
+    assert_eq!(src["forget"].as_array().map(Vec::len), Some(3), "{plan}");
+    assert_eq!(src["keep"], 1, "{plan}");
+    assert_eq!(plan["ok"], true, "{plan}");
     let steps: Vec<&str> = repo["steps"]
         .as_array()
         .expect("steps")
@@ -275,4 +276,23 @@ fn a_dry_run_plans_the_night_and_changes_nothing() {
     assert_eq!(dbvault_tests::tree(&d.join("repo")), before);
     assert_eq!(snapshots(d, "app").len(), 4);
     assert!(!d.join("dbvault.prom").exists());
+    // The run then does what the plan said: the same three forgotten.
+    let mut predicted: Vec<String> = src["forget"]
+        .as_array()
+        .expect("forget")
+        .iter()
+        .map(|f| f[0].as_str().expect("id").to_string())
+        .collect();
+    let before: Vec<String> = snapshots(d, "app");
+    let night = dbvault(&cfg, &["run", "--json"]).ok().json();
+    assert_eq!(night["sources"][0]["forgotten"], 3, "{night}");
+    let after = snapshots(d, "app");
+    predicted.sort();
+    let mut gone: Vec<String> = before
+        .iter()
+        .filter(|id| !after.contains(id))
+        .map(|id| id[..8].to_string())
+        .collect();
+    gone.sort();
+    assert_eq!(gone, predicted, "{night}");
 }

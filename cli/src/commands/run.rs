@@ -92,9 +92,14 @@ fn dry_run(
 ) -> Result<ExitCode> {
     let plan =
         dbvault_jobs::plan::plan_night(&crate::repo_access::access(cli)?, cfg, a.job.as_deref())?;
+    let code = if plan.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    };
     if cli.json {
         crate::output::json(&serde_json::to_value(&plan)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(code);
     }
     crate::outln!(
         "dbvault run --dry-run ({}): nothing is changed",
@@ -109,7 +114,7 @@ fn dry_run(
         for s in &r.sources {
             crate::outln!("  {}: back up {}", s.name, s.backup);
             crate::outln!(
-                "    retention {}: keep {}, forget {}",
+                "    retention {}: after tonight's snapshot, keep {} older, forget {}",
                 s.retention,
                 s.keep,
                 s.forget.len()
@@ -117,6 +122,9 @@ fn dry_run(
             for (id, t) in &s.forget {
                 crate::outln!("      would forget {id} ({t})");
             }
+        }
+        if r.sources.is_empty() && r.steps.is_empty() {
+            crate::outln!("  no source of its own (it receives copies)");
         }
         for st in &r.steps {
             crate::outln!(
@@ -127,5 +135,8 @@ fn dry_run(
             );
         }
     }
-    Ok(ExitCode::SUCCESS)
+    if !plan.ok {
+        crate::outln!("tonight's run would fail where it says above");
+    }
+    Ok(code)
 }
