@@ -21,6 +21,7 @@ pub mod delta;
 pub mod diff;
 pub mod error;
 pub mod files;
+pub mod filter;
 pub mod hash;
 pub mod history;
 pub mod id;
@@ -46,6 +47,7 @@ mod worker;
 
 pub use backup::{Backup, BackupSummary, Chunking, PartInput, SnapshotMeta};
 pub use error::{Error, Result};
+pub use filter::SnapshotFilter;
 pub use id::Id;
-pub use repo::{RepoConfig, Repository, SnapshotFilter};
+pub use repo::{RepoConfig, Repository};
 pub use snapshot::{Part, Snapshot, SourceInfo};

@@ -186,7 +186,7 @@ impl Access {
         o.region = o.region.or_else(|| rc.s3_region.clone());
         o.path_style |= rc.s3_path_style;
         if let Some(f) = &rc.s3_credentials_file {
-            o.credentials = Some(crate::config::s3_credentials(
+            o.credentials = Some(crate::credentials::s3_credentials(
                 f.get_ref(),
                 rc.s3_profile.as_deref(),
             )?);

@@ -21,6 +21,7 @@
 pub mod access;
 pub mod backup;
 pub mod config;
+pub mod credentials;
 pub mod events;
 pub mod follow;
 pub mod forget;

@@ -85,12 +85,7 @@ pub fn plan_night(access: &Access, cfg: &Config, job: Option<&str>) -> Result<Ni
     let mut out = Vec::new();
     let mut ok = true;
     for (rname, rc) in &cfg.repository {
-        let sources: Vec<&Source> = cfg
-            .source
-            .iter()
-            .filter(|s| cfg.repo_of(s).is_ok_and(|r| r == rname))
-            .filter(|s| job.is_none_or(|j| s.name == j))
-            .collect();
+        let sources = cfg.sources_in(rname, job);
         if sources.is_empty() && job.is_some() {
             continue;
         }

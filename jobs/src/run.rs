@@ -35,12 +35,7 @@ pub fn run_night(
     let mut results = Vec::new();
     let mut steps = Vec::new();
     for (rname, rc) in &cfg.repository {
-        let sources: Vec<&Source> = cfg
-            .source
-            .iter()
-            .filter(|s| cfg.repo_of(s).is_ok_and(|r| r == rname))
-            .filter(|s| job.is_none_or(|j| s.name == j))
-            .collect();
+        let sources = cfg.sources_in(rname, job);
         if sources.is_empty() && job.is_some() {
             continue;
         }

@@ -229,11 +229,9 @@ fn a_second_front_end_runs_a_configured_night_reads_status_and_stops_a_follower(
     assert_eq!(rows(&out), 3001);
 }
 
-#[test]
-fn a_postgresql_error_reaches_the_front_end_with_its_kind_and_sqlstate() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    private_cache();
-    let backend = Arc::new(LocalBackend::new(dir.path().join("repo")));
+/// A new local repository in `dir`, opened through the jobs library and locked (shared).
+fn locked_repo(dir: &std::path::Path) -> Repository {
+    let backend = Arc::new(LocalBackend::new(dir.join("repo")));
     let kdf = KdfParams {
         m_kib: 8 * 1024,
         t: 1,
@@ -245,6 +243,14 @@ fn a_postgresql_error_reaches_the_front_end_with_its_kind_and_sqlstate() {
     access
         .lock(&repo, dbvault_core::lock::LockKind::Shared, "test")
         .expect("lock");
+    repo
+}
+
+#[test]
+fn a_postgresql_error_reaches_the_front_end_with_its_kind_and_sqlstate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    private_cache();
+    let repo = locked_repo(dir.path());
     let job = dbvault_jobs::job::Job {
         source: Some("postgresql:///dbv_jobs_no_such_database".into()),
         command: None,
@@ -291,18 +297,7 @@ fn a_script_restore_failing_in_psql_keeps_its_sqlstate() {
         "CREATE ROLE {role}; ALTER TABLE t OWNER TO {role}"
     ));
     let dst = dbvault_tests::PgDb::new("jobs_psql_dst");
-    let backend = Arc::new(LocalBackend::new(dir.path().join("repo")));
-    let kdf = KdfParams {
-        m_kib: 8 * 1024,
-        t: 1,
-        p: 1,
-    };
-    Repository::init(backend.clone(), b"pw", kdf, RepoConfig::default()).expect("init");
-    let access = Access::default();
-    let repo = access.open(backend, "pw").expect("open");
-    access
-        .lock(&repo, dbvault_core::lock::LockKind::Shared, "test")
-        .expect("lock");
+    let repo = locked_repo(dir.path());
     let job = dbvault_jobs::job::Job {
         source: None,
         command: Some(src.dump_cmd()),

@@ -17,6 +17,18 @@ fn ok(r: Run, what: &str) -> Run {
     r
 }
 
+/// A table's row count and an order-independent hash of its rows.
+fn fingerprint(pg: &PgCluster, db: &str, table: &str) -> String {
+    pg.sql(
+        db,
+        &format!(
+            "SELECT count(*) || ' ' || coalesce(md5(string_agg(x::text, ',' ORDER BY x::text)), '') FROM {table} x"
+        ),
+    )
+    .trim()
+    .to_string()
+}
+
 /// Runs `sql` in one transaction and returns its transaction id.
 fn xact(pg: &PgCluster, sql: &str) -> u64 {
     let out = pg.sql(
@@ -67,13 +79,7 @@ fn events_find_each_change_of_a_table_and_their_restore_brings_it_back() {
         dbv(&["backup", &pg.url("postgres"), "--physical", "--name", "pg"]),
         "base backup",
     );
-    let fp = |table: &str| {
-        sql(&format!(
-            "SELECT count(*) || ' ' || coalesce(md5(string_agg(x::text, ',' ORDER BY x::text)), '') FROM {table} x"
-        ))
-        .trim()
-        .to_string()
-    };
+    let fp = |table: &str| fingerprint(&pg, "postgres", table);
     // A day's traffic in a minute, and the four changes at moments of their own.
     let mut bench = Command::new(pg_bin("pgbench"))
         .args(["-c", "2", "-T", "40", "-n", &pg.url("postgres")])
@@ -228,11 +234,8 @@ fn events_find_each_change_of_a_table_and_their_restore_brings_it_back() {
         // Under a name of its own, so the script can go into the live database as it is.
         let renamed = format!("{table}_before_{}", truth[table]);
         assert!(cmd.contains(&format!("--rename-table {renamed}")), "{cmd}");
-        let got = pg.sql(
-            &db,
-            &format!("SELECT count(*) || ' ' || coalesce(md5(string_agg(x::text, ',' ORDER BY x::text)), '') FROM {renamed} x"),
-        );
-        assert_eq!(got.trim(), before.as_str(), "{table} restored with `{cmd}`");
+        let got = fingerprint(&pg, &db, &renamed);
+        assert_eq!(&got, before, "{table} restored with `{cmd}`");
     }
     // `--before-lsn` with the commit record's LSN: u as it was before the TRUNCATE, into a
     // database directly.
@@ -254,11 +257,11 @@ fn events_find_each_change_of_a_table_and_their_restore_brings_it_back() {
         ]),
         "restore --before-lsn",
     );
-    let got = pg.sql(
-        "back_u",
-        "SELECT count(*) || ' ' || coalesce(md5(string_agg(x::text, ',' ORDER BY x::text)), '') FROM u x",
+    assert_eq!(
+        fingerprint(&pg, "back_u", "u"),
+        u_before,
+        "u before its TRUNCATE"
     );
-    assert_eq!(got.trim(), u_before, "u before its TRUNCATE");
     assert!(u_before.starts_with("800 "), "{u_before}");
     // A logical source is told where its table history is.
     let r = dbv(&["events", "--name", "nope", "--table", "t"]);
