@@ -36,8 +36,8 @@ fn xact(pg: &PgCluster, sql: &str) -> u64 {
         &format!("BEGIN; {sql}; SELECT txid_current(); COMMIT;"),
     );
     out.lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .last()
+        .rev()
+        .find_map(|l| l.trim().parse().ok())
         .unwrap_or_else(|| panic!("no xid in {out:?}"))
 }
 
