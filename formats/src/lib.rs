@@ -6,6 +6,7 @@
 use std::fmt;
 
 pub mod check;
+pub mod compressed;
 pub mod error;
 pub mod kind;
 pub mod listing;

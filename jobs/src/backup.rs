@@ -157,7 +157,9 @@ pub fn backup_into(
             }
             let fmt = format.unwrap_or_else(|| StreamFormat::detect(&head));
             let name = a.name.clone().unwrap_or_else(|| "stdin".into());
-            if fmt == StreamFormat::Sqlite {
+            if fmt == StreamFormat::Sqlite && format.is_some()
+                || head.starts_with(b"SQLite format 3\0") && format.is_none()
+            {
                 let copy = stdin_to_sqlite_file(reader)?;
                 backup_sqlite_copy(
                     ev,
@@ -168,9 +170,9 @@ pub fn backup_into(
             } else {
                 let b = start(repo, &name)?;
                 let progress = ev.step("backing up stdin", b.progress());
-                let r = stream_parts(&b, fmt, reader);
+                let r = stream_parts(&b, format, &head, reader);
                 progress.finish();
-                let info = match r {
+                let (fmt, info) = match r {
                     Ok(i) => i,
                     Err(e) => {
                         b.abort();
@@ -222,14 +224,21 @@ fn stdin_to_sqlite_file(mut reader: impl Read) -> Result<sqlite::OnlineCopy> {
     Ok(sqlite::OnlineCopy { file, size, info })
 }
 
-/// Backs up a stream as the parts of its format; returns the server version when the
-/// stream names one.
+/// Backs up a stream as the parts of its format (`forced`, or detected from `head`; a
+/// compressed dump as the dump inside); returns the format and what the stream said.
 fn stream_parts(
     b: &Backup<'_>,
-    fmt: StreamFormat,
+    forced: Option<StreamFormat>,
+    head: &[u8],
     reader: impl Read,
-) -> Result<dbvault_formats::StreamInfo> {
-    Ok(dbvault_formats::backup_stream(b, fmt, reader)?)
+) -> Result<(StreamFormat, dbvault_formats::StreamInfo)> {
+    Ok(dbvault_formats::compressed::backup_detected(
+        b,
+        forced,
+        head,
+        reader,
+        &tmp_dir(),
+    )?)
 }
 
 /// A snapshot of an archive takes the archive's own time (pg_dump's local time) unless
@@ -307,8 +316,7 @@ fn backup_command(
             empty = true;
             bail!("the command wrote nothing: an empty output is refused (--allow-empty stores one on purpose)");
         }
-        let fmt = format.unwrap_or_else(|| StreamFormat::detect(&head));
-        Ok((fmt, stream_parts(&b, fmt, reader)?))
+        stream_parts(&b, format, &head, reader)
     });
     progress.finish();
     let (fmt, info) = match r {

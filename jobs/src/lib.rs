@@ -26,6 +26,7 @@ pub mod events;
 pub mod follow;
 pub mod forget;
 pub mod history;
+pub mod import;
 pub mod job;
 pub mod maintain;
 pub mod metrics;

@@ -72,6 +72,10 @@ pub enum Command {
     Init(InitArgs),
     /// Back up a database or a stream.
     Backup(BackupArgs),
+    /// Back up a folder of old dumps (`backup_20250115_143022.sql.gz`, `*.dump`, gzip or
+    /// zstd compressed or not) in date order, each snapshot with its own date: from the
+    /// archive's header, else the file name, else its modification time.
+    Import(ImportArgs),
     /// List snapshots.
     Snapshots(SnapshotsArgs),
     /// Restore a snapshot (or some of its tables).
@@ -139,6 +143,24 @@ pub enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+}
+
+/// `import` options.
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    /// Files, and folders whose files are imported (not sub-folders, not hidden files).
+    #[arg(value_name = "DIR|FILE", required = true)]
+    pub paths: Vec<PathBuf>,
+    /// One source name for every file (default: each file's name without its date and
+    /// extensions, e.g. `backup` for `backup_20250115_143022.sql.gz`).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Tag every snapshot (repeatable).
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// List each file with the date and name it would get; store nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// `wal-push` options.

@@ -6,6 +6,7 @@ mod copy;
 mod events;
 mod follow;
 mod forget;
+mod import;
 mod init;
 mod key;
 mod ls;
@@ -38,6 +39,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Run(a) => return run::run(cli, a),
         Command::Follow(a) => follow::from_config(cli, a),
         Command::Status => return status::run(cli),
+        Command::Import(a) => return import::run(cli, a),
         Command::Init(a) => init::run(cli, a),
         Command::Backup(a) if a.follow => follow::run(cli, a),
         Command::Backup(a) => backup::run(cli, a),

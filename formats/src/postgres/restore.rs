@@ -272,6 +272,32 @@ fn memchr_find(h: &[u8], n: &[u8]) -> Option<usize> {
     h.windows(n.len()).position(|w| w == n)
 }
 
+/// The snapshot as pg_dump wrote it (the custom-format archive, rebuilt), or its plain
+/// script, or a section of it.
+fn write_script(
+    repo: &Repository,
+    snap: &Snapshot,
+    opts: &RestoreOptions,
+    out: &mut (dyn Write + Send),
+    notify: Notify<'_>,
+) -> Result<()> {
+    let whole = !opts.schema_only && !opts.data_only && !opts.plain;
+    if whole && super::archive::toc_part(snap).is_some() {
+        return super::archive::rebuild::write_archive(repo, snap, out, notify);
+    }
+    for p in &snap.parts {
+        if super::archive::is_archive_only(p) || p.kind == crate::compressed::KIND {
+            continue;
+        }
+        let data = meta::is_data(p);
+        if (opts.schema_only && data) || (opts.data_only && !data) {
+            continue;
+        }
+        stream_part(repo, p, out, notify)?;
+    }
+    Ok(())
+}
+
 /// Restores a PostgreSQL snapshot: all of it, or `opts.tables`, as a script or into a
 /// database (which must exist; a whole restore expects it empty).
 ///
@@ -295,19 +321,14 @@ pub fn restore(
             Target::Script(out) => {
                 let mut out = BufWriter::with_capacity(1 << 20, out);
                 let whole = !opts.schema_only && !opts.data_only && !opts.plain;
-                if whole && super::archive::toc_part(snap).is_some() {
-                    super::archive::rebuild::write_archive(repo, snap, &mut out, notify)?;
-                    return out.flush().map_err(out_err);
-                }
-                for p in &snap.parts {
-                    if super::archive::is_archive_only(p) {
-                        continue;
+                // A dump that came compressed goes back compressed, byte for byte.
+                match crate::compressed::recipe_part(snap) {
+                    Some(recipe) if whole => {
+                        crate::compressed::write_compressed(repo, recipe, &mut out, notify, |w| {
+                            write_script(repo, snap, opts, w, notify)
+                        })?
                     }
-                    let data = meta::is_data(p);
-                    if (opts.schema_only && data) || (opts.data_only && !data) {
-                        continue;
-                    }
-                    stream_part(repo, p, &mut out, notify)?;
+                    _ => write_script(repo, snap, opts, &mut out, notify)?,
                 }
                 out.flush().map_err(out_err)
             }
