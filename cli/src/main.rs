@@ -4,6 +4,7 @@ mod args;
 mod commands;
 mod malloc;
 mod output;
+mod progress;
 mod repo_access;
 mod signals;
 
@@ -56,7 +57,9 @@ fn main() -> ExitCode {
         }
         Err(e) => e.exit(), // usage errors exit with 2
     };
-    match commands::run(&cli) {
+    let result = commands::run(&cli);
+    progress::shutdown();
+    match result {
         Ok(code) => code,
         // `restore --to - | head`: the reader has all it wanted. Quiet, and the status a
         // program killed by SIGPIPE has (what `pg_dump | head` gives), not an error line.

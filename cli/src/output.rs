@@ -1,11 +1,7 @@
 //! Human and JSON output helpers.
 
-use std::io::IsTerminal;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::Duration;
-
-use indicatif::{ProgressBar, ProgressStyle};
 
 /// A table or part name for a terminal, escaped ([`dbvault_formats::names::display`]).
 pub fn name(s: &str) -> String {
@@ -52,57 +48,6 @@ pub use dbvault_jobs::time_text as time;
 /// Prints a JSON value on stdout.
 pub fn json(v: &serde_json::Value) {
     crate::outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
-}
-
-/// A byte-counter progress display on stderr; nothing when stderr is not a terminal or
-/// output is JSON.
-pub struct Progress {
-    bar: Option<ProgressBar>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Progress {
-    /// Starts showing `counter` with a message.
-    pub fn start(message: &str, counter: Arc<AtomicU64>, quiet: bool) -> Progress {
-        if quiet || !std::io::stderr().is_terminal() {
-            return Progress {
-                bar: None,
-                stop: Arc::default(),
-                thread: None,
-            };
-        }
-        let bar = ProgressBar::new_spinner();
-        bar.set_style(
-            ProgressStyle::with_template("{spinner} {msg} {bytes} ({bytes_per_sec}) {elapsed}")
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-        );
-        bar.set_message(message.to_string());
-        let stop: Arc<std::sync::atomic::AtomicBool> = Arc::default();
-        let (b2, s2) = (bar.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            while !s2.load(Ordering::Relaxed) {
-                b2.set_position(counter.load(Ordering::Relaxed));
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        });
-        Progress {
-            bar: Some(bar),
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    /// Removes the display.
-    pub fn finish(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        if let Some(b) = self.bar.take() {
-            b.finish_and_clear();
-        }
-    }
 }
 
 /// Warns (once per command) that a password given in a URL on the command line is
@@ -159,15 +104,28 @@ pub fn events(cli: &crate::args::Cli) -> CliEvents<'_> {
     CliEvents { cli }
 }
 
-impl dbvault_jobs::events::Step for Progress {
-    fn finish(self: Box<Self>) {
-        Progress::finish(*self);
-    }
+/// A step shown as a task of the progress display (dropped: finished).
+struct Shown(#[allow(dead_code)] Option<dbvault_core::progress::TaskGuard>);
+
+impl dbvault_jobs::events::Step for Shown {
+    fn finish(self: Box<Self>) {}
 }
 
 impl dbvault_jobs::events::Events for CliEvents<'_> {
     fn step(&self, label: &str, bytes: Arc<AtomicU64>) -> Box<dyn dbvault_jobs::events::Step> {
-        Box::new(Progress::start(label, bytes, self.cli.json))
+        Box::new(Shown(crate::progress::counter(
+            self.cli, label, bytes, None,
+        )))
+    }
+    fn step_of(
+        &self,
+        label: &str,
+        bytes: Arc<AtomicU64>,
+        total: Option<u64>,
+    ) -> Box<dyn dbvault_jobs::events::Step> {
+        Box::new(Shown(crate::progress::counter(
+            self.cli, label, bytes, total,
+        )))
     }
     fn note(&self, message: &str) {
         eprintln!("dbvault: {message}");

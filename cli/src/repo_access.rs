@@ -136,7 +136,11 @@ pub fn open(cli: &Cli) -> Result<Repository> {
 
 /// Opens the repository in `backend` as [`Access::open`] does.
 pub fn open_with(cli: &Cli, backend: Arc<dyn Backend>, pass: &str) -> Result<Repository> {
-    access(cli)?.open(backend, pass)
+    let repo = access(cli)?.open(backend, pass)?;
+    if let Some(d) = crate::progress::display(cli) {
+        repo.set_progress(d);
+    }
+    Ok(repo)
 }
 
 /// Opens the repository and takes a lock (`command` names it in others' messages). Waits

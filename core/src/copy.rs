@@ -82,6 +82,17 @@ pub fn copy_snapshots(
     todo.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
     todo.dedup_by_key(|(id, _)| *id);
     let mut report = CopyReport::default();
+    // What will be read: the snapshots the target does not hold yet.
+    let total: u64 = todo
+        .iter()
+        .filter(|(id, s)| !held.iter().any(|(t, h)| h.origin(t) == s.origin(id)))
+        .map(|(_, s)| s.parts.iter().map(|p| p.size).sum::<u64>())
+        .sum();
+    let _all = from.overall_task(
+        &format!("copying {} snapshot(s)", todo.len()),
+        Some(total),
+        crate::progress::Unit::Bytes,
+    );
     for (id, snap) in todo {
         let origin = snap.origin(id);
         let done = if let Some((tid, _)) = held.iter().find(|(t, s)| s.origin(t) == origin) {

@@ -32,6 +32,7 @@ pub mod keyfile;
 pub mod keys;
 pub mod lock;
 pub mod pack;
+pub mod progress;
 pub mod prune;
 pub mod repair;
 pub mod repo;

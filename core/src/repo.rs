@@ -28,6 +28,7 @@ pub struct Repository {
     /// The master secret (for adding keys) and the key file that opened it.
     master: zeroize::Zeroizing<[u8; 32]>,
     key_path: String,
+    progress: crate::progress::Slot,
 }
 
 impl Repository {
@@ -69,6 +70,7 @@ impl Repository {
             client_state: None,
             master,
             key_path,
+            progress: crate::progress::Slot::default(),
         })
     }
 
@@ -149,6 +151,7 @@ impl Repository {
                     client_state: None,
                     master,
                     key_path: k.path.clone(),
+                    progress: crate::progress::Slot::default(),
                 });
             }
         }
@@ -171,6 +174,11 @@ impl Repository {
     /// The master secret (to wrap it under another passphrase).
     pub(crate) fn master(&self) -> &[u8; 32] {
         &self.master
+    }
+
+    /// Where its operations' progress goes.
+    pub(crate) fn progress_slot(&self) -> &crate::progress::Slot {
+        &self.progress
     }
 
     /// The key file this handle was opened with (`keys/<id>`).

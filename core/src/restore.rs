@@ -361,11 +361,15 @@ fn each_chunk(
     // A rendezvous: one batch being opened, one being written. Restores into a database
     // run a part per connection, so every batch held here is held once per connection.
     let (tx, rx) = sync_channel::<Vec<Vec<Vec<u8>>>>(0);
+    let task = repo.task(&part.name, Some(part.size), crate::progress::Unit::Bytes);
     std::thread::scope(|s| {
+        let task = &task;
         let writer = s.spawn(move || -> Result<()> {
             for batch in rx {
                 for chunk in batch.into_iter().flatten() {
+                    let n = chunk.len() as u64;
                     sink(chunk)?;
+                    task.inc(n);
                 }
             }
             Ok(())

@@ -266,7 +266,11 @@ fn backup_sqlite_copy(
     meta: SnapshotMeta,
 ) -> Result<BackupSummary> {
     let b = start(repo, &meta.name)?;
-    let progress = ev.step("backing up database", b.progress());
+    let progress = ev.step_of(
+        &format!("backing up {}", meta.name),
+        b.progress(),
+        Some(copy.size),
+    );
     let r = sqlite::snapshot::backup_copy(&b, copy);
     progress.finish();
     r?;

@@ -14,6 +14,12 @@ pub trait Events: Sync {
     /// A long step starts (`label`, e.g. "backing up shop"); `bytes` counts what it has
     /// read so far. The step ends when the returned value's [`Step::finish`] is called.
     fn step(&self, label: &str, bytes: Arc<AtomicU64>) -> Box<dyn Step>;
+    /// [`Events::step`] for a step whose size is known (`total` bytes: a file's, a
+    /// database's), so a front end can show a percentage and an estimate.
+    fn step_of(&self, label: &str, bytes: Arc<AtomicU64>, total: Option<u64>) -> Box<dyn Step> {
+        let _ = total;
+        self.step(label, bytes)
+    }
     /// Something the user should know that is not a problem (e.g. which snapshot
     /// `latest` is, what a prune is doing).
     fn note(&self, message: &str);

@@ -150,7 +150,10 @@ fn import_file(
         bail!("{shown} is an SQLite database: back it up with `dbvault backup sqlite:{shown}`");
     }
     let b = crate::backup::start(repo, name)?;
-    let progress = ev.step(&format!("importing {shown}"), b.progress());
+    // The bytes counted are the dump's: the file's size is its total only uncompressed.
+    let size = std::fs::metadata(path).map(|m| m.len()).ok();
+    let total = size.filter(|_| Compression::detect(&head).is_none());
+    let progress = ev.step_of(&format!("importing {shown}"), b.progress(), total);
     let r = match Compression::detect(&head) {
         Some(c) => compressed::backup_file_as_detected(&b, c, path).map_err(anyhow::Error::from),
         None => {

@@ -54,6 +54,17 @@ pub fn restore(
     notify: Notify<'_>,
 ) -> Result<()> {
     let format = SnapshotFormat::of(snap)?;
+    // A whole restore reads about every part once; a table's, an unknown share.
+    let total = req
+        .pg
+        .tables
+        .is_empty()
+        .then(|| snap.parts.iter().map(|p| p.size).sum::<u64>());
+    let _all = repo.overall_task(
+        &format!("restoring {} ({})", id.short(), snap.name),
+        total,
+        dbvault_core::progress::Unit::Bytes,
+    );
     if snap.source.kind == postgres::server::KIND {
         let Some(db) = &req.database else {
             let names: Vec<String> = restore_server::databases(snap)?.into_keys().collect();

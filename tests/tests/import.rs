@@ -98,9 +98,14 @@ fn a_folder_of_five_gzip_dumps_imported_with_their_dates_then_a_table_restored_f
     // Each night stored about what changed (deduplicated against the night before, the
     // gzip file recreated from it, not kept twice): well under the compressed file.
     for (s, stamp) in snaps.iter().zip(stamps).skip(1) {
-        let gz = std::fs::metadata(dir.join(format!("backup_{stamp}.sql.gz"))).expect("gz").len();
+        let gz = std::fs::metadata(dir.join(format!("backup_{stamp}.sql.gz")))
+            .expect("gz")
+            .len();
         let added = s["bytes_added"].as_u64().unwrap_or(u64::MAX);
-        assert!(added < gz / 2, "{stamp}: {added} bytes added for a {gz}-byte file: {s}");
+        assert!(
+            added < gz / 2,
+            "{stamp}: {added} bytes added for a {gz}-byte file: {s}"
+        );
         assert!(!s["notes"].to_string().contains("stored as well"), "{s}");
     }
     // Run again: everything already there is skipped.

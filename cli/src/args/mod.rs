@@ -17,6 +17,19 @@ pub struct Cli {
     /// Print one JSON document on stdout instead of human output.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Progress of long commands on stderr: `auto` (bars when stderr is a terminal),
+    /// `bars`, `json` (a JSON line per task each second, for wrappers), `none`.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "auto",
+        value_name = "MODE"
+    )]
+    pub progress: crate::progress::Mode,
+    /// No progress display.
+    #[arg(long, short = 'q', global = true)]
+    pub quiet: bool,
     /// Read the passphrase from this file (first line). Also DBVAULT_PASSWORD_FILE.
     #[arg(
         long,

@@ -85,19 +85,46 @@ pub(crate) fn check_packs(
         ReadData::Slice(n, m) => key(id) % u64::from(m) == u64::from(n - 1),
     };
     let packs: Vec<(&Id, &Vec<u32>)> = by_pack.iter().collect();
+    let to_read: u64 = packs
+        .iter()
+        .filter(|(id, _)| chosen(id))
+        .map(|(id, _)| sizes.get(*id).copied().unwrap_or(0))
+        .sum();
+    let task = repo.task(
+        if to_read > 0 {
+            "reading packs"
+        } else {
+            "checking packs"
+        },
+        Some(if to_read > 0 {
+            to_read
+        } else {
+            packs.len() as u64
+        }),
+        if to_read > 0 {
+            crate::progress::Unit::Bytes
+        } else {
+            crate::progress::Unit::Items
+        },
+    );
     let outcomes: Vec<PackOutcome> = packs
         .par_iter()
         .map(|(id, positions)| {
-            check_one(
-                repo,
-                index,
-                id,
-                positions,
-                sizes.get(*id).copied(),
-                chosen(id),
-            )
+            let read = chosen(id);
+            let o = check_one(repo, index, id, positions, sizes.get(*id).copied(), read);
+            task.inc(if to_read > 0 {
+                if read {
+                    sizes.get(*id).copied().unwrap_or(0)
+                } else {
+                    0
+                }
+            } else {
+                1
+            });
+            o
         })
         .collect();
+    drop(task);
     let mut bad = Bad::default();
     for ((id, _), o) in packs.iter().zip(outcomes) {
         report.packs += 1;

@@ -40,7 +40,13 @@ pub(crate) fn repack(
     let mut builder = new()?;
     let mut order: Vec<(Id, usize)> = wanted.into_iter().collect();
     order.sort_unstable();
+    let task = repo.task(
+        "repacking",
+        Some(order.len() as u64),
+        crate::progress::Unit::Items,
+    );
     for (pack, count) in order {
+        task.inc(1);
         let path = pack_path(&pack);
         let what = format!("pack {path}");
         let bytes = repo.backend().read(&path)?;

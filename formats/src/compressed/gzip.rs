@@ -68,11 +68,15 @@ fn analyse_with(path: &Path, first: usize) -> Result<std::result::Result<Analysi
                 let n = p.plain_text().len();
                 plain += n as u64;
                 if plain > PLAIN_LIMIT {
-                    return Ok(Err("the dump is over 1.5 GiB, more than preflate recreates".into()));
+                    return Ok(Err(
+                        "the dump is over 1.5 GiB, more than preflate recreates".into(),
+                    ));
                 }
                 record.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes());
                 record.extend_from_slice(
-                    &u32::try_from(c.corrections.len()).unwrap_or(u32::MAX).to_le_bytes(),
+                    &u32::try_from(c.corrections.len())
+                        .unwrap_or(u32::MAX)
+                        .to_le_bytes(),
                 );
                 record.extend_from_slice(&c.corrections);
                 pending.drain(..c.compressed_size);
