@@ -38,6 +38,9 @@ pub struct Request {
     pub force: bool,
     /// With `force`: although other processes have it open.
     pub while_open: bool,
+    /// Only these archive entries of a PostgreSQL snapshot (`restore --list-file`; see
+    /// `dbvault_formats::postgres::entries`).
+    pub entries: Option<std::collections::BTreeSet<u32>>,
 }
 
 /// Restores the logical snapshot `snap` (`id`) as `req` says into `dest`.
@@ -78,6 +81,12 @@ pub fn restore(
         restore_server::restore_database_of_server(repo, id, snap, db, &req.pg, target, notify)?;
         return Ok(());
     }
+    if req.entries.is_some() && format != SnapshotFormat::PgDump {
+        bail!(
+            "--list-file chooses entries of a PostgreSQL logical snapshot; snapshot {} is not one",
+            id.short()
+        );
+    }
     if let Some(d) = &req.database {
         bail!(
             "--database {d:?}: snapshot {} is of one database, not of a whole server",
@@ -108,9 +117,10 @@ pub fn restore(
             };
             sqlite::restore(repo, snap, &opts, target, notify)?;
         }
-        SnapshotFormat::PgDump => {
-            postgres::restore(repo, snap, &req.pg, pg_target(dest)?, notify)?;
-        }
+        SnapshotFormat::PgDump => match &req.entries {
+            Some(chosen) => postgres::entries::restore_entries(repo, snap, chosen, pg_target(dest)?, notify)?,
+            None => postgres::restore(repo, snap, &req.pg, pg_target(dest)?, notify)?,
+        },
         SnapshotFormat::PgPhysical => bail!(
             "snapshot {} is a base backup: recover it --to pgdata:DIR, or single tables as of a time with --table NAME",
             id.short()

@@ -115,6 +115,10 @@ pub struct LsArgs {
     /// With `latest`: the newest snapshot taken on this host.
     #[arg(long)]
     pub host: Option<String>,
+    /// A PostgreSQL snapshot's every archive entry (kind, schema, name, owner, size,
+    /// rows) as `pg_restore --list` shows them: a list file for `restore --list-file`.
+    #[arg(long)]
+    pub entries: bool,
 }
 
 /// `diff` options.
@@ -129,6 +133,12 @@ pub struct DiffArgs {
     /// With `latest`: the latest of this source.
     #[arg(long)]
     pub name: Option<String>,
+    /// With `latest`: the newest snapshot with this tag (repeatable: all of them).
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// With `latest`: the newest snapshot taken on this host.
+    #[arg(long)]
+    pub host: Option<String>,
     /// Also list what did not change.
     #[arg(long)]
     pub all: bool,
@@ -287,9 +297,16 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub create: bool,
     /// With `--to -`, a snapshot of a pg_dump custom-format archive as its SQL script (as
-    /// `pg_restore -f -` writes it) instead of the archive itself.
+    /// `pg_restore -f -` writes it) instead of the archive itself (or a compressed dump's
+    /// plain dump instead of the compressed file).
     #[arg(long)]
     pub plain: bool,
+    /// Restore only the entries this list file chooses, as `pg_restore -L`: the output of
+    /// `dbvault ls SNAPSHOT --entries`, with the entries not wanted deleted or commented
+    /// out with `;`. They are restored in the dump's order; a table's data brings its
+    /// CREATE TABLE when the target lacks the table.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["tables", "schema_only", "data_only"])]
+    pub list_file: Option<std::path::PathBuf>,
     /// Into a database: the sessions loading tables and building keys at once, like
     /// `pg_restore -j` (default: the cores plus one, at most 5; 1 loads one table at a time).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]

@@ -20,6 +20,9 @@ pub fn run(cli: &Cli, a: &LsArgs) -> Result<()> {
     };
     let (id, snap) = repo.find_snapshot_in(&a.snapshot, &filter)?;
     super::note_latest(&a.snapshot, &id, &snap);
+    if a.entries {
+        return archive_entries(cli, &repo, &id, &snap);
+    }
     let entries = listing::entries(&snap);
     if cli.json {
         output::json(&serde_json::json!({
@@ -59,10 +62,54 @@ pub fn run(cli: &Cli, a: &LsArgs) -> Result<()> {
     Ok(())
 }
 
+/// `ls --entries`: a PostgreSQL snapshot's archive entries, as a list file.
+fn archive_entries(
+    cli: &Cli,
+    repo: &dbvault_core::Repository,
+    id: &dbvault_core::Id,
+    snap: &dbvault_core::Snapshot,
+) -> Result<()> {
+    if dbvault_formats::kind::SnapshotFormat::of(snap)?
+        != dbvault_formats::kind::SnapshotFormat::PgDump
+    {
+        anyhow::bail!(
+            "--entries lists a PostgreSQL logical snapshot's archive entries; snapshot {} is not one (plain `ls` lists its parts)",
+            id.short()
+        );
+    }
+    let entries =
+        dbvault_formats::postgres::entries::list(repo, snap, &crate::output::print_notice)?;
+    if cli.json {
+        output::json(&serde_json::json!({
+            "id": id.to_hex(),
+            "name": snap.name,
+            "time": output::time(&snap.time),
+            "entries": entries,
+        }));
+        return Ok(());
+    }
+    let header = format!(
+        "snapshot {} of {} at {} ({} entries; ids are positions in the dump)",
+        id.short(),
+        snap.name,
+        output::time(&snap.time),
+        entries.len()
+    );
+    let mut out = Vec::new();
+    dbvault_formats::postgres::entries::write_list(&entries, &header, &mut out)?;
+    crate::outln!("{}", String::from_utf8_lossy(&out).trim_end());
+    Ok(())
+}
+
 pub fn diff(cli: &Cli, a: &DiffArgs) -> Result<()> {
     let repo = repo_access::open(cli)?;
-    let (ida, sa) = repo.find_snapshot(&a.a, a.name.as_deref())?;
-    let (idb, sb) = repo.find_snapshot(&a.b, a.name.as_deref())?;
+    let filter = dbvault_core::SnapshotFilter {
+        name: a.name.clone(),
+        host: a.host.clone(),
+        tags: a.tags.clone(),
+    };
+    let (ida, sa) = repo.find_snapshot_in(&a.a, &filter)?;
+    let (idb, sb) = repo.find_snapshot_in(&a.b, &filter)?;
     super::note_latest(&a.a, &ida, &sa);
     super::note_latest(&a.b, &idb, &sb);
     let changes = listing::diff(&repo, &sa, &sb)?;

@@ -87,6 +87,15 @@ pub fn run(cli: &Cli, a: &RestoreArgs) -> Result<()> {
         database: a.database.clone(),
         force: a.force,
         while_open: a.while_open,
+        entries: a
+            .list_file
+            .as_ref()
+            .map(|f| -> Result<_> {
+                let text = std::fs::read_to_string(f)
+                    .map_err(|e| anyhow::anyhow!("--list-file {}: {e}", f.display()))?;
+                Ok(dbvault_formats::postgres::entries::parse_list(&text)?)
+            })
+            .transpose()?,
     };
     restore(&repo, &id, &snap, &req, dest, &crate::output::print_notice)?;
     Ok(stdout.flush()?)

@@ -560,7 +560,8 @@ mod tests {
             Some(TocHeader {
                 name: "orders orders_pkey".into(),
                 kind: "CONSTRAINT".into(),
-                schema: "public".into()
+                schema: "public".into(),
+                owner: "root".into(),
             })
         );
         assert_eq!(

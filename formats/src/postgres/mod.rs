@@ -20,6 +20,7 @@ pub mod clean;
 pub mod conn;
 pub mod data;
 pub mod dump;
+pub mod entries;
 pub mod ident;
 pub mod load;
 pub mod lobs;

@@ -10,6 +10,8 @@ pub struct TocHeader {
     pub kind: String,
     /// `Schema:` field (`-` when none).
     pub schema: String,
+    /// `Owner:` field (`-` when none; empty when the line has none).
+    pub owner: String,
 }
 
 /// Parses `-- Name: …; Type: …; Schema: …; Owner: …` (or `-- Data for Name: …`).
@@ -21,11 +23,20 @@ pub fn parse_toc(line: &[u8]) -> Option<TocHeader> {
     // Fields are separated by "; Type: ", "; Schema: ", "; Owner: " (names may contain ';').
     let (name, rest) = rest.split_once("; Type: ")?;
     let (kind, rest) = rest.split_once("; Schema: ")?;
-    let schema = rest.split_once("; Owner: ").map(|(s, _)| s).unwrap_or(rest);
+    // `Owner: x` is absent when pg_dump ran with --no-owner; `Tablespace: y` may follow.
+    let cut = |s: &'_ str| {
+        s.split_once("; Tablespace: ")
+            .map_or(s.to_string(), |(a, _)| a.to_string())
+    };
+    let (schema, owner) = match rest.split_once("; Owner: ") {
+        Some((schema, owner)) => (schema.to_string(), cut(owner)),
+        None => (cut(rest), String::new()),
+    };
     Some(TocHeader {
         name: name.to_string(),
         kind: kind.to_string(),
-        schema: schema.to_string(),
+        schema,
+        owner,
     })
 }
 
