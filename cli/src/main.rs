@@ -55,7 +55,24 @@ fn main() -> ExitCode {
             let _ = e.print();
             return ExitCode::from(dbvault_formats::postgres::wal::FETCH_FAILED);
         }
-        Err(e) => e.exit(), // usage errors exit with 2
+        Err(e) => {
+            // `--json` asked for a document on stdout whatever happens: a usage error too
+            // (a wrapper that mistyped a flag gets its answer in the format it reads).
+            if e.use_stderr() && std::env::args_os().any(|a| a == "--json") {
+                let text = e.to_string();
+                let first = text
+                    .lines()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("usage error")
+                    .trim_start_matches("error: ");
+                output::json(&serde_json::json!({
+                    "error": first,
+                    "exit_code": 2,
+                    "kind": "usage",
+                }));
+            }
+            e.exit() // usage errors exit with 2
+        }
     };
     let result = commands::run(&cli);
     progress::shutdown();

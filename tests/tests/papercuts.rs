@@ -24,6 +24,24 @@ fn a_json_failure_is_json_on_stdout_too() {
 }
 
 #[test]
+fn a_json_usage_error_is_json_on_stdout_too() {
+    let repo = Repo::new();
+    let r = repo.run(&["snapshots", "--json", "--no-such-flag"], None);
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    let j = r.json();
+    assert_eq!(j["kind"], "usage", "{j}");
+    assert_eq!(j["exit_code"], 2, "{j}");
+    assert!(
+        j["error"].as_str().is_some_and(|e| e.contains("--no-such-flag")),
+        "{j}"
+    );
+    // Help is not an error, and stays help.
+    let h = repo.run(&["snapshots", "--json", "--help"], None);
+    assert_eq!(h.code, Some(0));
+    assert!(h.text().contains("Usage:"), "{}", h.text());
+}
+
+#[test]
 fn an_ambiguous_prefix_lists_every_snapshot_it_matches() {
     let repo = Repo::new();
     // 17 snapshots: two share a first hex digit.
