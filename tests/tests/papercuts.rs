@@ -32,7 +32,9 @@ fn a_json_usage_error_is_json_on_stdout_too() {
     assert_eq!(j["kind"], "usage", "{j}");
     assert_eq!(j["exit_code"], 2, "{j}");
     assert!(
-        j["error"].as_str().is_some_and(|e| e.contains("--no-such-flag")),
+        j["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("--no-such-flag")),
         "{j}"
     );
     // Help is not an error, and stays help.
