@@ -114,7 +114,10 @@ impl dbvault_jobs::events::Step for Shown {
 impl dbvault_jobs::events::Events for CliEvents<'_> {
     fn step(&self, label: &str, bytes: Arc<AtomicU64>) -> Box<dyn dbvault_jobs::events::Step> {
         Box::new(Shown(crate::progress::counter(
-            self.cli, label, bytes, None,
+            (self.cli.progress, self.cli.quiet),
+            label,
+            bytes,
+            None,
         )))
     }
     fn step_of(
@@ -124,7 +127,10 @@ impl dbvault_jobs::events::Events for CliEvents<'_> {
         total: Option<u64>,
     ) -> Box<dyn dbvault_jobs::events::Step> {
         Box::new(Shown(crate::progress::counter(
-            self.cli, label, bytes, total,
+            (self.cli.progress, self.cli.quiet),
+            label,
+            bytes,
+            total,
         )))
     }
     fn note(&self, message: &str) {

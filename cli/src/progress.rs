@@ -49,11 +49,12 @@ static DISPLAY: OnceLock<Option<Arc<Display>>> = OnceLock::new();
 static THREAD: Mutex<Option<std::thread::JoinHandle<()>>> = Mutex::new(None);
 static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// The display this invocation uses (`None`: progress is not shown).
-pub fn display(cli: &crate::args::Cli) -> Option<Arc<Display>> {
+/// The display this invocation uses (`None`: progress is not shown), for `--progress
+/// mode` and `--quiet`.
+pub fn display(mode: Mode, quiet: bool) -> Option<Arc<Display>> {
     DISPLAY
         .get_or_init(|| {
-            let mode = if cli.quiet { Mode::None } else { cli.progress };
+            let mode = if quiet { Mode::None } else { mode };
             let json = match mode {
                 Mode::None => return None,
                 Mode::Auto if !std::io::stderr().is_terminal() => return None,
@@ -96,12 +97,12 @@ pub fn shutdown() {
 
 /// Shows `counter` under `label` (a backup's bytes read), with `total` when known.
 pub fn counter(
-    cli: &crate::args::Cli,
+    (mode, quiet): (Mode, bool),
     label: &str,
     counter: Arc<AtomicU64>,
     total: Option<u64>,
 ) -> Option<TaskGuard> {
-    let d = display(cli)?;
+    let d = display(mode, quiet)?;
     let g = TaskGuard::standalone(label, total, counter);
     d.started(g.task().clone());
     Some(g)
@@ -127,29 +128,32 @@ impl Display {
         };
         let now = Instant::now();
         for s in tasks.iter_mut() {
+            // A part that is the whole restore would repeat its numbers.
+            if s.task.is_whole_of_parent() {
+                continue;
+            }
             let done = s.task.done();
+            let end = s.task.finished();
+            let old = now - s.since >= SHOWN_AFTER;
             if self.json {
-                let end = s.task.finished();
+                // An operation always says it ended; a part only when it was long
+                // enough to be reported at all.
                 let due = s
                     .last_line
                     .is_none_or(|t| now - t >= Duration::from_secs(1));
-                if (due && now - s.since >= SHOWN_AFTER) || (end && s.last_line.is_some()) {
+                if (due && old && !end) || (end && (s.last_line.is_some() || !s.task.is_child())) {
                     json_line(&s.task, done, s.since, end);
                     s.last_line = Some(now);
                 }
                 continue;
             }
-            if s.bar.is_none()
-                && !s.task.finished()
-                && (!s.task.is_child() || now - s.since >= SHOWN_AFTER)
-            {
-                let bar = self.multi.add(new_bar(&s.task));
-                bar.reset_elapsed();
-                s.bar = Some(bar);
+            if s.bar.is_none() && !end && (!s.task.is_child() || old) {
+                let bar = new_bar(&s.task, done);
+                s.bar = Some(self.multi.add(bar));
             }
             if let Some(b) = &s.bar {
                 b.set_position(s.task.total.map_or(done, |t| done.min(t)));
-                if s.task.finished() {
+                if end {
                     b.finish_and_clear();
                     self.multi.remove(b);
                 }
@@ -159,34 +163,37 @@ impl Display {
     }
 }
 
-fn new_bar(task: &Task) -> ProgressBar {
+/// A bar for `task`, at `done` already: drawn only once the multi-progress owns it, its
+/// rate and estimate counted from now.
+fn new_bar(task: &Task, done: u64) -> ProgressBar {
     let amount = match task.unit {
-        Unit::Bytes => ("{bytes}", "{total_bytes}", "{bytes_per_sec}"),
-        Unit::Items => ("{pos}", "{len}", "{per_sec}"),
+        Unit::Bytes => ("{bytes:>10}", "{bytes_per_sec:>12}"),
+        Unit::Items => ("{pos:>6}/{len}", "{per_sec:>9}"),
     };
-    let (bar, template) = match task.total {
-        Some(t) => (
-            ProgressBar::new(t),
-            format!(
-                "{{msg:32!}} [{{bar:24}}] {{percent:>3}}% {}/{} {} ETA {{eta}}",
-                amount.0, amount.1, amount.2
-            ),
+    let template = match task.total {
+        // At most 80 columns: a name, the bar, the percentage, done, rate, estimate.
+        Some(_) => format!(
+            "{{msg:24!}} {{bar:16}} {{percent:>3}}% {} {} ETA {{eta:>3}}",
+            amount.0, amount.1
         ),
-        None => (
-            ProgressBar::new_spinner(),
-            format!(
-                "{{spinner}} {{msg}} {} ({}) {{elapsed}}",
-                amount.0, amount.2
-            ),
+        None => format!(
+            "{{spinner}} {{msg:30!}} {} {} {{elapsed:>4}}",
+            amount.0, amount.1
         ),
     };
+    let bar = ProgressBar::with_draw_target(task.total, ProgressDrawTarget::hidden());
     bar.set_style(
         ProgressStyle::with_template(&template)
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+            .map(|s| s.progress_chars("=> "))
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let indent = if task.is_child() { "  " } else { "" };
-    bar.set_message(format!("{indent}{}", crate::output::name(&task.label)));
+    bar.set_message(format!(
+        "{indent}{}",
+        dbvault_formats::names::display(&task.label)
+    ));
+    bar.set_position(task.total.map_or(done, |t| done.min(t)));
+    bar.reset_eta();
     bar
 }
 

@@ -137,7 +137,7 @@ pub fn open(cli: &Cli) -> Result<Repository> {
 /// Opens the repository in `backend` as [`Access::open`] does.
 pub fn open_with(cli: &Cli, backend: Arc<dyn Backend>, pass: &str) -> Result<Repository> {
     let repo = access(cli)?.open(backend, pass)?;
-    if let Some(d) = crate::progress::display(cli) {
+    if let Some(d) = crate::progress::display(cli.progress, cli.quiet) {
         repo.set_progress(d);
     }
     Ok(repo)

@@ -54,6 +54,14 @@ impl Task {
     pub fn is_child(&self) -> bool {
         self.parent.is_some()
     }
+
+    /// Whether it is all of its overall task (one part: the same numbers twice).
+    #[must_use]
+    pub fn is_whole_of_parent(&self) -> bool {
+        self.parent
+            .as_ref()
+            .is_some_and(|p| p.total.is_some() && p.total == self.total)
+    }
 }
 
 /// Receives each task as it starts. Called on the operation's thread: it must not block.

@@ -88,8 +88,22 @@ fn same_schema(a: Option<&dbvault_core::Part>, b: &dbvault_core::Part) -> bool {
 /// A chunk list or the index cannot be read.
 pub fn diff(repo: &Repository, a: &Snapshot, b: &Snapshot) -> Result<Vec<Change>> {
     let key = |e: &Entry| (e.name.clone(), e.kind.clone());
-    let before: BTreeMap<_, _> = entries(a).into_iter().map(|e| (key(&e), e)).collect();
-    let after: BTreeMap<_, _> = entries(b).into_iter().map(|e| (key(&e), e)).collect();
+    // How a dump was given (its archive's blocks, its compression) is not its contents.
+    let contents = |e: &Entry| {
+        e.kind != crate::compressed::KIND
+            && e.kind != crate::postgres::archive::TOC_KIND
+            && e.kind != crate::postgres::archive::BLOCK_KIND
+    };
+    let before: BTreeMap<_, _> = entries(a)
+        .into_iter()
+        .filter(contents)
+        .map(|e| (key(&e), e))
+        .collect();
+    let after: BTreeMap<_, _> = entries(b)
+        .into_iter()
+        .filter(contents)
+        .map(|e| (key(&e), e))
+        .collect();
     let mut names: Vec<_> = before.keys().chain(after.keys()).cloned().collect();
     names.sort();
     names.dedup();

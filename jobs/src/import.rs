@@ -82,6 +82,8 @@ pub enum Outcome {
     AlreadyImported(String),
     /// Would be imported (`dry_run`).
     Planned,
+    /// Not a dump (a stray file in the folder): left alone, not a failure.
+    Skipped(String),
     /// It failed; no snapshot recorded for it.
     Failed(String),
 }
@@ -105,7 +107,13 @@ pub fn import(ev: &dyn Events, repo: &Repository, req: &ImportRequest) -> Result
         let there = existing
             .iter()
             .find(|(_, s)| s.name == name && s.time.timestamp() == time.timestamp());
-        let outcome = if let Some((id, _)) = there {
+        let dump = compressed::dump_format_of(&file)?;
+        let outcome = if dump.is_none() {
+            Outcome::Skipped(
+                "not a pg_dump dump or custom-format archive (plain, gzip or zstd compressed)"
+                    .into(),
+            )
+        } else if let Some((id, _)) = there {
             Outcome::AlreadyImported(id.to_string())
         } else if req.dry_run {
             Outcome::Planned
@@ -169,7 +177,7 @@ fn import_file(
         Ok(v) => v,
         Err(e) => {
             b.abort();
-            return Err(e.context(format!("importing {shown}: no snapshot recorded")));
+            return Err(e.context("no snapshot recorded"));
         }
     };
     let identity = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());

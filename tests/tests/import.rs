@@ -9,6 +9,13 @@ use std::process::Command;
 
 use dbvault_tests::{sh, PgDb, Repo};
 
+fn gzip_bytes(data: &[u8], dst: &Path) {
+    let src = dst.with_extension("raw");
+    std::fs::write(&src, data).expect("write");
+    gzip(&src, dst, "-6");
+    std::fs::remove_file(src).expect("rm");
+}
+
 fn gzip(src: &Path, dst: &Path, level: &str) {
     let r = sh(
         &format!(
@@ -62,6 +69,10 @@ fn a_folder_of_five_gzip_dumps_imported_with_their_dates_then_a_table_restored_f
     )
     .expect("write");
 
+    // Stray files are left alone, not imported as snapshots of their own.
+    std::fs::write(dir.join("README.txt"), "nightly dumps, kept 30 days\n").expect("write");
+    let noise = dbvault_tests::random_bytes(5000, 3);
+    gzip_bytes(&noise, &dir.join("backup_20250117_021500.sql.gz"));
     let r = repo.run(
         &["import", dir.to_str().expect("utf-8"), "--tag", "imported"],
         None,
@@ -73,6 +84,13 @@ fn a_folder_of_five_gzip_dumps_imported_with_their_dates_then_a_table_restored_f
         "{out}"
     );
     assert!(out.contains("is the file complete?"), "{out}");
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.contains("skipped: not a pg_dump dump"))
+            .count(),
+        2,
+        "{out}"
+    );
 
     let list = repo.run(&["snapshots", "--json"], None).ok().json();
     let snaps = list.as_array().expect("array");

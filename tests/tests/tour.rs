@@ -277,11 +277,11 @@ fn the_readme_tour_runs_as_written() {
     // Every command of the tour was run here, as written.
     let ran = t.ran.borrow();
     let shapes = readme_shapes();
-    assert!(shapes.len() >= 7, "the tour's commands are read: {shapes:?}");
-    let missing: Vec<String> = shapes
-        .into_iter()
-        .filter(|s| !ran.contains(s))
-        .collect();
+    assert!(
+        shapes.len() >= 7,
+        "the tour's commands are read: {shapes:?}"
+    );
+    let missing: Vec<String> = shapes.into_iter().filter(|s| !ran.contains(s)).collect();
     assert!(
         missing.is_empty(),
         "README tour commands this test did not run: {missing:?} (ran: {ran:?})"

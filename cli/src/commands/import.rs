@@ -41,6 +41,7 @@ pub fn run(cli: &Cli, a: &ImportArgs) -> Result<ExitCode> {
                 ),
                 Outcome::AlreadyImported(id) => format!("already imported as {}", &id[..8]),
                 Outcome::Planned => "would be imported".into(),
+                Outcome::Skipped(why) => format!("skipped: {why}"),
                 Outcome::Failed(e) => format!("FAILED: {e}"),
             };
             crate::outln!(

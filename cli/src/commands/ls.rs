@@ -44,7 +44,7 @@ pub fn run(cli: &Cli, a: &LsArgs) -> Result<()> {
         crate::outln!("note: {n}");
     }
     crate::outln!(
-        "{:<40} {:<12} {:>12} {:>12}",
+        "{:<40} {:<16} {:>12} {:>12}",
         "name",
         "kind",
         "rows",
@@ -52,7 +52,7 @@ pub fn run(cli: &Cli, a: &LsArgs) -> Result<()> {
     );
     for e in entries {
         crate::outln!(
-            "{:<40} {:<12} {:>12} {:>12}",
+            "{:<40} {:<16} {:>12} {:>12}",
             output::name(&e.name),
             e.kind,
             opt(e.rows),
@@ -89,11 +89,16 @@ fn archive_entries(
         return Ok(());
     }
     let header = format!(
-        "snapshot {} of {} at {} ({} entries; ids are positions in the dump)",
+        "snapshot {} of {} at {} ({} entries; ids are {})",
         id.short(),
         snap.name,
         output::time(&snap.time),
-        entries.len()
+        entries.len(),
+        if dbvault_formats::postgres::entries::has_dump_ids(snap) {
+            "the archive's dump ids, as pg_restore --list gives them"
+        } else {
+            "positions in the dump"
+        }
     );
     let mut out = Vec::new();
     dbvault_formats::postgres::entries::write_list(&entries, &header, &mut out)?;

@@ -420,3 +420,32 @@ pub fn archive_created(path: &Path) -> Result<Option<(i64, i64, i64, i64, i64, i
     let mut r = crate::postgres::archive::format::ArchiveReader::new(inner);
     Ok(r.header().ok().map(|h| h.created))
 }
+
+/// The dump format of the file at `path`, compressed or not: a pg_dump plain dump or
+/// custom-format archive, with its compression; `None` for anything else (or an empty
+/// file). Reads the first bytes only.
+///
+/// # Errors
+/// The file cannot be opened.
+pub fn dump_format_of(path: &Path) -> Result<Option<(StreamFormat, Option<Compression>)>> {
+    let open = || File::open(path).map_err(|e| FormatError::io(path.display().to_string(), e));
+    let mut head = Vec::with_capacity(100);
+    open()?
+        .take(100)
+        .read_to_end(&mut head)
+        .map_err(|e| FormatError::io(path.display().to_string(), e))?;
+    let compression = Compression::detect(&head);
+    if let Some(c) = compression {
+        head.clear();
+        // A stream that does not decompress is not a dump either (or a damaged one, which
+        // the import reports when it reads it).
+        let _ = c.decoder(open()?)?.take(100).read_to_end(&mut head);
+        if head.is_empty() {
+            return Ok(Some((StreamFormat::Raw, compression)));
+        }
+    }
+    Ok(match StreamFormat::detect(&head) {
+        f @ (StreamFormat::PgDump | StreamFormat::PgCustom) => Some((f, compression)),
+        _ => None,
+    })
+}

@@ -5,7 +5,8 @@
 //! Schema: …; Owner: …`), read from the snapshot's pre-data and post-data parts (small),
 //! with each table's data as the entry of its own part (size and rows from the manifest,
 //! nothing read). A plain dump carries no dump ids, so an entry's id is its position in the
-//! dump, the same for every listing of the snapshot.
+//! dump, the same for every listing of the snapshot; a snapshot of a custom-format archive
+//! keeps the archive's dump ids, so `pg_restore -l` of the archive is a list file too.
 //!
 //! The list file is `pg_restore -l`'s shape: `ID; TYPE SCHEMA NAME OWNER` per line, `;`
 //! starting a comment; only the leading id of a line is read, so the listing itself (with
@@ -110,7 +111,63 @@ pub fn list(repo: &Repository, snap: &Snapshot, notify: Notify<'_>) -> Result<Ve
             e.owner = o;
         }
     }
+    if let Some(toc) = archive_toc(repo, snap, notify)? {
+        take_dump_ids(&mut out, &toc);
+    }
     Ok(out)
+}
+
+/// Whether the snapshot came from a custom-format archive, whose entries keep pg_dump's
+/// dump ids (a `pg_restore -l` of the archive is then a list file too).
+#[must_use]
+pub fn has_dump_ids(snap: &Snapshot) -> bool {
+    super::archive::toc_part(snap).is_some()
+}
+
+/// The TOC of the archive the snapshot came from, if it came from one.
+fn archive_toc(
+    repo: &Repository,
+    snap: &Snapshot,
+    notify: Notify<'_>,
+) -> Result<Option<Vec<super::archive::format::TocEntry>>> {
+    let Some(part) = super::archive::toc_part(snap) else {
+        return Ok(None);
+    };
+    let bytes = part_bytes(repo, part, notify)?;
+    let mut r = super::archive::format::ArchiveReader::new(std::io::Cursor::new(bytes));
+    let h = r.header()?;
+    Ok(Some(r.toc(&h)?))
+}
+
+/// Gives each entry its archive's dump id: the TOC entry of the same kind and schema
+/// whose tag is its name (pg_dump's headers put a constraint's or trigger's table before
+/// its tag). An entry without one gets an id above every dump id.
+fn take_dump_ids(out: &mut [ArchiveEntry], toc: &[super::archive::format::TocEntry]) {
+    let mut used = vec![false; toc.len()];
+    let mut next = u32::try_from(toc.iter().map(|t| t.dump_id).max().unwrap_or(0)).unwrap_or(0);
+    for e in out.iter_mut() {
+        let schema = if e.schema == "-" {
+            ""
+        } else {
+            e.schema.as_str()
+        };
+        let found = toc.iter().enumerate().position(|(i, t)| {
+            !used[i]
+                && t.desc == e.kind
+                && t.namespace == schema
+                && (t.tag == e.name || e.name.ends_with(&format!(" {}", t.tag)))
+        });
+        e.id = match found {
+            Some(i) => {
+                used[i] = true;
+                u32::try_from(toc[i].dump_id).unwrap_or(0)
+            }
+            None => {
+                next += 1;
+                next
+            }
+        };
+    }
 }
 
 /// The entries of the section part of `kind`, read (a section is small).
@@ -217,12 +274,9 @@ pub fn restore_entries(
     notify: Notify<'_>,
 ) -> Result<()> {
     let all = list(repo, snap, notify)?;
-    if let Some(bad) = chosen
-        .iter()
-        .find(|id| **id as usize > all.len() || **id == 0)
-    {
+    if let Some(bad) = chosen.iter().find(|id| !all.iter().any(|e| e.id == **id)) {
         return Err(FormatError::Invalid(format!(
-            "the list file names entry {bad}, and the snapshot has entries 1 to {}",
+            "the list file names entry {bad}, which the snapshot does not have (`dbvault ls SNAPSHOT --entries` lists its {} entries)",
             all.len()
         )));
     }
@@ -280,7 +334,15 @@ pub fn restore_entries(
             write(out)?;
             Ok(out.flush()?)
         }
-        Target::Database(db) => db.psql("restoring the chosen entries", true, write),
+        Target::Database(db) => {
+            db.psql("restoring the chosen entries", true, write)?;
+            notify(Notice::Done(format!(
+                "restored {} entries into {}",
+                picked.len(),
+                db.describe()
+            )));
+            Ok(())
+        }
     }
 }
 
