@@ -41,6 +41,7 @@ pub mod status;
 pub mod table_events;
 pub mod wal_fetch;
 pub mod wal_health;
+pub mod wal_push;
 
 /// `1.5 MiB`-style sizes.
 #[must_use]

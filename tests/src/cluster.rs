@@ -62,6 +62,12 @@ impl PgCluster {
     /// `postgresql.conf` and `hba` after a `local all all trust` line in `pg_hba.conf`
     /// (`None`: a socket-only cluster with the defaults).
     pub fn with_tcp(tcp: Option<(&str, &str)>) -> PgCluster {
+        PgCluster::with_initdb(tcp, &[])
+    }
+
+    /// [`PgCluster::with_tcp`], with `initdb_args` added to initdb's (e.g.
+    /// `--wal-segsize=1`).
+    pub fn with_initdb(tcp: Option<(&str, &str)>, initdb_args: &[&str]) -> PgCluster {
         let dir = std::env::temp_dir().join(format!("dbvault-pg-{}", hex_tag()));
         std::fs::create_dir_all(&dir).expect("cluster dir");
         let _ = Command::new("chown")
@@ -70,10 +76,9 @@ impl PgCluster {
             .status();
         let data = dir.join("data");
         let d = data.to_string_lossy().into_owned();
-        let out = as_postgres(
-            "initdb",
-            &["-D", &d, "-A", "trust", "-U", "postgres", "--no-sync"],
-        );
+        let mut args = vec!["-D", &d, "-A", "trust", "-U", "postgres", "--no-sync"];
+        args.extend_from_slice(initdb_args);
+        let out = as_postgres("initdb", &args);
         assert!(
             out.status.success(),
             "initdb: {}",

@@ -23,7 +23,7 @@ pub struct Garage {
     pub bucket: String,
 }
 
-fn garage_bin() -> PathBuf {
+pub(crate) fn garage_bin() -> PathBuf {
     if let Ok(p) = std::env::var("GARAGE_BIN") {
         return PathBuf::from(p);
     }
@@ -40,7 +40,7 @@ fn garage_bin() -> PathBuf {
     panic!("Garage (an S3-compatible server) is missing: install it with `cargo install garage --locked` (.ci/run does), or set GARAGE_BIN");
 }
 
-fn spawn(bin: &std::path::Path, dir: &std::path::Path) -> Child {
+pub(crate) fn spawn(bin: &std::path::Path, dir: &std::path::Path) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -56,7 +56,7 @@ fn spawn(bin: &std::path::Path, dir: &std::path::Path) -> Child {
         .expect("start garage")
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

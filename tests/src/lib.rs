@@ -11,6 +11,7 @@ use std::process::{Command, Output, Stdio};
 
 pub mod cluster;
 pub mod garage;
+pub mod garage_cluster;
 pub mod pgfixture;
 pub mod physical;
 pub mod proxy;

@@ -185,6 +185,11 @@ pub struct WalPushArgs {
     /// The source: the same name as the base backups' (`backup --physical --name`).
     #[arg(long, default_value = "postgres")]
     pub name: String,
+    /// Also store up to N of the files PostgreSQL marked ready after PATH (a backlog), in
+    /// this process; its calls for them then answer without opening the repository (0:
+    /// PATH alone).
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub ahead: usize,
 }
 
 /// `wal-remove-timeline` options.

@@ -9,27 +9,57 @@ use dbvault_core::files::Stored;
 use dbvault_core::lock::LockKind;
 use dbvault_formats::postgres::physical::relay;
 use dbvault_formats::postgres::wal;
-use dbvault_jobs::wal_fetch;
+use dbvault_jobs::{wal_fetch, wal_push};
 
 use crate::args::{Cli, WalFetchArgs, WalPushArgs, WalRemoveTimelineArgs};
 use crate::{output, repo_access};
 
 pub fn push(cli: &Cli, a: &WalPushArgs) -> Result<()> {
+    let marks = wal_push::marks(cli.repo.as_deref().unwrap_or(""), &a.name).filter(|_| a.ahead > 0);
+    // Stored ahead by the push of an earlier segment: no repository to open.
+    if let Some(m) = &marks {
+        if wal_push::stored_ahead(m, &a.path)? {
+            if cli.json {
+                output::json(&serde_json::json!({
+                    "name": a.path.file_name().map(|n| n.to_string_lossy()),
+                    "stored": false,
+                    "stored_ahead": true,
+                    "bytes_added": 0,
+                    "ahead": 0,
+                }));
+            }
+            return Ok(());
+        }
+    }
     let repo = repo_access::open_locked(cli, LockKind::Shared, "wal-push")?;
-    let p = dbvault_formats::postgres::physical::push::push(&repo, &a.name, &a.path)?;
+    let r = wal_push::push_backlog(
+        &repo,
+        &a.name,
+        &a.path,
+        marks.as_deref(),
+        a.ahead,
+        std::time::Duration::from_secs(30),
+    )?;
     repo.unlock();
-    if let Some(w) = &p.warning {
+    for w in std::iter::once(&r.pushed)
+        .chain(&r.ahead)
+        .filter_map(|p| p.warning.as_ref())
+    {
         eprintln!("dbvault: warning: {w}");
     }
+    if let Some(s) = &r.stopped {
+        eprintln!("dbvault: note: storing the ready files ahead stopped at {s}");
+    }
     if cli.json {
-        let added = match p.stored {
+        let added = match r.pushed.stored {
             Stored::New { bytes_added } => Some(bytes_added),
             Stored::Same => None,
         };
         output::json(&serde_json::json!({
-            "name": p.name,
+            "name": r.pushed.name,
             "stored": added.is_some(),
             "bytes_added": added.unwrap_or(0),
+            "ahead": r.ahead.len(),
             "requests": repo.backend().requests(),
         }));
     }

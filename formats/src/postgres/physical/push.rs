@@ -76,3 +76,28 @@ fn fork_of(repo: &Repository, source: &str, tli: u32) -> Option<String> {
         .find(|f| f.timeline == tli)
         .map(|f| f.describe(source))
 }
+
+/// The files PostgreSQL marked ready for archiving (`archive_status/*.ready` beside
+/// `path`), but `path` itself, in name order: what it will ask `archive_command` for next.
+#[must_use]
+pub fn ready_after(path: &Path) -> Vec<std::path::PathBuf> {
+    let (Some(dir), Some(me)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return Vec::new();
+    };
+    let Ok(status) = std::fs::read_dir(dir.join("archive_status")) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = status
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().to_str()?.strip_suffix(".ready")?.to_string();
+            (n != me && wal::parse_name(&n, 256).is_some()).then_some(n)
+        })
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|n| dir.join(n))
+        .filter(|p| p.is_file())
+        .collect()
+}
