@@ -435,38 +435,6 @@ impl Repository {
         }
     }
 
-    /// The newest readable snapshot (of `name`, when given) taken at or before `t`: the
-    /// state of a source at a point in time.
-    ///
-    /// # Errors
-    /// [`Error::SnapshotNotFound`] when none is that old; the snapshots cannot be listed.
-    pub fn find_at(
-        &self,
-        name: Option<&str>,
-        t: chrono::DateTime<chrono::FixedOffset>,
-    ) -> Result<(Id, Snapshot)> {
-        let (all, _) = self.readable_snapshots()?;
-        all.into_iter()
-            .rfind(|(_, s)| name.is_none_or(|n| s.name == n) && s.time <= t)
-            .ok_or_else(|| Error::SnapshotNotFound {
-                selector: format!(
-                    "at or before {}{}",
-                    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
-                    name.map(|n| format!(" (name {n})")).unwrap_or_default()
-                ),
-            })
-    }
-
-    /// The newest readable snapshot of `name`, without asking whether a newer one vanished
-    /// (the base for a backup's deltas).
-    ///
-    /// # Errors
-    /// The snapshots cannot be listed.
-    pub fn newest_of(&self, name: &str) -> Result<Option<(Id, Snapshot)>> {
-        let (all, _) = self.readable_snapshots()?;
-        Ok(all.into_iter().rfind(|(_, s)| s.name == name))
-    }
-
     /// Takes a repository lock for the rest of this handle's life (or until
     /// [`Repository::unlock`]), replacing one already held. Take it before loading the
     /// index: a backup must not dedup against an index a prune is rewriting.
