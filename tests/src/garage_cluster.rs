@@ -186,6 +186,12 @@ impl GarageCluster {
         self.retry(n, &["bucket", "info", &bucket]);
     }
 
+    /// `garage repair --all-nodes tables`: what an operator runs after a node was down,
+    /// so the nodes' tables agree again without waiting for their periodic sync.
+    pub fn repair_tables(&self) {
+        self.retry(1, &["repair", "--all-nodes", "--yes", "tables"]);
+    }
+
     /// Node `n`'s log.
     pub fn log(&self, n: usize) -> String {
         std::fs::read_to_string(node_dir(self.dir.path(), n).join("garage.log")).unwrap_or_default()

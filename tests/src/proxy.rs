@@ -29,6 +29,9 @@ pub struct Faults {
     /// for credentials whose policy allows `s3:DeleteObject` on `locks/*` only (aborting a
     /// multipart upload stays allowed).
     pub refuse_deletes: bool,
+    /// Answer 404 NoSuchKey to every read of a snapshot (`GET …/snapshots/…`) while the
+    /// listing still names it: a store whose nodes have not converged after a delete.
+    pub missing_snapshot_reads: bool,
 }
 
 #[derive(Default)]
@@ -118,6 +121,8 @@ fn answer(c: &mut TcpStream, code: u16) {
         ("Slow Down", "SlowDown")
     } else if code == 403 {
         ("Forbidden", "AccessDenied")
+    } else if code == 404 {
+        ("Not Found", "NoSuchKey")
     } else {
         ("Internal Server Error", "InternalError")
     };
@@ -161,6 +166,10 @@ fn serve(mut c: TcpStream, upstream: &str, sh: &Shared) {
     {
         sh.errors.fetch_add(1, Ordering::SeqCst);
         return answer(&mut c, 403);
+    }
+    if f.missing_snapshot_reads && target.starts_with("GET ") && target.contains("/snapshots/") {
+        sh.errors.fetch_add(1, Ordering::SeqCst);
+        return answer(&mut c, 404);
     }
     let pack_read =
         head.starts_with("GET ") && head.lines().next().is_some_and(|l| l.contains("/data/"));

@@ -85,21 +85,23 @@ fn a_list_file_restores_the_chosen_entries_with_what_they_need() {
     let file = repo.dir.path().join("chosen.list");
     std::fs::write(&file, list).expect("write");
     let target = PgDb::new("entries_to");
-    let r = repo
-        .run(
+    let restore_list = |name: &str, to: &str| {
+        let list = file.to_str().expect("utf-8");
+        repo.run(
             &[
                 "restore",
                 "latest",
                 "--name",
-                "shop",
+                name,
                 "--list-file",
-                file.to_str().expect("utf-8"),
+                list,
                 "--to",
-                &target.url(),
+                to,
             ],
             None,
         )
-        .ok();
+    };
+    let r = restore_list("shop", &target.url()).ok();
     // The data's table came along (the target had none), and said so.
     assert!(
         r.stderr.contains("TABLE public.orders) added"),
@@ -131,38 +133,14 @@ fn a_list_file_restores_the_chosen_entries_with_what_they_need() {
     let got = target.fingerprint();
 
     // Again into the same database: all or nothing, and it says why.
-    let again = repo.run(
-        &[
-            "restore",
-            "latest",
-            "--name",
-            "shop",
-            "--list-file",
-            file.to_str().expect("utf-8"),
-            "--to",
-            &target.url(),
-        ],
-        None,
-    );
+    let again = restore_list("shop", &target.url());
     assert_eq!(again.code, Some(1), "{}", again.stderr);
     assert!(again.stderr.contains("already exists"), "{}", again.stderr);
     assert_eq!(target.fingerprint(), got, "nothing changed");
 
     // A list file that is not one.
     std::fs::write(&file, "orders\n").expect("write");
-    let bad = repo.run(
-        &[
-            "restore",
-            "latest",
-            "--name",
-            "shop",
-            "--list-file",
-            file.to_str().expect("utf-8"),
-            "--to",
-            "-",
-        ],
-        None,
-    );
+    let bad = restore_list("shop", "-");
     assert_eq!(bad.code, Some(1));
     assert!(
         bad.stderr.contains("line 1") && bad.stderr.contains("entry id"),
@@ -216,5 +194,49 @@ fn a_list_file_restores_the_chosen_entries_with_what_they_need() {
         ),
         (Some(5000), Some(4000)),
         "{d}"
+    );
+
+    // A custom-format archive keeps its dump ids: `pg_restore -l` of it is a list file.
+    let archive = repo.dir.path().join("shop.dump");
+    let dumped = dbvault_tests::sh(
+        &format!("{} -Fc > '{}'", db.dump_cmd(), archive.display()),
+        &[],
+    );
+    assert_eq!(dumped.code, Some(0), "{}", dumped.stderr);
+    let bytes = std::fs::read(&archive).expect("archive");
+    repo.run(&["backup", "-", "--name", "shopfc"], Some(&bytes))
+        .ok();
+    let pg_list = dbvault_tests::sh(&format!("pg_restore -l '{}'", archive.display()), &[]);
+    assert_eq!(pg_list.code, Some(0), "{}", pg_list.stderr);
+    let ours = repo
+        .run(&["ls", "latest", "--name", "shopfc", "--entries"], None)
+        .ok()
+        .text();
+    let pg_text = pg_list.text();
+    let table_data = pg_text
+        .lines()
+        .find(|l| l.contains("TABLE DATA public orders"))
+        .expect("pg_restore lists the data");
+    let dump_id = table_data.split(';').next().expect("id");
+    assert!(
+        ours.lines()
+            .any(|l| l.starts_with(&format!("{dump_id}; TABLE DATA public orders"))),
+        "the same dump id as pg_restore -l ({table_data}):\n{ours}"
+    );
+    let keep: String = pg_text
+        .lines()
+        .filter(|l| {
+            l.starts_with(';')
+                || l.contains("TABLE DATA public orders")
+                || l.contains("FUNCTION public touch()")
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&file, keep).expect("write");
+    let third = PgDb::new("entries_fc");
+    restore_list("shopfc", &third.url()).ok();
+    assert_eq!(
+        third.fingerprint().get("public.orders"),
+        db.fingerprint().get("public.orders")
     );
 }

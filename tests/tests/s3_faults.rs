@@ -48,8 +48,7 @@ fn answers_of_500_and_503_and_stalls_are_retried() {
             error_every: 5,
             stall_every: 13,
             stall: Duration::from_secs(6),
-            stall_pack_reads: false,
-            refuse_deletes: false,
+            ..Faults::default()
         },
     );
     let cmd = |args: &[&str]| {
@@ -239,4 +238,45 @@ fn a_store_that_times_out_during_a_restore_is_not_reported_as_damage() {
     // And nothing was lost: with the store answering again, it restores.
     proxy.set(Faults::default());
     restores(&g, "slow", "latest", &data);
+}
+
+#[test]
+fn a_snapshot_listed_but_not_found_stops_prune_for_a_later_try() {
+    let g = Garage::start();
+    let proxy = FaultProxy::start(&g.endpoint, Faults::default());
+    let cmd = |args: &[&str]| g.dbvault(&proxy.endpoint, "stale", args);
+    run_cmd(cmd(&["init"]), None).ok();
+    let first = dump_like(4 << 20, 1);
+    let second = dump_like(4 << 20, 2);
+    run_cmd(cmd(&["backup", "-", "--name", "s"]), Some(&first)).ok();
+    run_cmd(cmd(&["backup", "-", "--name", "s"]), Some(&second)).ok();
+    let before = run_cmd(cmd(&["--json", "stats"]), None).ok().json();
+    // The listing names the snapshots; reading them answers "not found".
+    proxy.set(Faults {
+        missing_snapshot_reads: true,
+        ..Faults::default()
+    });
+    let r = run_cmd(cmd(&["--no-cache", "prune"]), None);
+    let err = one_line(&r, 75);
+    assert!(
+        err.contains("not found") && err.contains("run prune again later"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("dbvault forget"),
+        "never: forget a snapshot the store may still hold: {err}"
+    );
+    proxy.set(Faults::default());
+    let after = run_cmd(cmd(&["--json", "stats"]), None).ok().json();
+    assert_eq!(before["packs"], after["packs"], "nothing was deleted");
+    run_cmd(cmd(&["prune"]), None).ok();
+    let ids = run_cmd(cmd(&["snapshots", "--json"]), None).ok().json();
+    let ids: Vec<&str> = ids
+        .as_array()
+        .expect("snapshots")
+        .iter()
+        .map(|s| s["id"].as_str().expect("id"))
+        .collect();
+    restores(&g, "stale", ids[0], &first);
+    restores(&g, "stale", ids[1], &second);
 }

@@ -96,7 +96,7 @@ fn a_backlog_of_ready_segments_is_pushed_in_few_processes() {
     );
     // No mark left behind: PostgreSQL asked for every segment stored ahead.
     let marks = archive.dir.join("cache/wal-pushed");
-    let left: Vec<_> = walk(&marks);
+    let left: Vec<_> = dbvault_tests::tree(&marks).into_keys().collect();
     assert!(left.is_empty(), "marks left: {left:?}");
     // Every row: the base backup recovers through the whole backlog.
     let rows = sql("SELECT count(*) FROM t");
@@ -113,17 +113,4 @@ fn a_backlog_of_ready_segments_is_pushed_in_few_processes() {
         "{}",
         s.log()
     );
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }

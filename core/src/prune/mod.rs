@@ -140,6 +140,16 @@ pub fn prune(
     }
     let (snaps, damaged) = repo.readable_snapshots()?;
     if let Some(e) = damaged.into_iter().next() {
+        // Listed, then not there: a store whose nodes have not converged (one was down
+        // when a snapshot was forgotten) or a forget running now. Not damage, and not a
+        // snapshot to forget: a later prune sees the store agree with itself.
+        if let Error::NotFound { path } = &e {
+            return Err(Error::storage(
+                path.clone(),
+                crate::error::StorageKind::Transient,
+                "prune stopped, nothing was deleted: the store lists this snapshot but reading it answers \"not found\" (its nodes have not converged since one was down, or a forget is running): run prune again later",
+            ));
+        }
         return Err(refuse(format!(
             "{e}; prune cannot tell what it needs: `dbvault forget ID` removes that snapshot (what only it held is then freed), or put back an intact copy of the file"
         )));
