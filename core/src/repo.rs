@@ -413,7 +413,21 @@ impl Repository {
             0 => Err(Error::SnapshotNotFound {
                 selector: selector.to_string(),
             }),
-            1 => Ok((matches[0], self.load_snapshot(&matches[0])?)),
+            1 => {
+                let snap = self.load_snapshot(&matches[0])?;
+                // An id with `--tag`/`--host` that it does not have: the user meant
+                // another snapshot (the name is not checked: it says which source's WAL).
+                let others = SnapshotFilter {
+                    name: None,
+                    ..filter.clone()
+                };
+                if !others.matches(&snap) {
+                    return Err(Error::SnapshotNotFound {
+                        selector: format!("{selector} with {}", others.describe()),
+                    });
+                }
+                Ok((matches[0], snap))
+            }
             n => Err(Error::AmbiguousSnapshot {
                 prefix: selector.to_string(),
                 count: n,

@@ -196,6 +196,19 @@ fn a_list_file_restores_the_chosen_entries_with_what_they_need() {
         "{d}"
     );
 
+    // An id with a tag it does not have is not taken for the tagged one.
+    let newest = d["b"].as_str().expect("id").to_string();
+    let wrong = repo.run(
+        &["restore", &newest[..8], "--tag", "before-0042", "--to", "-"],
+        None,
+    );
+    assert_eq!(wrong.code, Some(1), "{}", wrong.stderr);
+    assert!(
+        wrong.stderr.contains("with tag before-0042"),
+        "{}",
+        wrong.stderr
+    );
+
     // A custom-format archive keeps its dump ids: `pg_restore -l` of it is a list file.
     let archive = repo.dir.path().join("shop.dump");
     let dumped = dbvault_tests::sh(
