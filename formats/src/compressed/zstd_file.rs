@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::Path;
 
-use super::{hash_file, stored, Analysis, Compression, Recipe};
+use super::{hash_file, stored, Analysis, Checked, Compression, Recipe};
 use crate::error::{FormatError, Result};
 
 /// Levels in the order they are tried: the CLI's default first, then the ones scripts
@@ -84,14 +84,15 @@ pub(super) fn analyse(path: &Path) -> Result<Analysis> {
             continue;
         }
         // The whole file, hashed.
-        let mut h = HashCount::default();
+        let mut sink = std::io::sink();
+        let mut h = Checked::new(&mut sink);
         {
             let mut e = rebuild(&recipe, &mut h)?;
             let mut d = Compression::Zstd.decoder(open()?)?;
             std::io::copy(&mut d, &mut e).map_err(|e| FormatError::io(&name, e))?;
             e.finish()?;
         }
-        if h.n == size && h.hasher.finalize().to_hex().as_str() == blake3 {
+        if h.done() == (size, blake3.clone()) {
             recipe.level = Some(level);
             return Ok(Analysis {
                 recipe,
@@ -121,22 +122,4 @@ pub(super) fn rebuild<W: Write>(
             .map_err(io)?;
     }
     Ok(e)
-}
-
-#[derive(Default)]
-struct HashCount {
-    hasher: blake3::Hasher,
-    n: u64,
-}
-
-impl Write for HashCount {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.hasher.update(buf);
-        self.n += buf.len() as u64;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }

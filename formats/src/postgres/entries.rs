@@ -65,13 +65,25 @@ enum Source {
 /// A whole-server snapshot (choose a database); damage and storage errors reading the
 /// sections.
 pub fn list(repo: &Repository, snap: &Snapshot, notify: Notify<'_>) -> Result<Vec<ArchiveEntry>> {
+    Ok(read_entries(repo, snap, notify)?.0)
+}
+
+/// The sections' blocks, as [`script_entries`] cuts them: pre-data's, post-data's.
+type Sections = (Vec<String>, Vec<String>);
+
+/// The entries, and the section blocks they were read from (a restore writes those).
+fn read_entries(
+    repo: &Repository,
+    snap: &Snapshot,
+    notify: Notify<'_>,
+) -> Result<(Vec<ArchiveEntry>, Sections)> {
     if snap.source.kind == super::server::KIND {
         return Err(FormatError::Invalid(
             "this snapshot holds a whole server: its entries are listed per database (restore one with --database)".into(),
         ));
     }
     let mut out = Vec::new();
-    section_entries(repo, snap, PRE_DATA, notify, &mut out)?;
+    let pre = section_entries(repo, snap, PRE_DATA, notify, &mut out)?;
     for (i, p) in snap.parts.iter().enumerate() {
         let (kind, schema, name) = if p.kind == meta::TABLE_DATA {
             let t = meta::TablePart::of(p)?;
@@ -93,7 +105,7 @@ pub fn list(repo: &Repository, snap: &Snapshot, notify: Notify<'_>) -> Result<Ve
             source: Source::Part(i),
         });
     }
-    section_entries(repo, snap, POST_DATA, notify, &mut out)?;
+    let post = section_entries(repo, snap, POST_DATA, notify, &mut out)?;
     // A table's data is its table's owner's (pg_dump's own listing says so too).
     let owners: Vec<Option<String>> = out
         .iter()
@@ -114,7 +126,7 @@ pub fn list(repo: &Repository, snap: &Snapshot, notify: Notify<'_>) -> Result<Ve
     if let Some(toc) = archive_toc(repo, snap, notify)? {
         take_dump_ids(&mut out, &toc);
     }
-    Ok(out)
+    Ok((out, (pre, post)))
 }
 
 /// Whether the snapshot came from a custom-format archive, whose entries keep pg_dump's
@@ -170,18 +182,20 @@ fn take_dump_ids(out: &mut [ArchiveEntry], toc: &[super::archive::format::TocEnt
     }
 }
 
-/// The entries of the section part of `kind`, read (a section is small).
+/// The entries of the section part of `kind`, read (a section is small); returns the
+/// section's blocks.
 fn section_entries(
     repo: &Repository,
     snap: &Snapshot,
     kind: &'static str,
     notify: Notify<'_>,
     out: &mut Vec<ArchiveEntry>,
-) -> Result<()> {
+) -> Result<Vec<String>> {
     let Some(p) = meta::section(snap, kind) else {
-        return Ok(());
+        return Ok(Vec::new());
     };
     let text = String::from_utf8_lossy(&part_bytes(repo, p, notify)?).into_owned();
+    let mut blocks = Vec::new();
     for (i, e) in script_entries(&text).into_iter().enumerate() {
         if let Some(h) = e.header {
             out.push(ArchiveEntry {
@@ -196,8 +210,9 @@ fn section_entries(
                 source: Source::Block(kind, i),
             });
         }
+        blocks.push(e.text);
     }
-    Ok(())
+    Ok(blocks)
 }
 
 /// Writes `entries` as a list file (`pg_restore -l`'s shape, sizes and rows as comments).
@@ -273,7 +288,7 @@ pub fn restore_entries(
     target: Target<'_>,
     notify: Notify<'_>,
 ) -> Result<()> {
-    let all = list(repo, snap, notify)?;
+    let (all, sections) = read_entries(repo, snap, notify)?;
     if let Some(bad) = chosen.iter().find(|id| !all.iter().any(|e| e.id == **id)) {
         return Err(FormatError::Invalid(format!(
             "the list file names entry {bad}, which the snapshot does not have (`dbvault ls SNAPSHOT --entries` lists its {} entries)",
@@ -301,7 +316,6 @@ pub fn restore_entries(
             }
         }
     }
-    let sections = load_sections(repo, snap, notify)?;
     let write = |out: &mut (dyn Write + Send)| -> Result<()> {
         // The preamble (settings, `\restrict`) and the closing of the script.
         if let Some(pre) = sections.0.first() {
@@ -344,24 +358,6 @@ pub fn restore_entries(
             Ok(())
         }
     }
-}
-
-/// The pre-data and post-data sections, as blocks.
-fn load_sections(
-    repo: &Repository,
-    snap: &Snapshot,
-    notify: Notify<'_>,
-) -> Result<(Vec<String>, Vec<String>)> {
-    let read = |kind| -> Result<Vec<String>> {
-        Ok(match meta::section(snap, kind) {
-            Some(p) => script_entries(&String::from_utf8_lossy(&part_bytes(repo, p, notify)?))
-                .into_iter()
-                .map(|e| e.text)
-                .collect(),
-            None => Vec::new(),
-        })
-    };
-    Ok((read(PRE_DATA)?, read(POST_DATA)?))
 }
 
 fn table_exists(db: &PgSource, schema: &str, table: &str) -> Result<bool> {
